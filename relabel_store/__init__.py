@@ -1,0 +1,38 @@
+"""relabel-store: ReLabel label maps as a verified Zarr v3 artifact, with LabelPooling loaders."""
+
+from relabel_store.api import load_relabel
+from relabel_store.errors import (
+    CorruptDataError,
+    FormatError,
+    IncompleteStoreError,
+    InvalidBoxError,
+    RecordNotFoundError,
+    RelabelStoreError,
+    RowOutOfRangeError,
+    StoreNotFoundError,
+    UnsafePathError,
+)
+from relabel_store.format import StoreMetadata
+from relabel_store.manifest import VerifyReport, verify_store
+from relabel_store.reader import Record, RecordBatch, RelabelStore
+from relabel_store.writer import StoreWriter
+
+__all__ = [
+    "CorruptDataError",
+    "FormatError",
+    "IncompleteStoreError",
+    "InvalidBoxError",
+    "Record",
+    "RecordBatch",
+    "RecordNotFoundError",
+    "RelabelStore",
+    "RelabelStoreError",
+    "RowOutOfRangeError",
+    "StoreMetadata",
+    "StoreNotFoundError",
+    "StoreWriter",
+    "UnsafePathError",
+    "VerifyReport",
+    "load_relabel",
+    "verify_store",
+]

@@ -1,0 +1,59 @@
+"""The exceptions relabel-store raises.
+
+Every error derives from :class:`RelabelStoreError`; most also derive from the builtin a caller
+would naturally catch (a missing key is a ``KeyError``, a missing store a ``FileNotFoundError``).
+Messages say what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class RelabelStoreError(Exception):
+    """Root of every error raised by relabel-store."""
+
+
+class StoreNotFoundError(RelabelStoreError, FileNotFoundError):
+    """No store exists at the given location."""
+
+
+class FormatError(RelabelStoreError, ValueError):
+    """The store's metadata is missing, malformed, or of an unsupported format version."""
+
+
+class IncompleteStoreError(RelabelStoreError):
+    """The store was never finalized: generation is still running or was interrupted."""
+
+
+class RecordNotFoundError(RelabelStoreError, KeyError):
+    """A key is not in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RowOutOfRangeError(RelabelStoreError, IndexError):
+    """A row number is outside ``0 <= row < len(store)``."""
+
+
+class CorruptDataError(RelabelStoreError, OSError):
+    """Bytes on disk or from a remote do not match what the store says they should be."""
+
+
+class UnsafePathError(RelabelStoreError, ValueError):
+    """A manifest or remote named a path that would escape the store."""
+
+
+class InvalidBoxError(RelabelStoreError, ValueError):
+    """A crop box is empty, inverted, not finite, or far outside the image."""
+
+
+class UnsupportedTransformError(RelabelStoreError, TypeError):
+    """A user transform whose crop box cannot be recovered."""
+
+
+class AnnotatorError(RelabelStoreError, RuntimeError):
+    """A model cannot be turned into a dense annotator, or its weights cannot be loaded."""
+
+
+class InputError(RelabelStoreError, ValueError):
+    """The input dataset for ``generate`` is unusable (no images, duplicate keys, ...)."""

@@ -1,0 +1,149 @@
+"""Store format v1: array names, layout constants, and the metadata schema.
+
+The authoritative description is docs/format.md; this module is its executable form. Everything
+here is plain data so that both the writer (zarr-python) and the fast reader agree on one layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from relabel_store.errors import FormatError
+
+FORMAT_NAME = "relabel-store"
+FORMAT_VERSION = "1.0"
+ATTRS_KEY = "relabel"
+MANIFEST_NAME = "manifest.json"
+ERRORS_NAME = "errors.jsonl"
+PROGRESS_DIR = "_progress"
+
+# Record arrays: one inner chunk per record, `shard_records` records per shard file.
+INDICES = "indices"
+VALUES = "values"
+# Per-row arrays, chunked by shard so a shard's rows are written together.
+LABELS = "labels"
+SIZES = "sizes"
+# Written by finalize(): sorted keys (NUL-padded UTF-8 bytes) and the row each key lives in.
+KEYS = "keys"
+ROWS = "rows"
+KEY_CHUNK_ROWS = 1 << 18
+
+DEFAULT_SHARD_RECORDS = 4096
+DEFAULT_ZSTD_LEVEL = 9
+VALUE_KINDS = ("logits",)
+
+
+def software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("relabel-store")
+    except PackageNotFoundError:  # running from a source tree without installation
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class StoreMetadata:
+    """Everything a store says about itself (the group attribute ``relabel``)."""
+
+    grid: tuple[int, int]
+    k: int
+    num_classes: int
+    rows: int
+    shard_records: int = DEFAULT_SHARD_RECORDS
+    class_names: tuple[str, ...] | None = None
+    value_kind: str = "logits"
+    annotator: Mapping[str, Any] = field(default_factory=dict)
+    dataset: Mapping[str, Any] = field(default_factory=dict)
+    parent: Mapping[str, Any] | None = None
+    software_version: str = field(default_factory=software_version)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    complete: bool = False
+    record_count: int = 0
+    format: str = FORMAT_NAME
+    format_version: str = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.grid) == 2 and all(_posint(v) for v in self.grid),
+            f"grid must be two positive integers, got {self.grid!r}",
+        )
+        _check(_posint(self.k), f"k must be a positive integer, got {self.k!r}")
+        _check(
+            _posint(self.num_classes) and self.num_classes <= 65536,
+            f"num_classes must be in 1..65536 (class ids are uint16), got {self.num_classes!r}",
+        )
+        _check(self.k <= self.num_classes, f"k={self.k} exceeds num_classes={self.num_classes}")
+        _check(
+            isinstance(self.rows, int) and self.rows >= 0, f"rows must be >= 0, got {self.rows!r}"
+        )
+        _check(_posint(self.shard_records), "shard_records must be a positive integer")
+        _check(
+            self.class_names is None or len(self.class_names) == self.num_classes,
+            f"class_names has {len(self.class_names or ())} names for {self.num_classes} classes",
+        )
+        _check(
+            self.value_kind in VALUE_KINDS,
+            f"value_kind must be one of {VALUE_KINDS}, got {self.value_kind!r}",
+        )
+        _check(
+            0 <= self.record_count <= self.rows,
+            f"record_count={self.record_count} is outside 0..rows={self.rows}",
+        )
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.rows // self.shard_records)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["grid"] = list(self.grid)
+        out["class_names"] = list(self.class_names) if self.class_names is not None else None
+        out["annotator"] = dict(self.annotator)
+        out["dataset"] = dict(self.dataset)
+        # Round-trip through json to reject anything that would not survive serialisation.
+        return json.loads(json.dumps(out, allow_nan=False))
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str = "store") -> StoreMetadata:
+        """Validate and parse the ``relabel`` group attribute; refuse other formats and majors."""
+        if not isinstance(data, Mapping):
+            raise FormatError(
+                f"{where} has no relabel-store metadata (group attribute {ATTRS_KEY!r}): "
+                "is it a relabel-store Zarr group? Open the store's root folder."
+            )
+        if data.get("format") != FORMAT_NAME:
+            raise FormatError(
+                f"{where} is not a relabel-store store (format={data.get('format')!r})"
+            )
+        version = str(data.get("format_version", ""))
+        major = version.split(".")[0]
+        if major != FORMAT_VERSION.split(".")[0]:
+            raise FormatError(
+                f"{where} uses relabel-store format version {version!r}; this relabel-store "
+                f"{software_version()} reads major version {FORMAT_VERSION.split('.')[0]} only. "
+                "Upgrade relabel-store (pip install -U relabel-store) to read it."
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}  # newer minors may add fields
+        try:
+            kwargs["grid"] = tuple(kwargs["grid"])
+            if kwargs.get("class_names") is not None:
+                kwargs["class_names"] = tuple(kwargs["class_names"])
+            return cls(**kwargs)
+        except (KeyError, TypeError) as exc:
+            raise FormatError(f"{where} has malformed relabel-store metadata: {exc}") from None
+
+
+def _posint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise FormatError(message)

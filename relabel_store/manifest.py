@@ -1,0 +1,216 @@
+"""The checksum manifest: every file's path, size and sha256, plus one digest over them all.
+
+``manifest.json`` is written last, atomically, after all data; its presence is what makes a store
+complete. Paths in a manifest are validated before use, wherever the manifest came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relabel_store.errors import FormatError, UnsafePathError
+from relabel_store.format import MANIFEST_NAME, PROGRESS_DIR
+
+MANIFEST_VERSION = 1
+_CHUNK = 1 << 20
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The files of a store. ``digest`` identifies the whole store's content."""
+
+    entries: tuple[ManifestEntry, ...]
+
+    @property
+    def digest(self) -> str:
+        return entries_digest(self.entries)
+
+    def by_path(self) -> dict[str, ManifestEntry]:
+        return {e.path: e for e in self.entries}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "manifest_version": MANIFEST_VERSION,
+            "algorithm": "sha256",
+            "digest": self.digest,
+            "files": [{"path": e.path, "size": e.size, "sha256": e.sha256} for e in self.entries],
+        }
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, where: str = "manifest.json") -> Manifest:
+        """Parse and check a manifest: every path safe, every field well-formed, digest right."""
+        try:
+            data = json.loads(raw)
+            files = data["files"]
+            entries = tuple(
+                ManifestEntry(safe_relpath(f["path"]), int(f["size"]), str(f["sha256"]))
+                for f in files
+            )
+            recorded = data["digest"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FormatError(f"{where} is not a valid relabel-store manifest: {exc}") from None
+        for e in entries:
+            if e.size < 0 or not re.fullmatch(r"[0-9a-f]{64}", e.sha256):
+                raise FormatError(f"{where} has a malformed entry for {e.path!r}")
+        if len({e.path for e in entries}) != len(entries):
+            raise FormatError(f"{where} lists a path twice")
+        manifest = cls(tuple(sorted(entries, key=lambda e: e.path)))
+        if manifest.digest != recorded:
+            raise FormatError(
+                f"{where}: recorded digest {recorded} does not match its entries "
+                f"({manifest.digest}); the manifest was edited or damaged"
+            )
+        return manifest
+
+
+def entries_digest(entries: Iterable[ManifestEntry]) -> str:
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e.path):
+        h.update(f"{e.path}\t{e.size}\t{e.sha256}\n".encode())
+    return h.hexdigest()
+
+
+def safe_relpath(path: Any) -> str:
+    """Return ``path`` if it is a plain relative POSIX path inside a store, else raise.
+
+    Refuses absolute paths, ``..``/``.`` components, backslashes, drive letters, NUL bytes and
+    empty components: a manifest or a remote listing must never make us touch files outside.
+    """
+    if not isinstance(path, str) or not path:
+        raise UnsafePathError(f"refusing store path {path!r}: not a non-empty string")
+    parts = path.split("/")
+    if (
+        path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or _WINDOWS_DRIVE.match(path)
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise UnsafePathError(
+            f"refusing store path {path!r}: it is absolute or escapes the store. A manifest may "
+            "only name relative paths inside the store; this store is damaged or malicious."
+        )
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def store_files(root: Path) -> list[str]:
+    """Relative paths of the files a manifest covers (everything but itself and scratch state)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d != PROGRESS_DIR]
+        for name in filenames:
+            rel = (rel_dir / name).as_posix()
+            if rel != MANIFEST_NAME and not name.endswith(".tmp"):
+                out.append(rel)
+    return sorted(out)
+
+
+def build_manifest(root: Path) -> Manifest:
+    entries = []
+    for rel in store_files(root):
+        p = root / rel
+        entries.append(ManifestEntry(rel, p.stat().st_size, sha256_file(p)))
+    return Manifest(tuple(entries))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    atomic_write_bytes(root / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1).encode())
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` found; ``ok`` when nothing is missing, extra, resized or altered."""
+
+    digest: str
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    resized: list[tuple[str, int, int]] = field(default_factory=list)
+    altered: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.resized or self.altered)
+
+    def lines(self) -> list[str]:
+        out = [f"missing: {p}" for p in self.missing]
+        out += [f"extra: {p}" for p in self.extra]
+        out += [f"resized: {p} (manifest {a} bytes, found {b})" for p, a, b in self.resized]
+        out += [f"altered: {p} (sha256 differs)" for p in self.altered]
+        return out
+
+
+def verify_dir(root: Path, manifest: Manifest) -> VerifyReport:
+    """Check every file under ``root`` against ``manifest``."""
+    report = VerifyReport(digest=manifest.digest)
+    expected = manifest.by_path()
+    present = set(store_files(root))
+    report.extra = sorted(present - expected.keys())
+    for path, entry in expected.items():
+        p = root / path
+        if path not in present:
+            report.missing.append(path)
+            continue
+        size = p.stat().st_size
+        report.checked += 1
+        if size != entry.size:
+            report.resized.append((path, entry.size, size))
+        elif sha256_file(p) != entry.sha256:
+            report.altered.append(path)
+    return report
+
+
+def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
+    """Check a local store against its own ``manifest.json``."""
+    from relabel_store.errors import IncompleteStoreError, StoreNotFoundError
+
+    root = Path(path)
+    if not (root / "zarr.json").is_file():
+        raise StoreNotFoundError(f"no relabel-store store at {root} (no zarr.json); check the path")
+    try:
+        raw = (root / MANIFEST_NAME).read_bytes()
+    except FileNotFoundError:
+        raise IncompleteStoreError(
+            f"{root} has no {MANIFEST_NAME}: the store was never finalized. Re-run the "
+            "`relabel-store generate` command that created it to resume and finish it."
+        ) from None
+    return verify_dir(root, Manifest.from_bytes(raw, where=f"{root}/{MANIFEST_NAME}"))

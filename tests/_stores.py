@@ -1,0 +1,75 @@
+"""Build small stores with known contents for tests (zarr-python writes them, as in production)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from relabel_store import StoreMetadata, StoreWriter
+
+
+@dataclass
+class Written:
+    path: Path
+    keys: list[str]  # in write (row) order
+    indices: np.ndarray
+    values: np.ndarray
+    labels: np.ndarray
+    sizes: np.ndarray
+    failed: set[str]
+
+
+def random_maps(rng: np.random.Generator, n: int, grid=(15, 15), k=5, num_classes=1000):
+    """Top-k maps with distinct, descending entries per cell, like an annotator's output."""
+    h, w = grid
+    idx = np.argsort(rng.random((n, h, w, num_classes)), axis=-1)[..., :k].astype(np.uint16)
+    vals = -np.sort(-rng.normal(0, 3, (n, h, w, k)), axis=-1).astype(np.float16)
+    return idx, vals
+
+
+def write_store(
+    path: Path,
+    n: int = 50,
+    *,
+    grid=(15, 15),
+    k=5,
+    num_classes=1000,
+    shard_records=16,
+    seed=0,
+    failed: frozenset[int] = frozenset(),
+    finalize=True,
+    shards=None,
+) -> Written:
+    rng = np.random.default_rng(seed)
+    keys = [f"img_{int(i):05d}" for i in rng.permutation(n)]  # rows not in key order
+    idx, vals = random_maps(rng, n, grid, k, num_classes)
+    labels = rng.integers(-1, num_classes, n).astype(np.int32)
+    sizes = rng.integers(1, 2000, (n, 2)).astype(np.int32)
+    meta = StoreMetadata(
+        grid=grid,
+        k=k,
+        num_classes=num_classes,
+        rows=n,
+        shard_records=shard_records,
+        class_names=tuple(f"class {c}" for c in range(num_classes)),
+        annotator={"model": "test", "input_size": 475},
+        dataset={"name": "synthetic", "split": "train"},
+    )
+    w = StoreWriter.open(path, meta)
+    for s in range(w.num_shards) if shards is None else shards:
+        r = w.shard_rows(s)
+        errors = [{"reason": "broken", "path": keys[i]} if i in failed else None for i in r]
+        w.write_shard(
+            s,
+            keys=keys[r.start : r.stop],
+            labels=labels[r.start : r.stop],
+            sizes=sizes[r.start : r.stop],
+            indices=idx[r.start : r.stop],
+            values=vals[r.start : r.stop],
+            errors=errors,
+        )
+    if finalize:
+        w.finalize()
+    return Written(path, keys, idx, vals, labels, sizes, {keys[i] for i in failed})

@@ -1,0 +1,238 @@
+"""Round trips, the fast reader against zarr-python, resumption, and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from _stores import write_store
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relabel_store import (
+    CorruptDataError,
+    FormatError,
+    IncompleteStoreError,
+    RecordNotFoundError,
+    RowOutOfRangeError,
+    StoreMetadata,
+    StoreNotFoundError,
+    StoreWriter,
+    load_relabel,
+)
+from relabel_store.errors import InputError
+
+
+def _data_files(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "zarr.json" and p.name != "manifest.json"
+    }
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(0, 40),
+    grid=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    k=st.integers(1, 4),
+    shard_records=st.integers(1, 17),
+    data=st.data(),
+)
+def test_round_trip(tmp_path_factory, n, grid, k, shard_records, data):
+    failed = (
+        data.draw(st.frozensets(st.integers(0, max(n - 1, 0)), max_size=n // 3))
+        if n
+        else frozenset()
+    )
+    path = tmp_path_factory.mktemp("rt") / "s.zarr"
+    w = write_store(
+        path, n, grid=grid, k=k, num_classes=10, shard_records=shard_records, failed=failed
+    )
+    store = load_relabel(path)
+    assert len(store) == n - len(failed)
+    assert store.metadata.record_count == len(store) and store.metadata.complete
+    expected = sorted(key for key in w.keys if key not in w.failed)
+    assert [k.decode() for k in store.keys] == expected
+    for row, key in enumerate(w.keys):
+        if key in w.failed:
+            assert key not in store
+            with pytest.raises(RecordNotFoundError):
+                store.get(key)
+            continue
+        rec = store.get(key)
+        np.testing.assert_array_equal(rec.indices, w.indices[row])
+        np.testing.assert_array_equal(rec.values, w.values[row])
+        assert rec.label == w.labels[row] and rec.size == tuple(w.sizes[row])
+        assert store.get_row(store.index_of(key)).key == key
+    if expected:
+        batch = store.get_many(expected[::-1])
+        for i, key in enumerate(expected[::-1]):
+            row = w.keys.index(key)
+            np.testing.assert_array_equal(batch.indices[i], w.indices[row])
+            np.testing.assert_array_equal(batch.values[i], w.values[row])
+            assert batch.labels[i] == w.labels[row] and batch.keys[i] == key
+
+
+def test_fast_reader_matches_zarr_python_on_every_record(tmp_path):
+    w = write_store(tmp_path / "s.zarr", 70, shard_records=32, failed=frozenset({3, 40}))
+    store = load_relabel(w.path)
+    group = zarr.open_group(str(w.path), mode="r")
+    zkeys = group["keys"][:]
+    zrows = group["rows"][:]
+    assert len(zkeys) == len(store)
+    for i in range(len(store)):
+        key = bytes(zkeys[i]).rstrip(b"\0").decode()
+        rec = store.get_row(i)
+        assert rec.key == key
+        p = int(zrows[i])
+        np.testing.assert_array_equal(rec.indices, group["indices"][p])
+        np.testing.assert_array_equal(rec.values, group["values"][p])
+        assert rec.label == group["labels"][p]
+        assert rec.size == tuple(group["sizes"][p])
+    # failed rows hold fill values in zarr, and are not indexed
+    assert not group["indices"][w.keys.index(sorted(w.failed)[0])].any()
+
+
+def test_resume_after_interruption_gives_identical_store(tmp_path):
+    full = write_store(tmp_path / "full.zarr", 60, shard_records=16)
+    # a run killed after two shards, leaving a zarr temp file behind...
+    write_store(tmp_path / "part.zarr", 60, shard_records=16, shards=[0, 2], finalize=False)
+    (tmp_path / "part.zarr" / "indices" / "c.1.0.0.0.abc.partial").write_bytes(b"junk")
+    with pytest.raises(IncompleteStoreError, match="never finalized"):
+        load_relabel(tmp_path / "part.zarr")
+    # ...resumed: the same command writes the missing shards and finalizes
+    meta = StoreMetadata.from_json(
+        json.loads((full.path / "zarr.json").read_text())["attributes"]["relabel"]
+    )
+    w = StoreWriter.open(tmp_path / "part.zarr", meta)
+    assert w.completed_shards() == {0, 2}
+    write_store(tmp_path / "part.zarr", 60, shard_records=16, shards=[1, 3])
+    assert _data_files(full.path) == _data_files(tmp_path / "part.zarr")
+    assert load_relabel(full.path).manifest.digest != ""  # both complete
+    a, b = load_relabel(full.path), load_relabel(tmp_path / "part.zarr")
+    assert [e for e in a.manifest.entries if e.path != "zarr.json"] == [
+        e for e in b.manifest.entries if e.path != "zarr.json"
+    ]
+
+
+def test_resume_with_different_settings_is_refused(tmp_path):
+    write_store(tmp_path / "s.zarr", 20, shard_records=8, shards=[0], finalize=False)
+    other = StoreMetadata(grid=(15, 15), k=3, num_classes=1000, rows=20, shard_records=8)
+    with pytest.raises(InputError, match="different settings"):
+        StoreWriter.open(tmp_path / "s.zarr", other)
+
+
+def test_finalize_with_missing_shards_is_refused(tmp_path):
+    write_store(tmp_path / "s.zarr", 20, shard_records=8, shards=[0], finalize=False)
+    meta = StoreMetadata.from_json(
+        json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["attributes"]["relabel"]
+    )
+    with pytest.raises(IncompleteStoreError, match="2 of 3 shards"):
+        StoreWriter.open(tmp_path / "s.zarr", meta).finalize()
+
+
+def test_writer_refuses_foreign_folder_and_finished_store(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    meta = StoreMetadata(grid=(2, 2), k=1, num_classes=3, rows=1)
+    with pytest.raises(InputError, match="not a relabel-store store"):
+        StoreWriter.open(tmp_path / "photos", meta)
+    w = write_store(tmp_path / "s.zarr", 4, grid=(2, 2), k=1, num_classes=3)
+    with pytest.raises(InputError, match="already holds a finalized store"):
+        StoreWriter.open(w.path, meta)
+    StoreWriter.open(w.path, meta, overwrite=True)  # explicit overwrite starts over
+    assert not (w.path / "manifest.json").exists()
+
+
+def test_unknown_major_version_is_refused(tmp_path):
+    w = write_store(tmp_path / "s.zarr", 5)
+    group = json.loads((w.path / "zarr.json").read_text())
+    group["attributes"]["relabel"]["format_version"] = "2.0"
+    (w.path / "zarr.json").write_text(json.dumps(group))
+    with pytest.raises(FormatError, match=r"format version '2\.0'.*Upgrade"):
+        load_relabel(w.path)
+
+
+def test_a_plain_zarr_group_is_not_a_store(tmp_path):
+    zarr.create_group(str(tmp_path / "g.zarr"), zarr_format=3)
+    with pytest.raises(FormatError, match="no relabel-store metadata"):
+        load_relabel(tmp_path / "g.zarr")
+
+
+def test_missing_store(tmp_path):
+    with pytest.raises(StoreNotFoundError) as exc:
+        load_relabel(tmp_path / "nope")
+    assert isinstance(exc.value, FileNotFoundError)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no zarr\\.json"):
+        load_relabel(tmp_path / "empty")
+
+
+def test_missing_key_and_row_out_of_range(tmp_path):
+    store = load_relabel(write_store(tmp_path / "s.zarr", 10).path)
+    with pytest.raises(KeyError, match="'nope' is not in store"):
+        store.get("nope")
+    with pytest.raises(RecordNotFoundError):
+        store["img_99999"]
+    for bad in (10, -1, 2**40):
+        with pytest.raises(IndexError, match=r"0 <= row < 10"):
+            store.get_row(bad)
+    with pytest.raises(RowOutOfRangeError):
+        store.get_rows([0, 10])
+
+
+def test_corrupted_chunk_raises_naming_the_file(tmp_path):
+    w = write_store(tmp_path / "s.zarr", 20, shard_records=32)
+    shard = w.path / "values" / "c.0.0.0.0"
+    data = bytearray(shard.read_bytes())
+    data[40] ^= 0xFF  # inside the first inner chunk, not the index
+    shard.write_bytes(bytes(data))
+    store = load_relabel(w.path)
+    failures = 0
+    for i in range(len(store)):
+        try:
+            store.get_row(i)
+        except CorruptDataError as exc:
+            assert "values/c.0.0.0.0" in str(exc) and str(w.path) in str(exc)
+            failures += 1
+    assert failures == 1
+    data[-3] ^= 0xFF  # the shard index itself
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptDataError, match="index checksum"):
+        load_relabel(w.path).get_row(0)
+
+
+def test_store_pickles_for_spawned_workers(tmp_path):
+    store = load_relabel(write_store(tmp_path / "s.zarr", 10).path)
+    store.get_row(0)  # opens a memory map that must not be pickled
+    clone = pickle.loads(pickle.dumps(store))
+    np.testing.assert_array_equal(clone.get_row(3).values, store.get_row(3).values)
+
+
+def test_keys_are_compact(tmp_path):
+    store = load_relabel(write_store(tmp_path / "s.zarr", 30).path)
+    assert store.keys.dtype.itemsize == len("img_00000")
+    assert store.keys.nbytes == 30 * 9
+    with pytest.raises(ValueError):
+        store.keys[0] = b"x"
+
+
+def test_empty_store(tmp_path):
+    store = load_relabel(write_store(tmp_path / "s.zarr", 0).path)
+    assert len(store) == 0 and "x" not in store
+
+
+def test_copying_a_store_keeps_it_readable(tmp_path):
+    w = write_store(tmp_path / "s.zarr", 12)
+    shutil.copytree(w.path, tmp_path / "copy.zarr")
+    os.utime(tmp_path / "copy.zarr")
+    assert len(load_relabel(tmp_path / "copy.zarr")) == 12
