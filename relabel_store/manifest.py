@@ -66,6 +66,8 @@ class Manifest:
                 for f in files
             )
             recorded = data["digest"]
+        except UnsafePathError:
+            raise
         except (ValueError, KeyError, TypeError) as exc:
             raise FormatError(f"{where} is not a valid relabel-store manifest: {exc}") from None
         for e in entries:
