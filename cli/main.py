@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,146 @@ def _human(n: float) -> str:
 
 
 @main.command()
+@click.argument("input", required=False)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Store to write (a folder, e.g. train.relabel.zarr).",
+)
+@click.option(
+    "--model",
+    default="tf_efficientnet_l2.ns_jft_in1k_475",
+    show_default=True,
+    help="timm classifier used as the annotator.",
+)
+@click.option(
+    "--checkpoint",
+    default=None,
+    help="Weights: a .safetensors or torch state-dict file, or 'efficientnet-lite0' "
+    "(offline ImageNet weights for --model tf_efficientnet_lite0). Default: timm's "
+    "pretrained weights (needs a network).",
+)
+@click.option("--grid", default=15, show_default=True, help="Label-map cells per side.")
+@click.option("-k", "--top-k", "k", default=5, show_default=True, help="Classes kept per cell.")
+@click.option(
+    "--input-size",
+    type=int,
+    default=None,
+    help="Square annotator input size (default: the model's pretrained size).",
+)
+@click.option(
+    "--hf-dataset",
+    default=None,
+    help="A Hugging Face datasets name or save_to_disk folder instead of INPUT.",
+)
+@click.option("--split", default=None, help="Split of --hf-dataset (e.g. train).")
+@click.option("--image-column", default="image", show_default=True)
+@click.option("--key-column", default=None, help="Column holding sample keys (default: file stem).")
+@click.option("--label-column", default="auto", show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "imagefolder", "folder", "list"]),
+    default="auto",
+    show_default=True,
+    help="How to read INPUT: class folders, a plain folder, or a file list.",
+)
+@click.option("--dataset-name", default=None, help="Name recorded in the metadata.")
+@click.option(
+    "--parent",
+    default=None,
+    help="Store whose labels trained this annotator (Label-Refinery lineage).",
+)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option(
+    "--workers", type=int, default=None, help="DataLoader workers (default: min(4, CPUs))."
+)
+@click.option("--shard-records", default=4096, show_default=True, help="Records per shard file.")
+@click.option(
+    "--on-error",
+    type=click.Choice(["skip", "fail"]),
+    default="skip",
+    show_default=True,
+    help="Unreadable images: record in errors.jsonl and go on, or stop.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--amp",
+    type=click.Choice(["auto", "bf16", "fp16", "none"]),
+    default="auto",
+    show_default=True,
+    help="Autocast precision on CUDA (CPU always runs float32).",
+)
+@click.option("--resume", is_flag=True, help="Require an unfinished store at --output to resume.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing store at --output first.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def generate(input: str | None, output: Path, model: str, checkpoint: str | None, grid: int,
+             k: int, input_size: int | None, hf_dataset: str | None, split: str | None,
+             image_column: str, key_column: str | None, label_column: str, kind: str,
+             dataset_name: str | None, parent: str | None, batch_size: int,
+             workers: int | None, shard_records: int, on_error: str, device: str, amp: str,
+             resume: bool, overwrite: bool, quiet: bool) -> None:  # fmt: skip
+    """Annotate the images of INPUT and write a label-map store.
+
+    INPUT is an ImageNet-style folder (<class>/<image>), a plain folder of images, or a text
+    file listing image paths; or use --hf-dataset. Rerunning the same command after an
+    interruption resumes where it stopped; the finished store is identical.
+    """
+    import torch
+
+    from relabel_store import load_relabel
+    from relabel_store.annotator import load_annotator
+    from relabel_store.generate import generate as run
+    from relabel_store.inputs import open_inputs
+
+    if (input is None) == (hf_dataset is None):
+        raise click.UsageError("give either INPUT or --hf-dataset (exactly one)")
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other")
+    if resume and not (output / "_progress").is_dir():
+        raise click.UsageError(f"--resume: there is no unfinished store at {output}")
+    if device == "auto":
+        local = os.environ.get("LOCAL_RANK", "0")
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    source = open_inputs(
+        hf_dataset or input,
+        kind="hf" if hf_dataset else kind,
+        split=split,
+        image_column=image_column,
+        key_column=key_column,
+        label_column=None if label_column == "none" else label_column,
+    )
+    annotator = load_annotator(
+        model, checkpoint, grid=(grid, grid), k=k, input_size=input_size, device=device,
+        amp=None if amp == "none" else amp,
+    )  # fmt: skip
+    lineage = None
+    if parent:
+        p = load_relabel(parent)
+        lineage = {
+            "location": parent,
+            "digest": p.manifest.digest if p.manifest else None,
+            "annotator": p.metadata.annotator.get("model"),
+        }
+    result = run(
+        source,
+        output,
+        annotator,
+        batch_size=batch_size,
+        num_workers=workers,
+        shard_records=shard_records,
+        dataset={"name": dataset_name or Path(hf_dataset or input).name, "split": split},
+        parent=lineage,
+        on_error=on_error,
+        overwrite=overwrite,
+        progress=False if quiet else None,
+    )
+    if not quiet and result.digest is not None:
+        click.echo(result.summary())
+
+
+@main.command()
 @click.argument("store")
 def info(store: str) -> None:
     """Summarise a store: records, grid, k, classes, annotator, size on disk, digest."""
@@ -52,7 +193,7 @@ def info(store: str) -> None:
         + (f" ({m.rows - len(s)} failed, see errors.jsonl)" if m.rows > len(s) else ""),
         f"grid:        {m.grid[0]}x{m.grid[1]}, top-{m.k} of {m.num_classes} classes ({m.value_kind})",
         f"dataset:     {m.dataset.get('name', '?')} / {m.dataset.get('split', '?')}",
-        f"annotator:   {ann.get('model', '?')} @ {ann.get('input_size', '?')}"
+        f"annotator:   {ann.get('model', '?')} @ {ann.get('preprocess', {}).get('input_size', '?')}"
         + (
             f", weights sha256 {str(ann['weights_sha256'])[:16]}…"
             if ann.get("weights_sha256")
@@ -67,6 +208,59 @@ def info(store: str) -> None:
             f"parent:      {m.parent.get('digest', '?')} ({m.parent.get('location', '?')})"
         )
     click.echo("\n".join(lines))
+
+
+def _box(value: str | None) -> object:
+    from relabel_store.pooling import CropBox
+
+    if value is None:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: expected four comma-separated numbers x0,y0,x1,y1 (normalised, 0..1)"
+        ) from None
+    return CropBox(x0, y0, x1, y1)
+
+
+@main.command()
+@click.argument("store")
+@click.argument("key")
+@click.option(
+    "--image",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The original image of KEY, drawn under the map.",
+)
+@click.option(
+    "--box",
+    default=None,
+    help="Crop box x0,y0,x1,y1 (normalised 0..1): also show its pooled soft target.",
+)
+@click.option("--flip", is_flag=True, help="The crop was mirrored (with --box).")
+@click.option("--top", default=5, show_default=True, help="Classes in the bar chart.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG file to write.",
+)
+def show(store: str, key: str, image: Path | None, box: str | None, flip: bool, top: int,
+         output: Path) -> None:  # fmt: skip
+    """Draw the label map of KEY: top-1 class per cell, and a crop's pooled target."""
+    from dataclasses import replace
+
+    from relabel_store import load_relabel
+    from relabel_store.show import render_label_map
+
+    crop = _box(box)
+    if flip:
+        if crop is None:
+            raise click.UsageError("--flip needs --box")
+        crop = replace(crop, flipped=True)
+    out = render_label_map(load_relabel(store), key, output, image=image, box=crop, top=top)
+    click.echo(f"wrote {out}")
 
 
 @main.command()

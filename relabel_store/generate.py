@@ -1,0 +1,250 @@
+"""``generate``: annotate an image dataset with a dense annotator and write a store.
+
+Rows are the input's keys in sorted order; the store is written shard by shard. Batches never
+straddle shards and always split a shard the same way, so a resumed run computes every shard
+exactly as an uninterrupted one would (same bytes). Under ``torchrun`` each rank annotates the
+shards ``s`` with ``s % world_size == rank``; rank 0 finalizes after a barrier.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from relabel_store.annotator import DenseAnnotator
+from relabel_store.errors import InputError
+from relabel_store.format import DEFAULT_SHARD_RECORDS, ERRORS_NAME, StoreMetadata
+from relabel_store.inputs import InputDataset, InputSource, collate_inputs
+from relabel_store.writer import StoreWriter
+
+__all__ = ["GenerateResult", "generate"]
+
+OnError = Literal["skip", "fail"]
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """What a ``generate`` run did (``records``/``skipped`` count the whole store)."""
+
+    path: Path
+    records: int
+    skipped: int
+    annotated_now: int
+    seconds: float
+    store_bytes: int
+    digest: str | None  # None on ranks other than 0
+
+    def summary(self) -> str:
+        rate = self.annotated_now / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"store:    {self.path}",
+            f"records:  {self.records} ({self.skipped} skipped"
+            + (f", see {self.path / ERRORS_NAME})" if self.skipped else ")"),
+            f"time:     {self.seconds:.1f} s for {self.annotated_now} images ({rate:.1f} images/s)",
+            f"size:     {self.store_bytes / 1e6:.2f} MB"
+            + (f" ({self.store_bytes / self.records:.0f} B per record)" if self.records else ""),
+            f"digest:   {self.digest}",
+        ]
+        return "\n".join(lines)
+
+
+class _ShardBatches(Sampler[list[int]]):
+    """Batches of dataset positions that never straddle shards, split the same way every run."""
+
+    def __init__(self, shard_sizes: list[int], batch_size: int) -> None:
+        self.batches: list[list[int]] = []
+        start = 0
+        for n in shard_sizes:
+            for b in range(0, n, batch_size):
+                self.batches.append(list(range(start + b, start + min(b + batch_size, n))))
+            start += n
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising torch.distributed when launched by torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def class_names_for(annotator: DenseAnnotator) -> tuple[str, ...] | None:
+    """Human class names of the annotator's label space, from timm's offline ImageNet info."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(annotator.model)
+        if not subset:
+            return None
+        info = ImageNetInfo(subset)
+        names = tuple(info.index_to_description(i) for i in range(annotator.num_classes))
+        return names if len(names) == annotator.num_classes else None
+    except Exception:  # names are a nicety; a store without them is still complete
+        return None
+
+
+def generate(
+    inputs: InputSource,
+    output: str | os.PathLike[str],
+    annotator: DenseAnnotator,
+    *,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    shard_records: int = DEFAULT_SHARD_RECORDS,
+    dataset: dict[str, Any] | None = None,
+    parent: dict[str, Any] | None = None,
+    on_error: OnError = "skip",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> GenerateResult:
+    """Annotate every image of ``inputs`` and write (or resume) the store at ``output``.
+
+    ``on_error="skip"`` records unreadable images in ``errors.jsonl`` and goes on;
+    ``"fail"`` stops at the first one (finished shards stay on disk; rerun to resume).
+    ``progress``: a tqdm bar; None shows it only on a terminal.
+    """
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    started = time.perf_counter()
+    rank, world = _distributed()
+    described = annotator.describe()
+    meta = StoreMetadata(
+        grid=annotator.grid,
+        k=annotator.k,
+        num_classes=annotator.num_classes,
+        rows=len(inputs),
+        shard_records=shard_records,
+        class_names=class_names_for(annotator),
+        annotator=described,
+        dataset={**inputs.describe(), "class_names": inputs.class_names, **(dataset or {})},
+        parent=parent,
+    )
+    path = Path(output)
+    if rank == 0:
+        writer = StoreWriter.open(path, meta, overwrite=overwrite)
+    _barrier(world)
+    if rank != 0:
+        writer = StoreWriter.open(path, meta)
+    done = writer.completed_shards()
+    todo = [s for s in range(writer.num_shards) if s % world == rank and s not in done]
+    shard_rows = [writer.shard_rows(s) for s in todo]
+    rows = [r for rng in shard_rows for r in rng]
+
+    device = annotator.device
+    workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+    loader = DataLoader(
+        InputDataset(inputs, annotator.transform, rows),
+        batch_sampler=_ShardBatches([len(r) for r in shard_rows], batch_size),
+        num_workers=workers,
+        collate_fn=collate_inputs,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    bar = _progress_bar(len(rows), progress, rank, world)
+    h, w = annotator.grid
+    k = annotator.k
+    batches = iter(loader)
+    for shard, rng in zip(todo, shard_rows, strict=True):
+        n = len(rng)
+        idx = np.zeros((n, h, w, k), np.uint16)
+        val = np.zeros((n, h, w, k), np.float16)
+        labels = np.full(n, -1, np.int32)
+        sizes = np.zeros((n, 2), np.int32)
+        keys: list[str | None] = [None] * n
+        errors: list[dict[str, str] | None] = [None] * n
+        seen = 0
+        while seen < n:
+            batch = next(batches)
+            for f in batch.failures:
+                if on_error == "fail":
+                    raise InputError(
+                        f"cannot annotate {f.location} (key {f.key!r}): {f.reason}. Fix or "
+                        "remove the file, or rerun with --on-error skip to record it in "
+                        f"{ERRORS_NAME} and go on; finished shards are kept."
+                    )
+                i = f.row - rng.start
+                keys[i] = f.key
+                errors[i] = {"path": f.location, "reason": f.reason}
+                labels[i] = inputs.label(f.row)
+            if len(batch):
+                images = batch.images.to(device, non_blocking=True)
+                values, indices = annotator(images)
+                local = batch.rows.numpy() - rng.start
+                idx[local] = indices.cpu().numpy()
+                val[local] = values.float().cpu().numpy()
+                labels[local] = batch.labels.numpy()
+                sizes[local] = batch.sizes.numpy()
+                for i, key in zip(local.tolist(), batch.keys, strict=True):
+                    keys[i] = key
+            step = len(batch) + len(batch.failures)
+            seen += step
+            if bar is not None:
+                bar.update(step)
+        writer.write_shard(
+            shard, keys=keys, labels=labels, sizes=sizes, indices=idx, values=val, errors=errors
+        )
+    if bar is not None:
+        bar.close()
+    _barrier(world)
+    digest = None
+    if rank == 0:
+        manifest = writer.finalize()
+        digest = manifest.digest
+        size = manifest.total_bytes
+        records = writer.metadata.record_count
+    else:
+        size, records = 0, 0
+    _barrier(world)
+    return GenerateResult(
+        path=path,
+        records=records,
+        skipped=meta.rows - records if rank == 0 else 0,
+        annotated_now=len(rows),
+        seconds=time.perf_counter() - started,
+        store_bytes=size,
+        digest=digest,
+    )
+
+
+def _progress_bar(total: int, progress: bool | None, rank: int, world: int) -> Any:
+    if progress is False or total == 0:
+        return None
+    if progress is None and not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="img",
+        desc=f"annotating (rank {rank}/{world})" if world > 1 else "annotating",
+        position=rank,
+        smoothing=0.05,
+    )

