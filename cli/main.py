@@ -276,3 +276,9 @@ def verify(store: Path) -> None:
         click.echo(f"FAILED: {len(report.lines())} problem(s) in {store}", err=True)
         sys.exit(1)
     click.echo(f"ok: {report.checked} files match manifest digest {report.digest}")
+
+
+from relabel_store.cli.remote import pull, push  # noqa: E402
+
+main.add_command(push)
+main.add_command(pull)

@@ -4,16 +4,53 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from relabel_store.reader import RelabelStore
+from relabel_store.remote import Mode
 
 
-def load_relabel(name_or_path: str | os.PathLike[str], revision: str | None = None) -> RelabelStore:
-    """Open a store by local path.
+def load_relabel(
+    name_or_path: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    mode: Mode = "cache",
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> RelabelStore:
+    """Open a store: a local path, a Hub dataset repo, an fsspec URL, or a registered name.
 
-    Registered names (``"imagenet-relabel"``), Hub repos and fsspec URLs resolve through the same
-    call once remote access is configured (see the docs' publishing page).
+    - ``"path/to/train.relabel.zarr"``: a local store, read in place;
+    - ``"hf://datasets/org/name@REV"`` (optionally ``/subfolder``), or ``"org/name"`` with
+      ``revision=``: a store on the Hugging Face Hub; a branch or tag is pinned to its commit at
+      open;
+    - ``"s3://bucket/store.relabel.zarr"``, ``"file:///..."``, any fsspec URL
+      (``storage_options`` are passed to fsspec);
+    - ``"imagenet-relabel"``: a name from :mod:`relabel_store.registry`.
+
+    Remote stores are read through a verified local cache (``mode="cache"``: each shard is
+    downloaded whole on first touch and checked against the manifest) or with ranged requests
+    (``mode="range"``, for sparse access). ``cache_dir`` defaults to ``$RELABEL_STORE_CACHE`` or
+    ``$HF_HOME/relabel-store``; ``token`` to huggingface_hub's usual sources. With
+    ``HF_HUB_OFFLINE=1`` stores open from the cache without any request.
     """
-    if revision is not None:
-        raise ValueError("revision= applies to Hub stores only; a local path has no revisions")
-    return RelabelStore.open(Path(name_or_path))
+    from relabel_store.remote import open_source
+
+    if isinstance(name_or_path, os.PathLike) or Path(str(name_or_path)).exists():
+        if revision is not None:
+            raise ValueError("revision= applies to Hub stores only; a local path has no revisions")
+        return RelabelStore.open(Path(name_or_path))
+    source = open_source(
+        name_or_path,
+        revision,
+        mode=mode,
+        cache_dir=cache_dir,
+        token=token,
+        storage_options=storage_options,
+    )
+    try:
+        return RelabelStore(source)
+    except BaseException:
+        source.close()
+        raise

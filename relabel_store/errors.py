@@ -57,3 +57,7 @@ class AnnotatorError(RelabelStoreError, RuntimeError):
 
 class InputError(RelabelStoreError, ValueError):
     """The input dataset for ``generate`` is unusable (no images, duplicate keys, ...)."""
+
+
+class RemoteError(RelabelStoreError, OSError):
+    """A remote store cannot be reached, refused access, or is needed while offline."""

@@ -214,22 +214,23 @@ class RelabelStore:
             if manifest_raw is not None
             else None
         )
-        layouts = {name: self._layout(name) for name in (INDICES, VALUES, LABELS, SIZES)}
-        self._indices = _ShardedArray(source, layouts[INDICES])
-        self._values = _ShardedArray(source, layouts[VALUES])
-
-        def read(key: str) -> bytes | None:
-            return source.read(key)
-
-        self._labels = layouts[LABELS].read_regular(read, where)
-        self._sizes = layouts[SIZES].read_regular(read, where)
+        self._indices = _ShardedArray(source, self._layout(INDICES))
+        self._values = _ShardedArray(source, self._layout(VALUES))
+        # The per-key index (written by finalize): sorted keys, their physical rows, labels, sizes.
         if self.metadata.complete:
-            keys = self._layout(KEYS).read_regular(read, where)
-            self._rows = self._layout(ROWS).read_regular(read, where).astype(np.int64)
+            keys = self._index(KEYS)
             self._keys = np.ascontiguousarray(keys).view(f"S{keys.shape[1]}").reshape(-1)
+            self._rows = self._index(ROWS).astype(np.int64)
+            self._labels = self._index(LABELS).astype(np.int32)
+            self._sizes = self._index(SIZES).astype(np.int32)
         else:
-            self._rows = np.zeros(0, np.int64)
             self._keys = np.zeros(0, "S1")
+            self._rows = np.zeros(0, np.int64)
+            self._labels = np.zeros(0, np.int32)
+            self._sizes = np.zeros((0, 2), np.int32)
+
+    def _index(self, name: str) -> np.ndarray:
+        return self._layout(name).read_regular(self.source.read, self.source.location)
 
     def _layout(self, name: str) -> ArrayLayout:
         raw = self.source.read(f"{name}/zarr.json")
@@ -300,12 +301,12 @@ class RelabelStore:
 
     def _record(self, i: int) -> Record:
         p = int(self._rows[i])
-        h, w = self._sizes[p]
+        h, w = self._sizes[i]
         return Record(
             self._keys[i].decode(),
             self._indices.get(p),
             self._values.get(p),
-            int(self._labels[p]),
+            int(self._labels[i]),
             (int(h), int(w)),
         )
 
@@ -322,19 +323,18 @@ class RelabelStore:
             bad = next((i for i in idx.ravel().tolist() if not 0 <= i < len(self)), idx)
             self._check_row(bad)
         idx = idx.astype(np.int64, copy=False)
-        phys = self._rows[idx]
-        phys_list = phys.tolist()
+        phys = self._rows[idx].tolist()
         return RecordBatch(
             [k.decode() for k in self._keys[idx].tolist()],
-            self._indices.get_many(phys_list),
-            self._values.get_many(phys_list),
-            self._labels[phys],
-            self._sizes[phys],
+            self._indices.get_many(phys),
+            self._values.get_many(phys),
+            self._labels[idx],
+            self._sizes[idx],
         )
 
     def labels(self) -> np.ndarray:
         """Original labels in key order (-1 where unknown)."""
-        return self._labels[self._rows]
+        return self._labels.copy()
 
     def close(self) -> None:
         self._indices.drop_cache()

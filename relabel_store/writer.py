@@ -73,7 +73,7 @@ class StoreWriter:
         self._zstore = LocalStore(root)
         self._arrays = {
             name: zarr.open_array(self._zstore, path=name, mode="r+")
-            for name in (INDICES, VALUES, LABELS, SIZES)
+            for name in (INDICES, VALUES)
         }
 
     @classmethod
@@ -134,14 +134,6 @@ class StoreWriter:
                 chunk_key_encoding=_SEP,
                 dimension_names=dims,
             )
-        group.create_array(
-            LABELS, shape=(m.rows,), dtype="int32", chunks=(s,), compressors=_compressors(),
-            fill_value=-1, chunk_key_encoding=_SEP, dimension_names=("record",),
-        )  # fmt: skip
-        group.create_array(
-            SIZES, shape=(m.rows, 2), dtype="int32", chunks=(s, 2), compressors=_compressors(),
-            fill_value=0, chunk_key_encoding=_SEP, dimension_names=("record", "hw"),
-        )  # fmt: skip
         (root / PROGRESS_DIR).mkdir(exist_ok=True)
 
     # -- progress -------------------------------------------------------------------------------
@@ -206,21 +198,23 @@ class StoreWriter:
         values16 = values.astype(np.float16)
         if not np.isfinite(values16).all():
             raise ValueError("values must be finite and within float16 range (|logit| < 65504)")
-        labels_arr = np.asarray(labels, dtype=np.int32).reshape(n)
-        sizes_arr = np.asarray(sizes, dtype=np.int32).reshape(n, 2)
+        labels_list = np.asarray(labels, dtype=np.int32).reshape(n).tolist()
+        sizes_list = np.asarray(sizes, dtype=np.int32).reshape(n, 2).tolist()
         failed = np.array([e is not None for e in errors], dtype=bool)
         if failed.any():
             indices = indices.copy()
             indices[failed] = 0
             values16[failed] = 0
-            sizes_arr = sizes_arr.copy()
-            sizes_arr[failed] = 0
         sl = slice(rows.start, rows.stop)
         self._arrays[INDICES][sl] = indices.astype(np.uint16)
         self._arrays[VALUES][sl] = values16
-        self._arrays[LABELS][sl] = labels_arr
-        self._arrays[SIZES][sl] = sizes_arr
-        progress = {"shard": shard, "keys": keys, "errors": errors}
+        progress = {
+            "shard": shard,
+            "keys": keys,
+            "labels": labels_list,
+            "sizes": sizes_list,
+            "errors": errors,
+        }
         atomic_write_bytes(self._progress_path(shard), json.dumps(progress).encode())
 
     # -- sealing --------------------------------------------------------------------------------
@@ -235,15 +229,18 @@ class StoreWriter:
             )
         keys: list[bytes] = []
         rows: list[int] = []
+        labels: list[int] = []
+        sizes: list[list[int]] = []
         failures: list[dict[str, Any]] = []
         for shard in range(self.num_shards):
-            progress = json.loads(self._progress_path(shard).read_bytes())
-            for row, key, err in zip(
-                self.shard_rows(shard), progress["keys"], progress["errors"], strict=True
-            ):
+            p = json.loads(self._progress_path(shard).read_bytes())
+            entries = zip(p["keys"], p["labels"], p["sizes"], p["errors"], strict=True)
+            for row, (key, label, size, err) in zip(self.shard_rows(shard), entries, strict=True):
                 if err is None:
                     keys.append(key.encode())
                     rows.append(row)
+                    labels.append(label)
+                    sizes.append(size)
                 else:
                     failures.append({"key": key, **err})
         order = sorted(range(len(keys)), key=keys.__getitem__)
@@ -255,11 +252,16 @@ class StoreWriter:
         key_bytes = np.zeros((len(sorted_keys), width), dtype=np.uint8)
         if sorted_keys:
             key_bytes.view(f"S{width}")[:, 0] = sorted_keys
-        row_arr = np.asarray([rows[i] for i in order], dtype=np.int64)
-        group = zarr.open_group(self._zstore, mode="r+")
         n = len(sorted_keys)
+        index = {
+            KEYS: (key_bytes, ("key", "byte")),
+            ROWS: (np.asarray([rows[i] for i in order], np.int64).reshape(n), ("key",)),
+            LABELS: (np.asarray([labels[i] for i in order], np.int32).reshape(n), ("key",)),
+            SIZES: (np.asarray([sizes[i] for i in order], np.int32).reshape(n, 2), ("key", "hw")),
+        }
+        group = zarr.open_group(self._zstore, mode="r+")
         chunk = max(1, min(n, KEY_CHUNK_ROWS))
-        for name, data, dims in ((KEYS, key_bytes, ("key", "byte")), (ROWS, row_arr, ("key",))):
+        for name, (data, dims) in index.items():
             arr = group.create_array(
                 name,
                 shape=data.shape,

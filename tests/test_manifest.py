@@ -56,13 +56,13 @@ def test_verify_cli_reports_missing_extra_resized(tmp_path):
     runner = CliRunner()
     ok = runner.invoke(main, ["verify", str(src)])
     assert ok.exit_code == 0 and "ok:" in ok.output
-    (src / "labels" / "c.1").unlink()
+    (src / "indices" / "c.1.0.0.0").unlink()
     (src / "notes.txt").write_text("hello")
     with open(src / "sizes" / "c.0.0", "ab") as f:
         f.write(b"\0")
     bad = runner.invoke(main, ["verify", str(src)])
     assert bad.exit_code == 1
-    assert "missing: labels/c.1" in bad.output
+    assert "missing: indices/c.1.0.0.0" in bad.output
     assert "extra: notes.txt" in bad.output
     assert "resized: sizes/c.0.0" in bad.output
 

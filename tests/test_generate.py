@@ -1,0 +1,230 @@
+"""`relabel-store generate` end to end with the real offline annotator on real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _photos import write_photos
+from click.testing import CliRunner
+from PIL import Image
+
+from relabel_store import load_relabel, verify_store
+from relabel_store.cli.main import main
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+LITE0 = ["--model", "tf_efficientnet_lite0", "--checkpoint", "efficientnet-lite0"]
+FAST = [*LITE0, "--input-size", "224", "--workers", "0", "--batch-size", "4"]
+
+
+def photo_folder(root: Path, crops: int = 0) -> Path:
+    """ImageNet-style folder of real photos, plus ``crops`` extra crops of them."""
+    write_photos(root, class_folders=True)
+    files = sorted(root.rglob("*.jpg"))
+    rng = np.random.default_rng(0)
+    for i in range(crops):
+        src = files[i % len(files)]
+        img = Image.open(src)
+        w, h = img.size
+        x0, y0 = int(rng.integers(0, w // 3)), int(rng.integers(0, h // 3))
+        img.crop((x0, y0, x0 + w // 2, y0 + h // 2)).save(src.parent / f"{src.stem}_crop{i}.jpg")
+    return root
+
+
+def data_files(store: Path) -> dict[str, bytes]:
+    skip = {"zarr.json", "manifest.json"}
+    return {
+        p.relative_to(store).as_posix(): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "relabel-store"), *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_generate_real_photos_end_to_end(tmp_path):
+    photos = photo_folder(tmp_path / "photos")
+    out = tmp_path / "photos.relabel.zarr"
+    result = CliRunner().invoke(
+        main, ["generate", str(photos), "-o", str(out), *LITE0, "--workers", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "records:  6 (0 skipped)" in result.output
+    store = load_relabel(out)
+    meta = store.metadata
+    assert len(store) == 6 and meta.grid == (15, 15) and meta.k == 5
+    assert meta.annotator["model"] == "tf_efficientnet_lite0"
+    assert meta.annotator["feature_grid"] == [15, 15]  # lite0 at 475: no resampling
+    assert len(meta.annotator["weights"]["sha256"]) == 64
+    assert meta.class_names[285] == "Egyptian cat"
+    assert meta.dataset["class_names"] == [
+        "astronaut",
+        "china",
+        "flower",
+        "n02124075",
+        "n07920052",
+        "rocket",
+    ]
+    chelsea = store.get("chelsea")
+    assert chelsea.label == 3 and chelsea.size == (300, 451)
+    assert (np.diff(chelsea.values.astype(np.float32), axis=-1) <= 0).all()  # descending
+    assert verify_store(out).ok
+
+
+def test_bad_images_are_reported_and_skipped_or_stop_the_run(tmp_path):
+    photos = photo_folder(tmp_path / "photos")
+    good = (photos / "rocket" / "rocket.jpg").read_bytes()
+    (photos / "rocket" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (photos / "rocket" / "notes.jpg").write_text("not an image")
+    Image.new("CMYK", (64, 48), (0, 100, 0, 0)).save(photos / "rocket" / "cmyk.jpg")
+    Image.new("I;16", (64, 48), 40000).save(photos / "rocket" / "deep.png")
+    Image.new("P", (64, 48)).save(photos / "rocket" / "palette.png")
+    out = tmp_path / "s.zarr"
+    failed = run_cli("generate", str(photos), "-o", str(out), *FAST, "--on-error", "fail", "-q")
+    assert failed.returncode == 2
+    assert "notes.jpg" in failed.stderr and "--on-error skip" in failed.stderr
+    ok = run_cli("generate", str(photos), "-o", str(out), *FAST)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 skipped" in ok.stdout
+    store = load_relabel(out)
+    assert len(store) == 9 and "truncated" not in store and "cmyk" in store and "deep" in store
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["key"] for e in errors] == ["notes", "truncated"]
+    assert errors[0]["path"].endswith("rocket/notes.jpg") and errors[0]["reason"]
+
+
+def test_duplicate_keys_stop_before_any_work(tmp_path):
+    photos = tmp_path / "photos"
+    write_photos(photos / "a", ["coffee"])
+    write_photos(photos / "b", ["coffee"])
+    result = run_cli("generate", str(photos), "-o", str(tmp_path / "s.zarr"), *FAST)
+    assert result.returncode == 2 and "coffee" in result.stderr and "duplicate" in result.stderr
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_kill_9_then_rerun_gives_the_same_bytes(tmp_path):
+    photos = photo_folder(tmp_path / "photos", crops=10)
+    args = [*FAST, "--shard-records", "2", "-q"]
+    reference = tmp_path / "reference.zarr"
+    assert run_cli("generate", str(photos), "-o", str(reference), *args).returncode == 0
+
+    out = tmp_path / "s.zarr"
+    proc = subprocess.Popen(
+        [str(BIN / "relabel-store"), "generate", str(photos), "-o", str(out), *args]
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / "_progress").glob("shard-*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "_progress").glob("shard-*.json")))
+    assert 2 <= done < 8, "the run should have been killed part-way"
+    assert not (out / "manifest.json").exists()
+    resumed = run_cli("generate", str(photos), "-o", str(out), *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert data_files(out) == data_files(reference)
+    assert verify_store(out).ok
+
+
+def test_parent_lineage_and_refusing_a_finished_store(tmp_path):
+    photos = photo_folder(tmp_path / "photos")
+    first = tmp_path / "round1.zarr"
+    assert run_cli("generate", str(photos), "-o", str(first), *FAST, "-q").returncode == 0
+    again = run_cli("generate", str(photos), "-o", str(first), *FAST, "-q")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    second = tmp_path / "round2.zarr"
+    assert (
+        run_cli(
+            "generate", str(photos), "-o", str(second), *FAST, "--parent", str(first), "-q"
+        ).returncode
+        == 0
+    )
+    parent = load_relabel(second).metadata.parent
+    assert parent["digest"] == load_relabel(first).manifest.digest
+
+
+def test_generate_from_a_hugging_face_dataset(tmp_path):
+    import datasets
+
+    files = write_photos(tmp_path / "src", ["chelsea", "coffee", "rocket"])
+    ds = datasets.Dataset.from_dict(
+        {"image": [str(p) for p in files.values()], "label": [285, 967, -1]}
+    ).cast_column("image", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "s.zarr"
+    result = run_cli("generate", "--hf-dataset", str(tmp_path / "hf"), "-o", str(out), *FAST, "-q")
+    assert result.returncode == 0, result.stderr
+    store = load_relabel(out)
+    assert [k.decode() for k in store.keys] == ["chelsea", "coffee", "rocket"]
+    assert store.get("coffee").label == 967
+
+
+def test_missing_weights_say_how_to_work_offline(tmp_path, monkeypatch):
+    photos = photo_folder(tmp_path / "photos")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [str(BIN / "relabel-store"), "generate", str(photos), "-o", str(tmp_path / "s.zarr")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--checkpoint" in result.stderr and "efficientnet-lite0" in result.stderr
+
+
+DIST_WRAPPER = """
+import json, os, sys
+from relabel_store.writer import StoreWriter
+original = StoreWriter.write_shard
+def logged(self, shard, **kw):
+    with open(os.environ["SHARD_LOG"], "a") as f:
+        f.write(json.dumps([int(os.environ.get("RANK", 0)), shard]) + "\\n")
+    return original(self, shard, **kw)
+StoreWriter.write_shard = logged
+from relabel_store.cli.main import main
+sys.argv = ["relabel-store", *sys.argv[1:]]
+main()
+"""
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    photos = photo_folder(tmp_path / "photos", crops=4)
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(DIST_WRAPPER)
+    args = ["generate", str(photos), *FAST, "--shard-records", "2", "-q"]
+    single = tmp_path / "single.zarr"
+    assert run_cli(*args, "-o", str(single)).returncode == 0
+    log = tmp_path / "shards.log"
+    dist = tmp_path / "dist.zarr"
+    env = {**os.environ, "SHARD_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(wrapper), *args, "-o", str(dist)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    writes = [tuple(json.loads(line)) for line in log.read_text().splitlines()]
+    shards = [s for _, s in writes]
+    assert sorted(shards) == list(range(5)) and {r for r, _ in writes} == {0, 1}
+    a, b = load_relabel(single), load_relabel(dist)
+    assert list(a.keys) == list(b.keys)
+    for i in range(len(a)):
+        ra, rb = a.get_row(i), b.get_row(i)
+        np.testing.assert_array_equal(ra.indices, rb.indices)
+        np.testing.assert_allclose(
+            ra.values.astype(np.float32), rb.values.astype(np.float32), rtol=2e-3, atol=1e-3
+        )
+    assert verify_store(dist).ok and len(list(dist.glob("manifest*"))) == 1
+    shutil.rmtree(dist)
