@@ -31,8 +31,9 @@ from relabel_store.pooling import (
 )
 
 ATOL, RTOL = 1e-6, 1e-5
+DEFAULT = PoolingSpec()
 PROPERTY = settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
@@ -76,7 +77,7 @@ def random_record(rng: np.random.Generator, height: int, width: int, k: int, num
     return order.astype(np.uint16), values.astype(np.float16)
 
 
-def batch_pool(indices, values, box, num_classes, spec=PoolingSpec(), label=-1) -> np.ndarray:
+def batch_pool(indices, values, box, num_classes, spec=DEFAULT, label=-1) -> np.ndarray:
     """BatchPooler on a batch of one, from the store's own dtypes (uint16, float16)."""
     boxes, flipped = stack_boxes([box])
     pooler = BatchPooler(num_classes, spec)
@@ -137,9 +138,7 @@ def records(draw):
     return indices, values, num_classes
 
 
-grids = st.one_of(
-    st.just((1, 1)), st.tuples(st.integers(1, 4), st.integers(1, 4)), st.just((7, 7))
-)
+grids = st.one_of(st.just((1, 1)), st.tuples(st.integers(1, 4), st.integers(1, 4)), st.just((7, 7)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,19 +196,32 @@ def test_imagenet_sized_record(box, grid):
         np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("size", [4, 15])
-def test_sampling_points_exactly_on_the_map_border(size):
-    """Points at exactly -1 or size count; a hair beyond they don't (float32 decides)."""
+@pytest.mark.parametrize(
+    ("size", "lo", "hi"),
+    [
+        (4, 0.5, 2.0),  # a point exactly at size
+        (4, -1.0, 0.5),  # a point exactly at -1
+        (4, 0.5, 2.0 - 1e-7),
+        (4, -1.0 + 1e-7, 0.5),
+        # float32 puts a point exactly on the border, where float64 arithmetic falls just
+        # outside: only float32 arithmetic, as in the kernel, keeps these points.
+        (1, -5 / 6, 0.5),
+        (4, 4 / 9, 11 / 9),
+        (15, -0.85, 0.13),
+        (15, -0.61, 1.13),
+    ],
+)
+def test_sampling_points_exactly_on_the_map_border(size, lo, hi):
+    """Points at exactly -1 or size count, beyond they don't; float32 rounding decides."""
     indices, values = random_record(np.random.default_rng(size), size, size, 3, 12)
-    for x0, x1 in [(0.5, 2.0), (-1.0, 0.5), (0.5, 2.0 - 1e-7), (-1.0 + 1e-7, 0.5)]:
-        for box in (CropBox(x0, 0.0, x1, 1.0), CropBox(0.0, x0, 1.0, x1)):
-            expected = reference(indices, values, box, 12)[0, 0]
-            np.testing.assert_allclose(
-                pool(indices, values, box, num_classes=12), expected, rtol=RTOL, atol=ATOL
-            )
-            np.testing.assert_allclose(
-                batch_pool(indices, values, box, 12), expected, rtol=RTOL, atol=ATOL
-            )
+    for box in (CropBox(lo, 0.0, hi, 1.0), CropBox(0.0, lo, 1.0, hi)):
+        expected = reference(indices, values, box, 12)[0, 0]
+        np.testing.assert_allclose(
+            pool(indices, values, box, num_classes=12), expected, rtol=RTOL, atol=ATOL
+        )
+        np.testing.assert_allclose(
+            batch_pool(indices, values, box, 12), expected, rtol=RTOL, atol=ATOL
+        )
 
 
 def test_non_contiguous_and_other_dtypes():
@@ -250,7 +262,7 @@ def quadrant_map(size: int = 4) -> tuple[np.ndarray, np.ndarray]:
 def test_orientation_is_x_right_y_down(implementation):
     indices, values = quadrant_map()
 
-    def winner(box, spec=PoolingSpec()):
+    def winner(box, spec=DEFAULT):
         if implementation == "numpy":
             out = pool(indices, values, box, num_classes=6, spec=spec)
         else:
@@ -279,7 +291,9 @@ def test_flip_mirrors_the_token_grid_exactly():
     spec = PoolingSpec(output_size=(3, 4))
     box = CropBox(0.1, 0.2, 0.8, 0.9)
     plain = pool(indices, values, box, num_classes=100, spec=spec)
-    mirrored = pool(indices, values, dataclasses.replace(box, flipped=True), num_classes=100, spec=spec)
+    mirrored = pool(
+        indices, values, dataclasses.replace(box, flipped=True), num_classes=100, spec=spec
+    )
     np.testing.assert_array_equal(mirrored, plain[:, ::-1])
     one = pool(indices, values, box, num_classes=100)
     np.testing.assert_array_equal(

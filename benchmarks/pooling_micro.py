@@ -1,0 +1,165 @@
+"""Micro-benchmark of LabelPooling: numpy per-sample pool() vs the reference, and BatchPooler.
+
+Run: ``python benchmarks/pooling_micro.py [--classes 1000] [--grid 15] [--k 5]``.
+
+- per sample (what a DataLoader worker does): :func:`relabel_store.pooling.pool` against the
+  official recipe (scatter the top-k into a dense C x H x W tensor, ``torchvision.ops.roi_align``
+  onto the box, softmax), on the same record and the same boxes, in one process, with torch
+  limited to one thread (DataLoader workers run one thread each). The reference is timed from
+  the stored record (numpy uint16/float16, as pool() gets it) and from ready torch tensors.
+- batched: :class:`relabel_store.pooling.BatchPooler` on a batch of 256 on CPU, with 1 thread
+  and with every core (``torch.set_num_threads``).
+
+Boxes follow torchvision's RandomResizedCrop (scale 0.08..1, ratio 3/4..4/3) on a 500 x 375
+image, half of them flipped. Timings are medians over repeated passes, the cases interleaved
+pass by pass so that a busy machine slows them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+
+from relabel_store.pooling import BatchPooler, CropBox, pool, stack_boxes
+
+
+def random_resized_crops(n: int, rng: np.random.Generator, height: int, width: int) -> list:
+    """Boxes drawn like torchvision's RandomResizedCrop.get_params, as normalised CropBoxes."""
+    boxes = []
+    while len(boxes) < n:
+        area = height * width * rng.uniform(0.08, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = round(math.sqrt(area * ratio))
+        h = round(math.sqrt(area / ratio))
+        if not (0 < w <= width and 0 < h <= height):
+            continue
+        top = int(rng.integers(0, height - h + 1))
+        left = int(rng.integers(0, width - w + 1))
+        flipped = bool(rng.random() < 0.5)
+        boxes.append(CropBox.from_pixels(left, top, left + w, top + h, (height, width), flipped))
+    return boxes
+
+
+def random_record(rng: np.random.Generator, grid: int, k: int, num_classes: int):
+    indices = np.stack(
+        [np.stack([rng.permutation(num_classes)[:k] for _ in range(grid)]) for _ in range(grid)]
+    ).astype(np.uint16)
+    values = -np.sort(-rng.normal(0.0, 4.0, (grid, grid, k)), axis=-1).astype(np.float16)
+    return indices, values
+
+
+def reference_pool(indices_t: torch.Tensor, values_t: torch.Tensor, box: CropBox, num_classes: int):
+    """The official recipe: dense C x H x W map, roi_align to 1x1, softmax over all classes.
+
+    ``indices_t``/``values_t`` are (K, H, W) int64/float32 tensors.
+    """
+    _, height, width = indices_t.shape
+    dense = torch.zeros(num_classes, height, width).scatter_(0, indices_t, values_t)
+    roi = torch.tensor(
+        [[0.0, box.x0 * width - 0.5, box.y0 * height - 0.5,
+          box.x1 * width - 0.5, box.y1 * height - 0.5]],
+        dtype=torch.float32,
+    )  # fmt: skip
+    pooled = roi_align(dense[None], roi, (1, 1), 1.0, -1, False)
+    return torch.softmax(pooled.flatten(), dim=0)
+
+
+def reference_from_record(indices: np.ndarray, values: np.ndarray, box: CropBox, num_classes: int):
+    """The recipe starting from the stored record (numpy uint16 / float16), like pool()."""
+    indices_t = torch.from_numpy(indices.astype(np.int64)).permute(2, 0, 1)
+    values_t = torch.from_numpy(values.astype(np.float32)).permute(2, 0, 1)
+    return reference_pool(indices_t, values_t, box, num_classes)
+
+
+def interleaved_medians(cases: dict, repeats: int) -> dict:
+    """Median seconds per call of each ``name: (fn, items)``, one pass of each case per round.
+
+    Interleaving the cases round by round lets a busy machine slow them all alike.
+    """
+    times: dict = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, (fn, items) in cases.items():
+            t0 = time.perf_counter()
+            for item in items:
+                fn(item)
+            times[name].append((time.perf_counter() - t0) / len(items))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--grid", type=int, default=15)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    num_classes = args.classes
+    indices, values = random_record(rng, args.grid, args.k, num_classes)
+    boxes = random_resized_crops(2000, rng, 375, 500)
+
+    torch.set_num_threads(1)
+    indices_t = torch.from_numpy(indices.astype(np.int64)).permute(2, 0, 1).contiguous()
+    values_t = torch.from_numpy(values).float().permute(2, 0, 1).contiguous()
+    ref_boxes = boxes[:300]
+    ours = np.stack([pool(indices, values, b, num_classes=num_classes) for b in ref_boxes])
+    theirs = np.stack(
+        [reference_pool(indices_t, values_t, b, num_classes).numpy() for b in ref_boxes]
+    )
+    max_diff = float(np.abs(ours - theirs).max())
+
+    full = [CropBox.full()] * len(ref_boxes)  # a fixed box (eval crops, global) hits the cache
+    medians = interleaved_medians(
+        {
+            "ref": (lambda b: reference_from_record(indices, values, b, num_classes), ref_boxes),
+            "ref_t": (lambda b: reference_pool(indices_t, values_t, b, num_classes), ref_boxes),
+            "pool": (lambda b: pool(indices, values, b, num_classes=num_classes), boxes),
+            "fixed": (lambda b: pool(indices, values, b, num_classes=num_classes), full),
+        },
+        args.repeats,
+    )
+    t_ref, t_ref_tensors = medians["ref"], medians["ref_t"]
+    t_pool, t_pool_fixed = medians["pool"], medians["fixed"]
+
+    print(f"record {args.grid}x{args.grid}x{args.k}, C={num_classes}, RandomResizedCrop boxes")
+    print("per sample, median per call, torch.set_num_threads(1):")
+    print(f"  reference from the stored record    {t_ref * 1e6:8.1f} us")
+    print(f"  reference from ready torch tensors  {t_ref_tensors * 1e6:8.1f} us")
+    print(
+        f"  pool()                              {t_pool * 1e6:8.1f} us   speed-up "
+        f"x{t_ref / t_pool:.1f} (x{t_ref_tensors / t_pool:.1f} vs ready tensors)"
+    )
+    print(f"  pool(), same box every call         {t_pool_fixed * 1e6:8.1f} us   (weights cached)")
+    print(f"  max |pool - reference| over {len(ref_boxes)} boxes: {max_diff:.2e}")
+
+    batch = args.batch
+    bidx = torch.from_numpy(np.broadcast_to(indices, (batch, *indices.shape)).astype(np.int64))
+    bval = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(values, (batch, *values.shape))))
+    bbox, bflip = stack_boxes(boxes[:batch])
+    pooler = BatchPooler(num_classes)
+    expected = np.stack([pool(indices, values, b, num_classes=num_classes) for b in boxes[:batch]])
+    batch_diff = float(np.abs(pooler(bidx, bval, bbox, bflip).numpy() - expected).max())
+    print(f"batched BatchPooler, B={batch}, CPU (max |batch - pool()| = {batch_diff:.2e}):")
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        for _ in range(3):
+            pooler(bidx, bval, bbox, bflip)
+        times = []
+        for _ in range(args.repeats * 5):
+            t0 = time.perf_counter()
+            pooler(bidx, bval, bbox, bflip)
+            times.append(time.perf_counter() - t0)
+        print(f"  torch threads={threads}: {statistics.median(times) * 1e3:7.3f} ms per batch")
+
+
+if __name__ == "__main__":
+    main()
