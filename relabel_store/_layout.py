@@ -135,13 +135,44 @@ def parse_shard_index(tail: bytes, n: int, where: str) -> np.ndarray:
 _local = threading.local()
 
 
-def _zstd_decompress(data: bytes) -> bytes:
-    # One reusable decompression context per thread: ~3x faster than a fresh one per call.
+def _zstd() -> zstandard.ZstdDecompressor:
+    """This thread's reusable zstd context: ~3x faster than a fresh one per call."""
     try:
-        dctx = _local.zstd
+        return _local.zstd
     except AttributeError:
-        dctx = _local.zstd = zstandard.ZstdDecompressor()
-    return dctx.decompress(data)
+        _local.zstd = zstandard.ZstdDecompressor()
+        return _local.zstd
+
+
+def _zstd_decompress(data: bytes) -> bytes:
+    return _zstd().decompress(data)
+
+
+_BLOSC_FALLBACK = Blosc()
+
+
+def _blosc_decompress(data: bytes) -> bytes:
+    """Decode a Blosc 1 frame; the frames relabel-store writes take a fast path.
+
+    Those are one block, zstd, byte shuffle. The fast path reuses this thread's zstd context and
+    unshuffles with numpy (~3 µs); numcodecs' Blosc creates a zstd context per call (~15 µs).
+    Any other frame goes to numcodecs.
+    """
+    flags, typesize = data[2], data[3]
+    nbytes, blocksize = struct.unpack_from("<ii", data, 4)
+    fast = (
+        data[0] == 2 and flags & 0x16 == 0x10 and flags >> 5 == 4 and nbytes == blocksize > 0
+    )  # version 2, not memcpyed, no bitshuffle, unsplit blocks, zstd, one block
+    if not fast:
+        return _BLOSC_FALLBACK.decode(data)
+    (csize,) = struct.unpack_from("<i", data, 20)
+    block = data[24 : 24 + csize]
+    raw = block if csize == nbytes else _zstd().decompress(block, max_output_size=nbytes)
+    if len(raw) != nbytes:
+        raise ValueError(f"blosc block decoded to {len(raw)} bytes, expected {nbytes}")
+    if flags & 0x01 and typesize > 1:  # byte shuffle: planes of byte 0, byte 1, ... -> elements
+        return np.frombuffer(raw, np.uint8).reshape(typesize, -1).T.tobytes()
+    return bytes(raw)
 
 
 def _check_index_codecs(conf: dict[str, Any], where: str) -> None:
@@ -170,7 +201,7 @@ def _codec_chain(
         elif name == "gzip":
             steps.append(lambda b: zlib.decompress(b, wbits=31))
         elif name == "blosc":
-            steps.append(Blosc().decode)
+            steps.append(_blosc_decompress)
         elif name == "crc32c":
             checksum = True
         else:
@@ -204,10 +235,7 @@ def zstd_decompress_many(frames: list[bytes], size: int) -> list[memoryview]:
     Raises zstandard.ZstdError on any damaged frame; callers fall back to frame-by-frame
     decoding to name the damaged file.
     """
-    try:
-        dctx = _local.zstd
-    except AttributeError:
-        dctx = _local.zstd = zstandard.ZstdDecompressor()
+    dctx = _zstd()
     sizes = struct.pack(f"<{len(frames)}Q", *([size] * len(frames)))
     out = dctx.multi_decompress_to_buffer(frames, decompressed_sizes=sizes, threads=2)
     return [memoryview(out[i]) for i in range(len(frames))]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from relabel_store.errors import FormatError, IncompleteStoreError, InputError
@@ -31,6 +31,7 @@ from relabel_store.format import (
     DEFAULT_ZSTD_LEVEL,
     ERRORS_NAME,
     INDICES,
+    INDICES_ZSTD_LEVEL,
     KEY_CHUNK_ROWS,
     KEYS,
     LABELS,
@@ -39,6 +40,7 @@ from relabel_store.format import (
     ROWS,
     SIZES,
     VALUES,
+    VALUES_BLOSC_LEVEL,
     StoreMetadata,
 )
 from relabel_store.manifest import Manifest, atomic_write_bytes, build_manifest, write_manifest
@@ -49,8 +51,23 @@ _SEP = {"name": "default", "configuration": {"separator": "."}}
 
 
 def _compressors() -> list[ZstdCodec]:
-    # zstd's frame checksum makes every damaged record fail loudly instead of decoding to junk.
+    # zstd's frame checksum makes every damaged chunk fail loudly instead of decoding to junk.
     return [ZstdCodec(level=DEFAULT_ZSTD_LEVEL, checksum=True)]
+
+
+# Per-record chunks, chosen by benchmarks/size.py on real maps (see docs/format.md): class ids
+# compress best with zstd at a high level; float16 logits need their byte planes apart (Blosc's
+# byte shuffle) because the low byte of each logit is incompressible. crc32c guards the Blosc
+# frames, which carry no checksum of their own.
+_RECORD_CODECS = {
+    INDICES: {"compressors": [ZstdCodec(level=INDICES_ZSTD_LEVEL, checksum=True)]},
+    VALUES: {
+        "compressors": [
+            BloscCodec(cname="zstd", clevel=VALUES_BLOSC_LEVEL, shuffle="shuffle"),
+            Crc32cCodec(),
+        ]
+    },
+}
 
 
 def read_group_attrs(root: Path) -> dict[str, Any] | None:
@@ -129,7 +146,7 @@ class StoreWriter:
                 dtype=dtype,
                 chunks=(1, *rec),
                 shards=(s, *rec),
-                compressors=_compressors(),
+                **_RECORD_CODECS[name],
                 fill_value=0,
                 chunk_key_encoding=_SEP,
                 dimension_names=dims,

@@ -236,3 +236,19 @@ def test_copying_a_store_keeps_it_readable(tmp_path):
     shutil.copytree(w.path, tmp_path / "copy.zarr")
     os.utime(tmp_path / "copy.zarr")
     assert len(load_relabel(tmp_path / "copy.zarr")) == 12
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.binary(min_size=2, max_size=6000).filter(lambda b: len(b) % 2 == 0),
+    cname=st.sampled_from(["zstd", "lz4", "blosclz"]),
+    shuffle=st.sampled_from([0, 1, 2]),
+    level=st.integers(0, 9),
+)
+def test_own_blosc_decoder_matches_numcodecs(data, cname, shuffle, level):
+    from numcodecs import Blosc
+
+    from relabel_store._layout import _blosc_decompress
+
+    frame = Blosc(cname=cname, clevel=level, shuffle=shuffle).encode(np.frombuffer(data, "<u2"))
+    assert _blosc_decompress(frame) == data
