@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from relabel_store.cli.remote import pull, push
 from relabel_store.errors import RelabelStoreError
 
 
@@ -26,6 +27,10 @@ class _Group(click.Group):
 @click.version_option(package_name="relabel-store")
 def main() -> None:
     """Generate, verify, publish and read ReLabel label-map stores."""
+
+
+main.add_command(push)
+main.add_command(pull)
 
 
 def _human(n: float) -> str:
@@ -277,8 +282,3 @@ def verify(store: Path) -> None:
         sys.exit(1)
     click.echo(f"ok: {report.checked} files match manifest digest {report.digest}")
 
-
-from relabel_store.cli.remote import pull, push  # noqa: E402
-
-main.add_command(push)
-main.add_command(pull)
