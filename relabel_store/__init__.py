@@ -15,14 +15,18 @@ from relabel_store.errors import (
 )
 from relabel_store.format import StoreMetadata
 from relabel_store.manifest import VerifyReport, verify_store
+from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool
 from relabel_store.reader import Record, RecordBatch, RelabelStore
 from relabel_store.writer import StoreWriter
 
 __all__ = [
+    "BatchPooler",
     "CorruptDataError",
+    "CropBox",
     "FormatError",
     "IncompleteStoreError",
     "InvalidBoxError",
+    "PoolingSpec",
     "Record",
     "RecordBatch",
     "RecordNotFoundError",
@@ -36,5 +40,6 @@ __all__ = [
     "UnsafePathError",
     "VerifyReport",
     "load_relabel",
+    "pool",
     "verify_store",
 ]
