@@ -281,4 +281,3 @@ def verify(store: Path) -> None:
         click.echo(f"FAILED: {len(report.lines())} problem(s) in {store}", err=True)
         sys.exit(1)
     click.echo(f"ok: {report.checked} files match manifest digest {report.digest}")
-

@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from relabel_store.loaders.crops import track_crops
 from torch.utils.data import Dataset
 
 from relabel_store.errors import RecordNotFoundError
+from relabel_store.loaders.crops import track_crops
 from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool
 from relabel_store.reader import RelabelStore
 

@@ -89,8 +89,7 @@ class StoreWriter:
         self.metadata = metadata
         self._zstore = LocalStore(root)
         self._arrays = {
-            name: zarr.open_array(self._zstore, path=name, mode="r+")
-            for name in (INDICES, VALUES)
+            name: zarr.open_array(self._zstore, path=name, mode="r+") for name in (INDICES, VALUES)
         }
 
     @classmethod

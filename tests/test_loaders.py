@@ -9,13 +9,13 @@ import torch
 import torchvision.transforms as T
 from _stores import write_store
 from PIL import Image
-from relabel_store.loaders import LabelPooler, RelabelDataset, ReturnsCropBox, track_crops
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from relabel_store import RecordNotFoundError, load_relabel
 from relabel_store.errors import UnsupportedTransformError
+from relabel_store.loaders import LabelPooler, RelabelDataset, ReturnsCropBox, track_crops
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 
 H, W, S = 200, 256, 48

@@ -7,9 +7,9 @@ import json
 import pytest
 from _stores import write_store
 from click.testing import CliRunner
-from relabel_store.cli.main import main
 
 from relabel_store import FormatError, UnsafePathError, load_relabel, verify_store
+from relabel_store.cli.main import main
 from relabel_store.manifest import Manifest, safe_relpath
 
 

@@ -20,9 +20,9 @@ import yaml
 from _fake_hub import HTTPX2_DATA_DEPRECATION_FILTER, iter_fake_hub, set_offline
 from _stores import write_store
 from click.testing import CliRunner
-from relabel_store.cli.main import main
 
 from relabel_store import load_relabel, registry
+from relabel_store.cli.main import main
 from relabel_store.errors import (
     CorruptDataError,
     IncompleteStoreError,
