@@ -1,6 +1,7 @@
 """Loaders: ReLabel soft targets for your own datasets and transforms."""
 
 from relabel_store.loaders.crops import ReturnsCropBox, track_crops
+from relabel_store.loaders.hf import relabel_transform
 from relabel_store.loaders.pytorch import LabelPooler, RelabelDataset
 
-__all__ = ["LabelPooler", "RelabelDataset", "ReturnsCropBox", "track_crops"]
+__all__ = ["LabelPooler", "RelabelDataset", "ReturnsCropBox", "relabel_transform", "track_crops"]

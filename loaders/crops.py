@@ -3,14 +3,15 @@
 Users keep their augmentation pipeline. :func:`track_crops` wraps it in a callable that returns
 ``(transformed_image, CropBox)``:
 
-- ``torchvision.transforms.v2`` pipelines: a probe of two boxes rides along with the image —
-  the whole image and its left half, with clamping off. The first box comes out as the original
-  image in output pixels, which pins the crop window; the second says whether the crop was
-  mirrored. AutoAugment-family steps and RandomErasing reject or warn about boxes and do not move
-  pixels, so they run on the image alone.
-- torchvision v1 and timm pipelines (``timm.data.create_transform(..., is_training=True)``): each
-  step is recognised and tracked. Random crops record the parameters their own ``get_params``
-  drew, so the user's transform runs unchanged; photometric steps pass through.
+- Pipelines made of crops, resizes, horizontal flips and pixel-only steps (torchvision v1 or v2,
+  and timm's ``create_transform(..., is_training=True)``): each step is recognised and tracked.
+  Random crops record the parameters their own ``get_params``/``make_params`` drew, so the
+  user's transform runs unchanged, and the box is composed step by step (~40 µs an image).
+- Other ``torchvision.transforms.v2`` geometry (rotations, affine, padding, ...): a probe of two
+  boxes rides along with the image — the whole image and its left half, with clamping off. The
+  first box comes out as the original image in output pixels, which pins the crop window; the
+  second says whether the crop was mirrored (~300 µs an image). Pixel-only steps, among them the
+  AutoAugment family and RandomErasing that reject or warn about boxes, run on the image alone.
 - Anything else: wrap a callable that returns ``(image, CropBox)`` in :class:`ReturnsCropBox`.
 
 Unsupported pipelines fail when the tracker is built, not in the middle of an epoch.
@@ -45,8 +46,6 @@ _PHOTOMETRIC = {
     "RandomChannelPermutation", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix",
     "AugMixAugment",
 }  # fmt: skip
-# v2 steps that reject or warn about bounding boxes; none moves pixels.
-_IMAGE_ONLY_V2 = {"AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "RandomErasing"}
 
 
 class ReturnsCropBox:
@@ -70,13 +69,15 @@ def track_crops(transform: Any) -> CropTracker:
         return _Untransformed()
     if isinstance(transform, ReturnsCropBox):
         return transform
-    if isinstance(transform, tuple | list):  # timm's create_transform(..., separate=True)
-        return _V1Walker(list(transform), flatten=True)
+    steps = list(transform) if isinstance(transform, tuple | list) else [transform]
     from torchvision.transforms import v2
 
-    if isinstance(transform, v2.Transform):
-        return _V2Probe(transform)
-    return _V1Walker([transform], flatten=True)
+    try:
+        return _StepWalker(steps)
+    except UnsupportedTransformError:
+        if isinstance(transform, v2.Transform):
+            return _V2Probe(transform)
+        raise
 
 
 class _Untransformed:
@@ -99,8 +100,10 @@ class _V2Probe:
     def __init__(self, transform: Any) -> None:
         from torchvision.transforms import v2
 
-        steps = _flatten_v2(transform)
-        self.steps = [(s, type(s).__name__ in _IMAGE_ONLY_V2) for s in steps]
+        steps = _flatten([transform])
+        # Steps that leave pixel positions alone run on the image alone: cheaper than carrying
+        # the probe, and ToPureTensor would strip the probe's canvas_size.
+        self.steps = [(s, type(s).__name__ in _PHOTOMETRIC) for s in steps]
         for step, _ in self.steps:
             if isinstance(step, v2.RandomVerticalFlip):
                 raise UnsupportedTransformError(
@@ -126,14 +129,6 @@ class _V2Probe:
         return image, _box_from_probe(probe)
 
 
-def _flatten_v2(transform: Any) -> list[Any]:
-    from torchvision.transforms import v2
-
-    if isinstance(transform, v2.Compose):
-        return [s for t in transform.transforms for s in _flatten_v2(t)]
-    return [transform]
-
-
 def _box_from_probe(probe: Any) -> CropBox:
     (a, b, c, d), (e, _, f, _) = probe.tolist()
     oh, ow = probe.canvas_size
@@ -147,26 +142,33 @@ def _box_from_probe(probe: Any) -> CropBox:
     return CropBox(x0, y0, x0 + ow / (c - a), y0 + oh / (d - b), flipped=flipped)
 
 
-# -- torchvision v1 and timm: step by step ---------------------------------------------------------
+# -- crops, resizes and flips: step by step ---------------------------------------------------------
 
 
 class _RecordParams:
-    """Stands in for a crop's ``get_params`` staticmethod and remembers what it returned."""
+    """Stands in for a crop's ``get_params``/``make_params`` and remembers what it returned.
+
+    v1 and timm crops return ``(top, left, height, width)``; v2 crops a dict with those keys.
+    """
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self.last: tuple[int, int, int, int] | None = None
+        self.last: Any = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.last = self.fn(*args, **kwargs)
         return self.last
 
+    def window(self) -> tuple[int, int, int, int]:
+        last = self.last
+        if isinstance(last, dict):
+            return last["top"], last["left"], last["height"], last["width"]
+        return last
 
-class _V1Walker:
-    def __init__(self, transforms: Sequence[Any], flatten: bool) -> None:
-        self.steps: list[tuple[str, Any]] = []
-        for t in _flatten_v1(transforms) if flatten else transforms:
-            self.steps.append(self._classify(t))
+
+class _StepWalker:
+    def __init__(self, transforms: Sequence[Any]) -> None:
+        self.steps = [self._classify(t) for t in _flatten(transforms)]
 
     @staticmethod
     def _classify(step: Any) -> tuple[str, Any]:
@@ -175,8 +177,9 @@ class _V1Walker:
             if name == "RandomCrop" and (getattr(step, "padding", None) or step.pad_if_needed):
                 raise UnsupportedTransformError(f"RandomCrop with padding is not tracked. {_FIX}")
             step = copy.copy(step)  # never patch the user's own object
-            step.get_params = _RecordParams(type(step).get_params)
-            return "crop", step
+            attr = "make_params" if hasattr(step, "make_params") else "get_params"  # v2 / v1
+            setattr(step, attr, _RecordParams(getattr(step, attr)))
+            return ("crop_v2" if attr == "make_params" else "crop"), step
         if name == "RandomHorizontalFlip":
             return "flip", step
         if name in ("Resize", "ResizeKeepRatio"):
@@ -184,14 +187,14 @@ class _V1Walker:
         if name == "CenterCrop":
             return "center", step
         if name == "RandomApply" and all(
-            type(t).__name__ in _PHOTOMETRIC for t in _flatten_v1(step.transforms)
+            type(t).__name__ in _PHOTOMETRIC for t in _flatten(step.transforms)
         ):
             return "pixels", step
         if name in _PHOTOMETRIC:
             return "pixels", step
         raise UnsupportedTransformError(
             f"cannot recover the crop box through {name} (a torchvision v1 or timm step that "
-            f"relabel-store does not know moves pixels or not). {_FIX}"
+            f"relabel-store does not know to move pixels or not). {_FIX}"
         )
 
     def __call__(self, image: Any) -> tuple[Any, CropBox]:
@@ -199,9 +202,9 @@ class _V1Walker:
         for kind, step in self.steps:
             if kind == "flip":
                 if torch.rand(1) < step.p:  # the same draw the step itself makes
-                    from torchvision.transforms import functional as F
+                    from torchvision.transforms.v2 import functional as F
 
-                    image = F.hflip(image)
+                    image = F.horizontal_flip(image)
                     flipped = not flipped
                 continue
             h, w = image_size(image)
@@ -209,7 +212,9 @@ class _V1Walker:
             if kind == "pixels" or kind == "resize":
                 continue
             if kind == "crop":
-                top, left, ch, cw = step.get_params.last
+                top, left, ch, cw = step.get_params.window()
+            elif kind == "crop_v2":
+                top, left, ch, cw = step.make_params.window()
             else:  # center crop: torchvision rounds the offset the same way
                 ch, cw = image_size(image)
                 top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
@@ -222,12 +227,13 @@ class _V1Walker:
         return image, CropBox(x0, y0, x1, y1, flipped=flipped)
 
 
-def _flatten_v1(transforms: Sequence[Any]) -> list[Any]:
+def _flatten(transforms: Sequence[Any]) -> list[Any]:
+    """The steps of (nested) v1/v2 Compose pipelines, in order."""
     out = []
     for t in transforms:
         inner = getattr(t, "transforms", None)
         if type(t).__name__ == "Compose" and inner is not None:
-            out.extend(_flatten_v1(inner))
+            out.extend(_flatten(inner))
         else:
             out.append(t)
     return out

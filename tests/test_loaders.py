@@ -266,3 +266,37 @@ def test_soft_targets_through_cutmix_mixup_and_timm_mixup(folder):
     _, mixed = mixup(images.clone(), targets.clone())
     torch.testing.assert_close(mixed.sum(1), torch.ones(6))
     assert not torch.equal(mixed, targets)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_v2_fast_path_agrees_with_the_box_probe(seed):
+    from relabel_store.loaders.crops import _StepWalker, _V2Probe
+
+    tf = v2.Compose(
+        [
+            v2.RandomResizedCrop(S, scale=(0.1, 1.0)),
+            v2.RandomHorizontalFlip(),
+            v2.CenterCrop(S - 8),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+    assert isinstance(track_crops(tf), _StepWalker)
+    torch.manual_seed(seed)
+    out_fast, fast = track_crops(tf)(ramp_pil())
+    torch.manual_seed(seed)
+    out_probe, probe = _V2Probe(tf)(ramp_pil())
+    torch.testing.assert_close(out_fast, out_probe)
+    assert fast.flipped == probe.flipped
+    assert (fast.x0, fast.y0, fast.x1, fast.y1) == pytest.approx(
+        (probe.x0, probe.y0, probe.x1, probe.y1), abs=1e-5
+    )
+
+
+def test_v2_geometry_beyond_crops_uses_the_probe():
+    from relabel_store.loaders.crops import _V2Probe
+
+    tracker = track_crops(v2.Compose([v2.RandomRotation(5), v2.RandomResizedCrop(S)]))
+    assert isinstance(tracker, _V2Probe)
+    out, box = tracker(ramp_tensor())
+    assert out.shape[-2:] == (S, S) and box.x1 > box.x0
