@@ -36,8 +36,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("demo-out"))
     args = ap.parse_args()
 
-    photos = write_sample_photos(args.out / "photos")
-    print(f"1. wrote {len(photos)} real photos to {args.out / 'photos'}")
+    photos = write_sample_photos(args.out / "photos", class_folders=True)
+    print(f"1. wrote {len(photos)} real photos to {args.out / 'photos'} (ImageNet layout)")
 
     annotator = load_annotator(
         "tf_efficientnet_lite0", checkpoint="efficientnet-lite0", input_size=475
