@@ -151,7 +151,7 @@ def _zstd_decompress(data: bytes) -> bytes:
 _BLOSC_FALLBACK = Blosc()
 
 
-def _blosc_decompress(data: bytes) -> bytes:
+def _blosc_decompress(data: bytes) -> bytes | np.ndarray:
     """Decode a Blosc 1 frame; the frames relabel-store writes take a fast path.
 
     Those are one block, zstd, byte shuffle. The fast path reuses this thread's zstd context and
@@ -161,8 +161,12 @@ def _blosc_decompress(data: bytes) -> bytes:
     flags, typesize = data[2], data[3]
     nbytes, blocksize = struct.unpack_from("<ii", data, 4)
     fast = (
-        data[0] == 2 and flags & 0x16 == 0x10 and flags >> 5 == 4 and nbytes == blocksize > 0
-    )  # version 2, not memcpyed, no bitshuffle, unsplit blocks, zstd, one block
+        data[0] == 2
+        and flags & 0x16 == 0x10
+        and flags >> 5 == 4
+        and nbytes == blocksize > 0
+        and nbytes % typesize == 0
+    )  # version 2, not memcpyed, no bitshuffle, unsplit blocks, zstd, one whole-element block
     if not fast:
         return _BLOSC_FALLBACK.decode(data)
     (csize,) = struct.unpack_from("<i", data, 20)
@@ -171,7 +175,12 @@ def _blosc_decompress(data: bytes) -> bytes:
     if len(raw) != nbytes:
         raise ValueError(f"blosc block decoded to {len(raw)} bytes, expected {nbytes}")
     if flags & 0x01 and typesize > 1:  # byte shuffle: planes of byte 0, byte 1, ... -> elements
-        return np.frombuffer(raw, np.uint8).reshape(typesize, -1).T.tobytes()
+        planes = np.frombuffer(raw, np.uint8)
+        out = np.empty(nbytes, np.uint8)
+        step = nbytes // typesize
+        for b in range(typesize):  # strided copies: ~3x faster than a transposed copy here
+            out[b::typesize] = planes[b * step : (b + 1) * step]
+        return out
     return bytes(raw)
 
 
