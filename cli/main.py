@@ -124,7 +124,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
              resume: bool, overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Annotate the images of INPUT and write a label-map store.
 
-    INPUT is an ImageNet-style folder (<class>/<image>), a plain folder of images, or a text
+    INPUT is an ImageNet-style folder (`<class>/<image>`), a plain folder of images, or a text
     file listing image paths; or use --hf-dataset. Rerunning the same command after an
     interruption resumes where it stopped; the finished store is identical.
     """
@@ -181,6 +181,14 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         click.echo(result.summary())
 
 
+def _annotator_line(ann: dict) -> str:
+    size = ann.get("preprocess", {}).get("input_size", "?")
+    if isinstance(size, list | tuple):
+        size = "x".join(map(str, size))
+    sha = (ann.get("weights") or {}).get("sha256")
+    return f"{ann.get('model', '?')} at {size}" + (f", weights sha256 {sha[:16]}…" if sha else "")
+
+
 @main.command()
 @click.argument("store")
 def info(store: str) -> None:
@@ -190,7 +198,6 @@ def info(store: str) -> None:
     s = load_relabel(store)
     m = s.metadata
     size = s.manifest.total_bytes if s.manifest else 0
-    ann = dict(m.annotator)
     lines = [
         f"store:       {s.source.location}",
         f"format:      {m.format} {m.format_version} (written by relabel-store {m.software_version})",
@@ -198,12 +205,7 @@ def info(store: str) -> None:
         + (f" ({m.rows - len(s)} failed, see errors.jsonl)" if m.rows > len(s) else ""),
         f"grid:        {m.grid[0]}x{m.grid[1]}, top-{m.k} of {m.num_classes} classes ({m.value_kind})",
         f"dataset:     {m.dataset.get('name', '?')} / {m.dataset.get('split', '?')}",
-        f"annotator:   {ann.get('model', '?')} @ {ann.get('preprocess', {}).get('input_size', '?')}"
-        + (
-            f", weights sha256 {str(ann['weights_sha256'])[:16]}…"
-            if ann.get("weights_sha256")
-            else ""
-        ),
+        f"annotator:   {_annotator_line(m.annotator)}",
         f"created:     {m.created_at}",
         f"size:        {_human(size)} ({_human(size / max(len(s), 1))} per record)",
         f"digest:      {s.manifest.digest if s.manifest else '-'}",

@@ -45,7 +45,7 @@ def push(store: Path, destination: str, revision: str | None, private: bool, lic
     """Publish the finalized STORE to DESTINATION and check the upload.
 
     DESTINATION is a Hugging Face Hub dataset repo (org/name, or
-    hf://datasets/org/name[@branch][/subfolder]) or any fsspec URL (file://, s3://, ...). The
+    `hf://datasets/org/name[@branch][/subfolder]`) or any fsspec URL (file://, s3://, ...). The
     token comes from huggingface_hub's usual sources (HF_TOKEN, `hf auth login`). Re-running
     after an interruption uploads only what is missing.
     """

@@ -10,8 +10,12 @@ Users keep their augmentation pipeline. :func:`track_crops` wraps it in a callab
 - Other ``torchvision.transforms.v2`` geometry (rotations, affine, padding, ...): a probe of two
   boxes rides along with the image — the whole image and its left half, with clamping off. The
   first box comes out as the original image in output pixels, which pins the crop window; the
-  second says whether the crop was mirrored (~300 µs an image). Pixel-only steps, among them the
-  AutoAugment family and RandomErasing that reject or warn about boxes, run on the image alone.
+  second says whether the crop was mirrored (~300 µs an image). Pixel-only steps run on the
+  image alone.
+
+The AutoAugment family (AutoAugment, RandAugment, TrivialAugmentWide, AugMix) counts as
+pixel-only: some of its operations shear, rotate or translate by a few pixels, which the target
+ignores, as the original ReLabel code does; torchvision v2 refuses boxes in these steps anyway.
 - Anything else: wrap a callable that returns ``(image, CropBox)`` in :class:`ReturnsCropBox`.
 
 Unsupported pipelines fail when the tracker is built, not in the middle of an epoch.
