@@ -234,23 +234,19 @@ def _half_steps(count: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def _bin_means(layout: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Matrix averaging the sampling points of each bin, for ``((n_out, grid), ...)`` blocks.
+def _bin_starts(layout: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each bin's sampling points start, and 1/points per bin, for ``((n_out, grid), ...)``.
 
-    Returns M (sum n_out, sum n_out*grid) with 1/grid on each bin's points, and M's row sums.
+    Averaging with ``np.add.reduceat`` rather than a matrix product keeps BLAS out of the hot
+    path: in DataLoader workers a multi-threaded BLAS fights the other workers for the cores
+    (measured: 15% fewer images/s end to end on 2 cores).
     """
-    rows = sum(n for n, _ in layout)
-    cols = sum(n * g for n, g in layout)
-    means = np.zeros((rows, cols))
-    r = c = 0
-    for n_out, grid in layout:
-        for _ in range(n_out):
-            means[r, c : c + grid] = 1.0 / grid
-            r, c = r + 1, c + grid
-    means.flags.writeable = False
-    row_sums = means.sum(axis=1, keepdims=True)
-    row_sums.flags.writeable = False
-    return means, row_sums
+    grids = [grid for n_out, grid in layout for _ in range(n_out)]
+    starts = np.cumsum([0, *grids[:-1]])
+    inverse = 1.0 / np.asarray(grids, dtype=np.float64)[:, None]
+    starts.flags.writeable = False
+    inverse.flags.writeable = False
+    return starts, inverse
 
 
 def _axis_roi(lo: float, hi: float, n_out: int, size: int) -> tuple[np.float32, np.float32, int]:
@@ -289,8 +285,9 @@ def _axis_weights(points: np.ndarray, layout: tuple[tuple[int, int], ...], size:
     dist = np.subtract.outer(clamped, cells)
     np.abs(dist, out=dist)
     np.minimum(dist, 1.0, out=dist)
-    means, row_sums = _bin_means(layout)
-    return row_sums - means @ dist  # sum of (1 - min(|d|, 1)) / grid over each bin's points
+    starts, inverse = _bin_starts(layout)
+    # each bin: the mean over its points of the tent 1 - min(|d|, 1)
+    return 1.0 - np.add.reduceat(dist, starts, axis=0) * inverse
 
 
 _EDGE_TOLERANCE = 1e-4  # cells; far above the float32 rounding of sampling points
