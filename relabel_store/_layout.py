@@ -39,7 +39,6 @@ class ArrayLayout:
     separator: str
     fill_value: Any
     decode: Callable[[bytes, str], bytes]  # chunk bytes -> raw little/big-endian array bytes
-    zstd_only: bool  # inner chunks are plain zstd frames: batches can decode in parallel in C
 
     @classmethod
     def parse(cls, name: str, raw: bytes, where: str) -> ArrayLayout:
@@ -64,7 +63,7 @@ class ArrayLayout:
                 _check_index_codecs(conf, f"{where}/{name}")
                 inner_shape = tuple(conf["chunk_shape"])
                 codecs = conf["codecs"]
-            endian, decode, zstd_only = _codec_chain(codecs, f"{where}/{name}")
+            endian, decode = _codec_chain(codecs, f"{where}/{name}")
             return cls(
                 name=name,
                 shape=tuple(meta["shape"]),
@@ -74,7 +73,6 @@ class ArrayLayout:
                 separator=separator,
                 fill_value=meta.get("fill_value", 0),
                 decode=decode,
-                zstd_only=zstd_only,
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, FormatError):
@@ -195,7 +193,7 @@ def _check_index_codecs(conf: dict[str, Any], where: str) -> None:
 
 def _codec_chain(
     codecs: list[dict[str, Any]], where: str
-) -> tuple[str, Callable[[bytes, str], bytes], bool]:
+) -> tuple[str, Callable[[bytes, str], bytes]]:
     if not codecs or codecs[0]["name"] != "bytes":
         raise FormatError(f"{where}: the first codec must be 'bytes', got {codecs[:1]}")
     endian = codecs[0].get("configuration", {}).get("endian", "little")
@@ -235,16 +233,4 @@ def _codec_chain(
                 "`relabel-store verify`, then re-download or regenerate the store."
             ) from None
 
-    return endian, decode, steps == [_zstd_decompress] and not checksum
-
-
-def zstd_decompress_many(frames: list[bytes], size: int) -> list[memoryview]:
-    """Decompress many zstd frames of ``size`` bytes each in C, on up to two threads.
-
-    Raises zstandard.ZstdError on any damaged frame; callers fall back to frame-by-frame
-    decoding to name the damaged file.
-    """
-    dctx = _zstd()
-    sizes = struct.pack(f"<{len(frames)}Q", *([size] * len(frames)))
-    out = dctx.multi_decompress_to_buffer(frames, decompressed_sizes=sizes, threads=2)
-    return [memoryview(out[i]) for i in range(len(frames))]
+    return endian, decode

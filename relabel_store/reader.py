@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import zstandard
 
-from relabel_store._layout import MISSING, ArrayLayout, parse_shard_index, zstd_decompress_many
+from relabel_store._layout import MISSING, ArrayLayout, parse_shard_index
 from relabel_store.errors import (
     CorruptDataError,
     FormatError,
@@ -44,7 +43,6 @@ from relabel_store.sources import Blob, Source
 from relabel_store.sources.local import LocalSource
 
 _MAX_OPEN_SHARDS = 512
-_PARALLEL_BATCH = 32  # below this, starting decode threads costs more than it saves
 
 
 class Record(NamedTuple):
@@ -137,12 +135,6 @@ class _ShardedArray:
     def get_many(self, rows: Sequence[int]) -> np.ndarray:
         out = np.empty((len(rows), *self.record_shape), dtype=self.layout.dtype)
         flat = out.reshape(len(rows), -1).view(np.uint8)
-        if (
-            self.layout.zstd_only
-            and len(rows) >= _PARALLEL_BATCH
-            and self._get_many_parallel(rows, flat)
-        ):
-            return out
         for i, row in enumerate(rows):
             raw = self.raw(row)
             if raw is None:
@@ -152,26 +144,6 @@ class _ShardedArray:
             else:
                 flat[i] = np.frombuffer(raw, dtype=np.uint8)
         return out
-
-    def _get_many_parallel(self, rows: Sequence[int], flat: np.ndarray) -> bool:
-        """Decode a batch's frames in C on two threads; False (caller decodes one by one) when
-        a record is absent or any frame is damaged, so that errors name the file."""
-        frames = []
-        per = self.per_shard
-        for row in rows:
-            s, j = divmod(row, per)
-            blob, offsets, sizes, _ = self._shard(s)
-            if blob is None or offsets[j] == MISSING:
-                return False
-            off = offsets[j]
-            frames.append(blob[off : off + sizes[j]])
-        try:
-            decoded = zstd_decompress_many(frames, self.nbytes)
-        except zstandard.ZstdError:
-            return False
-        for i, buf in enumerate(decoded):
-            flat[i] = buf
-        return True
 
     def drop_cache(self) -> None:
         self._shards.clear()
