@@ -82,6 +82,9 @@ def test_generate_real_photos_end_to_end(tmp_path):
     assert chelsea.label == 3 and chelsea.size == (300, 451)
     assert (np.diff(chelsea.values.astype(np.float32), axis=-1) <= 0).all()  # descending
     assert verify_store(out).ok
+    info = CliRunner().invoke(main, ["info", str(out)])
+    sha = meta.annotator["weights"]["sha256"]
+    assert f"tf_efficientnet_lite0 at 475x475, weights sha256 {sha[:16]}" in info.output
 
 
 def test_bad_images_are_reported_and_skipped_or_stop_the_run(tmp_path):
