@@ -17,8 +17,3 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
-# The docs test opens the built site in headless Chromium: Debian's package (root and apt, as on CI).
-if [ ! -x /usr/bin/chromium ] && command -v apt-get > /dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq > /dev/null && apt-get install -y -qq chromium > /dev/null
-fi
