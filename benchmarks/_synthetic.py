@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -26,3 +28,43 @@ def synthetic_maps(rng: np.random.Generator, n: int, grid=(15, 15), k=5, num_cla
         idx[i] = classes[top].transpose(1, 2, 0)
         val[i] = np.take_along_axis(dense, top, axis=0).transpose(1, 2, 0)
     return idx, val
+
+
+def write_synthetic_store(
+    path: Path,
+    keys: list[str],
+    *,
+    labels: list[int] | None = None,
+    shard_records: int = 4096,
+    grid: tuple[int, int] = (15, 15),
+    k: int = 5,
+    num_classes: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """A finalized store of synthetic maps for ``keys`` (written shard by shard, as generate does)."""
+    from relabel_store import StoreMetadata, StoreWriter
+
+    rng = np.random.default_rng(seed)
+    labels = labels if labels is not None else [0] * len(keys)
+    meta = StoreMetadata(
+        grid=grid, k=k, num_classes=num_classes, rows=len(keys), shard_records=shard_records
+    )
+    writer = StoreWriter.open(path, meta)
+    for s in range(writer.num_shards):
+        r = writer.shard_rows(s)
+        idx, val = synthetic_maps(rng, len(r), grid, k, num_classes)
+        writer.write_shard(
+            s,
+            keys=keys[r.start : r.stop],
+            labels=labels[r.start : r.stop],
+            sizes=[(375, 500)] * len(r),
+            indices=idx,
+            values=val,
+        )
+    writer.finalize()
+    return path
+
+
+def imagenet_like_keys(n: int) -> list[str]:
+    """Keys shaped like ImageNet's (``n00000000_17``), 1,300 per class."""
+    return [f"n{i // 1300:08d}_{i}" for i in range(n)]

@@ -42,12 +42,12 @@ import datasets
 import numpy as np
 import torch
 import torchvision.transforms as T
-from _synthetic import synthetic_maps
+from _synthetic import write_synthetic_store
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from relabel_store import StoreMetadata, StoreWriter, load_relabel
+from relabel_store import load_relabel
 from relabel_store.loaders import ReturnsCropBox, relabel_transform, track_crops
 from relabel_store.pooling import BatchPooler, CropBox, stack_boxes
 from relabel_store.samples import SAMPLE_PHOTOS, sample_photo
@@ -68,23 +68,6 @@ def make_jpegs(n: int, rng: np.random.Generator) -> list[bytes]:
         image.save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())
     return out
-
-
-def build_store(path: Path, keys: list[str], labels: list[int], rng: np.random.Generator) -> None:
-    meta = StoreMetadata(grid=(15, 15), k=5, num_classes=1000, rows=len(keys), shard_records=256)
-    writer = StoreWriter.open(path, meta)
-    for s in range(writer.num_shards):
-        r = writer.shard_rows(s)
-        idx, val = synthetic_maps(rng, len(r))
-        writer.write_shard(
-            s,
-            keys=keys[r.start : r.stop],
-            labels=labels[r.start : r.stop],
-            sizes=[(375, 500)] * len(r),
-            indices=idx,
-            values=val,
-        )
-    writer.finalize()
 
 
 def build_dataset(folder: Path, jpegs: list[bytes], keys: list[str], labels: list[int]):
@@ -226,7 +209,7 @@ def main() -> None:
         keys = [f"n{i % 1000:08d}_{i}" for i in range(args.images)]
         labels = [i % 1000 for i in range(args.images)]
         jpegs = make_jpegs(args.images, rng)
-        build_store(folder / "bench.relabel.zarr", keys, labels, rng)
+        write_synthetic_store(folder / "bench.relabel.zarr", keys, labels=labels, shard_records=256)
         store = load_relabel(folder / "bench.relabel.zarr")
         ds = build_dataset(folder, jpegs, keys, labels)
         tf = train_transform()

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from _photoset import write_photoset
-from _synthetic import synthetic_maps
+from _synthetic import imagenet_like_keys, write_synthetic_store
 from torchvision.ops import roi_align
 
-from relabel_store import StoreMetadata, StoreWriter, load_relabel
+from relabel_store import load_relabel
 from relabel_store.loaders import RelabelDataset
 from relabel_store.pooling import BatchPooler, CropBox, pool, stack_boxes
 
@@ -183,17 +183,11 @@ def read_and_pool(tmp: Path, boxes: list, args: argparse.Namespace) -> None:
     """Median of one record read from a local store plus pool(), random keys and boxes."""
     n = 8192
     rng = np.random.default_rng(1)
-    meta = StoreMetadata(grid=(args.grid, args.grid), k=args.k, num_classes=args.classes, rows=n)
-    writer = StoreWriter.open(tmp / "read.relabel.zarr", meta)
-    for s in range(writer.num_shards):
-        r = writer.shard_rows(s)
-        idx, val = synthetic_maps(rng, len(r), (args.grid, args.grid), args.k, args.classes)
-        writer.write_shard(
-            s, keys=[f"k{i:07d}" for i in r], labels=[0] * len(r), sizes=[(375, 500)] * len(r),
-            indices=idx, values=val,
-        )  # fmt: skip
-    writer.finalize()
-    store = load_relabel(tmp / "read.relabel.zarr")
+    path = write_synthetic_store(
+        tmp / "read.relabel.zarr", imagenet_like_keys(n), grid=(args.grid, args.grid), k=args.k,
+        num_classes=args.classes, seed=1,
+    )  # fmt: skip
+    store = load_relabel(path)
     rows = rng.integers(0, n, 20000).tolist()
     for r in rows[:2000]:
         store.get_row(r)
@@ -215,15 +209,10 @@ def end_to_end(tmp: Path, args: argparse.Namespace) -> None:
 
     folder = write_photoset(tmp / "photos" / "all", args.images).parent
     keys = sorted(p.stem for p in (folder / "all").glob("*.jpg"))
-    rng = np.random.default_rng(2)
-    meta = StoreMetadata(
-        grid=(args.grid, args.grid), k=args.k, num_classes=args.classes, rows=len(keys)
-    )
-    writer = StoreWriter.open(tmp / "e2e.relabel.zarr", meta)
-    idx, val = synthetic_maps(rng, len(keys), (args.grid, args.grid), args.k, args.classes)
-    writer.write_shard(0, keys=keys, labels=[0] * len(keys), sizes=[(1, 1)] * len(keys),
-                       indices=idx, values=val)  # fmt: skip
-    writer.finalize()
+    write_synthetic_store(
+        tmp / "e2e.relabel.zarr", keys, grid=(args.grid, args.grid), k=args.k,
+        num_classes=args.classes, seed=2,
+    )  # fmt: skip
     tf = v2.Compose(
         [
             v2.RandomResizedCrop(224, antialias=True),

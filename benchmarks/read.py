@@ -16,32 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import zarr
-from _synthetic import synthetic_maps
+from _synthetic import imagenet_like_keys, write_synthetic_store
 
-from relabel_store import StoreMetadata, StoreWriter, load_relabel
+from relabel_store import load_relabel
 
 IMAGENET = 1_281_167
-
-
-def build(path: Path, n: int) -> None:
-    rng = np.random.default_rng(0)
-    meta = StoreMetadata(grid=(15, 15), k=5, num_classes=1000, rows=n)
-    writer = StoreWriter.open(path, meta)
-    keys = [f"n{i // 1300:08d}_{i}" for i in range(n)]
-    for s in range(writer.num_shards):
-        r = writer.shard_rows(s)
-        idx, val = synthetic_maps(rng, len(r))
-        writer.write_shard(
-            s,
-            keys=keys[r.start : r.stop],
-            labels=[i // 1300 for i in r],
-            sizes=[(375, 500)] * len(r),
-            indices=idx,
-            values=val,
-        )
-    writer.finalize()
 
 
 def median_us(fn, args, repeat: int) -> float:
@@ -59,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.relabel.zarr"
-        build(path, args.records)
+        write_synthetic_store(path, imagenet_like_keys(args.records))
         store = load_relabel(path)
         n = len(store)
         rows = [random.randrange(n) for _ in range(50_000)]

@@ -27,36 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest  # MonkeyPatch, to point huggingface_hub at the fake Hub
-from _synthetic import synthetic_maps
+from _synthetic import imagenet_like_keys, write_synthetic_store
 
-from relabel_store import StoreMetadata, StoreWriter, load_relabel
+from relabel_store import load_relabel
 from relabel_store.publish import push
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _fake_hub import FakeHub, fake_hub_env
 
 REPO = "bench/relabel"
-
-
-def build(path: Path, n: int, shard_records: int) -> None:
-    rng = np.random.default_rng(0)
-    meta = StoreMetadata(grid=(15, 15), k=5, num_classes=1000, rows=n, shard_records=shard_records)
-    writer = StoreWriter.open(path, meta)
-    keys = [f"n{i // 1300:08d}_{i}" for i in range(n)]
-    for s in range(writer.num_shards):
-        r = writer.shard_rows(s)
-        idx, val = synthetic_maps(rng, len(r))
-        writer.write_shard(
-            s,
-            keys=keys[r.start : r.stop],
-            labels=[i // 1300 for i in r],
-            sizes=[(375, 500)] * len(r),
-            indices=idx,
-            values=val,
-        )
-    writer.finalize()
 
 
 def rate(store, rows: list[int]) -> float:
@@ -77,7 +57,9 @@ def main() -> None:
         tmp = Path(tmp)
         fake_hub_env(mp, tmp, hub)
         path = tmp / "bench.relabel.zarr"
-        build(path, args.records, args.shard_records)
+        write_synthetic_store(
+            path, imagenet_like_keys(args.records), shard_records=args.shard_records
+        )
         local = load_relabel(path)
         n = len(local)
         print(
