@@ -12,7 +12,7 @@
 3. runs the user's transform, recovering each crop box and flip with
    :func:`~relabel_store.loaders.crops.track_crops` (the code the PyTorch loader uses);
 4. reads the batch's records in one call and pools them into soft targets: with
-   :class:`~relabel_store.pooling.BatchPooler` for batches of ``_BATCH_POOLING_MIN`` rows or
+   :class:`~relabel_store.pooling.BatchPooler` for batches of ``relabel_store.loaders.pytorch._BATCH_POOLING_MIN`` rows or
    more, with :func:`~relabel_store.pooling.pool` per row below that (measured on CPU, one
    thread, 15x15x5 maps, 1000 classes, random crops: the batched pooler costs ~0.4 ms per call
    plus ~7-15 us per row, per-row pooling ~27 us per row).
@@ -38,15 +38,12 @@ from PIL import Image
 from relabel_store.errors import RecordNotFoundError
 from relabel_store.inputs import decode_image, to_rgb
 from relabel_store.loaders.crops import track_crops
-from relabel_store.loaders.pytorch import Missing, _one_hot, keys_from_paths, resolve_rows
-from relabel_store.pooling import BatchPooler, PoolingSpec, pool, stack_boxes
+from relabel_store.loaders.pytorch import Missing, keys_from_paths, pool_rows, resolve_rows
+from relabel_store.pooling import PoolingSpec
 from relabel_store.reader import RelabelStore
 
 __all__ = ["RelabelTransform", "relabel_transform"]
 
-# From this many rows on, one BatchPooler call beats per-row pool() on CPU (measured crossover
-# ~20 rows: BatchPooler has a fixed cost of ~0.4 ms per call).
-_BATCH_POOLING_MIN = 24
 _SYNSET_SUFFIX = re.compile(r"^(.+)_n\d{8}$")
 
 
@@ -95,7 +92,6 @@ class RelabelTransform:
         self.spec = spec or PoolingSpec()
         self.missing = missing
         self.num_classes = store.metadata.num_classes
-        self.pooler = BatchPooler(self.num_classes, self.spec)
 
     def __repr__(self) -> str:
         return (
@@ -199,45 +195,7 @@ class RelabelTransform:
     def _pool(
         self, rows: np.ndarray, boxes: list[Any], labels: np.ndarray, keys: list[str]
     ) -> torch.Tensor:
-        n, c = len(rows), self.num_classes
-        grid = () if self.spec.output_size == 1 else self.spec.grid
-        present = np.flatnonzero(rows >= 0)
-        records = self.store.get_rows(rows[present]) if len(present) else None
-        if records is not None and len(present) >= _BATCH_POOLING_MIN:
-            coords, flipped = stack_boxes([boxes[i] for i in present])
-            pooled = self.pooler(
-                torch.from_numpy(records.indices),
-                torch.from_numpy(records.values),  # float16; the pooler computes in float32
-                coords,
-                flipped,
-                torch.from_numpy(labels[present]),
-            )
-            if len(present) == n:
-                return pooled
-            out = torch.empty((n, *grid, c), dtype=torch.float32)
-            out[torch.from_numpy(present)] = pooled
-        else:
-            out = torch.empty((n, *grid, c), dtype=torch.float32)
-            for j, i in enumerate(present.tolist()):
-                out[i] = torch.from_numpy(
-                    pool(
-                        records.indices[j],  # type: ignore[union-attr]
-                        records.values[j],  # type: ignore[union-attr]
-                        boxes[i],
-                        num_classes=c,
-                        spec=self.spec,
-                        label=int(labels[i]),
-                    )
-                )
-        for i in np.flatnonzero(rows < 0).tolist():  # missing="original"
-            if not 0 <= labels[i] < c:
-                raise RecordNotFoundError(
-                    f"key {keys[i]!r} is not in store {self.store.source.location} and its "
-                    f"label column {self.label_column!r} gives no usable label "
-                    f"({int(labels[i])}) to fall back to"
-                )
-            out[i] = torch.from_numpy(_one_hot(int(labels[i]), c, self.spec))
-        return out
+        return pool_rows(self.store, rows, boxes, labels, spec=self.spec, names=keys)
 
 
 def relabel_transform(

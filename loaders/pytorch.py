@@ -23,12 +23,16 @@ from torch.utils.data import Dataset
 
 from relabel_store.errors import RecordNotFoundError
 from relabel_store.loaders.crops import track_crops
-from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool
+from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool, stack_boxes
 from relabel_store.reader import RelabelStore
 
-__all__ = ["LabelPooler", "RelabelDataset", "keys_from_paths", "resolve_rows"]
+__all__ = ["LabelPooler", "RelabelDataset", "keys_from_paths", "pool_rows", "resolve_rows"]
 
 Missing = Literal["error", "original"]
+
+# From this many rows on, one BatchPooler call beats per-row pool() on CPU (measured crossover
+# ~20 rows: BatchPooler has a fixed cost of ~0.4 ms per call).
+_BATCH_POOLING_MIN = 24
 
 
 def keys_from_paths(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -119,6 +123,24 @@ class RelabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
+        """A whole batch (DataLoader calls this when it exists): images first, then every
+        record in one read and one pooling call, which keeps the pooling code hot in the CPU's
+        caches instead of interleaving it with image decoding."""
+        if self.pooling == "batch":
+            return [self[i] for i in indices]
+        images, boxes, labels = [], [], []
+        for index in indices:
+            image, label = self.base[index]
+            image, box = self.track(image)
+            images.append(image)
+            boxes.append(box)
+            labels.append(int(label))
+        targets = pool_rows(
+            self.store, self.rows[indices], boxes, np.asarray(labels), spec=self.spec
+        )
+        return list(zip(images, targets, strict=True))
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, label = self.base[index]
         image, box = self.track(image)
@@ -142,10 +164,63 @@ class RelabelDataset(Dataset):
         )
 
 
-def _one_hot(label: int, num_classes: int, spec: PoolingSpec) -> np.ndarray:
+def pool_rows(
+    store: RelabelStore,
+    rows: np.ndarray,
+    boxes: Sequence[CropBox],
+    labels: np.ndarray,
+    *,
+    spec: PoolingSpec,
+    names: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """Targets (B, C) (or (B, oh, ow, C)) for store rows (-1: fall back to the one-hot label).
+
+    Reads the records in one call; pools them with one :class:`BatchPooler` call for large
+    batches, with :func:`pool` per row for small ones. ``names`` label rows in errors.
+    """
+    n, c = len(rows), store.metadata.num_classes
+    grid = () if spec.output_size == 1 else spec.grid
+    present = np.flatnonzero(rows >= 0)
+    records = store.get_rows(rows[present]) if len(present) else None
+    out = torch.empty((n, *grid, c), dtype=torch.float32)
+    if records is not None and len(present) >= _BATCH_POOLING_MIN:
+        coords, flipped = stack_boxes([boxes[i] for i in present])
+        pooled = BatchPooler(c, spec)(
+            torch.from_numpy(records.indices),
+            torch.from_numpy(records.values),  # float16; the pooler computes in float32
+            coords,
+            flipped,
+            torch.from_numpy(np.asarray(labels)[present]),
+        )
+        if len(present) == n:
+            return pooled
+        out[torch.from_numpy(present)] = pooled
+    elif records is not None:
+        for j, i in enumerate(present.tolist()):
+            out[i] = torch.from_numpy(
+                pool(
+                    records.indices[j],
+                    records.values[j],
+                    boxes[i],
+                    num_classes=c,
+                    spec=spec,
+                    label=int(labels[i]),
+                )
+            )
+    for i in np.flatnonzero(rows < 0).tolist():  # missing="original"
+        out[i] = torch.from_numpy(
+            _one_hot(int(labels[i]), c, spec, names[i] if names is not None else None)
+        )
+    return out
+
+
+def _one_hot(
+    label: int, num_classes: int, spec: PoolingSpec, name: str | None = None
+) -> np.ndarray:
     if not 0 <= label < num_classes:
         raise RecordNotFoundError(
-            f"sample has no record in the store and no usable label ({label}) to fall back to"
+            f"{f'key {name!r}' if name else 'a sample'} has no record in the store and no "
+            f"usable label ({label}) to fall back to"
         )
     out = np.zeros((*spec.grid, num_classes) if spec.output_size != 1 else num_classes, np.float32)
     out[..., label] = 1.0

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from relabel_store import RecordNotFoundError, load_relabel
 from relabel_store.errors import UnsupportedTransformError
 from relabel_store.loaders import RelabelDataset, ReturnsCropBox, relabel_transform
-from relabel_store.loaders import hf as hf_loader
+from relabel_store.loaders import pytorch as pytorch_loader
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 
 N_IMAGES = 12
@@ -105,7 +105,7 @@ def test_parquet_round_trip_targets_are_label_pooling(
 ):
     # Batches below _BATCH_POOLING_MIN pool per row; at 1 every batch uses BatchPooler.
     if batched_pooling:
-        monkeypatch.setattr(hf_loader, "_BATCH_POOLING_MIN", 1)
+        monkeypatch.setattr(pytorch_loader, "_BATCH_POOLING_MIN", 1)
     ds = hub_style_parquet(files, tmp_path)
     assert isinstance(ds.features["image"], datasets.Image)
     ds = ds.cast_column("image", datasets.Image(decode=False))
@@ -185,7 +185,7 @@ def test_token_level_targets_and_original_label_mixing(files, tmp_path, monkeypa
         ]
     )
     per_row = ds.with_transform(tf)[:]["labels"]
-    monkeypatch.setattr(hf_loader, "_BATCH_POOLING_MIN", 1)
+    monkeypatch.setattr(pytorch_loader, "_BATCH_POOLING_MIN", 1)
     batched = ds.with_transform(tf)[:]["labels"]
     assert per_row.shape == (N_IMAGES, 2, 2, 1000)
     np.testing.assert_allclose(per_row.numpy(), want, rtol=1e-5, atol=1e-7)
@@ -241,7 +241,7 @@ def test_missing_key_raises_naming_it_or_falls_back_to_the_label(
     files, tmp_path, monkeypatch, batched_pooling
 ):
     if batched_pooling:
-        monkeypatch.setattr(hf_loader, "_BATCH_POOLING_MIN", 1)
+        monkeypatch.setattr(pytorch_loader, "_BATCH_POOLING_MIN", 1)
     keys = [*files["keys"][:-1], "not_in_store"]
     ds = hub_style_parquet(files, tmp_path, extra={"key": keys})
     ds = ds.cast_column("image", datasets.Image(decode=False))

@@ -300,3 +300,20 @@ def test_v2_geometry_beyond_crops_uses_the_probe():
     assert isinstance(tracker, _V2Probe)
     out, box = tracker(ramp_tensor())
     assert out.shape[-2:] == (S, S) and box.x1 > box.x0
+
+
+@pytest.mark.parametrize("batch_pooling_min", [1, 10**6])
+def test_batched_fetch_equals_per_sample_targets(folder, monkeypatch, batch_pooling_min):
+    from relabel_store.loaders import pytorch as pytorch_loader
+
+    monkeypatch.setattr(pytorch_loader, "_BATCH_POOLING_MIN", batch_pooling_min)
+    base = ImageFolder(folder / "images")
+    ds = RelabelDataset(
+        base, folder / "s.zarr", ReturnsCropBox(fixed_crop), key_fn=lambda i: (
+            "absent" if i == 5 else base.samples[i][0].rsplit("/", 1)[1].split(".")[0]
+        ), missing="original",
+    )  # fmt: skip
+    expected = torch.stack([ds[i][1] for i in range(len(ds))])
+    _images, targets = next(iter(DataLoader(ds, batch_size=12)))  # DataLoader uses __getitems__
+    torch.testing.assert_close(targets, expected)
+    assert targets[5].argmax().item() == base[5][1] and targets[5].max().item() == 1.0
