@@ -48,10 +48,30 @@ _SYNSET_SUFFIX = re.compile(r"^(.+)_n\d{8}$")
 
 
 class RelabelTransform:
-    """The batch transform built by :func:`relabel_transform` (see there for the arguments).
+    """A ``datasets`` batch transform: the user's image transform plus ReLabel soft targets.
 
-    Call it with a batch, a mapping of column name -> list of values, as ``datasets`` passes
-    it; it returns a dict with ``pixel_values_column`` (a list of transformed images),
+    ``ds.set_transform(relabel_transform(store, train_tf))`` (or ``ds.with_transform``,
+    or ``iterable_ds.map(..., batched=True, remove_columns=[...])`` when streaming).
+
+    - ``store``: a :class:`RelabelStore` or anything :func:`relabel_store.load_relabel` takes
+      (local path, Hub repo, fsspec URL, registered name).
+    - ``transform``: the user's image transform (torchvision v2 / v1, timm, or a
+      :class:`~relabel_store.loaders.ReturnsCropBox`); None leaves images as RGB PIL images.
+    - ``image_column``: holds ``datasets.Image`` values (decoded or ``decode=False``) or paths.
+    - ``key_column``: a column of store keys; None (default) derives keys from the image file
+      paths, which needs ``Image(decode=False)`` when the dataset embeds image bytes.
+    - ``label_column``: the original integer label, used by ``missing="original"`` and
+      ``spec.original_weight``; None or an absent column means unknown.
+    - ``pixel_values_column`` / ``target_column``: output names, ``"pixel_values"`` and
+      ``"labels"`` as in ``transformers`` image classification.
+    - ``keep_columns``: False (default) returns only the two outputs; True also passes every
+      input column but the image column through; a list passes those columns.
+    - ``spec``: pooling variant, output grid and original-label mixing (:class:`PoolingSpec`).
+    - ``missing``: ``"error"`` (default) raises :class:`RecordNotFoundError` naming the key of
+      a row without a record; ``"original"`` gives that row the one-hot of its label.
+
+    Calling it with a batch (a mapping of column name -> list of values, as ``datasets`` passes
+    it) returns a dict with ``pixel_values_column`` (a list of transformed images),
     ``target_column`` (a float32 tensor (B, C), or (B, oh, ow, C) for a larger pooling grid)
     and the kept columns.
     """
@@ -198,53 +218,8 @@ class RelabelTransform:
         return pool_rows(self.store, rows, boxes, labels, spec=self.spec, names=keys)
 
 
-def relabel_transform(
-    store: RelabelStore | str | os.PathLike[str],
-    transform: Any = None,
-    *,
-    image_column: str = "image",
-    key_column: str | None = None,
-    label_column: str | None = "label",
-    pixel_values_column: str = "pixel_values",
-    target_column: str = "labels",
-    keep_columns: bool | Sequence[str] = False,
-    spec: PoolingSpec | None = None,
-    missing: Missing = "error",
-) -> RelabelTransform:
-    """A ``datasets`` batch transform: the user's image transform plus ReLabel soft targets.
-
-    ``ds.set_transform(relabel_transform(store, train_tf))`` (or ``ds.with_transform``,
-    or ``iterable_ds.map(..., batched=True, remove_columns=[...])`` when streaming).
-
-    - ``store``: a :class:`RelabelStore` or anything :func:`relabel_store.load_relabel` takes
-      (local path, Hub repo, fsspec URL, registered name).
-    - ``transform``: the user's image transform (torchvision v2 / v1, timm, or a
-      :class:`~relabel_store.loaders.ReturnsCropBox`); None leaves images as RGB PIL images.
-    - ``image_column``: holds ``datasets.Image`` values (decoded or ``decode=False``) or paths.
-    - ``key_column``: a column of store keys; None (default) derives keys from the image file
-      paths, which needs ``Image(decode=False)`` when the dataset embeds image bytes.
-    - ``label_column``: the original integer label, used by ``missing="original"`` and
-      ``spec.original_weight``; None or an absent column means unknown.
-    - ``pixel_values_column`` / ``target_column``: output names, ``"pixel_values"`` and
-      ``"labels"`` as in ``transformers`` image classification.
-    - ``keep_columns``: False (default) returns only the two outputs; True also passes every
-      input column but the image column through; a list passes those columns.
-    - ``spec``: pooling variant, output grid and original-label mixing (:class:`PoolingSpec`).
-    - ``missing``: ``"error"`` (default) raises :class:`RecordNotFoundError` naming the key of
-      a row without a record; ``"original"`` gives that row the one-hot of its label.
-    """
-    return RelabelTransform(
-        store,
-        transform,
-        image_column=image_column,
-        key_column=key_column,
-        label_column=label_column,
-        pixel_values_column=pixel_values_column,
-        target_column=target_column,
-        keep_columns=keep_columns,
-        spec=spec,
-        missing=missing,
-    )
+# The documented entry point, named like the other ``datasets`` transform factories.
+relabel_transform = RelabelTransform
 
 
 def _as_key(value: Any) -> str:
