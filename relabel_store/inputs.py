@@ -594,6 +594,11 @@ def open_inputs(
                 kind = "imagefolder"
             else:
                 kind = "folder"
+        elif os.sep in str(spec) or str(spec).startswith((".", "~")):
+            raise InputError(
+                f"no such file or folder: {spec}. Give an image folder (ImageNet layout or "
+                "plain), a text file listing image paths, or a Hugging Face dataset name."
+            )
         else:
             kind = "hf"
     if kind == "imagefolder":

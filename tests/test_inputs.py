@@ -368,3 +368,11 @@ def test_decompression_bomb_is_reported_not_raised(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # coffee has 240k pixels: > 2x limit
     item = InputDataset(open_inputs(tmp_path))[0]
     assert item.image is None and "DecompressionBomb" in item.error
+
+
+def test_a_missing_path_is_named_not_taken_for_a_dataset_name(tmp_path):
+    from relabel_store.errors import InputError
+    from relabel_store.inputs import open_inputs
+
+    with pytest.raises(InputError, match=r"no such file or folder: .*nope.*image folder"):
+        open_inputs(tmp_path / "nope")
