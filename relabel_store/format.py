@@ -16,7 +16,8 @@ from typing import Any
 from relabel_store.errors import FormatError
 
 FORMAT_NAME = "relabel-store"
-FORMAT_VERSION = "1.0"
+# 1.1 added `label_space` and `class_identifiers` (optional fields: 1.0 readers ignore them).
+FORMAT_VERSION = "1.1"
 ATTRS_KEY = "relabel"
 MANIFEST_NAME = "manifest.json"
 ERRORS_NAME = "errors.jsonl"
@@ -59,6 +60,11 @@ class StoreMetadata:
     rows: int
     shard_records: int = DEFAULT_SHARD_RECORDS
     class_names: tuple[str, ...] | None = None
+    #: Name of the label space the class ids index, e.g. ``"imagenet-1k"``; None when unknown.
+    label_space: str | None = None
+    #: Stable identifier of each class (ImageNet wnids such as ``"n01440764"``), in class-id
+    #: order: what lets a loader map a dataset's own classes onto the store's by identity.
+    class_identifiers: tuple[str, ...] | None = None
     value_kind: str = "logits"
     annotator: Mapping[str, Any] = field(default_factory=dict)
     dataset: Mapping[str, Any] = field(default_factory=dict)
@@ -90,6 +96,16 @@ class StoreMetadata:
             f"class_names has {len(self.class_names or ())} names for {self.num_classes} classes",
         )
         _check(
+            self.class_identifiers is None or len(self.class_identifiers) == self.num_classes,
+            f"class_identifiers has {len(self.class_identifiers or ())} entries for "
+            f"{self.num_classes} classes",
+        )
+        _check(
+            self.class_identifiers is None
+            or len(set(self.class_identifiers)) == len(self.class_identifiers),
+            "class_identifiers must be unique",
+        )
+        _check(
             self.value_kind in VALUE_KINDS,
             f"value_kind must be one of {VALUE_KINDS}, got {self.value_kind!r}",
         )
@@ -106,6 +122,9 @@ class StoreMetadata:
         out = dataclasses.asdict(self)
         out["grid"] = list(self.grid)
         out["class_names"] = list(self.class_names) if self.class_names is not None else None
+        out["class_identifiers"] = (
+            list(self.class_identifiers) if self.class_identifiers is not None else None
+        )
         out["annotator"] = dict(self.annotator)
         out["dataset"] = dict(self.dataset)
         # Round-trip through json to reject anything that would not survive serialisation.
@@ -135,8 +154,9 @@ class StoreMetadata:
         kwargs = {k: v for k, v in data.items() if k in known}  # newer minors may add fields
         try:
             kwargs["grid"] = tuple(kwargs["grid"])
-            if kwargs.get("class_names") is not None:
-                kwargs["class_names"] = tuple(kwargs["class_names"])
+            for name in ("class_names", "class_identifiers"):
+                if kwargs.get(name) is not None:
+                    kwargs[name] = tuple(kwargs[name])
             return cls(**kwargs)
         except (KeyError, TypeError) as exc:
             raise FormatError(f"{where} has malformed relabel-store metadata: {exc}") from None

@@ -94,19 +94,35 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def class_names_for(annotator: DenseAnnotator) -> tuple[str, ...] | None:
-    """Human class names of the annotator's label space, from timm's offline ImageNet info."""
-    try:
-        from timm.data import ImageNetInfo, infer_imagenet_subset
+@dataclass(frozen=True)
+class LabelSpace:
+    """The label space an annotator's class ids index: its name, class names and identifiers."""
 
-        subset = infer_imagenet_subset(annotator.model)
-        if not subset:
-            return None
-        info = ImageNetInfo(subset)
-        names = tuple(info.index_to_description(i) for i in range(annotator.num_classes))
-        return names if len(names) == annotator.num_classes else None
-    except Exception:  # names are a nicety; a store without them is still complete
-        return None
+    name: str | None = None
+    class_names: tuple[str, ...] | None = None
+    class_identifiers: tuple[str, ...] | None = None
+
+
+def label_space_of(annotator: DenseAnnotator) -> LabelSpace:
+    """The annotator's label space, from timm's offline ImageNet info (names and wnids).
+
+    A model timm cannot place in an ImageNet subset gets an unknown label space: its store then
+    has no class identifiers, and loaders refuse to mix its classes with a dataset's labels.
+    """
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(annotator.model)
+    if not subset:
+        return LabelSpace()
+    info = ImageNetInfo(subset)
+    if info.num_classes() != annotator.num_classes:
+        return LabelSpace()
+    n = annotator.num_classes
+    return LabelSpace(
+        name=subset,
+        class_names=tuple(info.index_to_description(i) for i in range(n)),
+        class_identifiers=tuple(info.index_to_label_name(i) for i in range(n)),
+    )
 
 
 def generate(
@@ -136,13 +152,16 @@ def generate(
     started = time.perf_counter()
     rank, world = _distributed()
     described = annotator.describe()
+    space = label_space_of(annotator)
     meta = StoreMetadata(
         grid=annotator.grid,
         k=annotator.k,
         num_classes=annotator.num_classes,
         rows=len(inputs),
         shard_records=shard_records,
-        class_names=class_names_for(annotator),
+        class_names=space.class_names,
+        label_space=space.name,
+        class_identifiers=space.class_identifiers,
         annotator=described,
         dataset={**inputs.describe(), "class_names": inputs.class_names, **(dataset or {})},
         parent=parent,

@@ -70,6 +70,9 @@ def test_generate_real_photos_end_to_end(tmp_path):
     assert meta.annotator["feature_grid"] == [15, 15]  # lite0 at 475: no resampling
     assert len(meta.annotator["weights"]["sha256"]) == 64
     assert meta.class_names[285] == "Egyptian cat"
+    assert meta.label_space == "imagenet-1k"
+    assert meta.class_identifiers[285] == "n02124075"
+    assert meta.class_identifiers[0] == "n01440764"
     assert meta.dataset["class_names"] == [
         "astronaut",
         "china",
