@@ -25,7 +25,6 @@ ImageNet files on the Hub, e.g. ``n01440764_10026_n01440764.JPEG`` or
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ import torch
 from PIL import Image
 
 from relabel_store.errors import RecordNotFoundError
-from relabel_store.inputs import decode_image, to_rgb
+from relabel_store.images import decode_image, to_rgb
 from relabel_store.loaders.crops import track_crops
 from relabel_store.loaders.pytorch import Missing, keys_from_paths, pool_rows, resolve_rows
 from relabel_store.pooling import PoolingSpec
@@ -235,7 +234,7 @@ def _load(cell: Any, column: str) -> tuple[Image.Image, str | None]:
     if isinstance(cell, Mapping):  # datasets.Image(decode=False): {"bytes": ..., "path": ...}
         data, path = cell.get("bytes"), cell.get("path")
         if data is not None:
-            return _decode_bytes(data), path
+            return decode_image(data)[0], path
         if path:
             return _open_path(path), path
         raise ValueError(f"a cell of column {column!r} has neither image bytes nor a path")
@@ -248,18 +247,10 @@ def _load(cell: Any, column: str) -> tuple[Image.Image, str | None]:
     )
 
 
-def _decode_bytes(data: bytes) -> Image.Image:
-    """What :func:`~relabel_store.inputs.decode_image` does for bytes (the generator's decoding),
-    without its defensive copy: nothing here closes the in-memory file under the image."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return to_rgb(image)
-
-
 def _open_path(path: str) -> Image.Image:
     if "://" in path:  # remote or chained (zip://...::hf://...): read through fsspec
         import fsspec
 
         with fsspec.open(path, "rb") as f:
-            return _decode_bytes(f.read())
+            return decode_image(f.read())[0]
     return decode_image(path)[0]

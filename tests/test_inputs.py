@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +19,14 @@ from torch.utils.data import DataLoader
 
 from relabel_store.annotator import build_transform
 from relabel_store.errors import InputError
+from relabel_store.images import decode_image, to_rgb
 from relabel_store.inputs import (
     HFDatasetInputs,
     ImageFilesInputs,
     ImageFolderInputs,
     InputDataset,
     collate_inputs,
-    decode_image,
     open_inputs,
-    to_rgb,
 )
 
 W, H = 6, 4  # non-square on purpose: sizes must come back as (height, width)
@@ -143,6 +145,25 @@ def test_alpha_composites_onto_white(gray, alpha):
     image = Image.new("LA", (2, 2), (gray, alpha))
     expected = gray * alpha / 255 + 255 * (1 - alpha / 255)
     assert abs(to_rgb(image).getpixel((0, 0))[0] - expected) <= 1
+
+
+def test_training_side_decoding_imports_nothing_of_generation():
+    # The HF loader decodes images like the generator (relabel_store.images) without importing
+    # the generation side (inputs, generate, the annotator and timm's model zoo).
+    code = (
+        "import sys, relabel_store.loaders.hf, relabel_store.loaders; "
+        "print(sorted(m for m in sys.modules if m.startswith('relabel_store')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    loaded = set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
+    assert "relabel_store.images" in loaded
+    assert not loaded & {
+        "relabel_store.inputs",
+        "relabel_store.generate",
+        "relabel_store.annotator",
+    }
 
 
 # --------------------------------------------------------------------------------------------
