@@ -50,9 +50,10 @@ def data_files(store: Path) -> dict[str, bytes]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "relabel-store"), *args], capture_output=True, text=True, timeout=600
-    )
+    """``relabel-store ARGS`` in this process (a new process would spend seconds importing torch;
+    the tests that need one, a killed run and torchrun, start the console script themselves)."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def test_generate_real_photos_end_to_end(tmp_path):
@@ -181,12 +182,13 @@ def test_generate_from_a_hugging_face_dataset(tmp_path):
 
 
 def test_missing_weights_say_how_to_work_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     photos = photo_folder(tmp_path / "photos")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run(
-        [str(BIN / "relabel-store"), "generate", str(photos), "-o", str(tmp_path / "s.zarr")],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = run_cli("generate", str(photos), "-o", str(tmp_path / "s.zarr"))
     assert result.returncode == 2
     assert "--checkpoint" in result.stderr and "efficientnet-lite0" in result.stderr
 
