@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from relabel_store.errors import RecordNotFoundError
@@ -137,7 +136,7 @@ class RelabelTransform:
             pixel, box = self.track(image)
             pixels.append(pixel)
             boxes.append(box)
-        targets = self._pool(rows, boxes, labels, keys)
+        targets = pool_rows(self.store, rows, boxes, labels, spec=self.spec, names=keys)
         out: dict[str, Any] = {}
         if self.keep_columns is True:
             out.update((k, v) for k, v in batch.items() if k != self.image_column)
@@ -210,11 +209,6 @@ class RelabelTransform:
         if self.label_column is None or self.label_column not in batch:
             return np.full(n, -1, np.int64)
         return np.array([-1 if v is None else int(v) for v in batch[self.label_column]], np.int64)
-
-    def _pool(
-        self, rows: np.ndarray, boxes: list[Any], labels: np.ndarray, keys: list[str]
-    ) -> torch.Tensor:
-        return pool_rows(self.store, rows, boxes, labels, spec=self.spec, names=keys)
 
 
 # The documented entry point, named like the other ``datasets`` transform factories.

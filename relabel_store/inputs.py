@@ -585,7 +585,6 @@ class InputBatch:
 
     rows: torch.Tensor  # int64 (B,)
     keys: list[str]
-    locations: list[str]
     labels: torch.Tensor  # int64 (B,)
     images: torch.Tensor | None  # (B, 3, S, S), None when every item failed
     sizes: torch.Tensor  # int32 (B, 2): original (height, width)
@@ -673,7 +672,6 @@ def collate_inputs(items: Sequence[InputItem]) -> InputBatch:
     return InputBatch(
         rows=torch.tensor([it.row for it in good], dtype=torch.int64),
         keys=[it.key for it in good],
-        locations=[it.location for it in good],
         labels=torch.tensor([it.label for it in good], dtype=torch.int64),
         images=images,
         sizes=torch.tensor([it.size for it in good], dtype=torch.int32).reshape(-1, 2),

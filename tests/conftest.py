@@ -16,5 +16,5 @@ REPO = TESTS.parent
 # shadow the installed package: it lacks `loaders/` and `cli/`, which setuptools maps in at install
 # time (an editable install maps them in at import time, so it works either way).
 sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != REPO]
-# Test helper modules (_stores, _photos, _fake_hub, ...) live beside the tests.
+# Test helper modules (_stores, _fake_hub, _installed) live beside the tests.
 sys.path.insert(0, str(TESTS))

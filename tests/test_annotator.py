@@ -12,7 +12,6 @@ import pytest
 import timm
 import torch
 from _fake_hub import iter_fake_hub
-from _photos import EXPECTED_TOP1, PHOTO_NAMES, photo_image, write_photos
 from PIL import Image
 from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
@@ -27,8 +26,11 @@ from relabel_store.annotator import (
 )
 from relabel_store.errors import AnnotatorError
 from relabel_store.inputs import InputDataset, collate_inputs, open_inputs
+from relabel_store.samples import SAMPLE_PHOTOS, sample_photo, write_sample_photos
 
 NUM_CLASSES = 11
+# ImageNet-1k classes the offline lite0 annotator gives these sample photos (whole image, top-1).
+EXPECTED_TOP1 = {"chelsea": 285, "coffee": 967}
 
 # Architectures whose head is affine after average pooling: the mean of the dense logits over
 # the native feature grid must equal the model's own logits. Tiny configs keep this fast.
@@ -418,9 +420,9 @@ def test_lite0_annotator_describes_the_paper_setup(lite0):
 def test_lite0_labels_real_photos(lite0, tmp_path):
     from relabel_store.pooling import CropBox, pool
 
-    write_photos(tmp_path, PHOTO_NAMES, class_folders=True)
+    write_sample_photos(tmp_path, SAMPLE_PHOTOS, class_folders=True)
     source = open_inputs(tmp_path)
-    assert sorted(source.keys) == sorted(PHOTO_NAMES)
+    assert sorted(source.keys) == sorted(SAMPLE_PHOTOS)
     loader = DataLoader(
         InputDataset(source, lite0.transform),
         batch_size=len(source),
@@ -449,7 +451,7 @@ def test_lite0_labels_real_photos(lite0, tmp_path):
 
 @pytest.mark.slow
 def test_lite0_dense_mean_matches_its_logits_on_a_photo(lite0):
-    image = lite0.transform(photo_image("chelsea")).unsqueeze(0)
+    image = lite0.transform(sample_photo("chelsea")).unsqueeze(0)
     dense = lite0.dense_logits(image)
     with torch.inference_mode():
         logits = lite0.model(image)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _photos import write_photos
 from click.testing import CliRunner
 from PIL import Image
 
 from relabel_store import load_relabel, verify_store
 from relabel_store.cli.main import main
+from relabel_store.samples import write_sample_photos
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -28,7 +28,7 @@ FAST = [*LITE0, "--input-size", "224", "--workers", "0", "--batch-size", "4"]
 
 def photo_folder(root: Path, crops: int = 0) -> Path:
     """ImageNet-style folder of real photos, plus ``crops`` extra crops of them."""
-    write_photos(root, class_folders=True)
+    write_sample_photos(root, class_folders=True)
     files = sorted(root.rglob("*.jpg"))
     rng = np.random.default_rng(0)
     for i in range(crops):
@@ -115,8 +115,8 @@ def test_bad_images_are_reported_and_skipped_or_stop_the_run(tmp_path):
 
 def test_duplicate_keys_stop_before_any_work(tmp_path):
     photos = tmp_path / "photos"
-    write_photos(photos / "a", ["coffee"])
-    write_photos(photos / "b", ["coffee"])
+    write_sample_photos(photos / "a", ["coffee"])
+    write_sample_photos(photos / "b", ["coffee"])
     result = run_cli("generate", str(photos), "-o", str(tmp_path / "s.zarr"), *FAST)
     assert result.returncode == 2 and "coffee" in result.stderr and "duplicate" in result.stderr
     assert not (tmp_path / "s.zarr").exists()
@@ -168,7 +168,7 @@ def test_parent_lineage_and_refusing_a_finished_store(tmp_path):
 def test_generate_from_a_hugging_face_dataset(tmp_path):
     import datasets
 
-    files = write_photos(tmp_path / "src", ["chelsea", "coffee", "rocket"])
+    files = write_sample_photos(tmp_path / "src", ["chelsea", "coffee", "rocket"])
     ds = datasets.Dataset.from_dict(
         {"image": [str(p) for p in files.values()], "label": [285, 967, -1]}
     ).cast_column("image", datasets.Image())
