@@ -93,7 +93,7 @@ def pull(name_or_url: str, to: Path | None, revision: str | None, cache_dir: Pat
     NAME_OR_URL is a registered name (imagenet-relabel), a Hub repo (org/name,
     hf://datasets/org/name@rev) or an fsspec URL. Prints the local path of the store.
     """
-    from relabel_store.publish import pull as run
+    from relabel_store.pull import pull as run
 
     try:
         result = run(

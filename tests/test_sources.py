@@ -21,7 +21,8 @@ from _stores import write_store
 
 from relabel_store.errors import UnsafePathError
 from relabel_store.reader import RelabelStore
-from relabel_store.remote import open_source
+from relabel_store.remote import open_remote
+from relabel_store.resolve import resolve
 from relabel_store.sources import Source
 from relabel_store.sources.cached import ShardCacheSource
 from relabel_store.sources.local import LocalSource
@@ -65,12 +66,12 @@ def case(request, store_dir, tmp_path, monkeypatch):
         yield Case(kind, LocalSource(store_dir))
     elif kind.endswith("-file"):
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        yield Case(kind, open_source(store_dir.as_uri(), mode=mode, cache_dir=cache))
+        yield Case(kind, open_remote(resolve(store_dir.as_uri()), mode=mode, cache_dir=cache))
     else:
         gen = iter_fake_hub(monkeypatch, tmp_path)
         hub = next(gen)
         sha = seed_hub(hub, REPO, store_dir)
-        source = open_source(f"hf://datasets/{REPO}@{sha}", mode=mode, cache_dir=cache)
+        source = open_remote(resolve(f"hf://datasets/{REPO}@{sha}"), mode=mode, cache_dir=cache)
         yield Case(kind, source, hub)
         source.close()
         gen.close()
