@@ -135,6 +135,8 @@ class Fault:
     * `drop=True` (LFS upload PUTs): a 200 answer, but the bytes are thrown away (a lost upload);
     * `abort=True`: the connection is closed -- for a GET after the headers and half the body,
       otherwise before any answer;
+    * `stall_s`: the answer pauses that long after the headers and half the body (a download
+      in progress, for a process to be killed in the middle of);
     * else an error answer with `status`.
 
     `hits` counts the requests the rule broke.
@@ -148,6 +150,7 @@ class Fault:
     abort: bool = False
     drop: bool = False
     rewrite_range: Callable[[str | None], str] | None = None
+    stall_s: float = 0.0
     skip: int = 0
     times: int | None = 1
     hits: int = 0
@@ -285,6 +288,7 @@ class FakeHub:
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
         self._conns: set[socket.socket] = set()
+        self._stopping = threading.Event()
         self.url = ""
         self.cdn_url = ""
 
@@ -305,6 +309,7 @@ class FakeHub:
 
     def stop(self) -> None:
         """Stop both servers, close open keep-alive connections and join the server threads."""
+        self._stopping.set()
         for server in self._servers:
             server.shutdown()
             server.server_close()
@@ -531,7 +536,8 @@ class FakeHub:
         if abort and rec.method != "GET":
             self._cut(h, rec)
             return
-        if fault is not None and not (abort or fault.drop or fault.rewrite_range):
+        stall = fault.stall_s if fault is not None else 0.0
+        if fault is not None and not (abort or stall or fault.drop or fault.rewrite_range):
             rec.fault = "status"
             resp = self._error(fault.status, "Injected failure (FakeHub)", None)
         else:
@@ -560,10 +566,15 @@ class FakeHub:
             for name, value in {"Content-Length": str(len(resp.body)), **resp.headers}.items():
                 h.send_header(name, value)
             h.end_headers()
-            for i in range(0, len(body_out), _SEND_CHUNK):
-                h.wfile.write(body_out[i : i + _SEND_CHUNK])
-                rec.bytes_sent += len(body_out[i : i + _SEND_CHUNK])
-            h.wfile.flush()
+            half = len(body_out) // 2 if stall else 0
+            for part in (body_out[:half], body_out[half:]):
+                for i in range(0, len(part), _SEND_CHUNK):
+                    h.wfile.write(part[i : i + _SEND_CHUNK])
+                    rec.bytes_sent += len(part[i : i + _SEND_CHUNK])
+                h.wfile.flush()
+                if half:
+                    self._stopping.wait(stall)
+                    half = 0
         except OSError:  # the client went away
             h.close_connection = True
             return

@@ -25,7 +25,6 @@ from relabel_store.hub_names import HF_PREFIX, is_commit_sha
 from relabel_store.manifest import safe_relpath
 from relabel_store.sources import Remote, offline_error
 
-_DOWNLOAD_CHUNK = 1 << 20
 #: Waits before resuming a download whose connection dropped mid-file. huggingface_hub retries
 #: failures before a response starts; a drop inside the body is resumed here, by a Range request
 #: from the last byte received.
@@ -240,7 +239,7 @@ class HubRemote(Remote):
                             check_content_range(
                                 r.status_code, r.headers.get("Content-Range"), written, None, where
                             )
-                        for chunk in r.iter_bytes(_DOWNLOAD_CHUNK):
+                        for chunk in r.iter_bytes():  # as received: a resume loses nothing
                             chunk = chunk[: max_bytes - written]
                             out.write(chunk)
                             written += len(chunk)
