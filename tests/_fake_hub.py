@@ -33,7 +33,7 @@ import re
 import socket
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -903,7 +903,7 @@ def set_offline(monkeypatch: Any, offline: bool = True) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
 
 
-def iter_fake_hub(monkeypatch: Any, tmp_path: Path, **hub_kwargs: Any) -> Iterator[FakeHub]:
+def iter_fake_hub(monkeypatch: Any, tmp_path: Path, **hub_kwargs: Any) -> Generator[FakeHub]:
     """A started `FakeHub` with `fake_hub_env` applied, as a pytest fixture body::
 
     @pytest.fixture

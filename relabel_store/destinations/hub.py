@@ -83,6 +83,7 @@ class HubDestination(Destination):
         return self.list_files()
 
     def list_files(self) -> dict[str, RemoteFile]:
+        from huggingface_hub import RepoFile
         from huggingface_hub.errors import EntryNotFoundError
 
         revision = self.commit or self.branch
@@ -101,8 +102,8 @@ class HubDestination(Destination):
             except EntryNotFoundError:  # the subfolder does not exist yet
                 return {}
         for item in items:
-            if hasattr(item, "blob_id") and item.path.startswith(self._prefix):
-                lfs = getattr(item, "lfs", None)
+            if isinstance(item, RepoFile) and item.path.startswith(self._prefix):
+                lfs = item.lfs
                 out[item.path[len(self._prefix) :]] = RemoteFile(
                     size=item.size,
                     sha256=lfs.sha256 if lfs is not None else None,
