@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from relabel_store.errors import RelabelStoreError
+
 
 def _echo_err(message: str) -> None:
     click.echo(message, err=True)
@@ -64,6 +66,8 @@ def push(store: Path, destination: str, revision: str | None, private: bool, lic
             batch_files=batch_files,
             log=(lambda _: None) if quiet else _echo_err,
         )
+    except RelabelStoreError:
+        raise  # one `error:` line, from the main group
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(result.summary())
@@ -103,6 +107,8 @@ def pull(name_or_url: str, to: Path | None, revision: str | None, cache_dir: Pat
             cache_dir=cache_dir,
             log=(lambda _: None) if quiet else _echo_err,
         )
+    except RelabelStoreError:
+        raise  # one `error:` line, from the main group
     except (ValueError, FileExistsError) as exc:
         raise click.UsageError(str(exc)) from None
     if quiet:

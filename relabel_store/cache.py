@@ -64,15 +64,14 @@ class CacheEntry:
 
     def tail_path(self, sha256: str, length: int) -> Path:
         """Where range mode keeps the last ``length`` bytes of the file with that sha256."""
-        return self.directory / RANGES_DIR / f"{sha256}.{length}.tail"
+        return self.directory / _tail_name(sha256, length)
 
     def read_tail(self, sha256: str, length: int) -> bytes | None:
-        """A kept tail, or None (absent, or anything but a regular file of that length)."""
-        path = self.tail_path(sha256, length)
-        st = regular_file_stat(self.directory, path.relative_to(self.directory).as_posix())
+        """A kept tail, or None when there is none of that length (a link raises)."""
+        st = regular_file_stat(self.directory, _tail_name(sha256, length))
         if st is None or st.st_size != length:
             return None
-        return path.read_bytes()
+        return self.tail_path(sha256, length).read_bytes()
 
     def remove_abandoned_temps(self) -> None:
         """Delete temporary files that killed downloads left here (never a live one's)."""
@@ -81,6 +80,10 @@ class CacheEntry:
 
     def __repr__(self) -> str:
         return f"CacheEntry({str(self.directory)!r})"
+
+
+def _tail_name(sha256: str, length: int) -> str:
+    return f"{RANGES_DIR}/{sha256}.{length}.tail"
 
 
 class CacheDir:

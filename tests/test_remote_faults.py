@@ -186,6 +186,10 @@ def test_pull_never_writes_through_links(hub, store_dir, tmp_path, outside):
     (dest / "values").symlink_to(outside)  # as if planted in an interrupted pull
     with contained(tmp_path, outside), pytest.raises(UnsafePathError, match="symbolic link"):
         pull(REPO, to=dest)
+    with contained(tmp_path, outside):
+        result = CliRunner().invoke(main, ["pull", REPO, "--to", str(dest)])
+    assert result.exit_code == 2 and result.output.count("error: refusing") == 1
+    assert "symbolic link" in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
 
     (dest / "values").unlink()

@@ -80,7 +80,7 @@ class FsspecRemote(Remote):
         except OSError as exc:
             raise RemoteError(
                 f"{self.location}/{path}: {exc}. Files already downloaded and verified stay in "
-                "the cache: re-running the same command resumes from them."
+                "the cache: re-running the same command resumes where it stopped."
             ) from None
 
     def read_range(self, path: str, start: int, stop: int) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -30,10 +29,7 @@ from relabel_store.sources import Remote, offline_error
 #: from the last byte received.
 RESUME_DELAYS_S = (0.5, 1.0, 2.0)
 _MAX_REDIRECTS = 5
-_RERUN = (
-    "Files already downloaded and verified stay in the cache: re-running the same command "
-    "resumes from them."
-)
+_RERUN = "re-running the same command resumes where it stopped"
 
 
 def endpoint_url(endpoint: str | None = None) -> str:
@@ -84,7 +80,7 @@ def hub_errors(what: str) -> Iterator[None]:
         raise RemoteError(f"{what}: {_first_line(exc)}") from None
     except (httpx2.HTTPError, httpx2.StreamError) as exc:
         raise RemoteError(
-            f"{what}: transfer failed ({type(exc).__name__}: {exc}). {_RERUN}"
+            f"{what}: transfer failed ({type(exc).__name__}: {exc}); {_RERUN}."
         ) from None
 
 
@@ -145,7 +141,6 @@ class _HubState:
         # path -> where the Hub redirected a ranged read of that (LFS/Xet) file: a CDN or signed
         # storage URL. Later ranges go there directly: one request instead of two.
         self.redirects: dict[str, str] = {}
-        self.lock = threading.Lock()
 
 
 class HubRemote(Remote):
@@ -257,7 +252,7 @@ class HubRemote(Remote):
                         raise RemoteError(
                             f"{where}: the connection kept dropping ({len(RESUME_DELAYS_S) + 1} "
                             f"tries, {written} bytes received; {type(exc).__name__}: {exc}). "
-                            + _RERUN
+                            f"Files already downloaded and verified stay in the cache: {_RERUN}."
                         ) from None
                     time.sleep(delay)
 
