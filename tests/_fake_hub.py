@@ -107,11 +107,9 @@ class RequestRecord:
     server: str  # "hub" or "cdn"
     method: str
     path: str  # unquoted path, without the query string
-    query: str
     range: str | None
     status: int
     bytes_sent: int
-    bytes_received: int
     authorized: bool
     fault: str | None = None  # "status", "abort", "drop", "range" when a fault rule fired
 
@@ -271,12 +269,11 @@ class FakeHub:
 
     ``tree_page_size``: entries per ``/tree`` page (the Hub uses 1000); smaller values exercise
     the client's ``Link: rel="next"`` pagination. Files are LFS when their first 512 bytes hold a
-    NUL byte (binary) or they are at least ``lfs_threshold`` bytes, as on the Hub.
+    NUL byte (binary) or they are 10 MiB or more, as on the Hub.
     """
 
-    def __init__(self, *, tree_page_size: int = 1000, lfs_threshold: int = 10 << 20) -> None:
+    def __init__(self, *, tree_page_size: int = 1000) -> None:
         self.tree_page_size = tree_page_size
-        self.lfs_threshold = lfs_threshold
         self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
         self._objects: dict[str, bytes] = {}  # blob key -> bytes
@@ -453,7 +450,7 @@ class FakeHub:
     # ---------------------------------------------------------------------------- storage
 
     def _is_lfs(self, size: int, sample: bytes) -> bool:
-        return size >= self.lfs_threshold or b"\0" in sample
+        return size >= 10 << 20 or b"\0" in sample
 
     def _store(self, data: bytes, *, lfs: bool) -> _Blob:
         if not lfs:
@@ -502,11 +499,9 @@ class FakeHub:
             server=h.server.role,
             method=h.command,
             path=unquote(split.path),
-            query=split.query,
             range=h.headers.get("Range"),
             status=0,
             bytes_sent=0,
-            bytes_received=0,
             authorized=auth.lower().startswith("bearer ") and bool(auth[7:].strip()),
         )
         try:
@@ -515,7 +510,6 @@ class FakeHub:
         except (OSError, ValueError):
             h.close_connection = True
             return
-        rec.bytes_received = len(body)
         with self._lock:
             fault = next((f for f in self._faults if f._fire(rec)), None)
         req = _Req(
@@ -838,7 +832,6 @@ class FakeHub:
             return self._ranged(req, self._served_bytes(blob), {**headers, "ETag": blob.git_oid})
         name = quote(path.rsplit("/", 1)[-1])
         location = f"{self.cdn_url}/lfs/{blob.lfs_sha256}?filename={name}"
-        headers.update({"X-Linked-Etag": blob.lfs_sha256, "X-Linked-Size": str(blob.size)})
         return _Resp(302, {**headers, "Location": location})
 
     def _cdn_download(self, req: _Req, oid: str) -> _Resp:
