@@ -345,6 +345,10 @@ def test_missing_lite0_package_says_how_to_install(monkeypatch):
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    # hf_hub_download's default cache is fixed when huggingface_hub is imported: keep it here.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     yield from iter_fake_hub(monkeypatch, tmp_path)
 
@@ -362,12 +366,10 @@ def test_pretrained_weights_are_the_hub_file_that_is_hashed(hub):
     safe = save_safetensors({k: v.contiguous() for k, v in trained[1].state_dict().items()})
     buffer = io.BytesIO()
     torch.save(trained[2].state_dict(), buffer)
-    hub.commit_files(
-        repo, {"model.safetensors": safe, "pytorch_model.bin": buffer.getvalue()}, repo_type="model"
-    )
+    hub.commit_files(repo, {"model.safetensors": safe, "pytorch_model.bin": buffer.getvalue()})
     for seed, data, file in ((1, safe, "model.safetensors"), (2, buffer.getvalue(), None)):
         if file is None:  # the repo drops its safetensors file: the torch file is read instead
-            hub.commit_files(repo, {"model.safetensors": None}, repo_type="model")
+            hub.commit_files(repo, {"model.safetensors": None})
             file = "pytorch_model.bin"
         annotator = load_annotator(name, input_size=64, grid=(2, 2))
         assert annotator.describe()["weights"] == {
