@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +32,10 @@ def installed_venv(root: Path, *, reuse_packages: bool = True) -> Path:
             [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
-        (Path(own) / "_reused_packages.pth").write_text(sysconfig.get_path("purelib") + "\n")
+        # Every site-packages folder the running interpreter sees, also those a .pth line added
+        # (so that this works from inside such a venv too).
+        reused = [p for p in sys.path if Path(p).name == "site-packages" and Path(p).is_dir()]
+        (Path(own) / "_reused_packages.pth").write_text("".join(f"{p}\n" for p in reused))
         _repoint_scripts(Path(sys.executable).parent, python)
     # setuptools builds in build/lib and packs everything found there: start from an empty one.
     shutil.rmtree(REPO / "build" / "lib", ignore_errors=True)
