@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from relabel_store.errors import ArgumentTypeError
 from relabel_store.reader import RelabelStore
 from relabel_store.remote import Mode
 
 
 def load_relabel(
-    name_or_path: str | os.PathLike[str],
+    name_or_path: str | os.PathLike[str] | RelabelStore,
     revision: str | None = None,
     *,
     mode: Mode = "cache",
@@ -27,7 +28,9 @@ def load_relabel(
       open;
     - ``"s3://bucket/store.relabel.zarr"``, ``"file:///..."``, any fsspec URL
       (``storage_options`` are passed to fsspec);
-    - ``"imagenet-relabel"``: a name from :mod:`relabel_store.registry`.
+    - ``"imagenet-relabel"``: a name from :mod:`relabel_store.registry`;
+    - an open :class:`RelabelStore`, returned as it is (so every API that takes a store location
+      takes an open store too).
 
     Remote stores are read through a verified local cache (``mode="cache"``: each shard is
     downloaded whole on first touch and checked against the manifest) or with ranged requests
@@ -37,6 +40,14 @@ def load_relabel(
     """
     from relabel_store.remote import open_source
 
+    if isinstance(name_or_path, RelabelStore):
+        return name_or_path
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise ArgumentTypeError(
+            "a store is a RelabelStore or its location as str or os.PathLike (a local path, "
+            "a Hub repo 'org/name' or 'hf://datasets/org/name@rev', an fsspec URL or a "
+            f"registered name); got {type(name_or_path).__name__}"
+        )
     if isinstance(name_or_path, os.PathLike) or Path(str(name_or_path)).exists():
         if revision is not None:
             raise ValueError("revision= applies to Hub stores only; a local path has no revisions")
