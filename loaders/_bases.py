@@ -97,7 +97,7 @@ def take_over_transform(base: Any, transform: Any) -> tuple[Any, Any]:
         )
     if not takeable:
         raise ConfigurationError(
-            f"the base dataset ({name}) transforms its images itself ({own!r}), so "
+            f"the base dataset ({name}) transforms its images itself ({type(own).__name__}), so "
             f"RelabelDataset cannot see the crop box. {_PASS_IT}"
         )
     from torchvision.datasets.vision import StandardTransform
