@@ -20,7 +20,7 @@ import numpy as np
 from relabel_store.errors import ArgumentTypeError, LabelSpaceError
 from relabel_store.format import StoreMetadata
 
-__all__ = ["ClassMap", "LabelMatch", "match_labels"]
+__all__ = ["ClassMap", "LabelMap", "match_labels"]
 
 #: A user's mapping from dataset labels to store class ids: ``{label or class name: id}``, or a
 #: sequence of ids indexed by label (``range(n)`` when labels already are the store's ids).
@@ -35,8 +35,9 @@ _FIX = (
 
 
 @dataclass(frozen=True)
-class LabelMatch:
-    """Dataset label -> store class id (``table``), or why labels cannot be mixed (``problem``)."""
+class LabelMap:
+    """Dataset label -> store class id (``table``, -1: none), or why labels cannot be mixed in
+    (``problem``)."""
 
     table: np.ndarray | None
     problem: str | None
@@ -64,7 +65,7 @@ def match_labels(
     *,
     dataset: str = "the dataset",
     unnamed: str | None = None,
-) -> LabelMatch:
+) -> LabelMap:
     """How the labels of ``dataset`` (named ``dataset_classes``, in label order) index the
     store's classes; ``class_map`` overrides the matching. ``unnamed`` says why the classes
     are unknown when ``dataset_classes`` is None."""
@@ -72,14 +73,14 @@ def match_labels(
     if class_map is not None:
         return _from_user(class_map, dataset_classes, n)
     if dataset_classes is None:
-        return LabelMatch(None, unnamed or f"{dataset} does not name its classes")
+        return LabelMap(None, unnamed or f"{dataset} does not name its classes")
     identifiers, names = metadata.class_identifiers, metadata.class_names
     space = metadata.label_space or "an unnamed label space"
     classes = tuple(dataset_classes)
     if classes in (identifiers, names):  # the store's own class list, in its order
-        return LabelMatch(np.arange(n, dtype=np.int64), None)
+        return LabelMap(np.arange(n, dtype=np.int64), None)
     if identifiers is None and names is None:
-        return LabelMatch(None, f"the store ({space}) records no class identifiers or names")
+        return LabelMap(None, f"the store ({space}) records no class identifiers or names")
     lookup: dict[str, int] = {}
     if names is not None:
         counts: dict[str, int] = {}
@@ -91,16 +92,16 @@ def match_labels(
     table = np.array([lookup.get(c, -1) for c in classes], dtype=np.int64)
     unmatched = [c for c, i in zip(classes, table.tolist(), strict=True) if i < 0]
     if unmatched:
-        return LabelMatch(
+        return LabelMap(
             table,
             f"{len(unmatched)} of the {len(classes)} classes of {dataset} match none of the "
             f"store's class identifiers ({space}; e.g. "
             f"{(identifiers or names or ('?',))[0]!r}): {unmatched[:5]}",
         )
-    return LabelMatch(table, None)
+    return LabelMap(table, None)
 
 
-def _from_user(class_map: Any, dataset_classes: Sequence[str] | None, n: int) -> LabelMatch:
+def _from_user(class_map: Any, dataset_classes: Sequence[str] | None, n: int) -> LabelMap:
     if isinstance(class_map, str | bytes) or not isinstance(
         class_map, Mapping | Sequence | np.ndarray
     ):
@@ -131,8 +132,8 @@ def _from_user(class_map: Any, dataset_classes: Sequence[str] | None, n: int) ->
     unmatched = [i for i, v in enumerate(table.tolist()) if v < 0]
     if short or unmatched:
         missing = unmatched + list(range(len(table), len(dataset_classes or ())))
-        return LabelMatch(table, f"class_map leaves dataset labels {missing[:10]} without a class")
-    return LabelMatch(table, None)
+        return LabelMap(table, f"class_map leaves dataset labels {missing[:10]} without a class")
+    return LabelMap(table, None)
 
 
 def _as_int(value: Any, what: str) -> int:

@@ -127,7 +127,7 @@ class RelabelTransform:
         self.spec = spec or PoolingSpec()
         self.missing = missing
         self.num_classes = self.store.metadata.num_classes
-        self.labels = match_labels(
+        self.label_map = match_labels(
             self.store.metadata,
             class_names,
             class_map,
@@ -147,7 +147,7 @@ class RelabelTransform:
             if needed
         ]
         if uses:
-            self.labels.require(" and ".join(uses))
+            self.label_map.require(" and ".join(uses))
 
     def __repr__(self) -> str:
         return (
@@ -246,7 +246,7 @@ class RelabelTransform:
         if self.label_column is None or self.label_column not in batch:
             return np.full(n, -1, np.int64)
         labels = [-1 if v is None else int(v) for v in batch[self.label_column]]
-        return self.labels.to_store(np.array(labels, np.int64))
+        return self.label_map.to_store(np.array(labels, np.int64))
 
     def _pool(
         self, rows: np.ndarray, boxes: list[Any], labels: np.ndarray, keys: list[str]

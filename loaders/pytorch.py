@@ -170,6 +170,9 @@ class RelabelDataset(Dataset):
       labels are mixed in (``missing="original"``, ``spec.original_weight``).
     - ``pooling``: ``"sample"`` pools in the DataLoader worker and returns a (C,) float32
       target; ``"batch"`` returns a reference dict for :class:`LabelPooler`.
+
+    ``label_map`` holds how the dataset's labels index the store's classes (``table``: the
+    store class id of each dataset label, -1 for none).
     """
 
     def __init__(
@@ -210,7 +213,7 @@ class RelabelDataset(Dataset):
         keys, paths = self._keys(key_fn, key_mode)
         check_unique_keys(keys, paths, key_mode)
         self.rows = resolve_rows(self.store, keys, missing, paths)
-        self.labels = match_labels(
+        self.label_map = match_labels(
             self.store.metadata,
             _bases.class_names(base),
             class_map,
@@ -240,7 +243,7 @@ class RelabelDataset(Dataset):
             uses.append(f"missing='original' ({absent} samples have no record)")
         if not uses:
             return
-        self.labels.require(" and ".join(uses))
+        self.label_map.require(" and ".join(uses))
         if class_map is None and _bases.target_transform(self.base) is not None:
             raise ConfigurationError(
                 f"{' and '.join(uses)} mixes in the dataset's labels, and the base dataset "
@@ -322,7 +325,7 @@ class RelabelDataset(Dataset):
         return len(self.base)
 
     def _store_label(self, value: Any) -> int:
-        return int(self.labels.to_store(np.array([_label(value)]))[0])
+        return int(self.label_map.to_store(np.array([_label(value)]))[0])
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
         """A whole batch (DataLoader calls this when it exists): images first, then every
@@ -339,7 +342,7 @@ class RelabelDataset(Dataset):
             boxes.append(box)
             labels.append(_label(sample[1]))
         targets = pool_rows(
-            self.store, self.rows[indices], boxes, self.labels.to_store(labels), spec=self.spec
+            self.store, self.rows[indices], boxes, self.label_map.to_store(labels), spec=self.spec
         )
         return list(zip(images, targets, strict=True))
 
@@ -492,7 +495,9 @@ class LabelPooler(torch.nn.Module):
             self.store = source.store
             self.spec = spec or source.spec
             if self.spec.original_weight > 0:
-                source.labels.require(f"PoolingSpec(original_weight={self.spec.original_weight})")
+                source.label_map.require(
+                    f"PoolingSpec(original_weight={self.spec.original_weight})"
+                )
         else:
             self.store = open_store(source)
             self.spec = spec or PoolingSpec()
