@@ -26,16 +26,12 @@ from torch.utils.data import ConcatDataset, Subset
 from relabel_store.errors import ArgumentTypeError, ConfigurationError
 from relabel_store.keys import KeyMode, key_from_path
 
-__all__ = ["class_names", "describe_base", "sample_paths", "take_over_transform"]
+__all__ = ["class_names", "keys_of", "sample_paths", "take_over_transform", "target_transform"]
 
 _PASS_IT = (
     "Pass the transform to RelabelDataset instead and build the dataset without one: "
     "RelabelDataset(ImageFolder(root), store, train_transform)."
 )
-
-
-def describe_base(base: Any) -> str:
-    return type(base).__name__
 
 
 def _is_timm_dataset(base: Any) -> bool:
@@ -81,14 +77,14 @@ def take_over_transform(base: Any, transform: Any) -> tuple[Any, Any]:
         for part in base.datasets:
             if _own_transform(part)[0] is not None:
                 raise ConfigurationError(
-                    f"a dataset inside the ConcatDataset ({describe_base(part)}) transforms its "
+                    f"a dataset inside the ConcatDataset ({type(part).__name__}) transforms its "
                     f"own images, so RelabelDataset cannot see the crops. {_PASS_IT}"
                 )
         return base, transform
     own, takeable = _own_transform(base)
     if own is None:
         return _without_retries(base), transform
-    name = describe_base(base)
+    name = type(base).__name__
     if transform is not None:
         raise ConfigurationError(
             f"the base dataset ({name}) already transforms its images and RelabelDataset got a "
@@ -164,7 +160,7 @@ def keys_of(base: Any, key_mode: KeyMode) -> tuple[list[str], list[str]]:
     found = sample_paths(base)
     if found is None:
         raise ArgumentTypeError(
-            f"cannot find the file paths of {describe_base(base)} to derive store keys; pass "
+            f"cannot find the file paths of {type(base).__name__} to derive store keys; pass "
             "key_fn=lambda index: '<key of sample index>' (keys are file stems such as "
             "'n01440764_10026')"
         )
@@ -172,7 +168,7 @@ def keys_of(base: Any, key_mode: KeyMode) -> tuple[list[str], list[str]]:
     if key_mode == "relpath" and root is None:
         raise ConfigurationError(
             f"key_mode='relpath' needs one dataset root, and the datasets inside "
-            f"{describe_base(base)} have several; pass key_fn=... instead"
+            f"{type(base).__name__} have several; pass key_fn=... instead"
         )
     return [key_from_path(p, key_mode, root=root) for p in paths], paths
 

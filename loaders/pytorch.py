@@ -28,7 +28,7 @@ from relabel_store.errors import (
     ConfigurationError,
     RecordNotFoundError,
 )
-from relabel_store.keys import KeyMode, check_key_mode, key_from_path, legacy_key
+from relabel_store.keys import KeyMode, check_key_mode, legacy_key
 from relabel_store.loaders import _bases
 from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders.crops import track_crops
@@ -38,7 +38,6 @@ from relabel_store.reader import RelabelStore
 __all__ = [
     "LabelPooler",
     "RelabelDataset",
-    "keys_from_paths",
     "open_store",
     "pool_rows",
     "resolve_rows",
@@ -56,16 +55,6 @@ def open_store(store: Any) -> RelabelStore:
     from relabel_store.api import load_relabel
 
     return load_relabel(store)
-
-
-def keys_from_paths(
-    paths: Sequence[str | os.PathLike[str]],
-    key_mode: KeyMode = "stem",
-    root: str | os.PathLike[str] | None = None,
-) -> list[str]:
-    """Store keys for image files, as ``relabel-store generate`` derives them
-    (:func:`relabel_store.keys.key_from_path`)."""
-    return [key_from_path(p, key_mode, root=root) for p in paths]
 
 
 def resolve_rows(
@@ -113,7 +102,7 @@ def _search(store: RelabelStore, keys: Sequence[str]) -> np.ndarray:
     return pos
 
 
-def check_unique_keys(keys: Sequence[str], paths: Sequence[str] | None, key_mode: str) -> None:
+def _check_unique_keys(keys: Sequence[str], paths: Sequence[str] | None, key_mode: str) -> None:
     """Refuse different files that share a key: they would share one label map."""
     if paths is None:
         return
@@ -211,13 +200,13 @@ class RelabelDataset(Dataset):
         recorded = self.store.metadata.dataset.get("key_mode") or "stem"
         key_mode = check_key_mode(key_mode if key_mode is not None else recorded)
         keys, paths = self._keys(key_fn, key_mode)
-        check_unique_keys(keys, paths, key_mode)
+        _check_unique_keys(keys, paths, key_mode)
         self.rows = resolve_rows(self.store, keys, missing, paths)
         self.label_map = match_labels(
             self.store.metadata,
             _bases.class_names(base),
             class_map,
-            dataset=f"the base dataset ({_bases.describe_base(base)})",
+            dataset=f"the base dataset ({type(base).__name__})",
         )
         self._check_labels(class_map)
         self.transform = transform

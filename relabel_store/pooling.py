@@ -261,15 +261,22 @@ def _sample_points(
     that cannot fall within [-1, size] are left out (see :func:`_window`).
     """
     start, bin_size, grid = _axis_roi(lo, hi, n_out, size)
-    firsts = start + np.arange(n_out, dtype=np.float32) * bin_size
+    grids = np.full(n_out, grid)
+    if grid <= _sampling_window(size):  # every point of every bin (the usual case)
+        offsets = (np.arange(grid, dtype=np.float32) + _F32(0.5)) * bin_size
+        offsets /= _F32(grid)
+        if n_out == 1:
+            return offsets + start, grids, grids
+        firsts = start + np.arange(n_out, dtype=np.float32) * bin_size
+        return (firsts[:, None] + offsets).ravel(), grids, grids
+    firsts = start + np.arange(n_out, dtype=np.float32) * bin_size if n_out > 1 else [start]
     pieces = []
-    for first in firsts.tolist() if n_out > 1 else [start]:
+    for first in firsts:
         g0, g1 = _window(float(first), float(bin_size), grid, size)
         offsets = (np.arange(g0, g1, dtype=np.float32) + _F32(0.5)) * bin_size
         offsets /= _F32(grid)
         pieces.append(_F32(first) + offsets)
-    counts = np.array([len(p) for p in pieces])
-    return np.concatenate(pieces), counts, np.full(n_out, grid)
+    return np.concatenate(pieces), np.array([len(p) for p in pieces]), grids
 
 
 def _axis_weights(

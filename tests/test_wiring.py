@@ -162,7 +162,7 @@ def test_a_transform_inside_a_subset_is_taken_over(imagenet):
 
 def test_a_transform_on_both_is_refused(imagenet):
     with pytest.raises(
-        ConfigurationError, match="(?i)pass the transform to RelabelDataset instead"
+        ConfigurationError, match=r"(?i)pass the transform to RelabelDataset instead"
     ):
         RelabelDataset(ImageFolder(imagenet.train, transform=TRAIN_V2), imagenet.store, TRAIN_V2)
 
@@ -181,7 +181,7 @@ def test_a_transform_on_an_unknown_dataset_is_refused(imagenet):
             return self.transform(Image.open(self.samples[i][0])), self.samples[i][1]
 
     with pytest.raises(
-        ConfigurationError, match="(?i)pass the transform to RelabelDataset instead"
+        ConfigurationError, match=r"(?i)pass the transform to RelabelDataset instead"
     ):
         RelabelDataset(Photos(TRAIN_V2), imagenet.store)
 
