@@ -275,6 +275,7 @@ class ImageFolderInputs(_FileSource):
     """ImageNet layout: ``<root>/<class folder>/**/<image>``; keys from paths (``key_mode``)."""
 
     kind = "imagefolder"
+    root: Path
 
     def __init__(
         self,
