@@ -149,6 +149,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     from relabel_store.annotator import load_annotator
     from relabel_store.generate import generate as run
     from relabel_store.inputs import open_inputs
+    from relabel_store.keys import check_key_mode
 
     source_arg = input if hf_dataset is None else hf_dataset
     if source_arg is None or (input is not None and hf_dataset is not None):
@@ -167,7 +168,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         image_column=image_column,
         key_column=key_column,
         label_column=None if label_column == "none" else label_column,
-        key_mode=key_mode,
+        key_mode=check_key_mode(key_mode),
     )
     annotator = load_annotator(
         model, checkpoint, grid=(grid, grid), k=k, input_size=input_size, device=device,

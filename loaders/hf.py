@@ -347,7 +347,8 @@ class DatasetRows(TorchDataset):
                 f"{absent} images of column {self.image_column!r} carry no file path to derive "
                 "a store key from; name a column holding the keys with key_column=..."
             )
-        return [key_from_path(p) for p in paths], paths  # type: ignore[arg-type,misc]
+        files = [str(path) for path in paths]  # every one present
+        return [key_from_path(f) for f in files], files
 
 
 def image_paths(dataset: Any, column: str) -> list[str | None]:

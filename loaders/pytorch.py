@@ -331,7 +331,11 @@ class RelabelDataset(Dataset):
             boxes.append(box)
             labels.append(_label(sample[1]))
         targets = pool_rows(
-            self.store, self.rows[indices], boxes, self.label_map.to_store(labels), spec=self.spec
+            self.store,
+            self.rows[indices],
+            boxes,
+            self.label_map.to_store(np.asarray(labels)),
+            spec=self.spec,
         )
         return list(zip(images, targets, strict=True))
 

@@ -269,7 +269,7 @@ def _sample_points(
             return offsets + start, grids, grids
         firsts = start + np.arange(n_out, dtype=np.float32) * bin_size
         return (firsts[:, None] + offsets).ravel(), grids, grids
-    firsts = start + np.arange(n_out, dtype=np.float32) * bin_size if n_out > 1 else [start]
+    firsts = start + np.arange(n_out, dtype=np.float32) * bin_size  # [start] for one bin
     pieces = []
     for first in firsts:
         g0, g1 = _window(float(first), float(bin_size), grid, size)
@@ -402,8 +402,10 @@ def _grid_weights(
     along_y = _sample_points(y0, y1, oh, height)
     along_x = _sample_points(x0, x1, ow, width)
     if height == width:  # one pass for both axes (the usual square map)
-        both = (np.concatenate(pair) for pair in zip(along_y, along_x, strict=True))
-        weights_yx = _axis_weights(*both, height)
+        points, counts, grids = (
+            np.concatenate(pair) for pair in zip(along_y, along_x, strict=True)
+        )
+        weights_yx = _axis_weights(points, counts, grids, height)
         wy, wx = weights_yx[:oh], weights_yx[oh:]
     else:
         wy = _axis_weights(*along_y, height)
