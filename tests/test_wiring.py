@@ -237,6 +237,23 @@ def test_timm_create_loader_tracks_the_transform_it_assigns(imagenet, prefetcher
         assert err < 0.25 * np.abs(target.numpy() - whole).max()  # not the whole image's
 
 
+def test_timm_augmix_splits_track_the_primary_stage(imagenet):
+    """train.py with --aug-splits: AugMixDataset hands RelabelDataset the crop stage and runs the
+    pixel-only AugMix and normalisation stages on its output."""
+    ds = RelabelDataset(ImageFolder(imagenet.train), imagenet.store)
+    loader = timm.data.create_loader(
+        timm.data.AugMixDataset(ds, num_splits=2), (3, S, S), batch_size=4, is_training=True,
+        num_aug_splits=2, auto_augment="augmix-m5-w4-d2", device=torch.device("cpu"),
+        num_workers=0, persistent_workers=False,
+    )  # fmt: skip
+    names = [type(step).__name__ for step in ds.transform.transforms]
+    assert names[0] == "RandomResizedCropAndInterpolation" and "AugMixAugment" not in names
+    images, targets = next(iter(loader))
+    assert images.shape == (8, 3, S, S) and targets.shape == (8, 1000)  # two splits
+    torch.testing.assert_close(targets[:4], targets[4:])
+    torch.testing.assert_close(targets.sum(1), torch.ones(8))
+
+
 @TIMM_LEAK
 def test_timm_prefetcher_with_batch_pooling_is_refused_naming_the_flag(imagenet):
     ds = RelabelDataset(
