@@ -290,6 +290,7 @@ def test_hf_dataset_from_disk(hf_saved):
         "kind": "hf-datasets",
         "records": 3,
         "num_classes": 3,
+        "key_mode": "stem",
         "name": "hf",
         "split": None,
     }
