@@ -112,12 +112,13 @@ class ArrayLayout:
         return out
 
 
-def parse_shard_index(tail: bytes, n: int, where: str) -> np.ndarray:
-    """The ``(n, 2)`` (offset, nbytes) table at the end of a shard, its crc32c checked."""
+def parse_shard_index(tail: bytes | memoryview, n: int, where: str) -> np.ndarray:
+    """The ``(n, 2)`` (offset, nbytes) table at the end of a shard, its crc32c checked; a view
+    of ``tail`` (no copy kept: a memoryview of a mapped file stays in the page cache)."""
     body, crc = tail[: 16 * n], tail[16 * n :]
     if len(body) != 16 * n or len(crc) != 4:
         raise CorruptDataError(f"{where}: shard is too short to hold its index; file is damaged")
-    if google_crc32c.value(body) != int.from_bytes(crc, "little"):
+    if google_crc32c.value(bytes(body)) != int.from_bytes(crc, "little"):
         raise CorruptDataError(
             f"{where}: shard index checksum mismatch; the file is damaged or truncated. "
             "Run `relabel-store verify`, then re-download or regenerate the store."

@@ -138,16 +138,24 @@ class WholeImageTransform:
         object.__setattr__(self, "std", std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.resized(image))
+
+    def resized(self, image: Image.Image) -> torch.Tensor:
+        """The resized image as uint8 (3, H, W): what DataLoader workers produce for
+        ``generate``, a quarter of the float bytes; :meth:`normalize` finishes it on the
+        annotator's device (the same numbers as calling the transform)."""
         if image.mode != "RGB":
             image = image.convert("RGB")
         height, width = self.size
         if image.size != (width, height):
             image = image.resize((width, height), resample=_INTERPOLATIONS[self.interpolation])
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        array = (array - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (..., 3, H, W) -> float32 ``(x / 255 - mean) / std``, on their device."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=images.device)
+        return (images.float() / 255.0 - mean[:, None, None]) / std[:, None, None]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -223,7 +231,8 @@ def _format_name(fmt: Any) -> str:
 class DenseAnnotator(nn.Module):
     """A timm classifier producing top-k dense label maps.
 
-    ``forward(images)`` takes normalised images (B, 3, S, S) (see :attr:`transform`) and returns
+    ``forward(images)`` takes normalised images (B, 3, S, S) (see :attr:`transform`), or uint8
+    ones from ``transform.resized`` that it normalises on its device, and returns
     ``(values, indices)``, both (B, H, W, K) for the requested ``grid`` (H, W) and ``k``:
     float32 logits sorted descending and int64 class ids. Row index = y (down), column = x.
 
@@ -411,7 +420,10 @@ class DenseAnnotator(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise AnnotatorError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
         device = self.device
-        images = images.to(device, dtype=torch.float32, non_blocking=True)
+        if images.dtype == torch.uint8:  # resized, not yet normalised (see WholeImageTransform)
+            images = self.transform.normalize(images.to(device, non_blocking=True))
+        else:
+            images = images.to(device, dtype=torch.float32, non_blocking=True)
         if device.type == "cuda" and self._is_cnn():
             images = images.contiguous(memory_format=torch.channels_last)
         return images

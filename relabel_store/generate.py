@@ -253,7 +253,7 @@ def generate(
     device = annotator.device
     workers = cores_per_process() if num_workers is None else num_workers
     loader = DataLoader(
-        InputDataset(inputs, annotator.transform, rows),
+        InputDataset(inputs, annotator.transform.resized, rows),  # uint8: normalised on device
         batch_sampler=_ShardBatches([len(r) for r in shard_rows], batch_size),
         num_workers=workers,
         collate_fn=collate_inputs,

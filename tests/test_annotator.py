@@ -216,6 +216,19 @@ def test_transform_normalises_and_describes_itself():
         WholeImageTransform(size=8, interpolation="cubic-ish")
 
 
+def test_uint8_images_are_normalised_on_the_device_to_the_same_numbers():
+    """generate's workers hand over resized uint8 images (a quarter of the bytes); the annotator
+    normalises them itself, bit for bit as the float transform does."""
+    annotator = DenseAnnotator(_model("resnet10t"), input_size=48, grid=(3, 3), k=4)
+    photos = [sample_photo(name) for name in ("chelsea", "coffee")]
+    resized = torch.stack([annotator.transform.resized(p) for p in photos])
+    normalised = torch.stack([annotator.transform(p) for p in photos])
+    assert resized.dtype == torch.uint8 and resized.shape == (2, 3, 48, 48)
+    assert torch.equal(annotator.transform.normalize(resized), normalised)
+    for a, b in zip(annotator(resized), annotator(normalised), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_build_transform_uses_the_model_pretrained_config():
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     transform = build_transform(model, input_size=475)
