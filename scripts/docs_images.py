@@ -3,9 +3,9 @@
     .venv/bin/python scripts/docs_images.py [--out docs/images]
 
 Runs ``examples/demo.py`` into a temporary folder (six real photos, the offline
-tf_efficientnet_lite0 annotator at 475x475, a 15x15 top-5 store), draws a few label maps and
-pooled crops with the ``relabel-store show`` command, and shrinks each PNG to a 256-colour
-palette so that it stays small enough to commit (< 200 KB).
+tf_efficientnet_lite0 annotator at its trained 224x224, resampled to a 15x15 top-5 store), draws
+a few label maps and pooled crops with the ``relabel-store show`` command, and shrinks each PNG
+to a 256-colour palette so that it stays small enough to commit (< 200 KB).
 """
 
 from __future__ import annotations
