@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relabel_store._io import atomic_write_bytes, sha256_file
-from relabel_store.errors import FormatError, UnsafePathError
+from relabel_store._io import atomic_write_bytes, file_kind, open_regular, sha256_stream
+from relabel_store.errors import (
+    FormatError,
+    IncompleteStoreError,
+    StoreNotFoundError,
+    UnsafePathError,
+)
 from relabel_store.format import MANIFEST_NAME, PROGRESS_DIR
 
 MANIFEST_VERSION = 1
@@ -114,25 +119,54 @@ def safe_relpath(path: Any) -> str:
     return path
 
 
-def store_files(root: Path) -> list[str]:
-    """Relative paths of the files a manifest covers (everything but itself and scratch state)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root)
-        if rel_dir == Path("."):
-            dirnames[:] = [d for d in dirnames if d != PROGRESS_DIR]
-        for name in filenames:
-            rel = (rel_dir / name).as_posix()
-            if rel != MANIFEST_NAME and not name.endswith(".tmp"):
-                out.append(rel)
-    return sorted(out)
+def scan_store(
+    root: Path, *, include_scratch: bool = False
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The regular files under ``root`` (relative POSIX paths, sorted), and every entry that is
+    neither a regular file nor a folder, as ``(path, kind)``: symlinks (never followed), FIFOs,
+    devices, sockets. Unless ``include_scratch``, what a manifest does not cover is left out:
+    ``manifest.json`` itself, the ``_progress/`` folder and ``*.tmp`` files."""
+    files: list[str] = []
+    irregular: list[tuple[str, str]] = []
+
+    def visit(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if include_scratch or rel != PROGRESS_DIR:
+                        visit(entry.path, rel + "/")
+                elif entry.is_file(follow_symlinks=False):
+                    scratch = rel == MANIFEST_NAME or entry.name.endswith(".tmp")
+                    if include_scratch or not scratch:
+                        files.append(rel)
+                else:
+                    irregular.append((rel, file_kind(entry.path) or "file"))
+
+    visit(os.fspath(root), "")
+    return sorted(files), sorted(irregular)
+
+
+def store_files(root: Path, *, include_scratch: bool = False) -> list[str]:
+    """The files a manifest covers (all files with ``include_scratch``), as :func:`scan_store`;
+    raises :class:`UnsafePathError` if the store holds a symlink or another non-regular file."""
+    files, irregular = scan_store(root, include_scratch=include_scratch)
+    if irregular:
+        path, kind = irregular[0]
+        raise UnsafePathError(
+            f"{root}/{path} is a {kind}: a store holds only regular files and folders, and "
+            f"relabel-store never reads through a link ({len(irregular)} such entries). Replace "
+            "it with the real file, or remove it."
+        )
+    return files
 
 
 def build_manifest(root: Path) -> Manifest:
     entries = []
     for rel in store_files(root):
-        p = root / rel
-        entries.append(ManifestEntry(rel, p.stat().st_size, sha256_file(p)))
+        with open_regular(root, rel) as f:
+            size, digest = sha256_stream(f)
+        entries.append(ManifestEntry(rel, size, digest))
     return Manifest(tuple(entries))
 
 
@@ -142,7 +176,8 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
 
 @dataclass
 class VerifyReport:
-    """What ``verify`` found; ``ok`` when nothing is missing, extra, resized or altered."""
+    """What ``verify`` found; ``ok`` when nothing is missing, extra, resized, altered or a
+    non-regular file (a symlink is reported and never followed)."""
 
     digest: str
     checked: int = 0
@@ -150,13 +185,15 @@ class VerifyReport:
     extra: list[str] = field(default_factory=list)
     resized: list[tuple[str, int, int]] = field(default_factory=list)
     altered: list[str] = field(default_factory=list)
+    not_regular: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.resized or self.altered)
+        return not (self.missing or self.extra or self.resized or self.altered or self.not_regular)
 
     def lines(self) -> list[str]:
-        out = [f"missing: {p}" for p in self.missing]
+        out = [f"not a regular file: {p} ({kind}; not followed)" for p, kind in self.not_regular]
+        out += [f"missing: {p}" for p in self.missing]
         out += [f"extra: {p}" for p in self.extra]
         out += [f"resized: {p} (manifest {a} bytes, found {b})" for p, a, b in self.resized]
         out += [f"altered: {p} (sha256 differs)" for p in self.altered]
@@ -164,37 +201,57 @@ class VerifyReport:
 
 
 def verify_dir(root: Path, manifest: Manifest) -> VerifyReport:
-    """Check every file under ``root`` against ``manifest``."""
+    """Check every file under ``root`` against ``manifest``, reading none through a link."""
     report = VerifyReport(digest=manifest.digest)
     expected = manifest.by_path()
-    present = set(store_files(root))
-    report.extra = sorted(present - expected.keys())
+    present, report.not_regular = scan_store(root)
+    unsafe = {p for p, _ in report.not_regular}
+    report.extra = sorted(set(present) - expected.keys())
     for path, entry in expected.items():
-        p = root / path
-        if path not in present:
+        if path in unsafe or any(path.startswith(f"{p}/") for p in unsafe):
+            continue  # reported as not a regular file; never opened
+        try:
+            f = open_regular(root, path)
+        except (FileNotFoundError, NotADirectoryError):
             report.missing.append(path)
             continue
-        size = p.stat().st_size
-        report.checked += 1
-        if size != entry.size:
-            report.resized.append((path, entry.size, size))
-        elif sha256_file(p) != entry.sha256:
-            report.altered.append(path)
+        except UnsafePathError:  # swapped for a link since the scan
+            report.not_regular.append((path, "not a regular file"))
+            continue
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            report.checked += 1
+            if size != entry.size:
+                report.resized.append((path, entry.size, size))
+            elif sha256_stream(f)[1] != entry.sha256:
+                report.altered.append(path)
     return report
 
 
-def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
-    """Check a local store against its own ``manifest.json``."""
-    from relabel_store.errors import IncompleteStoreError, StoreNotFoundError
+def read_manifest(root: Path) -> Manifest:
+    """The parsed ``manifest.json`` of the local store at ``root``, read without following links.
 
-    root = Path(path)
-    if not (root / "zarr.json").is_file():
-        raise StoreNotFoundError(f"no relabel-store store at {root} (no zarr.json); check the path")
+    Raises :class:`StoreNotFoundError` when ``root`` holds no store, and
+    :class:`IncompleteStoreError` when the store was never finalized.
+    """
     try:
-        raw = (root / MANIFEST_NAME).read_bytes()
+        open_regular(root, "zarr.json").close()
+    except (FileNotFoundError, NotADirectoryError):
+        raise StoreNotFoundError(
+            f"no relabel-store store at {root} (no zarr.json); check the path"
+        ) from None
+    try:
+        with open_regular(root, MANIFEST_NAME) as f:
+            raw = f.read()
     except FileNotFoundError:
         raise IncompleteStoreError(
             f"{root} has no {MANIFEST_NAME}: the store was never finalized. Re-run the "
             "`relabel-store generate` command that created it to resume and finish it."
         ) from None
-    return verify_dir(root, Manifest.from_bytes(raw, where=f"{root}/{MANIFEST_NAME}"))
+    return Manifest.from_bytes(raw, where=f"{root}/{MANIFEST_NAME}")
+
+
+def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
+    """Check a local store against its own ``manifest.json``."""
+    root = Path(path)
+    return verify_dir(root, read_manifest(root))

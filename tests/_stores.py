@@ -41,7 +41,10 @@ def write_store(
     failed: frozenset[int] = frozenset(),
     finalize=True,
     shards=None,
+    writer: StoreWriter | None = None,
 ) -> Written:
+    """Write ``n`` random records (the given ``shards``, all by default) through ``writer`` or a
+    writer of its own, and finalize unless told not to."""
     rng = np.random.default_rng(seed)
     keys = [f"img_{int(i):05d}" for i in rng.permutation(n)]  # rows not in key order
     idx, vals = random_maps(rng, n, grid, k, num_classes)
@@ -57,7 +60,7 @@ def write_store(
         annotator={"model": "test", "input_size": 475},
         dataset={"name": "synthetic", "split": "train"},
     )
-    w = StoreWriter.open(path, meta)
+    w = writer or StoreWriter.open(path, meta)
     for s in range(w.num_shards) if shards is None else shards:
         r = w.shard_rows(s)
         errors = [{"reason": "broken", "path": keys[i]} if i in failed else None for i in r]
