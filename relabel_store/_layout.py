@@ -26,6 +26,8 @@ from relabel_store.errors import CorruptDataError, FormatError
 
 _DTYPES = {"uint8", "uint16", "uint32", "int32", "int64", "float16", "float32"}
 MISSING = 2**64 - 1
+#: A decoded chunk: bytes, or the uint8 array the Blosc fast path unshuffles into (no copy).
+Decoded = bytes | np.ndarray
 #: No chunk relabel-store writes decodes to more than this; a larger claim is refused before
 #: anything is allocated (a damaged or hostile ``zarr.json`` must not exhaust memory).
 MAX_CHUNK_BYTES = 1 << 30
@@ -55,7 +57,7 @@ class ArrayLayout:
     inner_shape: tuple[int, ...] | None  # inner chunk when sharded
     separator: str
     fill_value: Any
-    decode: Callable[[bytes, str], bytes]  # chunk bytes -> raw little/big-endian array bytes
+    decode: Callable[[bytes, str], Decoded]  # chunk bytes -> raw little/big-endian array bytes
 
     @classmethod
     def parse(cls, name: str, raw: bytes, where: str) -> ArrayLayout:
@@ -231,7 +233,7 @@ def _gzip_decompress(data: bytes, nbytes: int) -> bytes:
 _BLOSC_FALLBACK = Blosc()
 
 
-def _blosc_decompress(data: bytes, expected: int) -> bytes | np.ndarray:
+def _blosc_decompress(data: bytes, expected: int) -> Decoded:
     """Decode a Blosc 1 frame holding ``expected`` bytes; the frames relabel-store writes take a
     fast path.
 
@@ -283,7 +285,7 @@ def _check_index_codecs(conf: dict[str, Any], where: str) -> None:
     )
 
 
-_DECOMPRESSORS: dict[str, Callable[[bytes, int], bytes | np.ndarray]] = {
+_DECOMPRESSORS: dict[str, Callable[[bytes, int], Decoded]] = {
     "zstd": _zstd_decompress,
     "gzip": _gzip_decompress,
     "blosc": _blosc_decompress,
@@ -292,7 +294,7 @@ _DECOMPRESSORS: dict[str, Callable[[bytes, int], bytes | np.ndarray]] = {
 
 def _codec_chain(
     codecs: list[dict[str, Any]], dtype: np.dtype, nbytes: int, where: str
-) -> tuple[str, Callable[[bytes, str], bytes]]:
+) -> tuple[str, Callable[[bytes, str], Decoded]]:
     """The byte order and the decoder of an inner codec chain whose chunks hold ``nbytes``."""
     _require(
         bool(codecs) and codecs[0]["name"] == "bytes",
@@ -314,7 +316,7 @@ def _codec_chain(
     )
     decompress = _DECOMPRESSORS[compressors[0]] if compressors else None
 
-    def decode(data: bytes, file: str) -> bytes:
+    def decode(data: bytes, file: str) -> Decoded:
         try:
             if checksum:
                 body, crc = data[:-4], data[-4:]
@@ -330,7 +332,7 @@ def _codec_chain(
                 "`relabel-store verify`, then re-download or regenerate the store."
             ) from None
 
-    return endian, decode
+    return str(endian), decode
 
 
 def _require(ok: bool, where: str, problem: str) -> None:
