@@ -76,3 +76,14 @@ def write_store(
     if finalize:
         w.finalize()
     return Written(path, keys, idx, vals, labels, sizes, {keys[i] for i in failed})
+
+
+def data_files(store: Path) -> dict[str, bytes]:
+    """Every file of a store but its metadata and manifest (which record creation times), for
+    comparing two stores' data byte for byte."""
+    skip = {"zarr.json", "manifest.json"}
+    return {
+        p.relative_to(store).as_posix(): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }

@@ -8,8 +8,10 @@ test fails if any of them is opened. Faults of remote stores live in test_remote
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _photos import write_photos
-from _stores import Written, write_store
+from _stores import Written, data_files, write_store
 from _watch import OpenWatch
 from click.testing import CliRunner
 
@@ -47,9 +49,18 @@ from relabel_store.manifest import build_manifest, write_manifest
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Written:
+    path = tmp_path_factory.mktemp("pristine") / "s.zarr"
+    return write_store(path, 40, shard_records=16, failed=frozenset({5}))
+
+
 @pytest.fixture
-def written(tmp_path) -> Written:
-    return write_store(tmp_path / "s.zarr", 40, shard_records=16, failed=frozenset({5}))
+def written(pristine, tmp_path) -> Written:
+    """A finalized store of 40 records (one failed) in 3 shards, this test's own copy."""
+    path = tmp_path / "s.zarr"
+    shutil.copytree(pristine.path, path)
+    return dataclasses.replace(pristine, path=path)
 
 
 def read_all(path: Path, w: Written) -> tuple[int, list[CorruptDataError]]:
@@ -434,15 +445,6 @@ def start_generate(tmp_path: Path, fault: str, *args: str) -> subprocess.Popen:
     wrapper.write_text(WRAPPER)
     env = {**os.environ, "FAULT": fault, "PAUSED": str(tmp_path / "paused")}
     return subprocess.Popen([sys.executable, str(wrapper), "generate", *args], env=env)
-
-
-def data_files(store: Path) -> dict[str, bytes]:
-    skip = {"zarr.json", "manifest.json"}
-    return {
-        p.relative_to(store).as_posix(): p.read_bytes()
-        for p in sorted(store.rglob("*"))
-        if p.is_file() and p.name not in skip
-    }
 
 
 @pytest.mark.slow

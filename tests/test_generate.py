@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _photos import write_photos
+from _stores import data_files
 from click.testing import CliRunner
 from PIL import Image
 
@@ -38,15 +39,6 @@ def photo_folder(root: Path, crops: int = 0) -> Path:
         x0, y0 = int(rng.integers(0, w // 3)), int(rng.integers(0, h // 3))
         img.crop((x0, y0, x0 + w // 2, y0 + h // 2)).save(src.parent / f"{src.stem}_crop{i}.jpg")
     return root
-
-
-def data_files(store: Path) -> dict[str, bytes]:
-    skip = {"zarr.json", "manifest.json"}
-    return {
-        p.relative_to(store).as_posix(): p.read_bytes()
-        for p in sorted(store.rglob("*"))
-        if p.is_file() and p.name not in skip
-    }
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

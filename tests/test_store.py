@@ -6,12 +6,11 @@ import json
 import os
 import pickle
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from _stores import write_store
+from _stores import data_files, write_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,14 +27,6 @@ from relabel_store import (
 )
 from relabel_store.errors import InputError
 from relabel_store.manifest import build_manifest, write_manifest
-
-
-def _data_files(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != "zarr.json" and p.name != "manifest.json"
-    }
 
 
 @settings(
@@ -117,7 +108,7 @@ def test_resume_after_interruption_gives_identical_store(tmp_path):
     with StoreWriter.open(tmp_path / "part.zarr", meta) as w:
         assert w.completed_shards() == {0, 2}
     write_store(tmp_path / "part.zarr", 60, shard_records=16, shards=[1, 3])
-    assert _data_files(full.path) == _data_files(tmp_path / "part.zarr")
+    assert data_files(full.path) == data_files(tmp_path / "part.zarr")
     assert load_relabel(full.path).manifest.digest != ""  # both complete
     a, b = load_relabel(full.path), load_relabel(tmp_path / "part.zarr")
     assert [e for e in a.manifest.entries if e.path != "zarr.json"] == [
