@@ -6,11 +6,12 @@ complete. Paths in a manifest are validated before use, wherever the manifest ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,9 @@ def store_files(root: Path, *, include_scratch: bool = False) -> list[str]:
     if irregular:
         path, kind = irregular[0]
         raise UnsafePathError(
-            f"{root}/{path} is a {kind}: a store holds only regular files and folders, and "
-            f"relabel-store never reads through a link ({len(irregular)} such entries). Replace "
-            "it with the real file, or remove it."
+            f"refusing {root}/{path}: it is a {kind}. A store holds only regular files and "
+            f"folders, and relabel-store never follows a link inside one ({len(irregular)} such "
+            "entries); replace it with the real file, or remove it."
         )
     return files
 
@@ -200,32 +201,61 @@ class VerifyReport:
         return out
 
 
-def verify_dir(root: Path, manifest: Manifest) -> VerifyReport:
-    """Check every file under ``root`` against ``manifest``, reading none through a link."""
-    report = VerifyReport(digest=manifest.digest)
-    expected = manifest.by_path()
-    present, report.not_regular = scan_store(root)
-    unsafe = {p for p, _ in report.not_regular}
-    report.extra = sorted(set(present) - expected.keys())
-    for path, entry in expected.items():
-        if path in unsafe or any(path.startswith(f"{p}/") for p in unsafe):
-            continue  # reported as not a regular file; never opened
-        try:
-            f = open_regular(root, path)
-        except (FileNotFoundError, NotADirectoryError):
-            report.missing.append(path)
+def compare_files(
+    manifest: Manifest,
+    sizes: Mapping[str, int],
+    same_content: Callable[[ManifestEntry], bool],
+    extra: Iterable[str] = (),
+) -> VerifyReport:
+    """The report for a set of files (path -> size) checked against ``manifest``: missing,
+    resized, and altered where ``same_content(entry)`` is false (asked only when the size
+    matches); ``extra`` are files that should not be there. Local, Hub and fsspec checks all
+    build their report here."""
+    report = VerifyReport(digest=manifest.digest, extra=sorted(extra))
+    for entry in manifest.entries:
+        size = sizes.get(entry.path)
+        if size is None:
+            report.missing.append(entry.path)
             continue
-        except UnsafePathError:  # swapped for a link since the scan
-            report.not_regular.append((path, "not a regular file"))
-            continue
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            report.checked += 1
-            if size != entry.size:
-                report.resized.append((path, entry.size, size))
-            elif sha256_stream(f)[1] != entry.sha256:
-                report.altered.append(path)
+        report.checked += 1
+        if size != entry.size:
+            report.resized.append((entry.path, entry.size, size))
+        elif not same_content(entry):
+            report.altered.append(entry.path)
     return report
+
+
+def verify_dir(root: Path, manifest: Manifest) -> VerifyReport:
+    """Check every file under ``root`` against ``manifest``. A symlink or another non-regular
+    file is reported (``not_regular``) and never followed, opened or hashed."""
+    present, not_regular = scan_store(root)
+    blocked = {p for p, _ in not_regular}
+    listed = manifest.by_path()
+    sizes = {}
+    for path in present:
+        if path in listed:
+            with contextlib.suppress(FileNotFoundError):  # removed since the scan: missing
+                sizes[path] = os.lstat(root / path).st_size
+
+    def same_content(entry: ManifestEntry) -> bool:
+        try:
+            with open_regular(root, entry.path) as f:
+                return sha256_stream(f)[1] == entry.sha256
+        except (FileNotFoundError, UnsafePathError):  # gone, or swapped for a link, since
+            return False
+
+    report = compare_files(
+        manifest, sizes, same_content, extra=[p for p in present if p not in listed]
+    )
+    report.not_regular = not_regular
+    report.missing = [p for p in report.missing if not _inside(p, blocked)]
+    return report
+
+
+def _inside(path: str, entries: set[str]) -> bool:
+    """Whether ``path`` is one of ``entries`` or lies in a folder that is one."""
+    parts = path.split("/")
+    return any("/".join(parts[:i]) in entries for i in range(1, len(parts) + 1))
 
 
 def read_manifest(root: Path) -> Manifest:

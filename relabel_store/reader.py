@@ -8,7 +8,6 @@ DataLoader workers) and looked up by binary search, never through a Python dict.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -29,7 +28,6 @@ from relabel_store.errors import (
     StoreNotFoundError,
 )
 from relabel_store.format import (
-    ATTRS_KEY,
     INDICES,
     KEYS,
     LABELS,
@@ -40,6 +38,7 @@ from relabel_store.format import (
     SIZES,
     VALUES,
     StoreMetadata,
+    read_group_attribute,
 )
 from relabel_store.manifest import Manifest, ManifestEntry
 from relabel_store.sources import Blob, Source
@@ -191,13 +190,8 @@ class RelabelStore:
         # it (size and sha256), and a file it lists must exist.
         self._listed = self.manifest.by_path() if self.manifest is not None else None
         self._check_listed("zarr.json", group)
-        try:
-            attrs = json.loads(group).get("attributes", {})
-        except (ValueError, AttributeError):
-            raise FormatError(
-                f"{where}/zarr.json is not a Zarr group's JSON object; the store is damaged"
-            ) from None
-        self.metadata = m = StoreMetadata.from_json(attrs.get(ATTRS_KEY), where=where)
+        attrs = read_group_attribute(group, where)
+        self.metadata = m = StoreMetadata.from_json(attrs, where=where)
         if not allow_incomplete and (not m.complete or manifest_raw is None):
             raise IncompleteStoreError(
                 f"store {where} is incomplete: it was never finalized (generation still running "

@@ -29,12 +29,10 @@ from zarr.storage import LocalStore
 from relabel_store._io import atomic_write_bytes, open_regular
 from relabel_store._lock import LOCK_NAME, WriteLock
 from relabel_store.errors import (
-    FormatError,
     IncompleteStoreError,
     InputError,
     InvalidArgumentError,
     StoreLockedError,
-    UnsafePathError,
 )
 from relabel_store.format import (
     ATTRS_KEY,
@@ -53,6 +51,7 @@ from relabel_store.format import (
     VALUES,
     VALUES_BLOSC_LEVEL,
     StoreMetadata,
+    read_group_attribute,
 )
 from relabel_store.manifest import (
     Manifest,
@@ -91,15 +90,10 @@ def read_group_attrs(root: Path) -> dict[str, Any] | None:
     """The ``relabel`` attribute of the group at ``root``; None when there is no group."""
     try:
         with open_regular(root, "zarr.json") as f:
-            group = json.loads(f.read())
+            raw = f.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except ValueError as exc:
-        if isinstance(exc, UnsafePathError):
-            raise
-        raise FormatError(f"{root}/zarr.json is not valid JSON; the store is damaged") from None
-    attrs = group.get("attributes", {}) if isinstance(group, dict) else None
-    return attrs.get(ATTRS_KEY) if isinstance(attrs, dict) else None
+    return read_group_attribute(raw, str(root))
 
 
 class StoreWriter:

@@ -309,21 +309,21 @@ def test_a_symlink_in_a_store_is_never_followed(written, tmp_path, target):
     (written.path / target).symlink_to(outside)
     with OpenWatch(outside) as watch:
         if target in ("zarr.json", "manifest.json"):
-            with pytest.raises(UnsafePathError, match=f"{target}: it is a symlink"):
+            with pytest.raises(UnsafePathError, match=f"{target}: it is a symbolic link"):
                 verify_store(written.path)
         else:
             report = verify_store(written.path)
-            assert not report.ok and report.not_regular == [(target, "symlink")]
-            assert f"not a regular file: {target} (symlink; not followed)" in report.lines()
+            assert not report.ok and report.not_regular == [(target, "symbolic link")]
+            assert f"not a regular file: {target} (symbolic link; not followed)" in report.lines()
         if target == "errors.jsonl":  # never read by the reader: records read back exactly
             assert read_all(written.path, written) == (39, [])
         else:
-            with pytest.raises(UnsafePathError, match="symlink"):
+            with pytest.raises(UnsafePathError, match="symbolic link"):
                 read_all(written.path, written)
-        with pytest.raises(UnsafePathError, match="symlink"):
+        with pytest.raises(UnsafePathError, match="symbolic link"):
             build_manifest(written.path)
         result = CliRunner().invoke(main, ["verify", str(written.path)])
-        assert result.exit_code in (1, 2) and "symlink" in result.output
+        assert result.exit_code in (1, 2) and "symbolic link" in result.output
         assert not watch.opened(), f"{outside} was opened through the store's symlink"
 
 
@@ -363,13 +363,13 @@ def test_a_writer_never_writes_or_reads_through_a_symlink(tmp_path):
     )
     with OpenWatch(canary) as watch:
         (path / "indices" / "c.1.0.0.0").symlink_to(canary)  # where the next shard goes
-        with pytest.raises(UnsafePathError, match=r"indices/c\.1\.0\.0\.0 is a symlink"):
+        with pytest.raises(UnsafePathError, match=r"indices/c\.1\.0\.0\.0: it is a symbolic link"):
             StoreWriter.open(path, meta)  # refused before anything is written
         (path / "indices" / "c.1.0.0.0").unlink()
         with StoreWriter.open(path, meta) as writer:
             write_store(path, 10, shard_records=4, finalize=False, shards=[1, 2], writer=writer)
             (path / "notes.json").symlink_to(canary)  # planted while the writer runs
-            with pytest.raises(UnsafePathError, match=r"notes\.json is a symlink"):
+            with pytest.raises(UnsafePathError, match=r"notes\.json: it is a symbolic link"):
                 writer.finalize()
         assert not watch.opened() and canary.read_text() == "outside"
     assert not (path / "manifest.json").exists()
@@ -548,7 +548,7 @@ def test_cli_errors_are_one_line(written, tmp_path):
     (written.path / "manifest.json").rename(tmp_path / "manifest.json")
     (written.path / "manifest.json").symlink_to(tmp_path / "manifest.json")
     for command in ("info", "verify"):
-        assert "manifest.json: it is a symlink" in one_error_line(run(main, [command, store]))
+        assert "manifest.json: it is a symbolic link" in one_error_line(run(main, [command, store]))
 
 
 def test_library_errors_are_project_classes_and_natural_builtins(tmp_path):
