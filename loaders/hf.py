@@ -25,18 +25,16 @@ ImageNet files on the Hub, e.g. ``n01440764_10026_n01440764.JPEG`` or
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from relabel_store.errors import RecordNotFoundError
-from relabel_store.inputs import decode_image, to_rgb
+from relabel_store.images import decode_image, to_rgb
 from relabel_store.loaders.crops import track_crops
 from relabel_store.loaders.pytorch import Missing, keys_from_paths, pool_rows, resolve_rows
 from relabel_store.pooling import PoolingSpec
@@ -138,7 +136,7 @@ class RelabelTransform:
             pixel, box = self.track(image)
             pixels.append(pixel)
             boxes.append(box)
-        targets = self._pool(rows, boxes, labels, keys)
+        targets = pool_rows(self.store, rows, boxes, labels, spec=self.spec, names=keys)
         out: dict[str, Any] = {}
         if self.keep_columns is True:
             out.update((k, v) for k, v in batch.items() if k != self.image_column)
@@ -212,11 +210,6 @@ class RelabelTransform:
             return np.full(n, -1, np.int64)
         return np.array([-1 if v is None else int(v) for v in batch[self.label_column]], np.int64)
 
-    def _pool(
-        self, rows: np.ndarray, boxes: list[Any], labels: np.ndarray, keys: list[str]
-    ) -> torch.Tensor:
-        return pool_rows(self.store, rows, boxes, labels, spec=self.spec, names=keys)
-
 
 # The documented entry point, named like the other ``datasets`` transform factories.
 relabel_transform = RelabelTransform
@@ -235,7 +228,7 @@ def _load(cell: Any, column: str) -> tuple[Image.Image, str | None]:
     if isinstance(cell, Mapping):  # datasets.Image(decode=False): {"bytes": ..., "path": ...}
         data, path = cell.get("bytes"), cell.get("path")
         if data is not None:
-            return _decode_bytes(data), path
+            return decode_image(data)[0], path
         if path:
             return _open_path(path), path
         raise ValueError(f"a cell of column {column!r} has neither image bytes nor a path")
@@ -248,18 +241,10 @@ def _load(cell: Any, column: str) -> tuple[Image.Image, str | None]:
     )
 
 
-def _decode_bytes(data: bytes) -> Image.Image:
-    """What :func:`~relabel_store.inputs.decode_image` does for bytes (the generator's decoding),
-    without its defensive copy: nothing here closes the in-memory file under the image."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return to_rgb(image)
-
-
 def _open_path(path: str) -> Image.Image:
     if "://" in path:  # remote or chained (zip://...::hf://...): read through fsspec
         import fsspec
 
         with fsspec.open(path, "rb") as f:
-            return _decode_bytes(f.read())
+            return decode_image(f.read())[0]
     return decode_image(path)[0]

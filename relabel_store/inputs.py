@@ -18,7 +18,7 @@ before any work starts.
 
 :class:`InputDataset` is the map-style ``torch.utils.data.Dataset`` over a source (optionally a
 subset of rows, e.g. one shard). Decoding happens in the DataLoader workers; every image mode is
-converted to RGB (:func:`to_rgb`), and a file that cannot be decoded never raises: its item has
+converted to RGB (:func:`relabel_store.images.to_rgb`), and a file that cannot be decoded never raises: its item has
 ``image=None`` and ``error`` set to the reason. :func:`collate_inputs` separates those failures
 from the batch. Per-row data is held in numpy arrays, not Python lists, so forked workers do not
 copy it page by page through reference counting.
@@ -26,7 +26,6 @@ copy it page by page through reference counting.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,9 +38,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from relabel_store.errors import InputError
+from relabel_store.images import IMAGE_EXTENSIONS, decode_image
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "HFDatasetInputs",
     "ImageFilesInputs",
     "ImageFolderInputs",
@@ -51,73 +50,8 @@ __all__ = [
     "InputItem",
     "InputSource",
     "collate_inputs",
-    "decode_image",
     "open_inputs",
-    "to_rgb",
 ]
-
-#: File suffixes (lower case) taken as images when scanning folders.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
-
-#: Transparent pixels are composited onto this colour.
-BACKGROUND = (255, 255, 255)
-
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding
-# --------------------------------------------------------------------------------------------
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB.
-
-    * grayscale, bilevel, CMYK, YCbCr: PIL's conversion;
-    * palette, LA / PA / RGBA, or any mode with a ``transparency`` entry: composited onto
-      ``background`` (white) so transparent areas do not show whatever colour they store;
-    * 16-bit and 32-bit integer grayscale (``I;16*``, ``I``): scaled from 0..65535 to 0..255
-      (PIL's own conversion clips instead, turning most 16-bit photos white);
-    * float (``F``): clipped to 0..255.
-    """
-    mode = image.mode
-    if mode == "RGB" and "transparency" not in image.info:
-        return image
-    if mode in _SIXTEEN_BIT:
-        array = np.asarray(image).astype(np.float64)
-        array = np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(array).convert("RGB")
-    if mode == "F":
-        array = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return Image.fromarray(array).convert("RGB")
-    if mode in ("LA", "La", "PA", "RGBa") or "transparency" in image.info:
-        image = image.convert("RGBA")
-    elif mode == "P":
-        image = image.convert("RGB")
-    if image.mode == "RGBA":
-        canvas = Image.new("RGB", image.size, background)
-        canvas.paste(image, mask=image.getchannel("A"))
-        return canvas
-    return image.convert("RGB")
-
-
-def decode_image(data: bytes | str | os.PathLike[str]) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode encoded bytes or a file to an RGB image and its original (height, width).
-
-    Raises whatever PIL raises for a truncated, corrupt or non-image input (use
-    :class:`InputDataset` for the never-raising version).
-    """
-    fp: Any = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    with Image.open(fp) as image:
-        image.load()  # decodes fully: truncation and corruption surface here
-        size = (image.height, image.width)
-        rgb = to_rgb(image)
-        if rgb is image:
-            rgb = image.copy()
-    return rgb, size
-
 
 # --------------------------------------------------------------------------------------------
 # Sources
@@ -651,7 +585,6 @@ class InputBatch:
 
     rows: torch.Tensor  # int64 (B,)
     keys: list[str]
-    locations: list[str]
     labels: torch.Tensor  # int64 (B,)
     images: torch.Tensor | None  # (B, 3, S, S), None when every item failed
     sizes: torch.Tensor  # int32 (B, 2): original (height, width)
@@ -739,7 +672,6 @@ def collate_inputs(items: Sequence[InputItem]) -> InputBatch:
     return InputBatch(
         rows=torch.tensor([it.row for it in good], dtype=torch.int64),
         keys=[it.key for it in good],
-        locations=[it.location for it in good],
         labels=torch.tensor([it.label for it in good], dtype=torch.int64),
         images=images,
         sizes=torch.tensor([it.size for it in good], dtype=torch.int32).reshape(-1, 2),

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _photos import write_photos
 from _stores import Written, data_files, write_store
 from _watch import OpenWatch
 from click.testing import CliRunner
@@ -45,6 +44,7 @@ from relabel_store.errors import (
     StoreLockedError,
 )
 from relabel_store.manifest import build_manifest, write_manifest
+from relabel_store.samples import write_sample_photos
 
 BIN = Path(sys.executable).parent
 
@@ -397,7 +397,7 @@ def tiny_model(tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photos")
-    write_photos(root, class_folders=True)  # 6 real photos: 3 shards of 2
+    write_sample_photos(root, class_folders=True)  # 6 real photos: 3 shards of 2
     return root
 
 
