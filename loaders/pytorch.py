@@ -32,8 +32,9 @@ from relabel_store.keys import KeyMode, check_key_mode, legacy_key
 from relabel_store.loaders import _bases
 from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders.crops import track_crops
-from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool, stack_boxes
+from relabel_store.pooling import CropBox, PoolingSpec, pool
 from relabel_store.reader import RelabelStore
+from relabel_store.torch_pooling import BatchPooler, stack_boxes
 
 __all__ = [
     "LabelPooler",
