@@ -19,14 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Sampler
 
-from relabel_store.annotator import DenseAnnotator
+from relabel_store._extras import requires_extra
 from relabel_store.errors import InputError, InvalidArgumentError
 from relabel_store.format import DEFAULT_SHARD_RECORDS, ERRORS_NAME, StoreMetadata
-from relabel_store.inputs import InputDataset, InputSource, collate_inputs
 from relabel_store.writer import StoreWriter
+
+with requires_extra("generate", "relabel_store.generate"):
+    import torch
+    from torch.utils.data import DataLoader, Sampler
+
+    from relabel_store.annotator import DenseAnnotator
+    from relabel_store.inputs import InputDataset, InputSource, collate_inputs
 
 __all__ = ["GenerateResult", "generate"]
 
