@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from relabel_store.cli.importer import import_
 from relabel_store.cli.remote import pull, push
 from relabel_store.errors import RelabelStoreError
 
@@ -31,6 +32,7 @@ def main() -> None:
 
 main.add_command(push)
 main.add_command(pull)
+main.add_command(import_)
 
 
 def _human(n: float) -> str:

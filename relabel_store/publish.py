@@ -624,7 +624,7 @@ def dataset_card(
     rows = [
         ("records", f"{meta.record_count:,}" + (f" ({meta.rows - meta.record_count} images failed, see `errors.jsonl`)" if meta.rows > meta.record_count else "")),
         ("grid", f"{h} x {w} cells, top-{meta.k} of {meta.num_classes} classes per cell"),
-        ("values", f"{meta.value_kind} (float16), class ids uint16"),
+        ("values", f"{meta.value_kind} ({meta.values_dtype}), class ids uint16"),
         ("annotator", f"`{ann.get('model', 'unknown')}`"),
         ("annotator weights", f"{ann.get('weights_source') or ann.get('checkpoint') or 'unknown'}" + (f", sha256 `{weights}`" if weights else "")),
         ("annotator input", f"{ann.get('input_size', '?')} px, {ann.get('resize_mode', 'whole image resized, no crop')}"),

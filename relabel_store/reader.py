@@ -60,7 +60,7 @@ class RecordBatch(NamedTuple):
 
     keys: list[str]
     indices: np.ndarray  # (B, H, W, K) uint16
-    values: np.ndarray  # (B, H, W, K) float16
+    values: np.ndarray  # (B, H, W, K) float16, or float32 (metadata.values_dtype)
     labels: np.ndarray  # (B,) int32
     sizes: np.ndarray  # (B, 2) int32, (height, width)
 
@@ -188,6 +188,11 @@ class RelabelStore:
         )
         self._indices = _ShardedArray(source, self._layout(INDICES))
         self._values = _ShardedArray(source, self._layout(VALUES))
+        if self._values.layout.dtype.name != self.metadata.values_dtype:
+            raise FormatError(
+                f"store {where} says its values are {self.metadata.values_dtype} but the values "
+                f"array holds {self._values.layout.dtype.name}; the store is damaged"
+            )
         # The per-key index (written by finalize): sorted keys, their physical rows, labels, sizes.
         if self.metadata.complete:
             keys = self._index(KEYS)
