@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
 from relabel_store.cli.importer import import_
 from relabel_store.cli.remote import pull, push
 from relabel_store.errors import RelabelStoreError
+
+if TYPE_CHECKING:
+    from relabel_store.pooling import CropBox
 
 
 class _Group(click.Group):
@@ -122,7 +127,8 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
              k: int, input_size: int | None, hf_dataset: str | None, split: str | None,
              image_column: str, key_column: str | None, label_column: str, kind: str,
              dataset_name: str | None, parent: str | None, batch_size: int,
-             workers: int | None, shard_records: int, on_error: str, device: str, amp: str,
+             workers: int | None, shard_records: int, on_error: Literal["skip", "fail"],
+             device: str, amp: str,
              resume: bool, overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Annotate the images of INPUT and write a label-map store.
 
@@ -137,7 +143,8 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     from relabel_store.generate import generate as run
     from relabel_store.inputs import open_inputs
 
-    if (input is None) == (hf_dataset is None):
+    source_arg = input if hf_dataset is None else hf_dataset
+    if source_arg is None or (input is not None and hf_dataset is not None):
         raise click.UsageError("give either INPUT or --hf-dataset (exactly one)")
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other")
@@ -147,7 +154,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         local = os.environ.get("LOCAL_RANK", "0")
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     source = open_inputs(
-        hf_dataset or input,
+        source_arg,
         kind="hf" if hf_dataset else kind,
         split=split,
         image_column=image_column,
@@ -173,7 +180,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         batch_size=batch_size,
         num_workers=workers,
         shard_records=shard_records,
-        dataset={"name": dataset_name or Path(hf_dataset or input).name, "split": split},
+        dataset={"name": dataset_name or Path(source_arg).name, "split": split},
         parent=lineage,
         on_error=on_error,
         overwrite=overwrite,
@@ -183,7 +190,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         click.echo(result.summary())
 
 
-def _annotator_line(ann: dict) -> str:
+def _annotator_line(ann: Mapping[str, Any]) -> str:
     size = ann.get("preprocess", {}).get("input_size", "?")
     if isinstance(size, list | tuple):
         size = "x".join(map(str, size))
@@ -221,7 +228,7 @@ def info(store: str) -> None:
     click.echo("\n".join(lines))
 
 
-def _box(value: str | None) -> object:
+def _box(value: str | None) -> CropBox | None:
     from relabel_store.pooling import CropBox
 
     if value is None:

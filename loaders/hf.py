@@ -135,8 +135,8 @@ class RelabelTransform:
         labels = self._labels(batch, len(images))
         pixels, boxes = [], []
         for image in images:
-            out, box = self.track(image)
-            pixels.append(out)
+            pixel, box = self.track(image)
+            pixels.append(pixel)
             boxes.append(box)
         targets = self._pool(rows, boxes, labels, keys)
         out: dict[str, Any] = {}

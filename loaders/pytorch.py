@@ -184,7 +184,7 @@ def pool_rows(
     records = store.get_rows(rows[present]) if len(present) else None
     out = torch.empty((n, *grid, c), dtype=torch.float32)
     if records is not None and len(present) >= _BATCH_POOLING_MIN:
-        coords, flipped = stack_boxes([boxes[i] for i in present])
+        coords, flipped = stack_boxes([boxes[i] for i in present.tolist()])
         pooled = BatchPooler(c, spec)(
             torch.from_numpy(records.indices),
             torch.from_numpy(records.values),  # float16 or float32; pooled in float32

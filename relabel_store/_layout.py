@@ -25,6 +25,8 @@ from relabel_store.errors import CorruptDataError, FormatError
 
 _DTYPES = {"uint8", "uint16", "uint32", "int32", "int64", "float16", "float32"}
 MISSING = 2**64 - 1
+#: A decoded chunk: bytes, or the uint8 array the Blosc fast path unshuffles into (no copy).
+Decoded = bytes | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class ArrayLayout:
     inner_shape: tuple[int, ...] | None  # inner chunk when sharded
     separator: str
     fill_value: Any
-    decode: Callable[[bytes, str], bytes]  # chunk bytes -> raw little/big-endian array bytes
+    decode: Callable[[bytes, str], Decoded]  # chunk bytes -> raw little/big-endian array bytes
 
     @classmethod
     def parse(cls, name: str, raw: bytes, where: str) -> ArrayLayout:
@@ -149,7 +151,7 @@ def _zstd_decompress(data: bytes) -> bytes:
 _BLOSC_FALLBACK = Blosc()
 
 
-def _blosc_decompress(data: bytes) -> bytes | np.ndarray:
+def _blosc_decompress(data: bytes) -> Decoded:
     """Decode a Blosc 1 frame; the frames relabel-store writes take a fast path.
 
     Those are one block, zstd, byte shuffle. The fast path reuses this thread's zstd context and
@@ -193,11 +195,11 @@ def _check_index_codecs(conf: dict[str, Any], where: str) -> None:
 
 def _codec_chain(
     codecs: list[dict[str, Any]], where: str
-) -> tuple[str, Callable[[bytes, str], bytes]]:
+) -> tuple[str, Callable[[bytes, str], Decoded]]:
     if not codecs or codecs[0]["name"] != "bytes":
         raise FormatError(f"{where}: the first codec must be 'bytes', got {codecs[:1]}")
     endian = codecs[0].get("configuration", {}).get("endian", "little")
-    steps: list[Callable[[bytes], bytes]] = []
+    steps: list[Callable[[bytes], Decoded]] = []
     checksum = False
     for codec in codecs[1:]:
         name = codec["name"]
@@ -217,7 +219,7 @@ def _codec_chain(
     if len(steps) > 1:
         raise FormatError(f"{where}: at most one compressor is supported")
 
-    def decode(data: bytes, file: str) -> bytes:
+    def decode(data: bytes, file: str) -> Decoded:
         try:
             if checksum:
                 body, crc = data[:-4], data[-4:]

@@ -99,6 +99,7 @@ _INTERPOLATIONS = {
 
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    pair: tuple[int, ...]
     if isinstance(size, int):
         pair = (size, size)
     else:
@@ -258,7 +259,8 @@ class DenseAnnotator(nn.Module):
                 raise AnnotatorError(
                     f"{type(model).__name__} has no {name}(); a timm classifier is required"
                 )
-        self.model = model
+        # Any: timm's forward_features / forward_head are checked above, not declared on nn.Module.
+        self.model: Any = model
         self.grid = _pair(grid)
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
         if self.num_classes < 1:
@@ -293,7 +295,7 @@ class DenseAnnotator(nn.Module):
         """An annotator never trains: the model stays in eval mode."""
         return super().train(False)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
+    def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
         if self.device.type == "cuda" and self._is_cnn():
             self.model.to(memory_format=torch.channels_last)
@@ -396,6 +398,7 @@ class DenseAnnotator(nn.Module):
         return logits.reshape(b, h, w, self.num_classes).permute(0, 3, 1, 2)
 
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, str, tuple[int, int]]:
+        image_hw = (int(images.shape[-2]), int(images.shape[-1]))
         features = self.model.forward_features(images)
         if isinstance(features, (tuple, list)):  # a few models return (features, extras)
             features = features[0]
@@ -406,9 +409,9 @@ class DenseAnnotator(nn.Module):
             grid = (features.shape[1], features.shape[2])
         else:
             num_tokens = features.shape[1] - self.num_prefix_tokens
-            grid = self._token_grid(num_tokens, tuple(images.shape[-2:]))
+            grid = self._token_grid(num_tokens, image_hw)
         self._layout = layout
-        self._grid_cache[tuple(images.shape[-2:])] = (int(grid[0]), int(grid[1]))
+        self._grid_cache[image_hw] = (int(grid[0]), int(grid[1]))
         return features, layout, grid
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:

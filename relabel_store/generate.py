@@ -205,7 +205,7 @@ def generate(
         val = np.zeros((n, h, w, k), np.float16)
         labels = np.full(n, -1, np.int32)
         sizes = np.zeros((n, 2), np.int32)
-        keys: list[str | None] = [None] * n
+        keys = [""] * n  # every slot is filled below (the writer rejects an empty key)
         errors: list[dict[str, str] | None] = [None] * n
         seen = 0
         while seen < n:

@@ -261,6 +261,7 @@ class ImageFolderInputs(_FileSource):
     """ImageNet layout: ``<root>/<class folder>/**/<image>``; key = file stem."""
 
     kind = "imagefolder"
+    root: Path
 
     def __init__(
         self,

@@ -376,6 +376,7 @@ def _crop_weights(
     sx, bx, gx = _axis_roi(x0, x1, 1, width)
     along_y = _axis_weights_1bin(float(sy), float(by), gy, height)
     along_x = _axis_weights_1bin(float(sx), float(bx), gx, width)
+    wy: list[float] | np.ndarray
     if along_y is not None and along_x is not None:
         first, end, wy_all = along_y
         wy, wx = wy_all[first:end], along_x[2]

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from relabel_store._layout import MISSING, ArrayLayout, parse_shard_index
+from relabel_store._layout import MISSING, ArrayLayout, Decoded, parse_shard_index
 from relabel_store.errors import (
     CorruptDataError,
     FormatError,
@@ -109,7 +109,7 @@ class _ShardedArray:
                 self._shards.popitem(last=False)
             return entry
 
-    def raw(self, row: int) -> bytes | None:
+    def raw(self, row: int) -> Decoded | None:
         """The decoded bytes of one record, or None when it holds only fill values."""
         s, j = divmod(row, self.per_shard)
         blob, offsets, sizes, where = self._shard(s)
@@ -118,7 +118,7 @@ class _ShardedArray:
         off = offsets[j]
         return self.layout.decode(blob[off : off + sizes[j]], where)
 
-    def _bad_size(self, row: int, raw: bytes) -> CorruptDataError:
+    def _bad_size(self, row: int, raw: Decoded) -> CorruptDataError:
         return CorruptDataError(
             f"{self._shard(row // self.per_shard)[3]}: record {row} decoded to {len(raw)} bytes, "
             f"expected {self.nbytes}; the file is damaged. Run `relabel-store verify`."
@@ -258,7 +258,7 @@ class RelabelStore:
             )
         return i
 
-    def _check_row(self, i: int) -> int:
+    def _check_row(self, i: object) -> int:
         if not isinstance(i, int | np.integer) or not 0 <= i < len(self):
             raise RowOutOfRangeError(
                 f"row {i!r} is out of range for store {self.source.location}: valid rows are "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -66,7 +67,9 @@ def write_sample_photos(
         target = folder / SYNSETS.get(name, name) if class_folders else folder
         target.mkdir(parents=True, exist_ok=True)
         path = target / f"{name}{suffix}"
-        options = {"quality": quality} if suffix.lower() in (".jpg", ".jpeg") else {}
+        options: dict[str, Any] = (
+            {"quality": quality} if suffix.lower() in (".jpg", ".jpeg") else {}
+        )
         sample_photo(name).save(path, **options)
         written[name] = path
     return written

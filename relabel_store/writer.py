@@ -48,7 +48,7 @@ from relabel_store.manifest import Manifest, build_manifest, write_manifest
 
 # Fields that may differ between the run that created a store and the run that resumes it.
 _VOLATILE = {"created_at", "software_version", "complete", "record_count"}
-_SEP = {"name": "default", "configuration": {"separator": "."}}
+_SEP: dict[str, Any] = {"name": "default", "configuration": {"separator": "."}}
 
 
 def _compressors() -> list[ZstdCodec]:
@@ -60,7 +60,7 @@ def _compressors() -> list[ZstdCodec]:
 # compress best with zstd at a high level; float16 logits need their byte planes apart (Blosc's
 # byte shuffle) because the low byte of each logit is incompressible. crc32c guards the Blosc
 # frames, which carry no checksum of their own.
-_RECORD_CODECS = {
+_RECORD_CODECS: dict[str, dict[str, Any]] = {
     INDICES: {"compressors": [ZstdCodec(level=INDICES_ZSTD_LEVEL, checksum=True)]},
     VALUES: {
         "compressors": [
@@ -273,7 +273,7 @@ class StoreWriter:
         if sorted_keys:
             key_bytes.view(f"S{width}")[:, 0] = sorted_keys
         n = len(sorted_keys)
-        index = {
+        index: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {
             KEYS: (key_bytes, ("key", "byte")),
             ROWS: (np.asarray([rows[i] for i in order], np.int64).reshape(n), ("key",)),
             LABELS: (np.asarray([labels[i] for i in order], np.int32).reshape(n), ("key",)),

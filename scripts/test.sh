@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what is needed, lint, and run the whole test suite.
+# Install what is needed, lint, type-check, and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,4 +11,5 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get > /dev
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+bash scripts/typecheck.sh
 .venv/bin/python -m pytest -n 2 "$@"
