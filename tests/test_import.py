@@ -400,3 +400,15 @@ def test_values_dtype_is_checked_and_unknown_ones_refused(tmp_path):
     group_path.write_text(json.dumps(group))
     with pytest.raises(FormatError, match=r"bfloat16.*Upgrade relabel-store"):
         RelabelStore.open(out)
+
+
+def test_show_draws_an_imported_map_without_an_image_size(tmp_path):
+    tar = write_tar(tmp_path / "r.tar", serialized(official_files(n_per_class=1)))
+    import_maps(tar, tmp_path / "s.zarr", workers=0, progress=False)
+    out = tmp_path / "map.png"
+    result = CliRunner().invoke(
+        main, ["show", str(tmp_path / "s.zarr"), "n01440764_10026", "--box", "0,0,0.5,1",
+               "-o", str(out)]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 10_000
