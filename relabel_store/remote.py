@@ -146,6 +146,7 @@ class Resolved:
     target: Target
     digest: str | None = None
     name: str | None = None
+    hint: str = ""  # how to make a registered store yourself, for when it cannot be reached
 
 
 def resolve(name_or_path: str | os.PathLike[str], revision: str | None = None) -> Resolved:
@@ -176,12 +177,16 @@ def resolve(name_or_path: str | os.PathLike[str], revision: str | None = None) -
     from relabel_store import registry
 
     entry = registry.lookup(text)  # raises, listing the known names
-    if entry.url is not None:
-        target: Target = UrlTarget(entry.url)
+    if not entry.published:
+        raise entry.unpublished_error()  # at once, without a request
+    if entry.path is not None:
+        target: Target = LocalTarget(Path(entry.path))
+    elif entry.url is not None:
+        target = UrlTarget(entry.url)
     else:
         assert entry.repo_id is not None
         target = HubTarget(entry.repo_id, revision or entry.revision, entry.subdir)
-    return Resolved(target, digest=entry.digest, name=text)
+    return Resolved(target, digest=entry.digest, name=text, hint=entry.how_to_make())
 
 
 # -- cache locations --------------------------------------------------------------------------
@@ -548,19 +553,22 @@ def open_source(
         return LocalSource(target.path)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cls = RangeSource if mode == "range" else ShardCacheSource
-    if isinstance(target, HubTarget):
-        source = open_hub(
-            target, cache=cache, cls=cls, token=token, endpoint=endpoint, digest=resolved.digest
-        )
-    else:
-        source = open_url(
+    try:
+        if isinstance(target, HubTarget):
+            return open_hub(
+                target, cache=cache, cls=cls, token=token, endpoint=endpoint, digest=resolved.digest
+            )
+        return open_url(
             target.url,
             cache=cache,
             cls=cls,
             storage_options=storage_options,
             digest=resolved.digest,
         )
-    return source
+    except (RemoteError, StoreNotFoundError) as exc:
+        if not resolved.hint:
+            raise
+        raise type(exc)(f"{exc}\n{resolved.hint}") from None
 
 
 def open_hub(

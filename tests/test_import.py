@@ -24,10 +24,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from relabel_store import CropBox, RelabelStore, load_relabel, pool, verify_store
+from relabel_store import CropBox, RelabelStore, load_relabel, pool, registry, verify_store
 from relabel_store._progress import Progress
 from relabel_store.cli.main import main
-from relabel_store.errors import FormatError, InputError
+from relabel_store.errors import FormatError, InputError, StoreNotFoundError
 from relabel_store.importer import import_maps
 
 TOP = "imagenet_efficientnet_l2_sz475_top5"
@@ -412,3 +412,61 @@ def test_show_draws_an_imported_map_without_an_image_size(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------------------------
+# the named store
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_unpublished_name_fails_at_once_saying_how_to_make_it(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv("RELABEL_STORE_REGISTRY", str(tmp_path / "registry.json"))
+    monkeypatch.setenv("RELABEL_STORE_CACHE", str(tmp_path / "cache"))
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(StoreNotFoundError) as err:
+        load_relabel("imagenet-relabel")
+    assert time.monotonic() - started < 2.0  # no request is even tried
+    message = str(err.value)
+    assert "relabel-store import relabel_imagenet.tar -o imagenet-relabel.relabel.zarr" in message
+    assert "relabel_imagenet.tar?dl=1" in message and "EfficientNet-L2" in message
+    assert 'registry.register("imagenet-relabel", path=' in message
+    assert str(tmp_path / "registry.json") in message
+    result = CliRunner().invoke(main, ["info", "imagenet-tokenlabeling"])
+    assert result.exit_code == 2 and "label_top5_train_nfnet" in result.output
+
+
+def test_user_registry_points_a_name_at_a_local_mirror(tmp_path, monkeypatch):
+    user_file = tmp_path / "registry.json"
+    monkeypatch.setenv("RELABEL_STORE_REGISTRY", str(user_file))
+    tar = write_tar(tmp_path / "relabel_imagenet.tar", serialized(official_files(n_per_class=1)))
+    store = tmp_path / "mirror" / "imagenet-relabel.relabel.zarr"
+    import_maps(tar, store, workers=0, progress=False)
+    monkeypatch.chdir(tmp_path / "mirror")
+    entry = registry.register("imagenet-relabel", path="imagenet-relabel.relabel.zarr")
+    assert entry.path == str(store) and entry.location == str(store)  # made absolute
+    monkeypatch.chdir(tmp_path)
+    assert len(load_relabel("imagenet-relabel")) == 3
+    info = CliRunner().invoke(main, ["info", "imagenet-relabel"])
+    assert info.exit_code == 0 and "tf_efficientnet_l2_ns_475" in info.output
+    registry.register("nfnet-mirror", url=store.as_uri())  # or any fsspec URL
+    assert len(load_relabel("nfnet-mirror", cache_dir=tmp_path / "cache")) == 3
+    assert registry.unregister("imagenet-relabel")
+    with pytest.raises(StoreNotFoundError, match="not published yet"):
+        load_relabel("imagenet-relabel")
+
+
+def test_registry_file_entries_are_checked(tmp_path, monkeypatch):
+    user_file = tmp_path / "registry.json"
+    monkeypatch.setenv("RELABEL_STORE_REGISTRY", str(user_file))
+    for entry, message in [
+        ({"path": "relative/store.zarr"}, "absolute"),
+        ({"path": "/data/s.zarr", "url": "s3://b/s.zarr"}, "exactly one of"),
+        ({"description": "nothing"}, "exactly one of"),
+        ({"path": "/data/s.zarr", "revision": "main"}, "Hub entries only"),
+    ]:
+        user_file.write_text(json.dumps({"registry_version": 1, "stores": {"x": entry}}))
+        with pytest.raises(FormatError, match=message):
+            registry.known()
