@@ -24,6 +24,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +43,7 @@ from relabel_store._published import (
     detect,
     load_tensor,
 )
-from relabel_store.errors import InputError, UnsafePathError
+from relabel_store.errors import InputError, RelabelStoreError, UnsafePathError
 from relabel_store.format import (
     DEFAULT_SHARD_RECORDS,
     ERRORS_NAME,
@@ -445,9 +446,10 @@ class _InlineExecutor(cf.Executor):
 def decoder_pool(workers: int) -> cf.Executor:
     """The processes that decode members (``workers=0``: this process, task by task).
 
-    On Linux they are forked at once, here, while this process runs no other thread yet (zarr
-    and tqdm start theirs later): so ``import_maps`` works from any script, ``__main__`` guard or
-    not. Elsewhere fork is unsafe and they are spawned.
+    On Linux they are forked at once, before the import starts any thread of its own (zarr's,
+    tqdm's), and only ever run ``torch.load`` and numpy: so ``import_maps`` works from any
+    script, ``if __name__ == "__main__"`` guard or not. Elsewhere, where fork is unsafe, they are
+    spawned (and a script calling ``import_maps`` needs that guard).
     """
     if workers == 0:
         return _InlineExecutor()
@@ -474,15 +476,22 @@ def decode_chunks(
     """
     window = 1 if workers == 0 else 8 * workers + 2 * (DEFAULT_SHARD_RECORDS // CHUNK_RECORDS)
     pending: deque[tuple[range, cf.Future]] = deque()
-    for rows, payloads in archive.stream(plan):
-        chunk = _Chunk(rows.start, payloads, spec, measure)
-        pending.append((rows, executor.submit(_decode_chunk, chunk)))
-        while len(pending) >= window:
+    try:
+        for rows, payloads in archive.stream(plan):
+            chunk = _Chunk(rows.start, payloads, spec, measure)
+            pending.append((rows, executor.submit(_decode_chunk, chunk)))
+            while len(pending) >= window:
+                rows_done, future = pending.popleft()
+                yield rows_done, future.result()
+        while pending:
             rows_done, future = pending.popleft()
             yield rows_done, future.result()
-    while pending:
-        rows_done, future = pending.popleft()
-        yield rows_done, future.result()
+    except BrokenProcessPool:
+        raise RelabelStoreError(
+            "a decoding worker process died (out of memory, or killed). Rerun the same command "
+            "to resume (finished shards are kept), with fewer --workers, or --workers 0 to "
+            "decode in the importing process."
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------

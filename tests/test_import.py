@@ -362,6 +362,27 @@ def test_kill_9_then_rerun_gives_the_same_bytes_and_workers_change_nothing(tmp_p
     assert verify_store(out).ok
 
 
+def test_a_run_killed_while_finalizing_resumes(tmp_path, monkeypatch):
+    """Finalize records the tar's sha256 before the manifest: a run stopped in between must
+    resume with the same settings and end with the same bytes."""
+    tar = write_tar(tmp_path / "r.tar", serialized(official_files(n_per_class=2)))
+    import_maps(tar, tmp_path / "reference.zarr", workers=0, progress=False)
+    out = tmp_path / "s.zarr"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("relabel_store.writer.write_manifest", killed)
+        with pytest.raises(KeyboardInterrupt):
+            import_maps(tar, out, workers=0, progress=False)
+    assert json.loads((out / "zarr.json").read_text())["attributes"]["relabel"]["complete"]
+    assert not (out / "manifest.json").exists()
+    import_maps(tar, out, workers=0, progress=False)
+    assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
+    assert verify_store(out).ok
+
+
 def test_progress_lines_when_not_on_a_terminal():
     stream = io.StringIO()
     with Progress(1000, desc="importing", unit="maps", interval=0.0, stream=stream) as bar:
