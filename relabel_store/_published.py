@@ -22,6 +22,7 @@ from relabel_store.errors import InputError
 
 #: No label map comes near this; a bigger member is refused without being read into memory.
 MAX_MAP_BYTES = 16 << 20
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class MapRejected(InputError):
@@ -142,16 +143,17 @@ def decode_map(data: bytes, spec: MapSpec) -> tuple[np.ndarray, np.ndarray, np.n
         )
     array = tensor.detach().numpy()
     logits, ids = array[0], array[1]
-    if not np.isfinite(logits).all():
+    low, high = float(logits.min()), float(logits.max())  # NaN and inf show here
+    if not (np.isfinite(low) and np.isfinite(high)):
         raise MapRejected("has NaN or infinite logits")
-    if not np.isfinite(ids).all() or (ids != np.round(ids)).any():
+    if (ids != np.rint(ids)).any():  # also NaN
         raise MapRejected("has class ids that are not whole numbers")
-    if ids.min() < 0 or ids.max() >= spec.num_classes:
+    first, last = float(ids.min()), float(ids.max())  # also inf
+    if first < 0 or last >= spec.num_classes:
         raise MapRejected(
-            f"has class ids outside 0..{spec.num_classes - 1} (min {ids.min():g}, max "
-            f"{ids.max():g})"
+            f"has class ids outside 0..{spec.num_classes - 1} (min {first:g}, max {last:g})"
         )
-    if spec.values_dtype == "float16" and np.abs(logits).max() > np.finfo(np.float16).max:
+    if spec.values_dtype == "float16" and max(-low, high) > _FLOAT16_MAX:
         raise MapRejected(
             "has logits beyond the float16 range (|logit| > 65504); import with "
             "--values float32 to keep them"

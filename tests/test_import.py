@@ -61,13 +61,20 @@ def saved(obj: object, legacy: bool = False) -> bytes:
 def official_files(
     n_per_class: int = 3, grid: int = 15, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """``{"<wnid>/<stem>.pt": tensor}`` in the release's layout."""
+    """``{"<wnid>/<stem>.pt": tensor}`` in the release's layout. float16 maps are made the way
+    TokenLabeling's ``generate_label.py`` makes them: ``torch.stack([value.half(),
+    indices.half()]).permute(0, 3, 1, 2)`` of (H, W, 5) top-k outputs, a non-contiguous view."""
     rng = np.random.default_rng(seed)
-    return {
-        f"{wnid}/{wnid}_{10026 + i}.pt": asymmetric_map(rng, grid, dtype)
-        for wnid in WNIDS
-        for i in range(n_per_class)
-    }
+    files = {}
+    for wnid in WNIDS:
+        for i in range(n_per_class):
+            tensor = asymmetric_map(rng, grid, torch.float32)
+            if dtype == torch.float16:
+                value, indices = tensor.permute(0, 2, 3, 1)  # (H, W, 5) each, as topk returns
+                tensor = torch.stack([value.half(), indices.half()]).permute(0, 3, 1, 2)
+                assert not tensor.is_contiguous()
+            files[f"{wnid}/{wnid}_{10026 + i}.pt"] = tensor.to(dtype)
+    return files
 
 
 def write_tar(path: Path, members: dict[str, bytes], *, top: str = TOP, gz: bool = False) -> Path:
