@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest  # MonkeyPatch, to point huggingface_hub at the fake Hub
 from _synthetic import imagenet_like_keys, write_synthetic_store
+from huggingface_hub.utils import disable_progress_bars
 
 from relabel_store import load_relabel
 from relabel_store.publish import push
@@ -56,6 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, FakeHub() as hub, pytest.MonkeyPatch.context() as mp:
         tmp = Path(tmp)
         fake_hub_env(mp, tmp, hub)
+        disable_progress_bars()  # huggingface_hub's upload bars would bury the figures
         path = tmp / "bench.relabel.zarr"
         write_synthetic_store(
             path, imagenet_like_keys(args.records), shard_records=args.shard_records
@@ -108,8 +110,8 @@ def main() -> None:
             )
 
         print(
-            "range mode, cold records (indices + values); latency is the fake's, which md5-hashes "
-            "the whole shard for the ETag of every response: count requests and bytes here"
+            "range mode, cold records (indices + values); latency is the loopback fake's (a "
+            "Python server, not the Hub's): count requests and bytes here"
         )
         show("first record of a shard", first)
         show("other records (shard index known)", later)

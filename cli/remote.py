@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from relabel_store.errors import RelabelStoreError
+
 
 def _echo_err(message: str) -> None:
     click.echo(message, err=True)
@@ -64,6 +66,8 @@ def push(store: Path, destination: str, revision: str | None, private: bool, lic
             batch_files=batch_files,
             log=(lambda _: None) if quiet else _echo_err,
         )
+    except RelabelStoreError:
+        raise  # one `error:` line, from the main group
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(result.summary())
@@ -93,7 +97,7 @@ def pull(name_or_url: str, to: Path | None, revision: str | None, cache_dir: Pat
     NAME_OR_URL is a registered name (imagenet-relabel), a Hub repo (org/name,
     hf://datasets/org/name@rev) or an fsspec URL. Prints the local path of the store.
     """
-    from relabel_store.publish import pull as run
+    from relabel_store.pull import pull as run
 
     try:
         result = run(
@@ -103,6 +107,8 @@ def pull(name_or_url: str, to: Path | None, revision: str | None, cache_dir: Pat
             cache_dir=cache_dir,
             log=(lambda _: None) if quiet else _echo_err,
         )
+    except RelabelStoreError:
+        raise  # one `error:` line, from the main group
     except (ValueError, FileExistsError) as exc:
         raise click.UsageError(str(exc)) from None
     if quiet:

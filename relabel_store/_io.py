@@ -1,7 +1,9 @@
-"""File primitives every module shares: hashing a file, and writing one atomically.
+"""File primitives every module shares: hashing a file, writing one atomically, and looking at a
+store file without following symlinks.
 
 One home for each, so that every checksum relabel-store computes or compares is the same
-function, and every file a reader might see half-written is replaced in one rename.
+function, every file a reader might see half-written is replaced in one rename, and every check
+that a path stays inside its folder is the same check.
 """
 
 from __future__ import annotations
@@ -9,11 +11,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import socket
+import stat
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
+from relabel_store.errors import UnsafePathError
+
 _CHUNK = 1 << 20
+#: ``.<name>.<host>.<pid>.<thread>.tmp``: what :func:`temp_path` names a file being written.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.\d+\.tmp$")
+#: A temporary file untouched this long is abandoned whoever wrote it (no writer pauses an hour).
+ABANDONED_AFTER_S = 3600.0
 
 
 def sha256_stream(f: BinaryIO) -> tuple[int, str]:
@@ -44,7 +56,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     flushed to disk before the rename, and is removed if anything fails.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -54,3 +66,92 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def temp_path(path: str | os.PathLike[str]) -> Path:
+    """The hidden sibling a writer fills before renaming it onto ``path``.
+
+    Unique per host, process and thread, so concurrent writers never share one and
+    :func:`is_abandoned_temp` can tell a live writer's file from one a killed process left.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def is_abandoned_temp(path: str | os.PathLike[str], *, now: float | None = None) -> bool:
+    """Whether ``path`` is a :func:`temp_path` file whose writer is gone: a process of this host
+    that no longer exists, or any writer that has not touched it for :data:`ABANDONED_AFTER_S`.
+    A live writer's file is never abandoned (it keeps writing; its process exists)."""
+    path = Path(path)
+    m = _TEMP_NAME.match(path.name)
+    if m is None:
+        return False
+    try:
+        age = (time.time() if now is None else now) - path.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > ABANDONED_AFTER_S:
+        return True
+    return m["host"] == _host() and not _process_exists(int(m["pid"]))
+
+
+def remove_abandoned_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the abandoned temporary files under ``folder`` (see :func:`is_abandoned_temp`);
+    return what was removed. Symlinks are not followed."""
+    removed = []
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if name.endswith(".tmp") and is_abandoned_temp(p):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+def regular_file_stat(root: str | os.PathLike[str], relpath: str) -> os.stat_result | None:
+    """The ``lstat`` of ``root/relpath`` if it is a regular file reached through real
+    directories; None when it does not exist.
+
+    Raises :class:`UnsafePathError` when any component below ``root`` is a symlink, or the
+    file (or a folder on the way) is something else (a FIFO, a device, a file where a folder
+    belongs): reading or writing through it would touch something outside the store.
+    ``root`` itself may be a symlink (the user chose it). ``relpath`` must already be a safe
+    relative POSIX path.
+    """
+    current = Path(root)
+    parts = relpath.split("/")
+    for i, part in enumerate(parts):
+        current = current / part
+        try:
+            st = current.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        last = i == len(parts) - 1
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePathError(
+                f"refusing {current}: it is a symbolic link, and relabel-store never follows "
+                "links inside a store or its cache (it could point anywhere). Replace it with "
+                "the real file, or delete it."
+            )
+        if (last and not stat.S_ISREG(st.st_mode)) or (not last and not stat.S_ISDIR(st.st_mode)):
+            kind = "a regular file" if last else "a folder"
+            raise UnsafePathError(
+                f"refusing {current}: it should be {kind} but is not (a device, FIFO, socket or "
+                "misplaced file). Remove it."
+            )
+    return st
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -1,13 +1,19 @@
-"""``load_relabel``: the one entry point training code needs."""
+"""``load_relabel``: the one entry point training code needs.
+
+A name becomes bytes in three steps, each in its own module: :func:`~relabel_store.resolve.resolve`
+says what the name means (no request), :func:`~relabel_store.remote.open_remote` opens a remote
+store through the verified cache (a local folder is read in place), and
+:class:`~relabel_store.reader.RelabelStore` reads records from that source.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from relabel_store.reader import RelabelStore
-from relabel_store.remote import Mode
+from relabel_store.remote import Mode, open_remote
+from relabel_store.resolve import LocalTarget, resolve
 
 
 def load_relabel(
@@ -35,19 +41,11 @@ def load_relabel(
     ``$HF_HOME/relabel-store``; ``token`` to huggingface_hub's usual sources. With
     ``HF_HUB_OFFLINE=1`` stores open from the cache without any request.
     """
-    from relabel_store.remote import open_source
-
-    if isinstance(name_or_path, os.PathLike) or Path(str(name_or_path)).exists():
-        if revision is not None:
-            raise ValueError("revision= applies to Hub stores only; a local path has no revisions")
-        return RelabelStore.open(Path(name_or_path))
-    source = open_source(
-        name_or_path,
-        revision,
-        mode=mode,
-        cache_dir=cache_dir,
-        token=token,
-        storage_options=storage_options,
+    resolved = resolve(name_or_path, revision)
+    if isinstance(resolved.target, LocalTarget):
+        return RelabelStore.open(resolved.target.path)
+    source = open_remote(
+        resolved, mode=mode, cache_dir=cache_dir, token=token, storage_options=storage_options
     )
     try:
         return RelabelStore(source)

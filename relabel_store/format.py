@@ -178,6 +178,17 @@ class StoreMetadata:
             raise FormatError(f"{where} has malformed relabel-store metadata: {exc}") from None
 
 
+def read_group_attribute(group_json: bytes, where: str) -> Any:
+    """The ``relabel`` attribute of a store's group ``zarr.json`` (None when it has none), for
+    :meth:`StoreMetadata.from_json`. Raises :class:`FormatError` when the file is not JSON."""
+    try:
+        group = json.loads(group_json)
+    except ValueError:
+        raise FormatError(f"{where}/zarr.json is not valid JSON; the store is damaged") from None
+    attrs = group.get("attributes") if isinstance(group, dict) else None
+    return attrs.get(ATTRS_KEY) if isinstance(attrs, dict) else None
+
+
 def _posint(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 

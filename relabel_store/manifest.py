@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,24 +163,40 @@ class VerifyReport:
         return out
 
 
-def verify_dir(root: Path, manifest: Manifest) -> VerifyReport:
-    """Check every file under ``root`` against ``manifest``."""
-    report = VerifyReport(digest=manifest.digest)
-    expected = manifest.by_path()
-    present = set(store_files(root))
-    report.extra = sorted(present - expected.keys())
-    for path, entry in expected.items():
-        p = root / path
-        if path not in present:
-            report.missing.append(path)
+def compare_files(
+    manifest: Manifest,
+    sizes: Mapping[str, int],
+    same_content: Callable[[ManifestEntry], bool],
+    extra: Iterable[str] = (),
+) -> VerifyReport:
+    """The report for a set of files (path -> size) checked against ``manifest``: missing,
+    resized, and altered where ``same_content(entry)`` is false (asked only when the size
+    matches); ``extra`` are files that should not be there. Local, Hub and fsspec checks all
+    build their report here."""
+    report = VerifyReport(digest=manifest.digest, extra=sorted(extra))
+    for entry in manifest.entries:
+        size = sizes.get(entry.path)
+        if size is None:
+            report.missing.append(entry.path)
             continue
-        size = p.stat().st_size
         report.checked += 1
         if size != entry.size:
-            report.resized.append((path, entry.size, size))
-        elif sha256_file(p) != entry.sha256:
-            report.altered.append(path)
+            report.resized.append((entry.path, entry.size, size))
+        elif not same_content(entry):
+            report.altered.append(entry.path)
     return report
+
+
+def verify_dir(root: Path, manifest: Manifest) -> VerifyReport:
+    """Check every file under ``root`` against ``manifest``."""
+    present = store_files(root)
+    listed = manifest.by_path()
+    return compare_files(
+        manifest,
+        {p: (root / p).stat().st_size for p in present if p in listed},
+        lambda e: sha256_file(root / e.path) == e.sha256,
+        extra=[p for p in present if p not in listed],
+    )
 
 
 def verify_store(path: str | os.PathLike[str]) -> VerifyReport:

@@ -1,67 +1,49 @@
-"""Publishing and fetching whole stores: ``push`` to the Hub or any fsspec URL, ``pull`` back.
+"""``push``: publish a finalized store to the Hub or any fsspec URL, by one plan.
 
-``push`` refuses anything but a finalized store that matches its manifest. To the Hub it goes
-through huggingface_hub (``create_repo``, then ``create_commit`` in batches): it first lists what
-the target branch already holds and uploads only files that differ, so re-running an interrupted
-push sends only what is missing; the manifest goes last (its presence marks a complete store), with
-the dataset card; then the remote file list is checked against the manifest. To an fsspec URL it
-copies files the same way (manifest last) and checks them by hashing what was written.
+1. Refuse anything but a finalized store that matches its manifest, with every file a regular
+   file inside it (no symlinks): nothing outside the store is ever read or sent.
+2. List what the destination already holds; upload only the files that differ, in batches
+   (``zarr.json`` first, so a partial upload is recognisable as an unfinished store). An old
+   manifest that would describe a store being replaced is removed in the first batch.
+3. Last: delete the files of an earlier store that this one does not have, and write
+   ``manifest.json`` (its presence marks the store complete; on the Hub, with the dataset card).
+4. List the destination again and compare every file with the manifest; any difference raises.
 
-``pull`` downloads every file of a remote store through the verified cache (or into a folder of
-your choice) and checks the result against the manifest.
+Re-running after an interruption uploads only what is missing. The destinations themselves live
+in :mod:`relabel_store.destinations`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import re
-import shutil
-import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relabel_store._io import atomic_write_bytes, sha256_file, sha256_stream
+from relabel_store._io import regular_file_stat
+from relabel_store.card import dataset_card
+from relabel_store.destinations import Destination, RemoteFile
 from relabel_store.errors import (
     CorruptDataError,
-    FormatError,
     IncompleteStoreError,
     RemoteError,
     StoreNotFoundError,
 )
-from relabel_store.format import ATTRS_KEY, MANIFEST_NAME, StoreMetadata
+from relabel_store.format import MANIFEST_NAME, StoreMetadata, read_group_attribute
 from relabel_store.manifest import (
     Manifest,
     ManifestEntry,
     VerifyReport,
-    safe_relpath,
-    store_files,
-    verify_dir,
+    compare_files,
     verify_store,
 )
-from relabel_store.remote import (
-    HF_PREFIX,
-    HubTarget,
-    UrlTarget,
-    _endpoint,
-    hub_errors,
-    looks_like_repo_id,
-    parse_hf_url,
-)
-from relabel_store.sources.cached import ShardCacheSource, write_verified
+from relabel_store.resolve import UrlTarget, resolve_destination
 
 DEFAULT_BATCH_FILES = 256
 DEFAULT_BATCH_BYTES = 1 << 30
-CARD_NAME = "README.md"
-PAPER = "https://arxiv.org/abs/2101.05022"
-# huggingface_hub 2.4's non-Xet LFS upload passes a file object as `data=` to httpx2, which
-# deprecates that; the warning is the client library's business, not our users'.
-_HTTPX2_DATA_WARNING = r"Use 'content=<\.\.\.>' to upload raw bytes/text content\."
 
 Log = Callable[[str], None]
 
@@ -100,26 +82,24 @@ class PushResult:
         return "\n".join(lines)
 
 
-# -- what may be published ----------------------------------------------------------------------
-
-
 def check_publishable(store: str | os.PathLike[str]) -> tuple[Path, StoreMetadata, Manifest]:
-    """The store's root, metadata and manifest, if it is finalized and matches its manifest;
-    otherwise raise (IncompleteStoreError / CorruptDataError / StoreNotFoundError)."""
+    """The store's root, metadata and manifest, if it is finalized, every file it lists is a
+    regular file inside it (no symlinks), and it matches its manifest; otherwise raise
+    (StoreNotFoundError / IncompleteStoreError / UnsafePathError / CorruptDataError)."""
     root = Path(store)
-    if not (root / "zarr.json").is_file():
+    if regular_file_stat(root, "zarr.json") is None:
         raise StoreNotFoundError(f"no relabel-store store at {root} (no zarr.json); check the path")
-    try:
-        attrs = json.loads((root / "zarr.json").read_bytes()).get("attributes", {})
-    except ValueError:
-        raise FormatError(f"{root}/zarr.json is not valid JSON; the store is damaged") from None
-    meta = StoreMetadata.from_json(attrs.get(ATTRS_KEY), where=str(root))
-    if not meta.complete or not (root / MANIFEST_NAME).is_file():
+    raw = (root / "zarr.json").read_bytes()
+    meta = StoreMetadata.from_json(read_group_attribute(raw, str(root)), where=str(root))
+    if not meta.complete or regular_file_stat(root, MANIFEST_NAME) is None:
         raise IncompleteStoreError(
             f"refusing to publish {root}: the store is not finalized (generation still running or "
             "interrupted). Re-run the `relabel-store generate` command that created it to finish "
             "it, then push again."
         )
+    manifest = Manifest.from_bytes((root / MANIFEST_NAME).read_bytes(), where=str(root))
+    for e in manifest.entries:  # before anything is hashed: never read through a link
+        regular_file_stat(root, e.path)
     report = verify_store(root)
     if not report.ok:
         problems = "\n  ".join(report.lines()[:20])
@@ -130,56 +110,7 @@ def check_publishable(store: str | os.PathLike[str]) -> tuple[Path, StoreMetadat
             + (f"\n  ... and {more} more" if more > 0 else "")
             + "\nRun `relabel-store verify` for the full report; regenerate the store to repair it."
         )
-    manifest = Manifest.from_bytes((root / MANIFEST_NAME).read_bytes(), where=str(root))
     return root, meta, manifest
-
-
-# -- destinations ---------------------------------------------------------------------------------
-
-
-def parse_destination(destination: str, revision: str | None = None) -> HubTarget | UrlTarget:
-    """``org/name``, ``hf://datasets/org/name[@branch][/subdir]`` or any fsspec URL."""
-    if destination.startswith(HF_PREFIX):
-        target = parse_hf_url(destination, revision)
-    elif "://" in destination:
-        if revision is not None:
-            raise ValueError("--revision/--branch applies to Hub destinations only")
-        return UrlTarget(destination.rstrip("/"))
-    elif looks_like_repo_id(destination):
-        target = parse_hf_url(f"{HF_PREFIX}datasets/{destination}", revision)
-    else:
-        raise ValueError(
-            f"{destination!r} is not a destination: give a Hub dataset repo id (org/name), an "
-            "hf://datasets/org/name URL, or an fsspec URL such as s3://bucket/store.relabel.zarr"
-        )
-    if target.revision and re.fullmatch(r"[0-9a-f]{40}", target.revision):
-        raise ValueError(
-            f"cannot push to commit {target.revision}: give a branch name (it is created if needed)"
-        )
-    return target
-
-
-@contextlib.contextmanager
-def _quiet_client_warnings() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_HTTPX2_DATA_WARNING, category=DeprecationWarning)
-        yield
-
-
-def git_blob_oid(data: bytes) -> str:
-    """The git blob id of ``data`` (what the Hub reports for a regular, non-LFS file)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _git_blob_oid_file(path: Path) -> str:
-    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# -- push -----------------------------------------------------------------------------------------
 
 
 def push(
@@ -207,67 +138,159 @@ def push(
     at the end; any difference raises :class:`CorruptDataError`.
     """
     root, meta, manifest = check_publishable(store)
-    target = parse_destination(destination, revision)
+    target = resolve_destination(destination, revision)
+    dest: Destination
     if isinstance(target, UrlTarget):
-        return _push_url(root, manifest, target.url, storage_options or {}, log)
-    return _push_hub(
-        root,
-        meta,
+        from relabel_store.destinations.fsspec import FsspecDestination
+
+        dest = FsspecDestination(target.url, storage_options)
+    else:
+        from relabel_store.destinations.hub import HubDestination
+
+        card_text = (
+            dataset_card(
+                meta,
+                manifest,
+                repo_id=target.repo_id,
+                subdir=target.subdir,
+                license=license,
+                pretty_name=pretty_name,
+            )
+            if card
+            else None
+        )
+        dest = HubDestination(
+            target, token=token, endpoint=endpoint, private=private, card=card_text
+        )
+    title = commit_message or f"relabel-store: store {manifest.digest[:12]}"
+    return publish(
+        root, manifest, dest, title=title, batch_files=batch_files, batch_bytes=batch_bytes, log=log
+    )
+
+
+def publish(
+    root: Path,
+    manifest: Manifest,
+    dest: Destination,
+    *,
+    title: str,
+    batch_files: int = DEFAULT_BATCH_FILES,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    log: Log = _silent,
+) -> PushResult:
+    """Carry out the plan (module docstring) for the checked store at ``root``."""
+    manifest_raw = (root / MANIFEST_NAME).read_bytes()
+    manifest_entry = _entry_of(MANIFEST_NAME, manifest_raw)
+    found = dest.open()
+    todo = _upload_order(
+        [e for e in manifest.entries if not dest.holds(found.get(e.path), e, root / e.path)]
+    )
+    skipped = [e.path for e in manifest.entries if e not in todo]
+    old_manifest = found.get(MANIFEST_NAME)
+    manifest_same = dest.holds(old_manifest, manifest_entry, manifest_raw)
+    stale = _stale(manifest, found)
+    log(
+        f"{dest.location}: {len(todo)} of {len(manifest.entries)} files to upload "
+        f"({sum(e.size for e in todo)} bytes), {len(skipped)} already there"
+    )
+
+    batches = _batches(todo, batch_files, batch_bytes)
+    commits = 0
+    for i, batch in enumerate(batches):
+        # An old manifest would describe a store that is being replaced: it goes first, so that
+        # nobody opens a half-replaced store as complete.
+        delete = (
+            [MANIFEST_NAME] if i == 0 and old_manifest is not None and not manifest_same else []
+        )
+        for e in batch:
+            regular_file_stat(root, e.path)  # still a regular file, not a link planted since
+        with _resumable(f"push to {dest.location} interrupted in batch {i + 1} of {len(batches)} ({i} batch(es) done)"):  # fmt: skip
+            made = dest.change(
+                [(e, root / e.path) for e in batch],
+                delete,
+                f"{title} (data {i + 1}/{len(batches)})",
+            )
+        commits += made is not None
+        log(
+            f"batch {i + 1}/{len(batches)} ({len(batch)} files) done"
+            + (f": {made}" if made else "")
+        )
+
+    with _resumable(f"push to {dest.location} interrupted while writing the manifest"):
+        made = dest.change(
+            [] if manifest_same else [(manifest_entry, manifest_raw)],
+            stale,
+            f"{title} (manifest)",
+            last=True,
+        )
+    commits += made is not None
+
+    report = _verify(dest, manifest, manifest_entry, manifest_raw, root)
+    location, url, commit = dest.published()
+    if not report.ok:
+        raise CorruptDataError(
+            f"{location}: after the push the remote files do not match the manifest:\n  "
+            + "\n  ".join(report.lines())
+            + "\nSomething else wrote there during the push, or the upload was damaged. Re-run "
+            "the push; if it keeps failing, push to a fresh location (or branch: --revision)."
+        )
+    return PushResult(
+        destination=location,
+        url=url,
+        commit=commit,
+        digest=manifest.digest,
+        files=len(manifest.entries) + 1,
+        uploaded=[e.path for e in todo] + ([] if manifest_same else [MANIFEST_NAME]),
+        skipped=skipped + ([MANIFEST_NAME] if manifest_same else []),
+        deleted=stale,
+        commits=commits,
+        load_hint=f'load_relabel("{location}")',
+    )
+
+
+def _verify(
+    dest: Destination,
+    manifest: Manifest,
+    manifest_entry: ManifestEntry,
+    manifest_raw: bytes,
+    root: Path,
+) -> VerifyReport:
+    found = dest.list_files()
+    report = compare_files(
         manifest,
-        target,
-        private=private,
-        token=token,
-        license=license,
-        pretty_name=pretty_name,
-        card=card,
-        commit_message=commit_message,
-        batch_files=batch_files,
-        batch_bytes=batch_bytes,
-        endpoint=_endpoint(endpoint),
-        log=log,
+        {p: f.size for p, f in found.items()},
+        lambda e: dest.holds(found[e.path], e, root / e.path),
+        extra=_stale(manifest, found),
     )
+    if MANIFEST_NAME not in found:
+        report.missing.append(MANIFEST_NAME)
+    elif not dest.holds(found[MANIFEST_NAME], manifest_entry, manifest_raw):
+        report.altered.append(MANIFEST_NAME)
+    return report
 
 
-def _hub_listing(api: Any, repo_id: str, revision: str, subdir: str | None) -> dict[str, Any]:
-    """Store-relative path -> RepoFile for every file under ``subdir`` (or the repo root)."""
-    from huggingface_hub.errors import EntryNotFoundError
-
-    prefix = f"{subdir}/" if subdir else ""
-    out = {}
+@contextlib.contextmanager
+def _resumable(what: str) -> Iterator[None]:
+    """Re-raise a remote failure saying where the push stopped and that a re-run resumes."""
     try:
-        for item in api.list_repo_tree(
-            repo_id, path_in_repo=subdir, recursive=True, revision=revision, repo_type="dataset"
-        ):
-            if hasattr(item, "blob_id") and item.path.startswith(prefix):
-                out[item.path[len(prefix) :]] = item
-    except EntryNotFoundError:  # the subfolder does not exist yet
-        return {}
-    return out
+        yield
+    except RemoteError as exc:
+        raise RemoteError(
+            f"{what}: {exc}\nRe-run the same command to resume; files already there are not "
+            "sent again."
+        ) from exc
 
 
-def _matches(entry: ManifestEntry, remote: Any, local: Path) -> bool:
-    """Whether a remote file (RepoFile) holds exactly the bytes the manifest describes: LFS/Xet
-    files by their sha256, regular files by their git blob id (computed from the verified local
-    file)."""
-    if remote is None or remote.size != entry.size:
-        return False
-    if remote.lfs is not None:
-        return remote.lfs.sha256 == entry.sha256
-    return remote.blob_id == _git_blob_oid_file(local)
+def _entry_of(path: str, data: bytes) -> ManifestEntry:
+    return ManifestEntry(path, len(data), hashlib.sha256(data).hexdigest())
 
 
-def _store_dirs(manifest: Manifest) -> set[str]:
-    return {e.path.split("/", 1)[0] for e in manifest.entries if "/" in e.path}
-
-
-def _stale(manifest: Manifest, remote_paths: set[str] | list[str]) -> list[str]:
-    """Remote files inside the store's folders that the manifest does not list (left over from
-    an earlier store pushed to the same place)."""
+def _stale(manifest: Manifest, found: dict[str, RemoteFile]) -> list[str]:
+    """Files inside the store's folders that the manifest does not list (left over from an
+    earlier store published to the same place)."""
     listed = manifest.by_path()
-    dirs = _store_dirs(manifest)
-    return sorted(
-        p for p in remote_paths if p not in listed and "/" in p and p.split("/", 1)[0] in dirs
-    )
+    dirs = {e.path.split("/", 1)[0] for e in manifest.entries if "/" in e.path}
+    return sorted(p for p in found if p not in listed and "/" in p and p.split("/", 1)[0] in dirs)
 
 
 def _upload_order(entries: list[ManifestEntry]) -> list[ManifestEntry]:
@@ -291,511 +314,3 @@ def _batches(
     if cur:
         out.append(cur)
     return out
-
-
-def _push_hub(
-    root: Path,
-    meta: StoreMetadata,
-    manifest: Manifest,
-    target: HubTarget,
-    *,
-    private: bool,
-    token: str | None,
-    license: str,
-    pretty_name: str | None,
-    card: bool,
-    commit_message: str | None,
-    batch_files: int,
-    batch_bytes: int,
-    endpoint: str,
-    log: Log,
-) -> PushResult:
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-
-    repo_id, subdir = target.repo_id, target.subdir
-    branch = target.revision or "main"
-    prefix = f"{subdir}/" if subdir else ""
-    where = f"{HF_PREFIX}datasets/{repo_id}@{branch}" + (f"/{subdir}" if subdir else "")
-    api = HfApi(endpoint=endpoint, token=token)
-    digest = manifest.digest
-    title = commit_message or f"relabel-store: store {digest[:12]}"
-
-    with hub_errors(where):
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        if branch != "main":
-            api.create_branch(repo_id, branch=branch, repo_type="dataset", exist_ok=True)
-        remote = _hub_listing(api, repo_id, branch, subdir)
-    todo = _upload_order(
-        [e for e in manifest.entries if not _matches(e, remote.get(e.path), root / e.path)]
-    )
-    skipped = [e.path for e in manifest.entries if e not in todo]
-    manifest_raw = (root / MANIFEST_NAME).read_bytes()
-    remote_manifest = remote.get(MANIFEST_NAME)
-    manifest_same = (
-        remote_manifest is not None
-        and remote_manifest.lfs is None
-        and remote_manifest.blob_id == git_blob_oid(manifest_raw)
-    )
-    stale = _stale(manifest, list(remote))
-    log(
-        f"{where}: {len(todo)} of {len(manifest.entries)} files to upload "
-        f"({sum(e.size for e in todo)} bytes), {len(skipped)} already there"
-    )
-
-    batches = _batches(todo, batch_files, batch_bytes)
-    commit: str | None = None
-    commits = 0
-    for i, batch in enumerate(batches):
-        ops: list[Any] = []
-        if i == 0 and remote_manifest is not None and not manifest_same:
-            # The old manifest would describe a store that is being replaced: remove it first,
-            # so that nobody opens a half-replaced store as complete.
-            ops.append(CommitOperationDelete(prefix + MANIFEST_NAME))
-        ops += [CommitOperationAdd(prefix + e.path, str(root / e.path)) for e in batch]
-        try:
-            with hub_errors(where), _quiet_client_warnings():
-                info = api.create_commit(
-                    repo_id,
-                    ops,
-                    commit_message=f"{title} (data {i + 1}/{len(batches)})",
-                    revision=branch,
-                    repo_type="dataset",
-                )
-        except Exception as exc:
-            raise RemoteError(
-                f"push to {where} interrupted in batch {i + 1} of {len(batches)} "
-                f"({i} batch(es) committed): {exc}\nRe-run the same command to resume; files "
-                "already on the Hub are not sent again."
-            ) from exc
-        commit, commits = info.oid, commits + 1
-        log(f"committed batch {i + 1}/{len(batches)} ({len(batch)} files): {commit}")
-
-    final: list[Any] = []
-    card_text = None
-    if card:
-        card_text = dataset_card(
-            meta, manifest, repo_id=repo_id, subdir=subdir, license=license, pretty_name=pretty_name
-        )
-        with hub_errors(where):
-            current = api.get_paths_info(repo_id, [CARD_NAME], revision=branch, repo_type="dataset")
-        if not current or getattr(current[0], "blob_id", None) != git_blob_oid(card_text.encode()):
-            final.append(CommitOperationAdd(CARD_NAME, card_text.encode()))
-    final += [CommitOperationDelete(prefix + p) for p in stale]
-    if not manifest_same:
-        final.append(CommitOperationAdd(prefix + MANIFEST_NAME, manifest_raw))
-    if final:
-        try:
-            with hub_errors(where), _quiet_client_warnings():
-                info = api.create_commit(
-                    repo_id,
-                    final,
-                    commit_message=f"{title} (manifest{' and dataset card' if card_text else ''})",
-                    commit_description=f"relabel-store manifest digest: {digest}",
-                    revision=branch,
-                    repo_type="dataset",
-                )
-        except Exception as exc:
-            raise RemoteError(
-                f"push to {where} interrupted while committing the manifest: {exc}\n"
-                "Re-run the same command to resume; the data files are already on the Hub."
-            ) from exc
-        commit, commits = info.oid, commits + 1
-    if commit is None:
-        with hub_errors(where):
-            commit = api.repo_info(repo_id, repo_type="dataset", revision=branch).sha
-    assert commit is not None
-
-    report = verify_hub(repo_id, commit, manifest, root, subdir=subdir, api=api)
-    if not report.ok:
-        raise CorruptDataError(
-            f"{HF_PREFIX}datasets/{repo_id}@{commit}: after the push the remote files do not match "
-            "the manifest:\n  " + "\n  ".join(report.lines()) + "\nSomething else wrote to the "
-            "branch during the push, or the upload was damaged. Re-run the push; if it keeps "
-            "failing, push to a fresh branch (--revision)."
-        )
-    location = f"{HF_PREFIX}datasets/{repo_id}@{commit}" + (f"/{subdir}" if subdir else "")
-    url = f"{endpoint}/datasets/{repo_id}/tree/{commit}" + (f"/{subdir}" if subdir else "")
-    hint = f'load_relabel("{location}")'
-    return PushResult(
-        destination=location,
-        url=url,
-        commit=commit,
-        digest=digest,
-        files=len(manifest.entries) + 1,
-        uploaded=[e.path for e in todo] + ([] if manifest_same else [MANIFEST_NAME]),
-        skipped=skipped + ([MANIFEST_NAME] if manifest_same else []),
-        deleted=stale,
-        commits=commits,
-        load_hint=hint,
-    )
-
-
-def verify_hub(
-    repo_id: str,
-    commit: str,
-    manifest: Manifest,
-    root: Path,
-    *,
-    subdir: str | None = None,
-    api: Any = None,
-    endpoint: str | None = None,
-    token: str | None = None,
-) -> VerifyReport:
-    """Compare the files of a Hub repo at ``commit`` with ``manifest`` (and the local store at
-    ``root`` it was checked against): sizes, LFS sha256 / git blob ids, the manifest itself,
-    and stale files in the store's folders."""
-    from huggingface_hub import HfApi
-
-    api = api or HfApi(endpoint=_endpoint(endpoint), token=token)
-    where = f"{HF_PREFIX}datasets/{repo_id}@{commit}"
-    with hub_errors(where):
-        remote = _hub_listing(api, repo_id, commit, subdir)
-    report = VerifyReport(digest=manifest.digest)
-    for e in manifest.entries:
-        rf = remote.get(e.path)
-        if rf is None:
-            report.missing.append(e.path)
-            continue
-        report.checked += 1
-        if rf.size != e.size:
-            report.resized.append((e.path, e.size, rf.size))
-        elif not _matches(e, rf, root / e.path):
-            report.altered.append(e.path)
-    rm = remote.get(MANIFEST_NAME)
-    if rm is None:
-        report.missing.append(MANIFEST_NAME)
-    elif rm.lfs is not None or rm.blob_id != git_blob_oid((root / MANIFEST_NAME).read_bytes()):
-        report.altered.append(MANIFEST_NAME)
-    report.extra = _stale(manifest, list(remote))
-    return report
-
-
-# -- fsspec destinations --------------------------------------------------------------------------
-
-
-def _remote_sha256(fs: Any, path: str) -> str:
-    with fs.open(path, "rb", block_size=1 << 20) as f:
-        return sha256_stream(f)[1]
-
-
-def _remote_files(fs: Any, base: str) -> dict[str, int]:
-    try:
-        found = fs.find(base, detail=True)
-    except FileNotFoundError:
-        return {}
-    out = {}
-    for full, info in found.items():
-        rel = full[len(base) :].lstrip("/") if full.startswith(base) else None
-        if rel and info.get("type", "file") == "file":
-            out[rel] = int(info.get("size") or 0)
-    return out
-
-
-def _push_url(
-    root: Path, manifest: Manifest, url: str, storage_options: dict[str, Any], log: Log
-) -> PushResult:
-    import fsspec
-
-    fs, base = fsspec.core.url_to_fs(url, **storage_options)
-    base = base.rstrip("/")
-    manifest_raw = (root / MANIFEST_NAME).read_bytes()
-    try:
-        existing = _remote_files(fs, base)
-        old_manifest = fs.cat_file(f"{base}/{MANIFEST_NAME}") if MANIFEST_NAME in existing else None
-        if old_manifest is not None and old_manifest != manifest_raw:
-            fs.rm_file(f"{base}/{MANIFEST_NAME}")  # the old store is being replaced
-        uploaded, skipped, verified = [], [], set()
-        for e in _upload_order(list(manifest.entries)):
-            dest = f"{base}/{e.path}"
-            if existing.get(e.path) == e.size and _remote_sha256(fs, dest) == e.sha256:
-                skipped.append(e.path)
-                verified.add(e.path)
-                continue
-            fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
-            fs.put_file(str(root / e.path), dest)
-            uploaded.append(e.path)
-        log(f"{url}: uploaded {len(uploaded)} files, {len(skipped)} already there")
-        stale = _stale(manifest, list(existing))
-        for p in stale:
-            fs.rm_file(f"{base}/{p}")
-        manifest_same = old_manifest == manifest_raw
-        if not manifest_same:
-            fs.pipe_file(f"{base}/{MANIFEST_NAME}", manifest_raw)
-        report = VerifyReport(digest=manifest.digest)
-        sizes = _remote_files(fs, base)
-        for e in manifest.entries:
-            if e.path not in sizes:
-                report.missing.append(e.path)
-                continue
-            report.checked += 1
-            if sizes[e.path] != e.size:
-                report.resized.append((e.path, e.size, sizes[e.path]))
-            elif e.path not in verified and _remote_sha256(fs, f"{base}/{e.path}") != e.sha256:
-                report.altered.append(e.path)
-        if fs.cat_file(f"{base}/{MANIFEST_NAME}") != manifest_raw:
-            report.altered.append(MANIFEST_NAME)
-        report.extra = _stale(manifest, list(sizes))
-    except (CorruptDataError, RemoteError):
-        raise
-    except OSError as exc:
-        raise RemoteError(
-            f"push to {url} failed: {exc}\nRe-run the same command to resume; files already "
-            "there are not sent again."
-        ) from exc
-    if not report.ok:
-        raise CorruptDataError(
-            f"{url}: after the push the remote files do not match the manifest:\n  "
-            + "\n  ".join(report.lines())
-        )
-    return PushResult(
-        destination=url,
-        url=url,
-        commit=None,
-        digest=manifest.digest,
-        files=len(manifest.entries) + 1,
-        uploaded=uploaded + ([] if manifest_same else [MANIFEST_NAME]),
-        skipped=skipped + ([MANIFEST_NAME] if manifest_same else []),
-        deleted=stale,
-        load_hint=f'load_relabel("{url}")',
-    )
-
-
-# -- dataset card ---------------------------------------------------------------------------------
-
-
-def size_category(n: int) -> str:
-    """The Hub's ``size_categories`` bucket for ``n`` records."""
-    bounds = [
-        (1_000, "n<1K"),
-        (10_000, "1K<n<10K"),
-        (100_000, "10K<n<100K"),
-        (1_000_000, "100K<n<1M"),
-        (10_000_000, "1M<n<10M"),
-        (100_000_000, "10M<n<100M"),
-        (1_000_000_000, "100M<n<1B"),
-    ]
-    for bound, label in bounds:
-        if n < bound:
-            return label
-    return "1B<n<10B"
-
-
-def dataset_card(
-    meta: StoreMetadata,
-    manifest: Manifest,
-    *,
-    repo_id: str,
-    subdir: str | None = None,
-    license: str = "other",
-    pretty_name: str | None = None,
-) -> str:
-    """README.md for the store's Hub repo: YAML front matter plus a description generated from
-    the store's metadata."""
-    from huggingface_hub import DatasetCardData
-
-    dataset = dict(meta.dataset)
-    ann = dict(meta.annotator)
-    ds_name = str(dataset.get("name") or "").strip()
-    split = dataset.get("split")
-    h, w = meta.grid
-    tags = ["relabel", "label-maps", "soft-labels", "zarr"]
-    if "imagenet" in ds_name.lower():
-        tags.append("imagenet")
-    name = pretty_name or (
-        f"ReLabel maps for {ds_name}" + (f" ({split})" if split else "") if ds_name else repo_id
-    )
-    data = DatasetCardData(
-        license=license,
-        pretty_name=name,
-        task_categories=["image-classification"],
-        size_categories=[size_category(meta.record_count)],
-        source_datasets=[f"extended|{ds_name}"] if ds_name else ["original"],
-        annotations_creators=["machine-generated"],
-        tags=tags,
-        viewer=False,
-    )
-    location = f"{HF_PREFIX}datasets/{repo_id}" + (f"/{subdir}" if subdir else "")
-    load_call = (
-        f'load_relabel("{location}")  # pin: "{HF_PREFIX}datasets/{repo_id}@<commit sha>/{subdir}"'
-        if subdir
-        else f'load_relabel("{repo_id}")  # pin: revision="<commit sha>"'
-    )
-    weights = ann.get("weights_sha256")
-    rows = [
-        ("records", f"{meta.record_count:,}" + (f" ({meta.rows - meta.record_count} images failed, see `errors.jsonl`)" if meta.rows > meta.record_count else "")),
-        ("grid", f"{h} x {w} cells, top-{meta.k} of {meta.num_classes} classes per cell"),
-        ("values", f"{meta.value_kind} ({meta.values_dtype}), class ids uint16"),
-        ("annotator", f"`{ann.get('model', 'unknown')}`"),
-        ("annotator weights", f"{ann.get('weights_source') or ann.get('checkpoint') or 'unknown'}" + (f", sha256 `{weights}`" if weights else "")),
-        ("annotator input", f"{ann.get('input_size', '?')} px, {ann.get('resize_mode', 'whole image resized, no crop')}"),
-        ("source dataset", (ds_name or "unknown") + (f" / {split}" if split else "")),
-        ("manifest digest", f"`{manifest.digest}`"),
-        ("size", f"{manifest.total_bytes / 1e6:.1f} MB in {len(manifest.entries) + 1} files"),
-        ("format", f"relabel-store {meta.format_version} (Zarr v3), written by relabel-store {meta.software_version} on {meta.created_at}"),
-    ]  # fmt: skip
-    if meta.parent:
-        rows.append(("parent store", f"`{meta.parent.get('digest', '?')}` ({meta.parent.get('location', '?')})"))  # fmt: skip
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    body = f"""
-# {name}
-
-Dense **ReLabel** label maps ([Yun et al., CVPR 2021]({PAPER})): for every training image, an
-annotator classifier applied at every spatial position gives the top-{meta.k} classes and their
-logits in each cell of a {h} x {w} grid over the whole image. **LabelPooling** turns a map into a
-soft multi-label target for whatever random crop your training pipeline took.
-
-This repository is a [relabel-store](https://pypi.org/project/relabel-store/) store: a plain
-Zarr v3 group plus `manifest.json` (size and sha256 of every file). Generated metadata:
-
-| | |
-|---|---|
-{table}
-
-## Load it
-
-```python
-from relabel_store import load_relabel
-
-store = {load_call}
-rec = store["<image key>"]  # key = file stem, e.g. "n01440764_10026"
-rec.indices, rec.values  # ({h}, {w}, {meta.k}) class ids and logits
-```
-
-Shards are downloaded on first use into a verified local cache (each checked against the
-manifest's sha256); `mode="range"` reads single records with HTTP range requests instead.
-`relabel-store pull {repo_id} --to DIR` downloads and verifies the whole store.
-
-Without relabel-store, with any Zarr v3 reader:
-
-```python
-import zarr
-
-g = zarr.open_group("{location}", mode="r")
-g.attrs["relabel"]  # metadata: grid, k, classes, annotator, ...
-g["indices"][0], g["values"][0]  # top-k ids and logits of physical row 0
-```
-
-## Citation
-
-```bibtex
-@inproceedings{{yun2021relabel,
-  title     = {{Re-labeling ImageNet: from Single to Multi-Labels, from Global to Localized Labels}},
-  author    = {{Yun, Sangdoo and Oh, Seong Joon and Heo, Byeongho and Han, Dongyoon and Choe, Junsuk and Chun, Sanghyuk}},
-  booktitle = {{IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)}},
-  year      = {{2021}},
-  note      = {{arXiv:2101.05022}}
-}}
-```
-"""
-    if license == "other":
-        body += (
-            "\n## License\n\nThe maps are derived from the source dataset's images; use them "
-            "under the source dataset's terms.\n"
-        )
-    return f"---\n{data.to_yaml()}\n---\n{body}"
-
-
-# -- pull -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class PullResult:
-    path: Path
-    digest: str
-    files: int
-    downloaded: int
-    report: VerifyReport
-
-
-def pull(
-    name_or_url: str,
-    to: str | os.PathLike[str] | None = None,
-    revision: str | None = None,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    token: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-    threads: int = 8,
-    log: Log = _silent,
-) -> PullResult:
-    """Download a whole remote store and verify it: into the cache (``to=None``; the store is
-    then read locally by every later ``load_relabel`` of the same revision) or into folder
-    ``to``, which becomes a plain local store."""
-    from relabel_store.remote import open_source
-
-    source = open_source(
-        name_or_url,
-        revision,
-        mode="cache",
-        cache_dir=cache_dir,
-        token=token,
-        storage_options=storage_options,
-    )
-    if not isinstance(source, ShardCacheSource):
-        raise ValueError(f"{name_or_url} is a local store already; there is nothing to pull")
-    manifest = source.manifest
-    log(f"{source.location}: {len(manifest.entries) + 1} files, {manifest.total_bytes} bytes")
-    if to is None:
-        before = source.downloads
-        source.fetch(None, threads=threads)
-        dest = source.root
-        downloaded = source.downloads - before
-    else:
-        dest = Path(to)
-        downloaded = _pull_into(source, dest, threads)
-    report = verify_dir(dest, manifest)
-    if not report.ok:
-        raise CorruptDataError(
-            f"{dest}: the pulled store does not match the manifest of {source.location}:\n  "
-            + "\n  ".join(report.lines())
-        )
-    return PullResult(dest, manifest.digest, len(manifest.entries) + 1, downloaded, report)
-
-
-def _pull_into(source: ShardCacheSource, dest: Path, threads: int) -> int:
-    manifest = source.manifest
-    raw = source.read(MANIFEST_NAME)
-    assert raw is not None
-    existing = dest / MANIFEST_NAME
-    if existing.is_file():
-        if existing.read_bytes() == raw:
-            return 0  # a finished pull of the same store: verify_dir checks it
-        raise FileExistsError(
-            f"{dest} already holds a different store (its manifest differs); choose another --to"
-        )
-    if dest.exists():
-        if not dest.is_dir():
-            raise FileExistsError(f"{dest} exists and is not a directory")
-        foreign = sorted(set(store_files(dest)) - set(manifest.by_path()))
-        if foreign:
-            raise FileExistsError(
-                f"{dest} is not empty and is not an interrupted pull of this store (it has "
-                f"{foreign[0]!r}); choose another --to"
-            )
-
-    def one(e: ManifestEntry) -> int:
-        final = dest / safe_relpath(e.path)
-        with contextlib.suppress(FileNotFoundError):
-            if final.stat().st_size == e.size and sha256_file(final) == e.sha256:
-                return 0  # from an interrupted pull
-        if source.is_cached(e.path):
-            cached = source.root / e.path
-
-            def fill(f: Any) -> None:
-                with open(cached, "rb") as src:
-                    shutil.copyfileobj(src, f, 1 << 20)
-
-            write_verified(final, e, source.location, fill)
-            return 0
-        write_verified(final, e, source.location, lambda f: source.remote.download(e.path, f))
-        return 1
-
-    dest.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        futures = [pool.submit(one, e) for e in manifest.entries]
-        errors = [f.exception() for f in futures]
-    for exc in errors:
-        if exc is not None:
-            raise exc
-    atomic_write_bytes(existing, raw)  # last: its presence marks a complete copy
-    return sum(f.result() for f in futures)

@@ -8,7 +8,6 @@ DataLoader workers) and looked up by binary search, never through a Python dict.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -28,7 +27,6 @@ from relabel_store.errors import (
     StoreNotFoundError,
 )
 from relabel_store.format import (
-    ATTRS_KEY,
     INDICES,
     KEYS,
     LABELS,
@@ -37,6 +35,7 @@ from relabel_store.format import (
     SIZES,
     VALUES,
     StoreMetadata,
+    read_group_attribute,
 )
 from relabel_store.manifest import Manifest
 from relabel_store.sources import Blob, Source
@@ -167,13 +166,7 @@ class RelabelStore:
                 f"no relabel-store store at {where}: it has no zarr.json. Check the path, or "
                 "create a store with `relabel-store generate`."
             )
-        try:
-            attrs = json.loads(group).get("attributes", {})
-        except ValueError:
-            raise FormatError(
-                f"{where}/zarr.json is not valid JSON; the store is damaged"
-            ) from None
-        self.metadata = StoreMetadata.from_json(attrs.get(ATTRS_KEY), where=where)
+        self.metadata = StoreMetadata.from_json(read_group_attribute(group, where), where=where)
         manifest_raw = source.read(MANIFEST_NAME)
         if not allow_incomplete and (not self.metadata.complete or manifest_raw is None):
             raise IncompleteStoreError(

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from relabel_store.errors import FormatError, StoreNotFoundError
+from relabel_store.hub_names import HubTarget, is_repo_id
 from relabel_store.manifest import safe_relpath
 
 REGISTRY_ENV = "RELABEL_STORE_REGISTRY"
 REGISTRY_VERSION = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS = (
     "repo_id",
@@ -77,9 +77,7 @@ class RegistryEntry:
             return self.path
         if self.repo_id is None:
             return "(not published yet: make it yourself)"
-        rev = f"@{self.revision}" if self.revision else ""
-        sub = f"/{self.subdir}" if self.subdir else ""
-        return f"hf://datasets/{self.repo_id}{rev}{sub}"
+        return HubTarget(self.repo_id, self.revision, self.subdir).url
 
     def how_to_make(self) -> str:
         """How to build this store yourself, and point the name at it ("" if unknown)."""
@@ -138,7 +136,7 @@ def _entry(name: str, data: Any, origin: str) -> RegistryEntry:
         )
     if path is not None and not Path(path).expanduser().is_absolute():
         raise FormatError(f"{where}: 'path' must be an absolute path, got {path!r}")
-    if repo_id is not None and not _REPO_ID.match(repo_id):
+    if repo_id is not None and not is_repo_id(repo_id):
         raise FormatError(f"{where}: {repo_id!r} is not a Hub repo id (org/name)")
     if repo_id is not None and not data.get("revision"):
         raise FormatError(f"{where}: a Hub entry needs a 'revision' (a commit sha pins it)")

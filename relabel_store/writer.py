@@ -26,7 +26,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from relabel_store._io import atomic_write_bytes
-from relabel_store.errors import FormatError, IncompleteStoreError, InputError
+from relabel_store.errors import IncompleteStoreError, InputError
 from relabel_store.format import (
     ATTRS_KEY,
     DEFAULT_ZSTD_LEVEL,
@@ -43,6 +43,7 @@ from relabel_store.format import (
     VALUES,
     VALUES_BLOSC_LEVEL,
     StoreMetadata,
+    read_group_attribute,
 )
 from relabel_store.manifest import Manifest, build_manifest, write_manifest
 
@@ -74,12 +75,10 @@ _RECORD_CODECS: dict[str, dict[str, Any]] = {
 def read_group_attrs(root: Path) -> dict[str, Any] | None:
     """The ``relabel`` attribute of the group at ``root``; None when there is no group."""
     try:
-        group = json.loads((root / "zarr.json").read_bytes())
+        raw = (root / "zarr.json").read_bytes()
     except FileNotFoundError:
         return None
-    except ValueError:
-        raise FormatError(f"{root}/zarr.json is not valid JSON; the store is damaged") from None
-    return group.get("attributes", {}).get(ATTRS_KEY)
+    return read_group_attribute(raw, str(root))
 
 
 class StoreWriter:

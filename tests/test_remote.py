@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -18,10 +19,12 @@ import numpy as np
 import pytest
 import yaml
 from _fake_hub import HTTPX2_DATA_DEPRECATION_FILTER, iter_fake_hub, set_offline
+from _photos import write_photos
 from _stores import write_store
 from click.testing import CliRunner
 
 from relabel_store import load_relabel, registry
+from relabel_store.card import dataset_card, size_category
 from relabel_store.cli.main import main
 from relabel_store.errors import (
     CorruptDataError,
@@ -30,15 +33,17 @@ from relabel_store.errors import (
     StoreNotFoundError,
     UnsafePathError,
 )
+from relabel_store.hub_names import parse_hf_url
 from relabel_store.manifest import Manifest, ManifestEntry, verify_store
-from relabel_store.publish import dataset_card, push, size_category
-from relabel_store.remote import parse_hf_url, resolve
+from relabel_store.publish import push
+from relabel_store.resolve import resolve
 
 pytestmark = pytest.mark.filterwarnings(HTTPX2_DATA_DEPRECATION_FILTER)
 
 REPO = "relabel/maps"
 N = 40
 SHARD = 16  # records per shard: 3 shards per record array
+LITE0 = ["--model", "tf_efficientnet_lite0", "--checkpoint", "efficientnet-lite0", "--input-size", "224", "--workers", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,6 @@ def stores(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("RELABEL_STORE_REGISTRY", str(tmp_path / "registry.json"))
-    monkeypatch.delenv("RELABEL_STORE_CACHE", raising=False)
     yield from iter_fake_hub(monkeypatch, tmp_path)
 
 
@@ -103,22 +107,10 @@ def test_push_cli_creates_repo_card_and_verifies(hub, stores):
     for path, data in local.items():
         assert hub.file_bytes(REPO, path) == data
     assert remote["values/c.0.0.0.0"]["lfs"]  # binary shards go to LFS
-    assert hub._repos[("dataset", REPO)].private
-
-    readme = hub.file_bytes(REPO, "README.md").decode()
-    front = yaml.safe_load(readme.split("---\n")[1])
-    assert front["license"] == "other"
-    assert front["task_categories"] == ["image-classification"]
-    assert front["size_categories"] == ["n<1K"]
-    assert front["annotations_creators"] == ["machine-generated"]
-    assert front["source_datasets"] == ["extended|synthetic"]
-    assert front["viewer"] is False
-    assert {"relabel", "label-maps", "zarr"} <= set(front["tags"])
-    assert front["pretty_name"] == "ReLabel maps for synthetic (train)"
-    digest = Manifest.from_bytes((stores["v1"] / "manifest.json").read_bytes()).digest
-    for text in (digest, "`test`", "15 x 15 cells, top-5 of 1000", f"{N:,}", "2101.05022"):
-        assert text in readme, text
-    assert f'load_relabel("{REPO}")' in readme
+    assert hub.is_private(REPO)
+    store = load_relabel(stores["v1"])
+    card = dataset_card(store.metadata, store.manifest, repo_id=REPO)
+    assert hub.file_bytes(REPO, "README.md").decode() == card
 
     # The manifest went last: the final commit holds the manifest and the card only.
     commits = [r for r in hub.requests if r.method == "POST" and "/commit/" in r.path]
@@ -201,20 +193,52 @@ def test_push_to_branch_and_subfolder(hub, stores):
     same_records(load_relabel(res.destination), load_relabel(stores["v2"]))
 
 
-def test_dataset_card_sizes():
+def test_size_categories():
     assert size_category(999) == "n<1K"
+    assert size_category(1_000) == "1K<n<10K"
     assert size_category(1_281_167) == "1M<n<10M"
-    from relabel_store.format import StoreMetadata
+    assert size_category(10**10) == "1B<n<10B"
 
-    meta = StoreMetadata(
-        grid=(15, 15), k=5, num_classes=1000, rows=10, record_count=10, complete=True,
-        dataset={"name": "imagenet-1k", "split": "train"},
-        annotator={"model": "tf_efficientnet_l2", "weights_sha256": "ab" * 32, "input_size": 475},
-    )  # fmt: skip
-    card = dataset_card(meta, Manifest(()), repo_id="org/x", subdir="train", license="mit")
-    front = yaml.safe_load(card.split("---\n")[1])
-    assert front["license"] == "mit" and "imagenet" in front["tags"]
-    assert "ab" * 32 in card and "hf://datasets/org/x/train" in card
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """A store from the real producer: `generate` with the offline lite0 annotator, two photos."""
+    base = tmp_path_factory.mktemp("generated")
+    write_photos(base / "imagenet-photos", ["chelsea", "coffee"])
+    out = base / "photos.relabel.zarr"
+    result = CliRunner().invoke(main, ["generate", str(base / "imagenet-photos"), "-o", str(out), *LITE0])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+def test_dataset_card_of_a_generated_store(hub, generated):
+    pushed = push(generated, f"hf://datasets/{REPO}/train", license="cc-by-4.0")
+    readme = hub.file_bytes(REPO, "README.md", revision=pushed.commit).decode()
+    meta = load_relabel(generated).metadata
+    weights = meta.annotator["weights"]
+    front = yaml.safe_load(readme.split("---\n")[1])
+    assert front["license"] == "cc-by-4.0" and "imagenet" in front["tags"]
+    assert front["task_categories"] == ["image-classification"]
+    assert front["size_categories"] == ["n<1K"]
+    assert front["annotations_creators"] == ["machine-generated"]
+    assert front["source_datasets"] == ["extended|imagenet-photos"]
+    assert front["pretty_name"] == "ReLabel maps for imagenet-photos" and front["viewer"] is False
+
+    rows = dict(re.findall(r"^\| ([^|]+?) \| (.+) \|$", readme, re.M))
+    assert (
+        rows["records"] == "2" and rows["grid"] == "15 x 15 cells, top-5 of 1000 classes per cell"
+    )
+    assert rows["annotator"] == "`tf_efficientnet_lite0`, 7 x 7 feature grid (bilinear to the store's grid)"  # fmt: skip
+    assert rows["annotator weights"] == (
+        f"{weights['source']} (`efficientnet-lite0-57934424.pth`), sha256 `{weights['sha256']}`"
+    )
+    assert len(weights["sha256"]) == 64
+    assert rows["annotator input"] == "224 x 224 px, whole image resized, no crop, bicubic"
+    assert rows["label space"] == "`imagenet-1k` (class identifiers `n01440764` ... `n15075141`)"
+    assert rows["manifest digest"] == f"`{pushed.digest}`"
+    assert "unknown" not in readme and "?" not in "".join(rows.values())
+    assert f'load_relabel("hf://datasets/{REPO}/train")' in readme and "2101.05022" in readme
 
 
 # -- reading: forms, pinning, counts ----------------------------------------------------------------

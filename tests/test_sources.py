@@ -1,9 +1,13 @@
-"""Conformance tests every Source passes: local directory, verified cache over a file:// URL and
-over the (fake) Hub, and range reads over both.
+"""Conformance tests every Source and every Remote passes.
 
-Same bytes for every file, None for absent files (without a request), unsafe paths refused,
-blobs sliceable, pickle round-trip without open handles (stores are pickled into spawned
-DataLoader workers), and use after fork.
+Sources: local directory, verified cache over a file:// URL and over the (fake) Hub, and range
+reads over both. Same bytes for every file, None for absent files (without a request), unsafe
+paths refused, blobs sliceable, pickle round-trip without open handles (stores are pickled into
+spawned DataLoader workers), and use after fork.
+
+Remotes (the byte access below the cache): the Hub, a file:// URL and an in-memory fsspec file
+system. Same bytes, None for absent files, downloads that stop at the byte budget they are given,
+exact ranges, pickling without connections, and huggingface_hub's offline switch honoured.
 """
 
 from __future__ import annotations
@@ -12,18 +16,22 @@ import hashlib
 import multiprocessing
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _fake_hub import HTTPX2_DATA_DEPRECATION_FILTER, iter_fake_hub
+from _fake_hub import HTTPX2_DATA_DEPRECATION_FILTER, iter_fake_hub, set_offline
 from _stores import write_store
 
-from relabel_store.errors import UnsafePathError
+from relabel_store.errors import CorruptDataError, RemoteError, UnsafePathError
 from relabel_store.reader import RelabelStore
-from relabel_store.remote import open_source
-from relabel_store.sources import Source
+from relabel_store.remote import open_remote
+from relabel_store.resolve import resolve
+from relabel_store.sources import Remote, Source
 from relabel_store.sources.cached import ShardCacheSource
+from relabel_store.sources.fsspec import FsspecRemote
+from relabel_store.sources.hub import HubRemote
 from relabel_store.sources.local import LocalSource
 from relabel_store.sources.ranged import RangeBlob, RangeSource
 
@@ -65,12 +73,12 @@ def case(request, store_dir, tmp_path, monkeypatch):
         yield Case(kind, LocalSource(store_dir))
     elif kind.endswith("-file"):
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        yield Case(kind, open_source(store_dir.as_uri(), mode=mode, cache_dir=cache))
+        yield Case(kind, open_remote(resolve(store_dir.as_uri()), mode=mode, cache_dir=cache))
     else:
         gen = iter_fake_hub(monkeypatch, tmp_path)
         hub = next(gen)
         sha = seed_hub(hub, REPO, store_dir)
-        source = open_source(f"hf://datasets/{REPO}@{sha}", mode=mode, cache_dir=cache)
+        source = open_remote(resolve(f"hf://datasets/{REPO}@{sha}"), mode=mode, cache_dir=cache)
         yield Case(kind, source, hub)
         source.close()
         gen.close()
@@ -205,3 +213,73 @@ def test_range_blob_reads_only_what_is_asked(case):
         assert case.hub.bytes_sent(server="cdn") == 10 + 50
     with pytest.raises(ValueError):
         blob[0:10:2]
+
+
+# -- remotes ------------------------------------------------------------------------------------
+
+REMOTES = ["hub", "file", "memory"]
+
+
+@pytest.fixture(params=REMOTES)
+def remote(request, store_dir, tmp_path, monkeypatch) -> Iterator[Remote]:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    if request.param == "file":
+        yield FsspecRemote(store_dir.as_uri())
+    elif request.param == "memory":
+        import fsspec
+
+        fs = fsspec.filesystem("memory")
+        root = f"/conformance-{os.getpid()}-{id(tmp_path)}"
+        for path, data in store_bytes(store_dir).items():
+            fs.pipe_file(f"{root}/{path}", data)
+        yield FsspecRemote(f"memory://{root}")
+        fs.rm(root, recursive=True)
+    else:
+        gen = iter_fake_hub(monkeypatch, tmp_path)
+        hub = next(gen)
+        sha = seed_hub(hub, REPO, store_dir)
+        yield HubRemote(REPO, sha, endpoint=hub.url)
+        gen.close()
+
+
+def test_remote_fetch(remote, store_dir):
+    files = store_bytes(store_dir)
+    for path in ("zarr.json", "manifest.json", "labels/c.0", "values/c.1.0.0.0"):
+        assert remote.fetch(path) == files[path]
+    assert remote.fetch("values/c.999.0.0.0") is None
+    assert isinstance(remote.location, str) and remote.location in repr(remote)
+
+
+def test_remote_download_stops_at_its_byte_budget(remote, store_dir, tmp_path):
+    data = (store_dir / "values/c.1.0.0.0").read_bytes()
+    for budget, expected in [(len(data) + 1, data), (len(data), data), (10, data[:10])]:
+        out = tmp_path / "out"
+        with open(out, "wb") as f:
+            remote.download("values/c.1.0.0.0", f, budget)
+        assert out.read_bytes() == expected, budget
+    with open(out, "wb") as f, pytest.raises(CorruptDataError, match="manifest lists this file"):
+        remote.download("values/c.999.0.0.0", f, 100)
+
+
+def test_remote_read_range(remote, store_dir):
+    data = (store_dir / "indices/c.0.0.0.0").read_bytes()
+    n = len(data)
+    for a, b in [(0, 1), (3, 17), (n // 2, n), (n - 20, n)]:
+        assert remote.read_range("indices/c.0.0.0.0", a, b) == data[a:b], (a, b)
+
+
+def test_remote_pickles_without_connections(remote, store_dir):
+    remote.fetch("zarr.json")  # a connection / file system in use
+    payload = pickle.dumps(remote)
+    assert len(payload) < 4096
+    clone = pickle.loads(payload)
+    assert clone.location == remote.location
+    assert clone.fetch("zarr.json") == (store_dir / "zarr.json").read_bytes()
+    remote.close()
+    assert remote.fetch("zarr.json") == (store_dir / "zarr.json").read_bytes()  # reconnects
+
+
+def test_remote_honours_the_offline_switch(remote, monkeypatch):
+    set_offline(monkeypatch)
+    with pytest.raises(RemoteError, match="HF_HUB_OFFLINE"):
+        remote.fetch("zarr.json")

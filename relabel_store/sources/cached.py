@@ -1,101 +1,79 @@
 """Cache mode: a remote store read through a verified, shared, on-disk cache of whole files.
 
 The first touch of a file (a shard, or a small metadata/array file) downloads it whole into the
-cache directory, checks its size and sha256 against the store's manifest, and only then makes it
+cache entry, checks its size and sha256 against the store's manifest, and only then makes it
 visible under its final name (temp file in the same folder + ``os.replace``). Later reads are
 memory-mapped local reads, exactly as for a local store. A per-file ``flock`` makes concurrent
 threads, DataLoader workers and processes on one node wait for one download instead of starting
 their own; nobody ever sees a half-written file, and a download that fails its check is deleted
-and reported, never cached.
+and reported, never cached. A download never reads more than the manifest's size plus one byte,
+and temporary files of killed downloads are removed when the store is next opened.
 
 Only files the manifest lists are ever fetched or written: the manifest was parsed (every path
 checked by :func:`~relabel_store.manifest.safe_relpath`) before this source exists, and any other
-path reads as absent without a request.
+path reads as absent without a request. Nothing in the cache is read through a symlink.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from relabel_store._io import atomic_write_bytes, size_and_sha256
+from relabel_store._io import (
+    atomic_write_bytes,
+    regular_file_stat,
+    size_and_sha256,
+    temp_path,
+)
+from relabel_store._parallel import run_all
+from relabel_store.cache import CacheEntry, file_lock
 from relabel_store.errors import CorruptDataError
 from relabel_store.format import ERRORS_NAME, INDICES, MANIFEST_NAME, VALUES
 from relabel_store.manifest import Manifest, ManifestEntry, safe_relpath
-from relabel_store.sources import Blob, Source
+from relabel_store.sources import Blob, Remote, Source
 from relabel_store.sources.local import map_file
 
-try:  # POSIX; elsewhere atomic renames alone keep readers safe (downloads may then overlap)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
-FILES_DIR = "files"  # verified store files, laid out as in the store
-LOCKS_DIR = "locks"  # one lock file per cached file
-RANGES_DIR = "ranges"  # range mode: cached shard-index tails, keyed by the shard's sha256
 _PREFETCH_THREADS = 8
 
 
-class Remote(ABC):
-    """Byte access to one remote store: a Hub repo at a pinned commit, or an fsspec URL.
-
-    Implementations must pickle without open connections (they are shipped to DataLoader
-    workers inside a source) and reconnect lazily, also after a fork.
-    """
-
-    #: Human-readable location (``hf://datasets/org/name@sha`` or the URL), used in errors.
-    location: str
-
-    @abstractmethod
-    def fetch(self, path: str) -> bytes | None:
-        """The whole (small) file, or None when the remote has no such file."""
-
-    @abstractmethod
-    def download(self, path: str, out: BinaryIO) -> None:
-        """Stream the whole file into ``out``; raise when it is missing or the transfer fails."""
-
-    @abstractmethod
-    def read_range(self, path: str, start: int, stop: int) -> bytes:
-        """Bytes ``start:stop`` of the file (one ranged request)."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Drop connections and per-process state."""
-
-
 class ShardCacheSource(Source):
-    """Reads a remote store through a verified cache entry directory.
+    """Reads a remote store through its verified cache entry.
 
-    ``directory`` holds ``files/`` (the store's verified files), ``locks/`` and ``ranges/``.
     ``manifest_raw`` is the store's ``manifest.json`` as fetched from the remote (or from the
-    cache); it is parsed and checked here and written into ``files/`` if not there yet.
+    cache); it is parsed and checked here and written into the entry if not there yet.
     """
 
-    def __init__(
-        self, remote: Remote, directory: str | os.PathLike[str], manifest_raw: bytes
-    ) -> None:
+    def __init__(self, remote: Remote, entry: CacheEntry, manifest_raw: bytes) -> None:
+        self._setup(remote, entry, manifest_raw)
+        cached = self._cached_manifest()
+        if cached != manifest_raw:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.root / MANIFEST_NAME, manifest_raw)
+        with contextlib.suppress(OSError):  # housekeeping only; a read-only cache still works
+            entry.remove_abandoned_temps()
+
+    def _setup(self, remote: Remote, entry: CacheEntry, manifest_raw: bytes) -> None:
         self.remote = remote
         self.location = remote.location
-        self.directory = Path(directory)
+        self.entry = entry
         self._manifest_raw = manifest_raw
         self.manifest = Manifest.from_bytes(manifest_raw, where=f"{remote.location}/manifest.json")
         self._entries = self.manifest.by_path()
         self._init_state()
-        cached = self.root / MANIFEST_NAME
-        if not cached.is_file() or cached.read_bytes() != manifest_raw:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(cached, manifest_raw)
+
+    def _cached_manifest(self) -> bytes | None:
+        if regular_file_stat(self.root, MANIFEST_NAME) is None:
+            return None
+        return (self.root / MANIFEST_NAME).read_bytes()
 
     @property
     def root(self) -> Path:
         """The local folder the store's verified files are cached in (a store layout)."""
-        return self.directory / FILES_DIR
+        return self.entry.files
 
     # -- per-process state (dropped by pickle, rebuilt after a fork) ------------------------------
 
@@ -114,20 +92,12 @@ class ShardCacheSource(Source):
     def __getstate__(self) -> dict[str, Any]:
         return {
             "remote": self.remote,
-            "directory": str(self.directory),
+            "directory": str(self.entry.directory),
             "manifest_raw": self._manifest_raw,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.remote = state["remote"]
-        self.location = self.remote.location
-        self.directory = Path(state["directory"])
-        self._manifest_raw = state["manifest_raw"]
-        self.manifest = Manifest.from_bytes(
-            self._manifest_raw, where=f"{self.location}/manifest.json"
-        )
-        self._entries = self.manifest.by_path()
-        self._init_state()
+        self._setup(state["remote"], CacheEntry(state["directory"]), state["manifest_raw"])
 
     # -- Source interface -----------------------------------------------------------------------
 
@@ -164,12 +134,11 @@ class ShardCacheSource(Source):
     # -- the cache ------------------------------------------------------------------------------
 
     def _cached(self, entry: ManifestEntry) -> bool:
-        try:
-            return (self.root / entry.path).stat().st_size == entry.size
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        st = regular_file_stat(self.root, entry.path)
+        return st is not None and st.st_size == entry.size
 
     def is_cached(self, path: str) -> bool:
+        """Whether store file ``path`` is in the cache (verified when it was written)."""
         entry = self._entries.get(path)
         return entry is not None and self._cached(entry)
 
@@ -183,26 +152,25 @@ class ShardCacheSource(Source):
         if self._cached(entry):
             return final
         self._check_pid()
-        with _file_lock(self._lock_path(entry.path)):
+        with file_lock(self.entry.lock_path(entry.path)):
             if self._cached(entry):  # another thread or process finished it while we waited
                 return final
             self._download(entry, final)
         return final
 
-    def _lock_path(self, path: str) -> Path:
-        name = hashlib.sha256(path.encode()).hexdigest()[:32]
-        return self.directory / LOCKS_DIR / f"{name}.lock"
-
     def _download(self, entry: ManifestEntry, final: Path) -> None:
-        write_verified(final, entry, self.location, lambda f: self.remote.download(entry.path, f))
+        def fill(out: BinaryIO) -> None:
+            self.remote.download(entry.path, out, entry.size + 1)
+
+        write_verified(self.root, entry, self.location, fill)
         with self._state_lock:
             self.downloads += 1
             self.bytes_downloaded += entry.size
 
     def _prefetch_small(self) -> None:
         """Fetch the files a reader needs at open (metadata, keys, rows, labels, sizes) in
-        parallel, once: there is one labels and one sizes file per shard, and fetching them one
-        by one would make opening a large remote store wait for hundreds of round trips."""
+        parallel, once: fetching them one by one would make opening a large remote store wait
+        for one round trip per file."""
         self._check_pid()
         if self._prefetched:
             return
@@ -220,55 +188,41 @@ class ShardCacheSource(Source):
         """Download (and verify) ``paths``, or every file of the store; return how many files
         are in the cache afterwards. The first error is raised after the others finished."""
         todo = sorted(self._entries) if paths is None else list(paths)
-        if len(todo) <= 1 or threads <= 1:
-            for p in todo:
-                self.ensure(p)
-            return len(todo)
-        with ThreadPoolExecutor(min(threads, len(todo))) as pool:
-            futures = [pool.submit(self.ensure, p) for p in todo]
-            errors = [f.exception() for f in futures]
-        for exc in errors:
-            if exc is not None:
-                raise exc
+        run_all(self.ensure, todo, threads)
         return len(todo)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` shared by threads and processes (flock: every open() has its
-    own lock, so two threads of one process exclude each other too). Released on close, also
-    when the holder dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def write_verified(
-    final: Path, entry: ManifestEntry, location: str, fill: Callable[[BinaryIO], None]
+    root: Path, entry: ManifestEntry, location: str, fill: Callable[[BinaryIO], None]
 ) -> None:
-    """Create ``final`` from ``fill`` (which writes the bytes into a temp file beside it) only
-    if they match ``entry``'s size and sha256; otherwise delete them and raise
-    :class:`CorruptDataError` naming ``location``/path. Readers never see a partial file."""
+    """Create ``root/entry.path`` from ``fill`` (which writes the bytes into a temp file beside
+    it) only if they match ``entry``'s size and sha256; otherwise delete them and raise
+    :class:`CorruptDataError` naming ``location``/path. Readers never see a partial file.
+
+    Nothing is written through a symlink: a link (or other non-regular file) on the way to the
+    file raises :class:`~relabel_store.errors.UnsafePathError`.
+    """
+    final = root / entry.path
+    regular_file_stat(root, entry.path)  # refuses links on the way, before anything is created
     final.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        final.unlink()  # a file of the wrong size: not ours (interrupted copy, edits); replace it
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    regular_file_stat(root, entry.path)  # ... and after the folders exist
+    tmp = temp_path(final)
     try:
         with open(tmp, "wb") as f:
             fill(f)
         size, digest = size_and_sha256(tmp)
         if size != entry.size or digest != entry.sha256:
+            got = (
+                f"more than the manifest's {entry.size} bytes (stopped reading there)"
+                if size > entry.size
+                else f"{size} bytes with sha256 {digest}"
+            )
             raise CorruptDataError(
-                f"{location}/{entry.path}: downloaded {size} bytes with sha256 {digest}, but the "
-                f"manifest says {entry.size} bytes with sha256 {entry.sha256}. The download was "
-                "discarded and nothing was cached. The remote copy is damaged or was changed "
-                "under its pinned revision; tell the store's publisher (re-running "
-                "`relabel-store push` from the verified local store repairs it)."
+                f"{location}/{entry.path}: downloaded {got}, but the manifest says {entry.size} "
+                f"bytes with sha256 {entry.sha256}. The download was discarded and nothing was "
+                "cached. The remote copy is damaged or was changed under its pinned revision; "
+                "tell the store's publisher (re-running `relabel-store push` from the verified "
+                "local store repairs it)."
             )
         os.replace(tmp, final)
     finally:

@@ -1,0 +1,124 @@
+"""``pull``: download a whole remote store and verify it, into the cache or into a folder.
+
+Every file is checked against the manifest's size and sha256 before it is kept; a download never
+reads past the manifest's size; nothing is written or read through a symlink in the destination.
+Re-running resumes: files already there (in the cache, or verified in the folder) are not
+downloaded again. Into a folder, ``manifest.json`` is written last: its presence marks a
+complete copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from relabel_store._io import atomic_write_bytes, regular_file_stat, sha256_file
+from relabel_store._parallel import run_all
+from relabel_store.errors import CorruptDataError
+from relabel_store.format import MANIFEST_NAME
+from relabel_store.manifest import ManifestEntry, VerifyReport, store_files, verify_dir
+from relabel_store.remote import open_remote
+from relabel_store.resolve import LocalTarget, resolve
+from relabel_store.sources.cached import ShardCacheSource, write_verified
+
+
+@dataclass
+class PullResult:
+    """Where the pulled store is, its manifest digest, and what was downloaded."""
+
+    path: Path
+    digest: str
+    files: int
+    downloaded: int
+    report: VerifyReport
+
+
+def pull(
+    name_or_url: str,
+    to: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    threads: int = 8,
+    log: Callable[[str], None] | None = None,
+) -> PullResult:
+    """Download a whole remote store and verify it: into the cache (``to=None``; the store is
+    then read locally by every later ``load_relabel`` of the same revision) or into folder
+    ``to``, which becomes a plain local store."""
+    resolved = resolve(name_or_url, revision)
+    if isinstance(resolved.target, LocalTarget):
+        raise ValueError(f"{name_or_url} is a local store already; there is nothing to pull")
+    source = open_remote(
+        resolved, mode="cache", cache_dir=cache_dir, token=token, storage_options=storage_options
+    )
+    manifest = source.manifest
+    if log is not None:
+        log(f"{source.location}: {len(manifest.entries) + 1} files, {manifest.total_bytes} bytes")
+    if to is None:
+        before = source.downloads
+        source.fetch(None, threads=threads)
+        dest = source.root
+        downloaded = source.downloads - before
+    else:
+        dest = Path(to)
+        downloaded = _pull_into(source, dest, threads)
+    report = verify_dir(dest, manifest)
+    if not report.ok:
+        raise CorruptDataError(
+            f"{dest}: the pulled store does not match the manifest of {source.location}:\n  "
+            + "\n  ".join(report.lines())
+        )
+    return PullResult(dest, manifest.digest, len(manifest.entries) + 1, downloaded, report)
+
+
+def _pull_into(source: ShardCacheSource, dest: Path, threads: int) -> int:
+    """Fill folder ``dest`` with the store's verified files; return how many were downloaded."""
+    manifest = source.manifest
+    raw = source.read(MANIFEST_NAME)
+    assert raw is not None
+    if regular_file_stat(dest, MANIFEST_NAME) is not None:
+        if (dest / MANIFEST_NAME).read_bytes() == raw:
+            return 0  # a finished pull of the same store: verify_dir checks it
+        raise FileExistsError(
+            f"{dest} already holds a different store (its manifest differs); choose another --to"
+        )
+    if dest.exists():
+        if not dest.is_dir():
+            raise FileExistsError(f"{dest} exists and is not a directory")
+        foreign = sorted(set(store_files(dest)) - set(manifest.by_path()))
+        if foreign:
+            raise FileExistsError(
+                f"{dest} is not empty and is not an interrupted pull of this store (it has "
+                f"{foreign[0]!r}); choose another --to"
+            )
+
+    def one(e: ManifestEntry) -> int:
+        st = regular_file_stat(dest, e.path)  # UnsafePathError for a link on the way
+        if st is not None and st.st_size == e.size and sha256_file(dest / e.path) == e.sha256:
+            return 0  # from an interrupted pull
+        if source.is_cached(e.path):
+            cached = source.root / e.path
+
+            def copy(out: BinaryIO) -> None:
+                with open(cached, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+
+            write_verified(dest, e, source.location, copy)
+            return 0
+
+        def download(out: BinaryIO) -> None:
+            source.remote.download(e.path, out, e.size + 1)
+
+        write_verified(dest, e, source.location, download)
+        return 1
+
+    dest.mkdir(parents=True, exist_ok=True)
+    downloaded = sum(run_all(one, manifest.entries, threads))
+    atomic_write_bytes(dest / MANIFEST_NAME, raw)  # last: its presence marks a complete copy
+    return downloaded
