@@ -175,9 +175,12 @@ def test_tokenlabeling_folder(tmp_path):
     for name, tensor in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(saved(tensor))
+    link = folder / "n01440764" / "n01440764_link.pt"  # links are reported, never followed
+    link.symlink_to(folder / next(iter(files)))
     result = import_maps(folder, tmp_path / "s.zarr", workers=0, progress=False)
     store = load_relabel(tmp_path / "s.zarr")
     assert result.format == "tokenlabeling" and store.metadata.grid == (14, 14)
+    assert result.skipped == 1 and "symbolic link" in (tmp_path / "s.zarr/errors.jsonl").read_text()
     check_store(store, files, exact=True)  # float16 maps are stored as they are
     assert store.metadata.annotator["model"] == "dm_nfnet_f6"
     assert "preprocess.resize_mode" in store.metadata.annotator["unknown"]
