@@ -14,7 +14,9 @@ times in one run:
   writes, finalize, manifest), float16 values and float32 values.
 
 It prints maps/s with the projection to the release's 1,281,167 maps (target: <= 20 minutes on
-2 cores, >= 1,070 maps/s end to end), bytes per record with the projected store size, and the
+2 cores, >= 1,070 maps/s end to end), the CPU time per map of the importing process (reading,
+the store writer's compression) and of the decoding workers, which shows which side limits on a
+shared machine too, bytes per record with the projected store size, and the
 largest change float16 logits make to pooled targets at several logit scales. The tar is read
 from the page cache (just written): a cold disk adds its read time, about 12 GB.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import resource
 import tarfile
 import tempfile
 import time
@@ -98,6 +101,19 @@ def decode_only(tar: Path, workers: int) -> tuple[float, float]:
     return scanned, time.perf_counter() - t0
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process and of its finished children (the workers)."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def cpu_per_map(before: tuple[float, float], n: int) -> str:
+    me, kids = (b - a for a, b in zip(before, cpu_seconds(), strict=True))
+    return (
+        f"CPU per map: importing process {me / n * 1e6:5.0f} us, workers {kids / n * 1e6:4.0f} us"
+    )
+
+
 def projection(rate: float) -> str:
     seconds = IMAGENET / rate
     return f"{rate:8.0f} maps/s   ImageNet {seconds / 60:6.1f} min"
@@ -133,20 +149,24 @@ def main() -> None:
             f"({size / args.maps:.0f} B per map), built in {time.perf_counter() - t0:.0f} s; "
             f"{os.cpu_count()} CPUs, {workers} decoding workers"
         )
+        before = cpu_seconds()
         scan, decode = decode_only(tar, workers)
+        decode_cpu = cpu_per_map(before, args.maps)
         results = {}
         for values in ("float16", "float32"):
+            before = cpu_seconds()
             t0 = time.perf_counter()
             result = import_maps(
                 tar, tmp / f"{values}.zarr", values=values, workers=workers, progress=False
             )
-            results[values] = (time.perf_counter() - t0, result)
-        print(f"scan (header pass):              {projection(args.maps / scan)}")
-        print(f"decode only (scan + read + load): {projection(args.maps / decode)}")
-        for values, (seconds, result) in results.items():
+            seconds = time.perf_counter() - t0
+            results[values] = (seconds, result, cpu_per_map(before, args.maps))
+        print(f"scan (header pass):               {projection(args.maps / scan)}")
+        print(f"decode only (scan + read + load): {projection(args.maps / decode)}   {decode_cpu}")
+        for values, (seconds, result, cpu) in results.items():
             per = result.store_bytes / result.records
             print(
-                f"import, {values} values:          {projection(args.maps / seconds)}   "
+                f"import, {values} values:          {projection(args.maps / seconds)}   {cpu}   "
                 f"{per:,.0f} B/record, ImageNet {per * IMAGENET / 1e9:.2f} GB"
             )
         rounding = results["float16"][1].rounding
