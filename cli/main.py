@@ -86,6 +86,14 @@ def _human(n: float) -> str:
 @click.option("--split", default=None, help="Split of --hf-dataset (e.g. train).")
 @click.option("--image-column", default="image", show_default=True)
 @click.option("--key-column", default=None, help="Column holding sample keys (default: file stem).")
+@click.option(
+    "--key-mode",
+    type=click.Choice(["stem", "relpath"]),
+    default="stem",
+    show_default=True,
+    help="Keys from file paths: the file stem, or the path below INPUT without its suffix (for "
+    "file names that repeat across folders, as in Places365). Loaders use the same mode.",
+)
 @click.option("--label-column", default="auto", show_default=True)
 @click.option(
     "--kind",
@@ -125,7 +133,8 @@ def _human(n: float) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def generate(input: str | None, output: Path, model: str, checkpoint: str | None, grid: int,
              k: int, input_size: int | None, hf_dataset: str | None, split: str | None,
-             image_column: str, key_column: str | None, label_column: str, kind: str,
+             image_column: str, key_column: str | None, key_mode: str, label_column: str,
+             kind: str,
              dataset_name: str | None, parent: str | None, batch_size: int,
              workers: int | None, shard_records: int, on_error: Literal["skip", "fail"],
              device: str, amp: str,
@@ -142,6 +151,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     from relabel_store.annotator import load_annotator
     from relabel_store.generate import generate as run
     from relabel_store.inputs import open_inputs
+    from relabel_store.keys import check_key_mode
 
     source_arg = input if hf_dataset is None else hf_dataset
     if source_arg is None or (input is not None and hf_dataset is not None):
@@ -160,6 +170,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         image_column=image_column,
         key_column=key_column,
         label_column=None if label_column == "none" else label_column,
+        key_mode=check_key_mode(key_mode),
     )
     annotator = load_annotator(
         model, checkpoint, grid=(grid, grid), k=k, input_size=input_size, device=device,

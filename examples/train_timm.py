@@ -34,7 +34,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from relabel_store import load_relabel
-from relabel_store.loaders import RelabelDataset
+from relabel_store.loaders import RelabelDataset, timm_mixup
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -54,7 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mix",
         choices=["cutmix", "timm", "none"],
         default="cutmix",
-        help="torchvision v2 CutMix, timm Mixup(multi_label=True, label_smoothing=0), or none",
+        help="torchvision v2 CutMix, timm Mixup for soft targets (timm_mixup), or none",
     )
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -93,15 +93,9 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     if args.mix == "cutmix":
         mix = v2.CutMix(alpha=1.0)  # (B, C) soft targets are mixed like one-hot ones
     elif args.mix == "timm":
-        # multi_label=True takes dense (B, C) targets; label_smoothing must be 0 for them to
-        # stay probabilities (timm smooths multi-label targets towards 0.5).
-        mix = timm.data.Mixup(
-            mixup_alpha=0.0,
-            cutmix_alpha=1.0,
-            label_smoothing=0.0,
-            num_classes=num_classes,
-            multi_label=True,
-        )
+        # timm's Mixup set up for soft targets: multi_label=True (dense (B, C) targets) and no
+        # label smoothing (timm smooths multi-label targets towards 0.5).
+        mix = timm_mixup(store, mixup_alpha=0.0, cutmix_alpha=1.0)
     else:
         mix = None
 

@@ -2,6 +2,15 @@
 
 from relabel_store.loaders.crops import ReturnsCropBox, track_crops
 from relabel_store.loaders.hf import relabel_transform
+from relabel_store.loaders.mixing import check_mixing, timm_mixup
 from relabel_store.loaders.pytorch import LabelPooler, RelabelDataset
 
-__all__ = ["LabelPooler", "RelabelDataset", "ReturnsCropBox", "relabel_transform", "track_crops"]
+__all__ = [
+    "LabelPooler",
+    "RelabelDataset",
+    "ReturnsCropBox",
+    "check_mixing",
+    "relabel_transform",
+    "timm_mixup",
+    "track_crops",
+]

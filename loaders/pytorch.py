@@ -2,8 +2,11 @@
 
 ``RelabelDataset(base, store, transform)`` keeps the user's dataset and transform. For each sample
 it applies the transform, recovers the crop box and flip (see :mod:`.crops`), reads the record
-and pools it into a soft target. Keys are resolved once, at construction, by binary search of the
-store's sorted keys: a missing key fails then, not in the middle of an epoch.
+and pools it into a soft target. Everything that can be checked is checked at construction, not
+in the middle of an epoch: keys are resolved by binary search of the store's sorted keys (a
+missing key fails then), the transform is validated by a dry run, a transform on the base
+dataset is taken over or refused, and the dataset's classes are matched with the store's before
+any label is mixed into a target.
 
 With ``pooling="batch"`` the dataset returns a small reference instead of the target, and a
 :class:`LabelPooler` turns a collated batch of references into targets in the training process,
@@ -14,19 +17,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from relabel_store.errors import RecordNotFoundError
+from relabel_store.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    RecordNotFoundError,
+)
+from relabel_store.keys import KeyMode, check_key_mode, legacy_key
+from relabel_store.loaders import _bases
+from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders.crops import track_crops
 from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool, stack_boxes
 from relabel_store.reader import RelabelStore
 
-__all__ = ["LabelPooler", "RelabelDataset", "keys_from_paths", "pool_rows", "resolve_rows"]
+__all__ = [
+    "LabelPooler",
+    "RelabelDataset",
+    "open_store",
+    "pool_rows",
+    "resolve_rows",
+]
 
 Missing = Literal["error", "original"]
 
@@ -35,29 +50,47 @@ Missing = Literal["error", "original"]
 _BATCH_POOLING_MIN = 24
 
 
-def keys_from_paths(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Store keys for image files: the file stem (``.../n01440764_10026.JPEG`` -> the stem)."""
-    return [Path(p).stem for p in paths]
+def open_store(store: Any) -> RelabelStore:
+    """``store`` opened with :func:`relabel_store.load_relabel` (an open store as it is)."""
+    from relabel_store.api import load_relabel
 
-
-def _default_keys(base: Any) -> list[str]:
-    samples = getattr(base, "samples", None)  # torchvision ImageFolder / DatasetFolder
-    if samples is not None:
-        return keys_from_paths([s[0] for s in samples])
-    filename = getattr(base, "filename", None)  # timm ImageDataset
-    if callable(filename):
-        return keys_from_paths([filename(i, absolute=True) for i in range(len(base))])
-    raise TypeError(
-        f"cannot find the file paths of {type(base).__name__} to derive store keys; pass "
-        "key_fn=lambda index: '<key of sample index>' (keys are file stems such as "
-        "'n01440764_10026')"
-    )
+    return load_relabel(store)
 
 
 def resolve_rows(
-    store: RelabelStore, keys: Sequence[str], missing: Missing = "error"
+    store: RelabelStore,
+    keys: Sequence[str],
+    missing: Missing = "error",
+    paths: Sequence[str | None] | None = None,
 ) -> np.ndarray:
-    """Row (position in key order) of every key, vectorised; -1 for absent keys if allowed."""
+    """Row (position in key order) of every key, vectorised; -1 for absent keys if allowed.
+
+    With ``paths`` (the files the keys came from), a key not in the store is tried again in
+    the form stores written before keys dropped the Hub's ImageNet suffix hold.
+    """
+    pos = _search(store, keys)
+    if paths is not None:
+        retry = {
+            i: alt
+            for i in np.flatnonzero(pos < 0).tolist()
+            if paths[i] and (alt := legacy_key(keys[i], paths[i])) != keys[i]  # type: ignore[arg-type]
+        }
+        if retry:
+            pos[list(retry)] = _search(store, list(retry.values()))
+    if missing == "error" and (pos < 0).any():
+        absent = np.flatnonzero(pos < 0)
+        raise RecordNotFoundError(
+            f"{len(absent)} of {len(keys)} samples have no record in store "
+            f"{store.source.location} (first: {[keys[i] for i in absent[:5].tolist()]}). Check "
+            "that the store was generated for this dataset and that key_fn derives the same "
+            "keys (key_mode as in generate), or pass missing='original' to fall back to the "
+            "dataset's own one-hot label."
+        )
+    return pos
+
+
+def _search(store: RelabelStore, keys: Sequence[str]) -> np.ndarray:
+    """Rows of ``keys`` in the store's sorted key table; -1 where absent."""
     if not keys:
         return np.zeros(0, np.int64)
     encoded = np.array([k.encode() for k in keys])
@@ -65,31 +98,70 @@ def resolve_rows(
     pos = np.searchsorted(table, encoded).astype(np.int64)
     found = pos < len(table)
     found[found] = table[pos[found]] == encoded[found]
-    if not found.all():
-        absent = [keys[i] for i in np.flatnonzero(~found)[:5]]
-        if missing == "error":
-            raise RecordNotFoundError(
-                f"{int((~found).sum())} of {len(keys)} samples have no record in store "
-                f"{store.source.location} (first: {absent}). Check that the store was generated "
-                "for this dataset and that key_fn derives the same keys, or pass "
-                "missing='original' to fall back to the dataset's own one-hot label."
-            )
-        pos[~found] = -1
+    pos[~found] = -1
     return pos
+
+
+def _check_unique_keys(keys: Sequence[str], paths: Sequence[str] | None, key_mode: str) -> None:
+    """Refuse different files that share a key: they would share one label map."""
+    if paths is None:
+        return
+    first: dict[str, str] = {}
+    clashes = []
+    for key, path in zip(keys, paths, strict=True):
+        seen = first.setdefault(key, path)
+        if seen != path:
+            clashes.append(f"{key!r} ({seen} and {path})")
+    if clashes:
+        fix = (
+            "Key files by their path below the dataset root: key_mode='relpath' here, with a "
+            "store generated by relabel-store generate --key-mode relpath."
+            if key_mode == "stem"
+            else "Give each sample its own key with key_fn=..."
+        )
+        raise ConfigurationError(
+            f"{len(clashes)} samples share their store key with a different file, so they "
+            f"would get another image's label map (for example {'; '.join(clashes[:3])}). {fix}"
+        )
+
+
+def _label(value: Any) -> int:
+    """The dataset's integer label, or -1 when it is not one (unknown, or transformed)."""
+    if isinstance(value, bool):
+        return -1
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        return int(value)
+    return -1
 
 
 class RelabelDataset(Dataset):
     """``base[i] -> (image, label)`` becomes ``(transform(image), soft_target)``.
 
+    - ``base``: a map-style dataset of ``(image, label)`` (torchvision ``ImageFolder``, timm
+      ``ImageDataset``, a ``Subset``/``ConcatDataset`` of them, ...) or a Hugging Face
+      ``datasets.Dataset`` (read through ``image_column``/``label_column``/``key_column``). A
+      transform the base applies itself is taken over (torchvision, timm) or refused.
     - ``store``: a :class:`RelabelStore` or anything :func:`relabel_store.load_relabel` takes.
     - ``transform``: the user's own image transform (torchvision v2 / v1, timm, or a
-      :class:`~relabel_store.loaders.ReturnsCropBox`); its crop box and flip are recovered.
-    - ``key_fn(index) -> key``: overrides keys derived from the base dataset's file paths.
+      :class:`~relabel_store.loaders.ReturnsCropBox`); its crop box and flip are recovered. It
+      may be replaced later (``dataset.transform = ...``, as timm's ``create_loader`` does);
+      every transform is validated by a dry run when it is set.
+    - ``key_fn(index) -> key``: overrides keys derived from the base dataset's file paths;
+      ``key_mode``: how keys come from paths, ``"stem"`` or ``"relpath"`` (default: the mode
+      the store was generated with).
     - ``spec``: pooling variant, output grid and original-label mixing (:class:`PoolingSpec`).
     - ``missing``: ``"error"`` (default) refuses samples without a record at construction;
       ``"original"`` gives them the one-hot of the dataset's label instead.
+    - ``class_map``: which store class each dataset label is, when the dataset's class names
+      do not match the store's class identifiers (see :mod:`._classes`); only needed when
+      labels are mixed in (``missing="original"``, ``spec.original_weight``).
     - ``pooling``: ``"sample"`` pools in the DataLoader worker and returns a (C,) float32
       target; ``"batch"`` returns a reference dict for :class:`LabelPooler`.
+
+    ``label_map`` holds how the dataset's labels index the store's classes (``table``: the
+    store class id of each dataset label, -1 for none).
     """
 
     def __init__(
@@ -99,29 +171,150 @@ class RelabelDataset(Dataset):
         transform: Any = None,
         *,
         key_fn: Callable[[int], str] | None = None,
+        key_mode: KeyMode | None = None,
         spec: PoolingSpec | None = None,
         missing: Missing = "error",
         pooling: Literal["sample", "batch"] = "sample",
+        class_map: ClassMap | None = None,
+        image_column: str = "image",
+        label_column: str | None = "label",
+        key_column: str | None = None,
     ) -> None:
         if missing not in ("error", "original"):
-            raise ValueError(f"missing must be 'error' or 'original', got {missing!r}")
+            raise ConfigurationError(f"missing must be 'error' or 'original', got {missing!r}")
         if pooling not in ("sample", "batch"):
-            raise ValueError(f"pooling must be 'sample' or 'batch', got {pooling!r}")
-        if not isinstance(store, RelabelStore):
-            from relabel_store.api import load_relabel
-
-            store = load_relabel(store)
-        self.base = base
-        self.store = store
+            raise ConfigurationError(f"pooling must be 'sample' or 'batch', got {pooling!r}")
+        if spec is not None and not isinstance(spec, PoolingSpec):
+            raise ArgumentTypeError(f"spec must be a PoolingSpec, got {type(spec).__name__}")
+        if key_fn is not None and not callable(key_fn):
+            raise ArgumentTypeError(
+                f"key_fn must be a function index -> key, got {type(key_fn).__name__}"
+            )
+        self.store = open_store(store)
         self.spec = spec or PoolingSpec()
         self.pooling = pooling
-        self.num_classes = store.metadata.num_classes
-        self.track = track_crops(transform)
-        keys = [key_fn(i) for i in range(len(base))] if key_fn else _default_keys(base)
-        self.rows = resolve_rows(store, keys, missing)
+        self.num_classes = self.store.metadata.num_classes
+        base = _check_base(base, image_column, label_column, key_column)
+        base, transform = _bases.take_over_transform(base, transform)
+        self.base = base
+        recorded = self.store.metadata.dataset.get("key_mode") or "stem"
+        key_mode = check_key_mode(key_mode if key_mode is not None else recorded)
+        keys, paths = self._keys(key_fn, key_mode)
+        _check_unique_keys(keys, paths, key_mode)
+        self.rows = resolve_rows(self.store, keys, missing, paths)
+        self.label_map = match_labels(
+            self.store.metadata,
+            _bases.class_names(base),
+            class_map,
+            dataset=f"the base dataset ({type(base).__name__})",
+        )
+        self._check_labels(class_map)
+        self.transform = transform
+
+    def _keys(
+        self, key_fn: Callable[[int], str] | None, key_mode: KeyMode
+    ) -> tuple[list[str], list[str] | None]:
+        if key_fn is not None:
+            return [key_fn(i) for i in range(len(self.base))], None
+        from relabel_store.loaders.hf import DatasetRows
+
+        if isinstance(self.base, DatasetRows):
+            return self.base.keys(key_mode)
+        return _bases.keys_of(self.base, key_mode)
+
+    def _check_labels(self, class_map: ClassMap | None) -> None:
+        """Refuse now whatever would mix a dataset label into a target at the wrong class."""
+        uses = []
+        if self.spec.original_weight > 0:
+            uses.append(f"PoolingSpec(original_weight={self.spec.original_weight})")
+        absent = int((self.rows < 0).sum())
+        if absent:
+            uses.append(f"missing='original' ({absent} samples have no record)")
+        if not uses:
+            return
+        self.label_map.require(" and ".join(uses))
+        if class_map is None and _bases.target_transform(self.base) is not None:
+            raise ConfigurationError(
+                f"{' and '.join(uses)} mixes in the dataset's labels, and the base dataset "
+                "changes them with a target_transform, so they cannot be matched with the "
+                "store's classes by name. Remove the target_transform, or pass class_map= for "
+                "the labels it produces."
+            )
+
+    # -- the transform ----------------------------------------------------------------------------
+
+    @property
+    def transform(self) -> Any:
+        """The image transform; assigning one validates it and tracks its crops from then on."""
+        return self._transform
+
+    @transform.setter
+    def transform(self, transform: Any) -> None:
+        replacing = "_transform" in self.__dict__
+        if replacing and transform is None:
+            raise ConfigurationError(
+                "RelabelDataset.transform was set to None after construction. timm's "
+                "create_loader(input_size_choices=...) does that and then applies its "
+                "transforms outside RelabelDataset, where the crop box cannot be tracked: "
+                "scheduled input sizes are not supported (remove input_size_choices). To train "
+                "on untransformed images, build RelabelDataset(..., transform=None)."
+            )
+        if transform is not None and not callable(transform) and not isinstance(transform, tuple):
+            raise ArgumentTypeError(
+                f"transform must be callable (an image transform), got {type(transform).__name__}"
+            )
+        track = track_crops(transform, sample=self._sample_image())
+        self._check_collation(transform)
+        self.track = track
+        self._transform = transform
+
+    def _sample_image(self) -> Any:
+        """The first sample's image, untransformed: what the dry run feeds the transform."""
+        if len(self.base) == 0:
+            return None
+        return self.base[0][0]
+
+    def _check_collation(self, transform: Any) -> None:
+        """timm's create_loader(use_prefetcher=True) collates with fast_collate and moves
+        targets with PrefetchLoader: refuse what they cannot carry, naming the flag."""
+        steps = list(transform) if isinstance(transform, tuple | list) else [transform]
+        last = _last_step(steps[-1]) if steps else None
+        if last is None or not (
+            type(last).__module__.startswith("timm.data")
+            and type(last).__name__ in ("MaybePILToTensor", "ToNumpy")
+        ):
+            return
+        if self.pooling == "batch":
+            raise ConfigurationError(
+                "this is timm's prefetcher pipeline (create_loader(use_prefetcher=True), the "
+                "default), whose PrefetchLoader moves targets as tensors; pooling='batch' "
+                "returns reference dicts. Pass use_prefetcher=False to create_loader, or use "
+                "pooling='sample'."
+            )
+        from timm.data.loader import fast_collate
+
+        shape = (*(() if self.spec.grid == (1, 1) else self.spec.grid), self.num_classes)
+        soft = torch.full(shape, 1.0 / self.num_classes)
+        image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+        try:
+            targets = fast_collate([(image, soft), (image, soft)])[1]
+            carried = targets.shape == (2, *shape) and targets.is_floating_point()
+        except Exception:
+            carried = False
+        if not carried:
+            raise ConfigurationError(
+                "this timm version's fast_collate (create_loader(use_prefetcher=True), the "
+                "default) turns targets into class indices, which would destroy soft targets. "
+                "Pass use_prefetcher=False to create_loader, or upgrade timm."
+            )
+
+    # -- samples ----------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def _store_label(self, value: Any) -> int:
+        return int(self.label_map.to_store(np.array([_label(value)]))[0])
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
         """A whole batch (DataLoader calls this when it exists): images first, then every
@@ -129,39 +322,84 @@ class RelabelDataset(Dataset):
         caches instead of interleaving it with image decoding."""
         if self.pooling == "batch":
             return [self[i] for i in indices]
+        read_many = getattr(self.base, "__getitems__", None)
+        samples = read_many(indices) if read_many else [self.base[i] for i in indices]
         images, boxes, labels = [], [], []
-        for index in indices:
-            image, label = self.base[index]
-            image, box = self.track(image)
+        for sample in samples:
+            image, box = self.track(sample[0])
             images.append(image)
             boxes.append(box)
-            labels.append(int(label))
+            labels.append(_label(sample[1]))
         targets = pool_rows(
-            self.store, self.rows[indices], boxes, np.asarray(labels), spec=self.spec
+            self.store,
+            self.rows[indices],
+            boxes,
+            self.label_map.to_store(np.asarray(labels)),
+            spec=self.spec,
         )
         return list(zip(images, targets, strict=True))
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        image, label = self.base[index]
+        image, label = self.base[index][:2]
         image, box = self.track(image)
         row = int(self.rows[index])
+        store_label = self._store_label(label)
         if self.pooling == "batch":
             return image, {
                 "row": row,
                 "box": torch.tensor((box.x0, box.y0, box.x1, box.y1), dtype=torch.float64),
                 "flipped": box.flipped,
-                "label": int(label),
+                "label": store_label,
             }
-        return image, torch.from_numpy(self.target(row, box, int(label)))
+        return image, torch.from_numpy(self.target(row, box, store_label))
 
     def target(self, row: int, box: CropBox, label: int) -> np.ndarray:
-        """The soft target of store row ``row`` (or the one-hot ``label`` when row is -1)."""
+        """The soft target of store row ``row`` (or the one-hot of ``label``, a store class id,
+        when row is -1)."""
         if row < 0:
             return _one_hot(label, self.num_classes, self.spec)
         rec = self.store.get_row(row)
         return pool(
             rec.indices, rec.values, box, num_classes=self.num_classes, spec=self.spec, label=label
         )
+
+
+def _check_base(base: Any, image_column: str, label_column: str | None, key_column: Any) -> Any:
+    """The base dataset, read through :class:`~.hf.DatasetRows` when it is a ``datasets`` one;
+    an :class:`ArgumentTypeError` for what cannot be a map-style image dataset."""
+    if base is None or isinstance(base, str | bytes | os.PathLike):
+        hint = " (build one first, e.g. ImageFolder(path))" if base is not None else ""
+        raise ArgumentTypeError(
+            "base must be a map-style dataset of (image, label) samples: torchvision "
+            "ImageFolder, timm ImageDataset, a datasets.Dataset, ...; got "
+            f"{type(base).__name__}{hint}"
+        )
+    module = type(base).__module__
+    if module.startswith("datasets."):
+        import datasets
+
+        if isinstance(base, datasets.Dataset):
+            from relabel_store.loaders.hf import DatasetRows
+
+            return DatasetRows(base, image_column, label_column, key_column)
+    if isinstance(base, torch.utils.data.IterableDataset) or module.startswith("datasets."):
+        raise ArgumentTypeError(
+            f"RelabelDataset needs a map-style dataset (len and indexing), got "
+            f"{type(base).__name__}. For a streaming datasets.IterableDataset, use "
+            "ids.map(relabel_transform(store, transform), batched=True)."
+        )
+    if not (hasattr(base, "__getitem__") and hasattr(base, "__len__")):
+        raise ArgumentTypeError(
+            f"base must be a map-style dataset (len and indexing), got {type(base).__name__}"
+        )
+    return base
+
+
+def _last_step(transform: Any) -> Any:
+    inner = getattr(transform, "transforms", None)
+    if type(transform).__name__ == "Compose" and inner:
+        return _last_step(inner[-1])
+    return transform
 
 
 def pool_rows(
@@ -175,8 +413,9 @@ def pool_rows(
 ) -> torch.Tensor:
     """Targets (B, C) (or (B, oh, ow, C)) for store rows (-1: fall back to the one-hot label).
 
-    Reads the records in one call; pools them with one :class:`BatchPooler` call for large
-    batches, with :func:`pool` per row for small ones. ``names`` label rows in errors.
+    ``labels`` are store class ids (-1: unknown). Reads the records in one call; pools them
+    with one :class:`BatchPooler` call for large batches, with :func:`pool` per row for small
+    ones. ``names`` label rows in errors.
     """
     n, c = len(rows), store.metadata.num_classes
     grid = () if spec.output_size == 1 else spec.grid
@@ -232,18 +471,30 @@ class LabelPooler(torch.nn.Module):
 
     Reads the batch's records in one call and pools them with :class:`BatchPooler` on
     ``device``: ``targets = pooler(refs)`` right after ``images, refs = next(loader)``.
+    ``source`` is the :class:`RelabelDataset` (its store and spec are used, and its labels are
+    checked against the store's classes when ``spec`` mixes them in) or a store.
     """
 
     def __init__(
         self,
-        store: RelabelStore,
+        source: RelabelDataset | RelabelStore | str | os.PathLike[str],
         spec: PoolingSpec | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.store = store
-        self.spec = spec or PoolingSpec()
-        self.num_classes = store.metadata.num_classes
+        if spec is not None and not isinstance(spec, PoolingSpec):
+            raise ArgumentTypeError(f"spec must be a PoolingSpec, got {type(spec).__name__}")
+        if isinstance(source, RelabelDataset):
+            self.store = source.store
+            self.spec = spec or source.spec
+            if self.spec.original_weight > 0:
+                source.label_map.require(
+                    f"PoolingSpec(original_weight={self.spec.original_weight})"
+                )
+        else:
+            self.store = open_store(source)
+            self.spec = spec or PoolingSpec()
+        self.num_classes = self.store.metadata.num_classes
         self.pooler = BatchPooler(self.num_classes, self.spec)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 

@@ -2,16 +2,20 @@
 
 from relabel_store.api import load_relabel
 from relabel_store.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
     CorruptDataError,
     FormatError,
     IncompleteStoreError,
     InvalidBoxError,
+    LabelSpaceError,
     RecordNotFoundError,
     RelabelStoreError,
     RemoteError,
     RowOutOfRangeError,
     StoreNotFoundError,
     UnsafePathError,
+    UnsupportedTransformError,
 )
 from relabel_store.format import StoreMetadata
 from relabel_store.manifest import VerifyReport, verify_store
@@ -20,12 +24,15 @@ from relabel_store.reader import Record, RecordBatch, RelabelStore
 from relabel_store.writer import StoreWriter
 
 __all__ = [
+    "ArgumentTypeError",
     "BatchPooler",
+    "ConfigurationError",
     "CorruptDataError",
     "CropBox",
     "FormatError",
     "IncompleteStoreError",
     "InvalidBoxError",
+    "LabelSpaceError",
     "PoolingSpec",
     "Record",
     "RecordBatch",
@@ -38,6 +45,7 @@ __all__ = [
     "StoreNotFoundError",
     "StoreWriter",
     "UnsafePathError",
+    "UnsupportedTransformError",
     "VerifyReport",
     "load_relabel",
     "pool",

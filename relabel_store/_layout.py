@@ -84,13 +84,6 @@ class ArrayLayout:
     def chunk_key(self, coords: tuple[int, ...]) -> str:
         return f"{self.name}/c{self.separator}" + self.separator.join(map(str, coords))
 
-    @property
-    def inner_per_shard(self) -> int:
-        assert self.inner_shape is not None
-        return int(
-            np.prod([c // i for c, i in zip(self.chunk_shape, self.inner_shape, strict=True)])
-        )
-
     def decode_array(self, data: bytes, shape: tuple[int, ...], where: str) -> np.ndarray:
         raw = self.decode(data, where)
         expected = int(np.prod(shape)) * self.dtype.itemsize

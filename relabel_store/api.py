@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from relabel_store.errors import ArgumentTypeError, ConfigurationError
 from relabel_store.reader import RelabelStore
 from relabel_store.remote import Mode, open_remote
 from relabel_store.resolve import LocalTarget, resolve
 
 
 def load_relabel(
-    name_or_path: str | os.PathLike[str],
+    name_or_path: str | os.PathLike[str] | RelabelStore,
     revision: str | None = None,
     *,
     mode: Mode = "cache",
@@ -33,7 +34,9 @@ def load_relabel(
       open;
     - ``"s3://bucket/store.relabel.zarr"``, ``"file:///..."``, any fsspec URL
       (``storage_options`` are passed to fsspec);
-    - ``"imagenet-relabel"``: a name from :mod:`relabel_store.registry`.
+    - ``"imagenet-relabel"``: a name from :mod:`relabel_store.registry`;
+    - an open :class:`RelabelStore`, returned as it is (so every API that takes a store location
+      takes an open store too).
 
     Remote stores are read through a verified local cache (``mode="cache"``: each shard is
     downloaded whole on first touch and checked against the manifest) or with ranged requests
@@ -41,6 +44,18 @@ def load_relabel(
     ``$HF_HOME/relabel-store``; ``token`` to huggingface_hub's usual sources. With
     ``HF_HUB_OFFLINE=1`` stores open from the cache without any request.
     """
+    if isinstance(name_or_path, RelabelStore):
+        if revision is not None:
+            raise ConfigurationError(
+                f"revision={revision!r} applies to a store location, not to an open store"
+            )
+        return name_or_path
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise ArgumentTypeError(
+            "a store is a RelabelStore or its location as str or os.PathLike (a local path, "
+            "a Hub repo 'org/name' or 'hf://datasets/org/name@rev', an fsspec URL or a "
+            f"registered name); got {type(name_or_path).__name__}"
+        )
     resolved = resolve(name_or_path, revision)
     if isinstance(resolved.target, LocalTarget):
         return RelabelStore.open(resolved.target.path)

@@ -61,3 +61,16 @@ class InputError(RelabelStoreError, ValueError):
 
 class RemoteError(RelabelStoreError, OSError):
     """A remote store cannot be reached, refused access, or is needed while offline."""
+
+
+class ConfigurationError(RelabelStoreError, ValueError):
+    """Settings that would train on wrong targets (a transform on the base dataset, a mixing
+    setup that breaks soft targets, an unknown key mode, ...); the message names the fix."""
+
+
+class LabelSpaceError(ConfigurationError):
+    """A dataset's labels cannot be matched to the store's classes."""
+
+
+class ArgumentTypeError(RelabelStoreError, TypeError):
+    """An argument of the wrong type; the message names the types expected."""

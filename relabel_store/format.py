@@ -27,12 +27,12 @@ PROGRESS_DIR = "_progress"
 # Record arrays: one inner chunk per record, `shard_records` records per shard file.
 INDICES = "indices"
 VALUES = "values"
-# Per-row arrays, chunked by shard so a shard's rows are written together.
-LABELS = "labels"
-SIZES = "sizes"
-# Written by finalize(): sorted keys (NUL-padded UTF-8 bytes) and the row each key lives in.
+# Written by finalize(), in key order, in chunks of KEY_CHUNK_ROWS: the sorted keys (NUL-padded
+# UTF-8 bytes), the record row each key lives in, its original label and its image size.
 KEYS = "keys"
 ROWS = "rows"
+LABELS = "labels"
+SIZES = "sizes"
 KEY_CHUNK_ROWS = 1 << 18
 
 DEFAULT_SHARD_RECORDS = 4096

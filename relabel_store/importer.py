@@ -52,7 +52,7 @@ from relabel_store.format import (
     StoreMetadata,
 )
 from relabel_store.generate import imagenet_label_space
-from relabel_store.inputs import _key_of
+from relabel_store.keys import key_from_path
 from relabel_store.manifest import safe_relpath
 from relabel_store.writer import StoreWriter, read_group_attrs
 
@@ -286,7 +286,7 @@ def _place(name: str, row: int, wnid_index: dict[str, int]) -> tuple[str, int, s
     parts = clean.split("/")
     if not parts[-1].endswith(".pt"):
         return placeholder, -1, "not a .pt file"
-    key = _key_of(clean)
+    key = key_from_path(clean)
     if not key or key != key.strip():
         return placeholder, -1, f"file stem {key!r} cannot be a key (empty or padded)"
     label = wnid_index.get(parts[-2], -1) if len(parts) > 1 else -1

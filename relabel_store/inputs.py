@@ -4,21 +4,22 @@ Three kinds of source, all exposing the same sorted view (row ``i`` is the ``i``
 ascending code-point order, the order in which the writer stores rows):
 
 * :class:`ImageFolderInputs` — ImageNet layout ``<root>/<class>/<file>`` (recursive inside a class
-  folder). Key = file stem, label = index of the class folder in sorted folder order (or in an
-  explicit ``class_names`` list), class names = folder names.
+  folder). Key = file stem, or the path below the root with ``key_mode="relpath"``
+  (:mod:`relabel_store.keys`); label = index of the class folder in sorted folder order (or in
+  an explicit ``class_names`` list), class names = folder names.
 * :class:`ImageFilesInputs` — a plain folder of images (recursive) or a text file listing image
   paths, one per line (relative paths are taken from the list file's folder; ``path<TAB>label``
   gives a label). Labels are ``-1`` (unknown) unless listed.
 * :class:`HFDatasetInputs` — a Hugging Face ``datasets`` dataset (``load_from_disk`` path, a name
   for ``load_dataset``, or a ``Dataset`` object) with an image column. Key = stem of the image's
-  file path, or a named key column; label column optional.
+  file path (:mod:`relabel_store.keys`), or a named key column; label column optional.
 
 :func:`open_inputs` picks the kind from a path or name. Duplicate keys raise :class:`InputError`
 before any work starts.
 
 :class:`InputDataset` is the map-style ``torch.utils.data.Dataset`` over a source (optionally a
 subset of rows, e.g. one shard). Decoding happens in the DataLoader workers; every image mode is
-converted to RGB (:func:`to_rgb`), and a file that cannot be decoded never raises: its item has
+converted to RGB (:func:`relabel_store.images.to_rgb`), and a file that cannot be decoded never raises: its item has
 ``image=None`` and ``error`` set to the reason. :func:`collate_inputs` separates those failures
 from the batch. Per-row data is held in numpy arrays, not Python lists, so forked workers do not
 copy it page by page through reference counting.
@@ -26,11 +27,10 @@ copy it page by page through reference counting.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from relabel_store.errors import InputError
+from relabel_store.errors import ConfigurationError, InputError
+from relabel_store.images import IMAGE_EXTENSIONS, decode_image
+from relabel_store.keys import KeyMode, check_key_mode, key_from_path
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "HFDatasetInputs",
     "ImageFilesInputs",
     "ImageFolderInputs",
@@ -51,73 +52,8 @@ __all__ = [
     "InputItem",
     "InputSource",
     "collate_inputs",
-    "decode_image",
     "open_inputs",
-    "to_rgb",
 ]
-
-#: File suffixes (lower case) taken as images when scanning folders.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
-
-#: Transparent pixels are composited onto this colour.
-BACKGROUND = (255, 255, 255)
-
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding
-# --------------------------------------------------------------------------------------------
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB.
-
-    * grayscale, bilevel, CMYK, YCbCr: PIL's conversion;
-    * palette, LA / PA / RGBA, or any mode with a ``transparency`` entry: composited onto
-      ``background`` (white) so transparent areas do not show whatever colour they store;
-    * 16-bit and 32-bit integer grayscale (``I;16*``, ``I``): scaled from 0..65535 to 0..255
-      (PIL's own conversion clips instead, turning most 16-bit photos white);
-    * float (``F``): clipped to 0..255.
-    """
-    mode = image.mode
-    if mode == "RGB" and "transparency" not in image.info:
-        return image
-    if mode in _SIXTEEN_BIT:
-        array = np.asarray(image).astype(np.float64)
-        array = np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(array).convert("RGB")
-    if mode == "F":
-        array = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return Image.fromarray(array).convert("RGB")
-    if mode in ("LA", "La", "PA", "RGBa") or "transparency" in image.info:
-        image = image.convert("RGBA")
-    elif mode == "P":
-        image = image.convert("RGB")
-    if image.mode == "RGBA":
-        canvas = Image.new("RGB", image.size, background)
-        canvas.paste(image, mask=image.getchannel("A"))
-        return canvas
-    return image.convert("RGB")
-
-
-def decode_image(data: bytes | str | os.PathLike[str]) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode encoded bytes or a file to an RGB image and its original (height, width).
-
-    Raises whatever PIL raises for a truncated, corrupt or non-image input (use
-    :class:`InputDataset` for the never-raising version).
-    """
-    fp: Any = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    with Image.open(fp) as image:
-        image.load()  # decodes fully: truncation and corruption surface here
-        size = (image.height, image.width)
-        rgb = to_rgb(image)
-        if rgb is image:
-            rgb = image.copy()
-    return rgb, size
-
 
 # --------------------------------------------------------------------------------------------
 # Sources
@@ -127,12 +63,6 @@ def decode_image(data: bytes | str | os.PathLike[str]) -> tuple[Image.Image, tup
 def _as_bytes_array(strings: Sequence[str]) -> np.ndarray:
     encoded = [s.encode("utf-8") for s in strings]
     return np.array(encoded, dtype=np.bytes_) if encoded else np.zeros(0, dtype="S1")
-
-
-def _key_of(path: str) -> str:
-    """File stem of a POSIX or Windows path."""
-    name = PureWindowsPath(path).name if "\\" in path else PurePosixPath(path).name
-    return PurePosixPath(name).stem
 
 
 class InputSource:
@@ -146,6 +76,8 @@ class InputSource:
 
     kind: str = "?"
     class_names: list[str] | None = None
+    #: How keys were derived from file paths (:mod:`relabel_store.keys`); None: from a column.
+    key_mode: KeyMode | None = "stem"
 
     _keys: np.ndarray
     _labels: np.ndarray
@@ -180,7 +112,12 @@ class InputSource:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "records": len(self), "num_classes": self.num_classes}
+        return {
+            "kind": self.kind,
+            "records": len(self),
+            "num_classes": self.num_classes,
+            "key_mode": self.key_mode,
+        }
 
     def _sort(self, keys: list[str], labels: Sequence[int], extra: list[np.ndarray]) -> list:
         """Store keys and labels sorted by key; returns ``extra`` in the same order."""
@@ -204,8 +141,18 @@ class InputSource:
         ]
         raise InputError(
             f"{count} duplicate key(s) in {self._where()}; keys name the rows of the store and "
-            f"must be unique. For example: {'; '.join(examples)}"
+            f"must be unique. For example: {'; '.join(examples)}. {self._duplicate_fix()}"
         )
+
+    def _duplicate_fix(self) -> str:
+        if self.key_mode == "stem":
+            return (
+                "When different folders hold files of the same name (Places365-style "
+                "00000001.jpg), key them by their path relative to the dataset root: "
+                "relabel-store generate --key-mode relpath (key_mode='relpath'), and the same "
+                "key_mode in the loaders."
+            )
+        return "Remove the duplicates, or give each image a unique key (key_column=...)."
 
     def _where(self) -> str:
         return self.kind
@@ -232,6 +179,15 @@ class _FileSource(InputSource):
         return os.path.join(self.root, path)
 
 
+def _keys_of(rels: Sequence[str], key_mode: KeyMode) -> list[str]:
+    """Store keys of files given relative to the dataset root."""
+    try:
+        check_key_mode(key_mode)
+        return [key_from_path(r, key_mode) for r in rels]
+    except ConfigurationError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
@@ -249,16 +205,8 @@ def _scan(folder: Path) -> list[str]:
     return found
 
 
-def _key_from_relpath(rel: str, key_mode: str) -> str:
-    if key_mode == "stem":
-        return _key_of(rel)
-    if key_mode == "relpath":
-        return str(PurePosixPath(rel).with_suffix(""))
-    raise InputError(f"key_mode must be 'stem' or 'relpath', got {key_mode!r}")
-
-
 class ImageFolderInputs(_FileSource):
-    """ImageNet layout: ``<root>/<class folder>/**/<image>``; key = file stem."""
+    """ImageNet layout: ``<root>/<class folder>/**/<image>``; keys from paths (``key_mode``)."""
 
     kind = "imagefolder"
     root: Path
@@ -268,9 +216,10 @@ class ImageFolderInputs(_FileSource):
         root: str | os.PathLike[str],
         *,
         class_names: Sequence[str] | None = None,
-        key_mode: str = "stem",
+        key_mode: KeyMode = "stem",
     ) -> None:
         self.root = Path(root)
+        self.key_mode = key_mode
         if not self.root.is_dir():
             raise InputError(f"{self.root} is not a folder")
         folders = sorted(
@@ -295,7 +244,7 @@ class ImageFolderInputs(_FileSource):
             for rel in _scan(self.root / folder):
                 rels.append(f"{folder}/{rel}")
                 labels.append(index[folder])
-        keys = [_key_from_relpath(r, key_mode) for r in rels]
+        keys = _keys_of(rels, key_mode)
         (self._paths,) = self._sort(keys, labels, [_as_bytes_array(rels)])
         self._check_unique()
 
@@ -318,10 +267,11 @@ class ImageFilesInputs(_FileSource):
         root: str | os.PathLike[str] | None = None,
         labels: Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,
-        key_mode: str = "stem",
+        key_mode: KeyMode = "stem",
         description: str = "image list",
     ) -> None:
         self.root = Path(root) if root is not None else None
+        self.key_mode = key_mode
         self._description = description
         self.class_names = list(class_names) if class_names is not None else None
         rels = [os.fspath(p).replace(os.sep, "/") for p in paths]
@@ -329,12 +279,12 @@ class ImageFilesInputs(_FileSource):
             labels = [-1] * len(rels)
         elif len(labels) != len(rels):
             raise InputError(f"{len(labels)} labels for {len(rels)} paths")
-        keys = [_key_from_relpath(r, key_mode) for r in rels]
+        keys = _keys_of(rels, key_mode)
         (self._paths,) = self._sort(keys, labels, [_as_bytes_array(rels)])
         self._check_unique()
 
     @classmethod
-    def from_folder(cls, root: str | os.PathLike[str], *, key_mode: str = "stem"):
+    def from_folder(cls, root: str | os.PathLike[str], *, key_mode: KeyMode = "stem"):
         """Every image file below ``root`` (recursive); labels unknown."""
         root = Path(root)
         if not root.is_dir():
@@ -342,7 +292,7 @@ class ImageFilesInputs(_FileSource):
         return cls(_scan(root), root=root, key_mode=key_mode, description=f"folder {root}")
 
     @classmethod
-    def from_list(cls, list_file: str | os.PathLike[str], *, key_mode: str = "stem"):
+    def from_list(cls, list_file: str | os.PathLike[str], *, key_mode: KeyMode = "stem"):
         """A text file of image paths, one per line; ``path<TAB>label`` sets a label.
 
         Blank lines and lines starting with ``#`` are skipped; relative paths are relative to
@@ -427,6 +377,7 @@ class HFDatasetInputs(InputSource):
                 "are required"
             )
         self.image_column = image_column
+        self.key_mode = None if key_column is not None else "stem"
         self._images = images
         keys = self._keys_from(ds, images, image_column, key_column)
         labels, self.class_names = self._labels_from(ds, label_column)
@@ -470,28 +421,16 @@ class HFDatasetInputs(InputSource):
             if key_column not in ds.features:
                 raise InputError(f"key column {key_column!r} not in {list(ds.features)}")
             return [str(k) for k in ds.with_format("arrow")[key_column].to_pylist()]
-        keys: list[str] = []
-        missing = 0
-        for batch in images.with_format("arrow").iter(batch_size=8192):
-            column = batch.column(image_column)
-            if str(column.type).startswith("struct"):
-                column = (
-                    column.combine_chunks().field("path")
-                    if hasattr(column, "chunks")
-                    else column.field("path")
-                )
-            for path in column.to_pylist():
-                if path:
-                    keys.append(_key_of(path))
-                else:
-                    missing += 1
-                    keys.append("")
+        from relabel_store.loaders.hf import image_paths
+
+        paths = image_paths(images, image_column)
+        missing = sum(1 for path in paths if not path)
         if missing:
             raise InputError(
                 f"{missing} image(s) of column {image_column!r} have no file path to take a key "
                 "from; name a key column with key_column=..."
             )
-        return keys
+        return [key_from_path(path) for path in paths]  # type: ignore[arg-type]
 
     @staticmethod
     def _labels_from(ds, label_column: str | None) -> tuple[list[int], list[str] | None]:
@@ -565,7 +504,7 @@ def open_inputs(
     key_column: str | None = None,
     label_column: str | None = "auto",
     class_names: Sequence[str] | None = None,
-    key_mode: str = "stem",
+    key_mode: KeyMode = "stem",
 ) -> InputSource:
     """Open an input source. ``kind``: ``auto``, ``imagefolder``, ``folder``, ``list`` or ``hf``.
 
@@ -576,6 +515,7 @@ def open_inputs(
     if kind not in ("auto", "imagefolder", "folder", "list", "hf"):
         raise InputError(f"unknown input kind {kind!r}")
     if not isinstance(spec, (str, os.PathLike)):
+        _stem_keys_only(key_mode)
         return HFDatasetInputs(
             spec,
             split=split,
@@ -608,6 +548,7 @@ def open_inputs(
         return ImageFilesInputs.from_folder(path, key_mode=key_mode)
     if kind == "list":
         return ImageFilesInputs.from_list(path, key_mode=key_mode)
+    _stem_keys_only(key_mode)
     return HFDatasetInputs(
         os.fspath(spec),
         split=split,
@@ -615,6 +556,14 @@ def open_inputs(
         key_column=key_column,
         label_column=label_column,
     )
+
+
+def _stem_keys_only(key_mode: str) -> None:
+    if key_mode != "stem":
+        raise InputError(
+            f"key_mode={key_mode!r} applies to image folders and file lists; a Hugging Face "
+            "dataset is keyed by its image file stems or by a key column (key_column=...)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -651,7 +600,6 @@ class InputBatch:
 
     rows: torch.Tensor  # int64 (B,)
     keys: list[str]
-    locations: list[str]
     labels: torch.Tensor  # int64 (B,)
     images: torch.Tensor | None  # (B, 3, S, S), None when every item failed
     sizes: torch.Tensor  # int32 (B, 2): original (height, width)
@@ -739,7 +687,6 @@ def collate_inputs(items: Sequence[InputItem]) -> InputBatch:
     return InputBatch(
         rows=torch.tensor([it.row for it in good], dtype=torch.int64),
         keys=[it.key for it in good],
-        locations=[it.location for it in good],
         labels=torch.tensor([it.label for it in good], dtype=torch.int64),
         images=images,
         sizes=torch.tensor([it.size for it in good], dtype=torch.int32).reshape(-1, 2),

@@ -302,10 +302,6 @@ class RelabelStore:
             self._sizes[idx],
         )
 
-    def labels(self) -> np.ndarray:
-        """Original labels in key order (-1 where unknown)."""
-        return self._labels.copy()
-
     def close(self) -> None:
         self._indices.drop_cache()
         self._values.drop_cache()

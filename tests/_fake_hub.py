@@ -8,7 +8,8 @@
   separate *origin* on purpose: the real Hub answers ``/resolve`` of an LFS file with a 302 to
   another host, and the token must never follow that redirect.
 
-It implements what the product exercises, for dataset repos only: repo info at a revision,
+It implements what the product exercises, for dataset repos (and file downloads from model repos,
+``/{repo}/resolve/{rev}/{path}``, where timm's pretrained weights live): repo info at a revision,
 create repo, create branch, recursive tree listing (paginated like the Hub), paths-info,
 preupload, the LFS batch API with basic transfer and verify, NDJSON commits, YAML validation of
 the dataset card, and downloads with ``Range`` (206, and 416 outside the file) and cross-origin
@@ -256,7 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         self.server.hub._dispatch(self)
 
-    do_GET = do_POST = do_PUT = _handle
+    do_GET = do_HEAD = do_POST = do_PUT = _handle
 
 
 # --------------------------------------------------------------------------------------------------
@@ -550,6 +551,8 @@ class FakeHub:
             self._cut(h, rec)
             return
         body_out = resp.body[: len(resp.body) // 2] if abort else resp.body
+        if rec.method == "HEAD":  # the headers of the GET, no body
+            body_out = b""
         rec.fault = "abort" if abort else rec.fault
         rec.status = resp.status
         # Logged before sending: a client that got the answer always finds its entry in the log.
@@ -609,8 +612,11 @@ class FakeHub:
                     return self._lfs_batch(req, repo_id)
                 if seg[6:] == ["verify"]:
                     return self._lfs_verify(req)
-            if len(seg) >= 6 and seg[3] == "resolve" and m == "GET":
+            if len(seg) >= 6 and seg[3] == "resolve" and m in ("GET", "HEAD"):
                 return self._resolve(req, repo_id, unquote(seg[4]), unquote("/".join(seg[5:])))
+        elif len(seg) >= 5 and seg[2] == "resolve" and m in ("GET", "HEAD"):  # a model repo's file
+            repo_id = f"{unquote(seg[0])}/{unquote(seg[1])}"
+            return self._resolve(req, repo_id, unquote(seg[3]), unquote("/".join(seg[4:])))
         raise _HttpError(501, f"FakeHub {req.server}: not implemented: {m} {req.path}")
 
     def _route_api(self, req: _Req, seg: list[str]) -> _Resp:
@@ -832,7 +838,9 @@ class FakeHub:
             return self._ranged(req, self._served_bytes(blob), {**headers, "ETag": blob.git_oid})
         name = quote(path.rsplit("/", 1)[-1])
         location = f"{self.cdn_url}/lfs/{blob.lfs_sha256}?filename={name}"
-        return _Resp(302, {**headers, "Location": location})
+        # What a client's HEAD reads from the redirect, since it does not follow it to the cdn.
+        linked = {"X-Linked-Etag": f'"{blob.lfs_sha256}"', "X-Linked-Size": str(blob.size)}
+        return _Resp(302, {**headers, **linked, "Location": location})
 
     def _cdn_download(self, req: _Req, oid: str) -> _Resp:
         with self._lock:

@@ -41,9 +41,17 @@ def write_store(
     failed: frozenset[int] = frozenset(),
     finalize=True,
     shards=None,
+    keys: list[str] | None = None,
+    label_space: str | None = None,
+    class_identifiers: tuple[str, ...] | None = None,
+    dataset: dict | None = None,
 ) -> Written:
+    """A store of ``n`` random records (``keys``, if given, in that row order); the label space
+    and dataset description as ``generate`` records them, when given."""
     rng = np.random.default_rng(seed)
-    keys = [f"img_{int(i):05d}" for i in rng.permutation(n)]  # rows not in key order
+    if keys is None:
+        keys = [f"img_{int(i):05d}" for i in rng.permutation(n)]  # rows not in key order
+    n = len(keys)
     idx, vals = random_maps(rng, n, grid, k, num_classes)
     labels = rng.integers(-1, num_classes, n).astype(np.int32)
     sizes = rng.integers(1, 2000, (n, 2)).astype(np.int32)
@@ -54,8 +62,10 @@ def write_store(
         rows=n,
         shard_records=shard_records,
         class_names=tuple(f"class {c}" for c in range(num_classes)),
+        label_space=label_space,
+        class_identifiers=class_identifiers,
         annotator={"model": "test", "input_size": 475},
-        dataset={"name": "synthetic", "split": "train"},
+        dataset=dataset or {"name": "synthetic", "split": "train"},
     )
     w = StoreWriter.open(path, meta)
     for s in range(w.num_shards) if shards is None else shards:

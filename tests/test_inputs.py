@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _photos import photo_image, write_photos
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -16,16 +18,16 @@ from torch.utils.data import DataLoader
 
 from relabel_store.annotator import build_transform
 from relabel_store.errors import InputError
+from relabel_store.images import decode_image, to_rgb
 from relabel_store.inputs import (
     HFDatasetInputs,
     ImageFilesInputs,
     ImageFolderInputs,
     InputDataset,
     collate_inputs,
-    decode_image,
     open_inputs,
-    to_rgb,
 )
+from relabel_store.samples import sample_photo, write_sample_photos
 
 W, H = 6, 4  # non-square on purpose: sizes must come back as (height, width)
 
@@ -88,7 +90,7 @@ EXPECTED = {
 
 def _truncated_jpeg(path: Path) -> Path:
     buffer = io.BytesIO()
-    photo_image("coffee").save(buffer, "JPEG", quality=90)
+    sample_photo("coffee").save(buffer, "JPEG", quality=90)
     data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data[: len(data) // 3])
@@ -122,7 +124,7 @@ def test_palette_pixels_keep_their_colour(tmp_path):
 
 
 def test_decode_from_bytes_matches_file(tmp_path):
-    path = write_photos(tmp_path, ["chelsea"])["chelsea"]
+    path = write_sample_photos(tmp_path, ["chelsea"])["chelsea"]
     from_file, size = decode_image(path)
     from_bytes, size2 = decode_image(path.read_bytes())
     assert size == size2 == (300, 451)
@@ -143,6 +145,25 @@ def test_alpha_composites_onto_white(gray, alpha):
     image = Image.new("LA", (2, 2), (gray, alpha))
     expected = gray * alpha / 255 + 255 * (1 - alpha / 255)
     assert abs(to_rgb(image).getpixel((0, 0))[0] - expected) <= 1
+
+
+def test_training_side_decoding_imports_nothing_of_generation():
+    # The HF loader decodes images like the generator (relabel_store.images) without importing
+    # the generation side (inputs, generate, the annotator and timm's model zoo).
+    code = (
+        "import sys, relabel_store.loaders.hf, relabel_store.loaders; "
+        "print(sorted(m for m in sys.modules if m.startswith('relabel_store')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    loaded = set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
+    assert "relabel_store.images" in loaded
+    assert not loaded & {
+        "relabel_store.inputs",
+        "relabel_store.generate",
+        "relabel_store.annotator",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,8 +214,8 @@ def test_duplicate_keys_are_an_error(tmp_path):
 
 
 def test_plain_folder_is_recursive_and_unlabelled(tmp_path):
-    write_photos(tmp_path / "photos", ["chelsea", "coffee"])
-    write_photos(tmp_path / "photos" / "more", ["rocket"], suffix=".png")
+    write_sample_photos(tmp_path / "photos", ["chelsea", "coffee"])
+    write_sample_photos(tmp_path / "photos" / "more", ["rocket"], suffix=".png")
     (tmp_path / "photos" / "readme.md").write_text("skip me")
     source = open_inputs(tmp_path / "photos")
     assert isinstance(source, ImageFilesInputs)
@@ -204,7 +225,7 @@ def test_plain_folder_is_recursive_and_unlabelled(tmp_path):
 
 
 def test_file_list(tmp_path):
-    photos = write_photos(tmp_path / "imgs", ["chelsea", "coffee", "china"])
+    photos = write_sample_photos(tmp_path / "imgs", ["chelsea", "coffee", "china"])
     listing = tmp_path / "list.txt"
     listing.write_text(
         f"# images to annotate\nimgs/coffee.jpg\n\n{photos['chelsea']}\t285\nimgs/china.jpg\t7\n"
@@ -230,7 +251,7 @@ def test_empty_folder_is_an_error(tmp_path):
 def _hf_dataset(tmp_path: Path):
     import datasets
 
-    files = write_photos(tmp_path / "src", ["coffee", "chelsea", "rocket"])
+    files = write_sample_photos(tmp_path / "src", ["coffee", "chelsea", "rocket"])
     names = list(files)
     features = datasets.Features(
         {
@@ -269,6 +290,7 @@ def test_hf_dataset_from_disk(hf_saved):
         "kind": "hf-datasets",
         "records": 3,
         "num_classes": 3,
+        "key_mode": "stem",
         "name": "hf",
         "split": None,
     }
@@ -352,7 +374,7 @@ def test_dataloader_workers_decode_and_report_failures(tmp_path):
 def test_subset_rows_and_all_failed_batch(tmp_path):
     (tmp_path / "a.jpg").write_text("nope")
     (tmp_path / "b.jpg").write_text("nope")
-    write_photos(tmp_path, ["coffee"])
+    write_sample_photos(tmp_path, ["coffee"])
     source = open_inputs(tmp_path)
     assert source.keys == ["a", "b", "coffee"]
     dataset = InputDataset(source, build_transform(input_size=4), rows=[0, 1])
@@ -364,7 +386,7 @@ def test_subset_rows_and_all_failed_batch(tmp_path):
 
 
 def test_decompression_bomb_is_reported_not_raised(tmp_path, monkeypatch):
-    write_photos(tmp_path, ["coffee"])
+    write_sample_photos(tmp_path, ["coffee"])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # coffee has 240k pixels: > 2x limit
     item = InputDataset(open_inputs(tmp_path))[0]
     assert item.image is None and "DecompressionBomb" in item.error

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import yaml
 from _fake_hub import HTTPX2_DATA_DEPRECATION_FILTER, iter_fake_hub, set_offline
-from _photos import write_photos
 from _stores import write_store
 from click.testing import CliRunner
 
@@ -37,6 +36,7 @@ from relabel_store.hub_names import parse_hf_url
 from relabel_store.manifest import Manifest, ManifestEntry, verify_store
 from relabel_store.publish import push
 from relabel_store.resolve import resolve
+from relabel_store.samples import write_sample_photos
 
 pytestmark = pytest.mark.filterwarnings(HTTPX2_DATA_DEPRECATION_FILTER)
 
@@ -204,7 +204,7 @@ def test_size_categories():
 def generated(tmp_path_factory) -> Path:
     """A store from the real producer: `generate` with the offline lite0 annotator, two photos."""
     base = tmp_path_factory.mktemp("generated")
-    write_photos(base / "imagenet-photos", ["chelsea", "coffee"])
+    write_sample_photos(base / "imagenet-photos", ["chelsea", "coffee"])
     out = base / "photos.relabel.zarr"
     result = CliRunner().invoke(main, ["generate", str(base / "imagenet-photos"), "-o", str(out), *LITE0])  # fmt: skip
     assert result.exit_code == 0, result.output

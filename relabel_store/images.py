@@ -1,0 +1,73 @@
+"""Image decoding shared by generation and training: every image mode to 8-bit RGB.
+
+``relabel-store generate`` (:mod:`relabel_store.inputs`) and the Hugging Face loader
+(:mod:`relabel_store.loaders.hf`) decode images the same way, so a map and the training image it
+labels see the same pixels. Training-time code imports this module, never the generation side.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["BACKGROUND", "IMAGE_EXTENSIONS", "decode_image", "to_rgb"]
+
+#: File suffixes (lower case) taken as images when scanning folders.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+#: Transparent pixels are composited onto this colour.
+BACKGROUND = (255, 255, 255)
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB.
+
+    * grayscale, bilevel, CMYK, YCbCr: PIL's conversion;
+    * palette, LA / PA / RGBA, or any mode with a ``transparency`` entry: composited onto
+      ``background`` (white) so transparent areas do not show whatever colour they store;
+    * 16-bit and 32-bit integer grayscale (``I;16*``, ``I``): scaled from 0..65535 to 0..255
+      (PIL's own conversion clips instead, turning most 16-bit photos white);
+    * float (``F``): clipped to 0..255.
+    """
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in _SIXTEEN_BIT:
+        array = np.asarray(image).astype(np.float64)
+        array = np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(array).convert("RGB")
+    if mode == "F":
+        array = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(array).convert("RGB")
+    if mode in ("LA", "La", "PA", "RGBa") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    elif mode == "P":
+        image = image.convert("RGB")
+    if image.mode == "RGBA":
+        canvas = Image.new("RGB", image.size, background)
+        canvas.paste(image, mask=image.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes | str | os.PathLike[str]) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode encoded bytes or a file to an RGB image and its original (height, width).
+
+    Raises whatever PIL raises for a truncated, corrupt or non-image input
+    (:class:`~relabel_store.inputs.InputDataset` is the never-raising version).
+    """
+    if isinstance(data, bytes | bytearray | memoryview):  # nothing to close: no copy needed
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decodes fully: truncation and corruption surface here
+        return to_rgb(image), (image.height, image.width)
+    with Image.open(data) as image:  # closing the file frees the image: an RGB one is copied
+        image.load()
+        rgb = to_rgb(image)
+        return (image.copy() if rgb is image else rgb), (image.height, image.width)
