@@ -19,14 +19,23 @@ if TYPE_CHECKING:
 
 
 class _Group(click.Group):
-    """Turns our errors into one clear line and exit status 2 instead of a traceback."""
+    """Turns every error a user can act on into one ``error:`` line and exit status 2 (130 for
+    Ctrl-C) instead of a traceback: relabel-store's own errors, and the operating system's
+    (permissions, a full disk, a missing file). Anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except RelabelStoreError as exc:
-            click.echo(f"error: {exc}", err=True)
+        except (RelabelStoreError, OSError) as exc:
+            click.echo(f"error: {_one_line(exc)}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; rerun the same command to resume", err=True)
+            sys.exit(130)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @click.group(cls=_Group)
@@ -128,7 +137,11 @@ def _human(n: float) -> str:
     show_default=True,
     help="Autocast precision on CUDA (CPU always runs float32).",
 )
-@click.option("--resume", is_flag=True, help="Require an unfinished store at --output to resume.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Require a store at --output to resume (a finished one: nothing to do, exit 0).",
+)
 @click.option("--overwrite", is_flag=True, help="Delete an existing store at --output first.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def generate(input: str | None, output: Path, model: str, checkpoint: str | None, grid: int,
@@ -143,7 +156,8 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
 
     INPUT is an ImageNet-style folder (`<class>/<image>`), a plain folder of images, or a text
     file listing image paths; or use --hf-dataset. Rerunning the same command after an
-    interruption resumes where it stopped; the finished store is identical.
+    interruption resumes where it stopped; the finished store is identical. Rerunning it on a
+    finished store says so and exits 0. One process writes a store at a time.
     """
     import torch
 
@@ -158,8 +172,8 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         raise click.UsageError("give either INPUT or --hf-dataset (exactly one)")
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other")
-    if resume and not (output / "_progress").is_dir():
-        raise click.UsageError(f"--resume: there is no unfinished store at {output}")
+    if resume and not any((output / name).exists() for name in ("zarr.json", "_progress")):
+        raise click.UsageError(f"--resume: there is no store at {output} to resume")
     if device == "auto":
         local = os.environ.get("LOCAL_RANK", "0")
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"

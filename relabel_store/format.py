@@ -34,6 +34,10 @@ ROWS = "rows"
 LABELS = "labels"
 SIZES = "sizes"
 KEY_CHUNK_ROWS = 1 << 18
+# Limits every reader enforces before allocating (docs/format.md): a key's UTF-8 bytes (keys are
+# stored fixed-width, so one long key widens all N), and the rows of one key-index chunk.
+MAX_KEY_BYTES = 1024
+MAX_INDEX_CHUNK_ROWS = 1 << 20
 
 DEFAULT_SHARD_RECORDS = 4096
 DEFAULT_ZSTD_LEVEL = 9

@@ -3,7 +3,9 @@
 Rows are the input's keys in sorted order; the store is written shard by shard. Batches never
 straddle shards and always split a shard the same way, so a resumed run computes every shard
 exactly as an uninterrupted one would (same bytes). Under ``torchrun`` each rank annotates the
-shards ``s`` with ``s % world_size == rank``; rank 0 finalizes after a barrier.
+shards ``s`` with ``s % world_size == rank``; rank 0 holds the store's write lock for all ranks
+and finalizes after a barrier. A second run on the same store is refused while one writes it,
+and a rerun on a store finished with the same settings reports it complete.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from relabel_store.annotator import DenseAnnotator
-from relabel_store.errors import InputError
+from relabel_store.errors import InputError, InvalidArgumentError
 from relabel_store.format import DEFAULT_SHARD_RECORDS, ERRORS_NAME, StoreMetadata
 from relabel_store.inputs import InputDataset, InputSource, collate_inputs
 from relabel_store.writer import StoreWriter
@@ -42,11 +44,13 @@ class GenerateResult:
     seconds: float
     store_bytes: int
     digest: str | None  # None on ranks other than 0
+    already_complete: bool = False  # the store was finished before this run: nothing was done
 
     def summary(self) -> str:
         rate = self.annotated_now / self.seconds if self.seconds > 0 else 0.0
         lines = [
-            f"store:    {self.path}",
+            f"store:    {self.path}"
+            + (" (already complete: nothing to do)" if self.already_complete else ""),
             f"records:  {self.records} ({self.skipped} skipped"
             + (f", see {self.path / ERRORS_NAME})" if self.skipped else ")"),
             f"time:     {self.seconds:.1f} s for {self.annotated_now} images ({rate:.1f} images/s)",
@@ -54,6 +58,8 @@ class GenerateResult:
             + (f" ({self.store_bytes / self.records:.0f} B per record)" if self.records else ""),
             f"digest:   {self.digest}",
         ]
+        if self.already_complete:
+            del lines[2]
         return "\n".join(lines)
 
 
@@ -154,9 +160,9 @@ def generate(
     ``progress``: a tqdm bar; None shows it only on a terminal.
     """
     if on_error not in ("skip", "fail"):
-        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+        raise InvalidArgumentError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     rank, world = _distributed()
     described = annotator.describe()
@@ -175,11 +181,55 @@ def generate(
         parent=parent,
     )
     path = Path(output)
+    # Rank 0 creates the store and holds its write lock for every rank; a store that is already
+    # finished with these settings is reported, not refused (requeued jobs rerun the command).
+    finished = writer = None
     if rank == 0:
-        writer = StoreWriter.open(path, meta, overwrite=overwrite)
+        finished = None if overwrite else StoreWriter.finished(path, meta)
+        if finished is None:
+            writer = StoreWriter.open(path, meta, overwrite=overwrite)
     _barrier(world)
     if rank != 0:
-        writer = StoreWriter.open(path, meta)
+        finished = None if overwrite else StoreWriter.finished(path, meta)
+        if finished is None:
+            writer = StoreWriter.open(path, meta, lock=False)
+    if finished is not None:
+        old, manifest = finished
+        return GenerateResult(
+            path=path,
+            records=old.record_count,
+            skipped=old.rows - old.record_count,
+            annotated_now=0,
+            seconds=time.perf_counter() - started,
+            store_bytes=manifest.total_bytes,
+            digest=manifest.digest if rank == 0 else None,
+            already_complete=True,
+        )
+    assert writer is not None
+    try:
+        return _annotate(writer, inputs, annotator, meta, rank, world, started,
+                         batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+                         progress=progress)  # fmt: skip
+    finally:
+        writer.close()
+
+
+def _annotate(
+    writer: StoreWriter,
+    inputs: InputSource,
+    annotator: DenseAnnotator,
+    meta: StoreMetadata,
+    rank: int,
+    world: int,
+    started: float,
+    *,
+    batch_size: int,
+    num_workers: int | None,
+    on_error: OnError,
+    progress: bool | None,
+) -> GenerateResult:
+    """Annotate this rank's unfinished shards, then (rank 0) finalize the store."""
+    path = writer.root
     done = writer.completed_shards()
     todo = [s for s in range(writer.num_shards) if s % world == rank and s not in done]
     shard_rows = [writer.shard_rows(s) for s in todo]

@@ -43,7 +43,12 @@ from relabel_store._published import (
     detect,
     load_tensor,
 )
-from relabel_store.errors import InputError, RelabelStoreError, UnsafePathError
+from relabel_store.errors import (
+    InputError,
+    InvalidArgumentError,
+    RelabelStoreError,
+    UnsafePathError,
+)
 from relabel_store.format import (
     DEFAULT_SHARD_RECORDS,
     ERRORS_NAME,
@@ -53,7 +58,7 @@ from relabel_store.format import (
 )
 from relabel_store.generate import imagenet_label_space
 from relabel_store.keys import key_from_path
-from relabel_store.manifest import safe_relpath
+from relabel_store.manifest import Manifest, safe_relpath
 from relabel_store.writer import StoreWriter, read_group_attrs
 
 __all__ = ["ImportResult", "import_maps"]
@@ -85,6 +90,7 @@ class ImportResult:
     digest: str
     source: dict[str, Any]
     rounding: dict[str, Any]
+    already_complete: bool = False  # the store was finished before: nothing was done
 
     def summary(self) -> str:
         rate = self.imported_now / self.seconds if self.seconds > 0 else 0.0
@@ -92,7 +98,8 @@ class ImportResult:
         where = src.get("file") or src.get("folder")
         digest = f", sha256 {src['sha256']}" if src.get("sha256") else ""
         lines = [
-            f"store:    {self.path}",
+            f"store:    {self.path}"
+            + (" (already complete: nothing to do)" if self.already_complete else ""),
             f"source:   {where} ({src['kind']}, {self.format} format{digest})",
             f"records:  {self.records} ({self.skipped} skipped"
             + (f", see {self.path / ERRORS_NAME})" if self.skipped else ")"),
@@ -140,14 +147,16 @@ def import_maps(
     ``progress``: a bar on a terminal, log lines elsewhere (None), always (True), never (False).
     """
     if format != "auto" and format not in FORMATS:
-        raise ValueError(f"format must be 'auto' or one of {FORMAT_NAMES}, got {format!r}")
+        raise InvalidArgumentError(
+            f"format must be 'auto' or one of {FORMAT_NAMES}, got {format!r}"
+        )
     if values not in VALUES_DTYPES:
-        raise ValueError(f"values must be one of {VALUES_DTYPES}, got {values!r}")
+        raise InvalidArgumentError(f"values must be one of {VALUES_DTYPES}, got {values!r}")
     if on_error not in ("skip", "fail"):
-        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+        raise InvalidArgumentError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise InvalidArgumentError(f"workers must be >= 0, got {workers}")
     started = time.perf_counter()
     path = Path(output)
     archive = open_archive(source)
@@ -203,7 +212,33 @@ def _import(
             },
         },
     )
-    writer = StoreWriter.open(path, _as_resumed(path, meta), overwrite=overwrite)
+    meta = _as_resumed(path, meta)
+    finished = None if overwrite else StoreWriter.finished(path, meta)
+    if finished is not None:  # a requeued job reruns the command: report, do not refuse
+        old, manifest = finished
+        return _result(path, fmt.name, old, manifest, 0, started, already_complete=True)
+    with StoreWriter.open(path, meta, overwrite=overwrite) as writer:
+        shards = _ShardAssembler(writer, spec, members, keys, labels, on_error)
+        imported_now = _write_shards(shards, archive, executor, workers, progress)
+        source_info = dict(meta.dataset["source"])
+        if archive.sha256 is not None:
+            source_info["sha256"] = archive.sha256
+        rounding = _rounding(writer, fmt.dtype_name, values)
+        dataset = {**meta.dataset, "source": source_info, "values": rounding}
+        writer.metadata = replace(writer.metadata, dataset=dataset)  # see _as_resumed
+        manifest = writer.finalize()
+    return _result(path, fmt.name, writer.metadata, manifest, imported_now, started)
+
+
+def _write_shards(
+    shards: _ShardAssembler,
+    archive: MapArchive,
+    executor: cf.Executor,
+    workers: int,
+    progress: bool | None,
+) -> int:
+    """Decode and write every shard not written yet; returns how many maps that was."""
+    writer, spec = shards.writer, shards.spec
     done = writer.completed_shards()
     plan = [
         (range(start, min(start + CHUNK_RECORDS, rows.stop)), shard not in done)
@@ -212,32 +247,37 @@ def _import(
         for start in range(rows.start, rows.stop, CHUNK_RECORDS)
     ]
     todo = sum(len(rows) for rows, wanted in plan if wanted)
-    measure = _rounds(fmt.dtype_name, values)
-    shards = _ShardAssembler(writer, spec, members, keys, labels, on_error)
+    measure = _rounds(spec.format.dtype_name, spec.values_dtype)
     with Progress(todo, desc="importing", unit="maps", show=progress) as bar:
         for rows, decoded in decode_chunks(archive, plan, spec, executor, workers, measure=measure):
             written = shards.add(rows, decoded)
             if written:
                 bar.update(written)
-    source_info = dict(meta.dataset["source"])
-    if archive.sha256 is not None:
-        source_info["sha256"] = archive.sha256
-    rounding = _rounding(writer, fmt.dtype_name, values)
-    dataset = {**meta.dataset, "source": source_info, "values": rounding}
-    writer.metadata = replace(writer.metadata, dataset=dataset)  # known only now: see _as_resumed
-    manifest = writer.finalize()
-    records = writer.metadata.record_count
+    return todo
+
+
+def _result(
+    path: Path,
+    format: str,
+    meta: StoreMetadata,
+    manifest: Manifest,
+    imported_now: int,
+    started: float,
+    *,
+    already_complete: bool = False,
+) -> ImportResult:
     return ImportResult(
         path=path,
-        format=fmt.name,
-        records=records,
-        skipped=meta.rows - records,
-        imported_now=todo,
+        format=format,
+        records=meta.record_count,
+        skipped=meta.rows - meta.record_count,
+        imported_now=imported_now,
         seconds=time.perf_counter() - started,
         store_bytes=manifest.total_bytes,
         digest=manifest.digest,
-        source=source_info,
-        rounding=rounding,
+        source=dict(meta.dataset.get("source") or {}),
+        rounding=dict(meta.dataset.get("values") or {}),
+        already_complete=already_complete,
     )
 
 

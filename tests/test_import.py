@@ -29,6 +29,7 @@ from relabel_store._progress import Progress
 from relabel_store.cli.main import main
 from relabel_store.errors import FormatError, InputError, StoreNotFoundError
 from relabel_store.importer import import_maps
+from relabel_store.manifest import build_manifest, write_manifest
 
 TOP = "imagenet_efficientnet_l2_sz475_top5"
 #: wnid -> ImageNet-1k index (timm's order): the first, the second and the last class.
@@ -391,6 +392,10 @@ def test_a_run_killed_while_finalizing_resumes(tmp_path, monkeypatch):
     import_maps(tar, out, workers=0, progress=False)
     assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
     assert verify_store(out).ok
+    again = import_maps(tar, out, workers=0, progress=False)  # a requeued job: nothing to do
+    assert again.already_complete and again.imported_now == 0 and again.records == 6
+    assert again.source["sha256"] and "already complete" in again.summary()
+    assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
 
 
 def test_progress_lines_when_not_on_a_terminal():
@@ -423,14 +428,15 @@ def test_values_dtype_is_checked_and_unknown_ones_refused(tmp_path):
     import_maps(tar, out, values="float32", workers=0, progress=False)
     group_path = out / "zarr.json"
     group = json.loads(group_path.read_text())
-    group["attributes"]["relabel"]["values_dtype"] = "float16"  # says float16, holds float32
-    group_path.write_text(json.dumps(group))
-    with pytest.raises(FormatError, match="holds float32"):
-        RelabelStore.open(out)
-    group["attributes"]["relabel"]["values_dtype"] = "bfloat16"  # from a newer minor version
-    group_path.write_text(json.dumps(group))
-    with pytest.raises(FormatError, match=r"bfloat16.*Upgrade relabel-store"):
-        RelabelStore.open(out)
+    for dtype, refusal in [
+        ("float16", "holds float32"),  # says float16, holds float32
+        ("bfloat16", r"bfloat16.*Upgrade relabel-store"),  # from a newer minor version
+    ]:
+        group["attributes"]["relabel"]["values_dtype"] = dtype
+        group_path.write_text(json.dumps(group))
+        write_manifest(out, build_manifest(out))  # consistent, so only the dtype is wrong
+        with pytest.raises(FormatError, match=refusal):
+            RelabelStore.open(out)
 
 
 def test_show_draws_an_imported_map_without_an_image_size(tmp_path):
