@@ -133,6 +133,13 @@ class BatchPooler(torch.nn.Module):
             boxes = boxes.to(device=device, dtype=box_dtype)
             if self.validate:
                 self._check_boxes(boxes)
+        if spec.compat is not None and not spec.is_global:
+            if flipped is not None and flipped.shape != (batch,):
+                raise ValueError(f"flipped must have shape ({batch},), got {tuple(flipped.shape)}")
+            boxes, indices, values = _official_batch(
+                boxes, flipped, indices, values, spec.compat, height, width
+            )
+            flipped = None  # the official codes never mirror the target, at most the map
 
         # On CPU the exact sampling-grid maximum is free; elsewhere the window bound avoids a
         # device sync.
@@ -209,3 +216,45 @@ class BatchPooler(torch.nn.Module):
                 f"invalid crop box in row {row} (x0={x0v!r}, y0={y0v!r}, x1={x1v!r}, "
                 f"y1={y1v!r}): {problem}"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducing the official codes (PoolingSpec.compat): relabel_store.pooling._official_box
+# explains the recipe; this is the same for a batch.
+# --------------------------------------------------------------------------------------------
+
+
+def _official_batch(
+    boxes: torch.Tensor,
+    flipped: torch.Tensor | None,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    compat: str,
+    height: int,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_official_box` for a batch: boxes (B, 4) to pool, and the (mirrored) maps."""
+    x0, y0, x1, y1 = boxes.unbind(1)
+    flip = None
+    if compat == "tokenlabeling" and flipped is not None:
+        flip = flipped.to(device=boxes.device, dtype=torch.bool)
+        x0, x1 = torch.where(flip, 1.0 - x1, x0), torch.where(flip, 1.0 - x0, x1)
+        mirror = flip[:, None, None, None]
+        indices = torch.where(mirror, indices.flip(2), indices)
+        values = torch.where(mirror, values.flip(2), values)
+    f32 = torch.float32
+    if compat == "official":
+        corners = [c.to(f32) for c in (y0, x0, y1, x1)]
+    else:
+        top, left = y0.to(f32), x0.to(f32)
+        corners = [top, left, top + (y1 - y0).to(f32), left + (x1 - x0).to(f32)]
+    top, left, bottom, right = (c * width - 0.5 for c in corners)
+    sizes = (width, height, width, height)
+    out = torch.stack(
+        [
+            (c.to(boxes.dtype) + 0.5) / s
+            for c, s in zip((top, left, bottom, right), sizes, strict=True)
+        ],
+        dim=1,
+    )
+    return out, indices, values

@@ -82,6 +82,7 @@ def check(work: Path) -> None:
         ("import relabel_store.loaders", "torch"),
         ("import relabel_store.generate", "generate"),
         ("import relabel_store.annotator", "generate"),
+        ("import relabel_store.importer", "generate"),
         ("import relabel_store.show", "show"),
     ):
         try:
@@ -93,6 +94,7 @@ def check(work: Path) -> None:
             raise AssertionError(f"{statement!r} worked without its extra")
     for args, extra in (
         (["generate", str(work), "-o", str(work / "new.relabel.zarr")], "generate"),
+        (["import", str(work), "-o", str(work / "imported.relabel.zarr")], "generate"),
         (["show", str(written.path), written.keys[0], "-o", str(work / "map.png")], "show"),
     ):
         result = cli.invoke(main, args)

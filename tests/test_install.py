@@ -39,6 +39,16 @@ def test_import_and_the_core_modules_do_not_import_torch(tmp_path):
     assert _run(sys.executable, "-c", code, cwd=tmp_path).strip() == "[]"
 
 
+def test_batch_pooling_keeps_its_old_import_paths():
+    import relabel_store
+    from relabel_store import pooling, torch_pooling
+
+    assert relabel_store.BatchPooler is pooling.BatchPooler is torch_pooling.BatchPooler
+    assert pooling.stack_boxes is torch_pooling.stack_boxes
+    with pytest.raises(AttributeError, match="no attribute 'Pooler'"):
+        pooling.Pooler  # noqa: B018
+
+
 def test_core_only_script_with_the_extras_refused(tmp_path):
     """torch and the other extras' packages made unimportable in this environment."""
     out = _run(sys.executable, str(TESTS / "_core_only.py"), str(tmp_path), "--block", cwd=tmp_path)

@@ -1,6 +1,6 @@
 """What importing relabel-store costs a fresh process: wall time and peak resident memory.
 
-    python benchmarks/import_cost.py [--repeat 7]
+    python benchmarks/startup.py [--repeat 7]
 
 Every DataLoader worker spawned (not forked), every JAX or HF job and every CLI call pays this.
 Each line runs in a new interpreter, ``--repeat`` times, side by side in one run: the
