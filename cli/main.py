@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from relabel_store.cli.quality import quality
+from relabel_store._extras import requires_extra
+from relabel_store.cli.importer import import_
+from relabel_store.cli.quality import echo_headline, quality
 from relabel_store.cli.remote import pull, push
 from relabel_store.errors import RelabelStoreError
 
@@ -20,17 +22,26 @@ if TYPE_CHECKING:
 
 
 class _Group(click.Group):
-    """Turns our errors into one clear line and exit status 2 instead of a traceback."""
+    """Turns every error a user can act on into one ``error:`` line and exit status 2 (130 for
+    Ctrl-C) instead of a traceback: relabel-store's own errors, and the operating system's
+    (permissions, a full disk, a missing file). Anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except RelabelStoreError as exc:
-            click.echo(f"error: {exc}", err=True)
+        except (RelabelStoreError, OSError) as exc:
+            click.echo(f"error: {_one_line(exc)}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; rerun the same command to resume", err=True)
+            sys.exit(130)
 
 
-@click.group(cls=_Group)
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="relabel-store")
 def main() -> None:
     """Generate, verify, publish and read ReLabel label-map stores."""
@@ -38,6 +49,7 @@ def main() -> None:
 
 main.add_command(push)
 main.add_command(pull)
+main.add_command(import_)
 main.add_command(quality)
 
 
@@ -136,7 +148,11 @@ def _human(n: float) -> str:
     show_default=True,
     help="Autocast precision on CUDA (CPU always runs float32).",
 )
-@click.option("--resume", is_flag=True, help="Require an unfinished store at --output to resume.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Require a store at --output to resume (a finished one: nothing to do, exit 0).",
+)
 @click.option("--overwrite", is_flag=True, help="Delete an existing store at --output first.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def generate(input: str | None, output: Path, model: str, checkpoint: str | None, grid: int,
@@ -151,24 +167,27 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
 
     INPUT is an ImageNet-style folder (`<class>/<image>`), a plain folder of images, or a text
     file listing image paths; or use --hf-dataset. Rerunning the same command after an
-    interruption resumes where it stopped; the finished store is identical.
+    interruption resumes where it stopped; the finished store is identical. Rerunning it on a
+    finished store says so and exits 0. One process writes a store at a time.
     """
-    import torch
-
-    from relabel_store.annotator import load_annotator
     from relabel_store.errors import InputSizeWarning
-    from relabel_store.generate import generate as run
-    from relabel_store.inputs import open_inputs
     from relabel_store.keys import check_key_mode
     from relabel_store.refinery import parent_of
+
+    with requires_extra("generate", "relabel-store generate"):
+        import torch
+
+        from relabel_store.annotator import load_annotator
+        from relabel_store.generate import generate as run
+        from relabel_store.inputs import open_inputs
 
     source_arg = input if hf_dataset is None else hf_dataset
     if source_arg is None or (input is not None and hf_dataset is not None):
         raise click.UsageError("give either INPUT or --hf-dataset (exactly one)")
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other")
-    if resume and not (output / "_progress").is_dir():
-        raise click.UsageError(f"--resume: there is no unfinished store at {output}")
+    if resume and not any((output / name).exists() for name in ("zarr.json", "_progress")):
+        raise click.UsageError(f"--resume: there is no store at {output} to resume")
     if device == "auto":
         local = os.environ.get("LOCAL_RANK", "0")
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
@@ -207,11 +226,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     if not quiet and result.digest is not None:
         click.echo(result.summary())
         if result.records:
-            from relabel_store.quality import quality_report
-
-            click.echo("label quality (relabel-store quality for more):")
-            for line in quality_report(output).headline():
-                click.echo(f"  {line}")
+            echo_headline(output)
 
 
 def _annotator_line(ann: Mapping[str, Any]) -> str:
@@ -294,7 +309,9 @@ def show(store: str, key: str, image: Path | None, box: str | None, flip: bool, 
     from dataclasses import replace
 
     from relabel_store import load_relabel
-    from relabel_store.show import render_label_map
+
+    with requires_extra("show", "relabel-store show"):
+        from relabel_store.show import render_label_map
 
     crop = _box(box)
     if flip:

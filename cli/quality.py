@@ -34,3 +34,12 @@ def quality(store: str, sample: int, crops: int, seed: int, plot: Path | None) -
     click.echo("\n".join(report.lines()))
     if plot is not None:
         click.echo(f"wrote {report.plot(plot)}")
+
+
+def echo_headline(store: str | Path) -> None:
+    """Print the quality report's headline of a store just written (``generate``, ``import``)."""
+    from relabel_store.quality import quality_report
+
+    click.echo("label quality (relabel-store quality for more):")
+    for line in quality_report(store).headline():
+        click.echo(f"  {line}")

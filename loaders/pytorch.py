@@ -32,8 +32,9 @@ from relabel_store.keys import KeyMode, check_key_mode, legacy_key
 from relabel_store.loaders import _bases
 from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders.crops import track_crops
-from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool, stack_boxes
+from relabel_store.pooling import CropBox, PoolingSpec, pool
 from relabel_store.reader import RelabelStore
+from relabel_store.torch_pooling import BatchPooler, stack_boxes
 
 __all__ = [
     "LabelPooler",
@@ -426,7 +427,7 @@ def pool_rows(
         coords, flipped = stack_boxes([boxes[i] for i in present.tolist()])
         pooled = BatchPooler(c, spec)(
             torch.from_numpy(records.indices),
-            torch.from_numpy(records.values),  # float16; the pooler computes in float32
+            torch.from_numpy(records.values),  # float16 or float32; pooled in float32
             coords,
             flipped,
             torch.from_numpy(np.asarray(labels)[present]),
@@ -505,7 +506,7 @@ class LabelPooler(torch.nn.Module):
         h, w = self.store.metadata.grid
         k = self.store.metadata.k
         idx = np.zeros((len(rows), h, w, k), np.int64)
-        val = np.zeros((len(rows), h, w, k), np.float16)
+        val = np.zeros((len(rows), h, w, k), self.store.metadata.values_dtype)
         if present.any():
             batch = self.store.get_rows(rows[present])
             idx[present] = batch.indices

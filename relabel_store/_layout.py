@@ -9,10 +9,11 @@ and an optional ``crc32c``. Anything else is refused with a clear error rather t
 from __future__ import annotations
 
 import json
+import math
 import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,22 @@ _DTYPES = {"uint8", "uint16", "uint32", "int32", "int64", "float16", "float32"}
 MISSING = 2**64 - 1
 #: A decoded chunk: bytes, or the uint8 array the Blosc fast path unshuffles into (no copy).
 Decoded = bytes | np.ndarray
+#: No chunk relabel-store writes decodes to more than this; a larger claim is refused before
+#: anything is allocated (a damaged or hostile ``zarr.json`` must not exhaust memory).
+MAX_CHUNK_BYTES = 1 << 30
+_ARRAY_FIELDS = {
+    "zarr_format",
+    "node_type",
+    "shape",
+    "data_type",
+    "chunk_grid",
+    "chunk_key_encoding",
+    "fill_value",
+    "codecs",
+    "attributes",
+    "dimension_names",
+    "storage_transformers",
+}
 
 
 @dataclass(frozen=True)
@@ -44,42 +61,83 @@ class ArrayLayout:
 
     @classmethod
     def parse(cls, name: str, raw: bytes, where: str) -> ArrayLayout:
+        """Parse ``zarr.json``; anything this reader could misread is refused as FormatError."""
+        where = f"{where}/{name}/zarr.json"
         try:
             meta = json.loads(raw)
-            if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
-                raise FormatError(f"{where}/{name} is not a Zarr v3 array")
+            _require(isinstance(meta, dict), where, "is not a JSON object")
+            _require(
+                meta.get("zarr_format") == 3 and meta.get("node_type") == "array",
+                where,
+                "is not a Zarr v3 array",
+            )
+            for key, value in meta.items():  # extensions must be optional to be ignored
+                _require(
+                    key in _ARRAY_FIELDS
+                    or (isinstance(value, dict) and value.get("must_understand") is False),
+                    where,
+                    f"has field {key!r}, which this reader does not understand",
+                )
+            _require(not meta.get("storage_transformers"), where, "uses storage transformers")
             dtype_name = meta["data_type"]
-            if dtype_name not in _DTYPES:
-                raise FormatError(f"{where}/{name}: unsupported data_type {dtype_name!r}")
+            _require(dtype_name in _DTYPES, where, f"has unsupported data_type {dtype_name!r}")
+            shape = _ints(meta["shape"], 0, where, "shape")
             grid = meta["chunk_grid"]
-            if grid["name"] != "regular":
-                raise FormatError(f"{where}/{name}: unsupported chunk grid {grid['name']!r}")
+            _require(grid["name"] == "regular", where, f"has chunk grid {grid['name']!r}")
+            chunk_shape = _ints(grid["configuration"]["chunk_shape"], 1, where, "chunk_shape")
+            _require(len(chunk_shape) == len(shape), where, "has chunks of another rank")
             cke = meta["chunk_key_encoding"]
-            if cke["name"] != "default":
-                raise FormatError(f"{where}/{name}: unsupported chunk key encoding {cke!r}")
-            separator = cke.get("configuration", {}).get("separator", "/")
+            separator = (cke.get("configuration") or {}).get("separator", "/")
+            _require(
+                cke["name"] == "default" and separator in (".", "/"),
+                where,
+                f"has unsupported chunk key encoding {cke!r}",
+            )
             codecs = meta["codecs"]
+            _require(isinstance(codecs, list) and bool(codecs), where, "has no codecs")
             inner_shape = None
-            if len(codecs) == 1 and codecs[0]["name"] == "sharding_indexed":
+            unit = chunk_shape  # the shape one encoded chunk decodes to
+            if codecs[0]["name"] == "sharding_indexed":
+                _require(len(codecs) == 1, where, "has codecs after sharding")
                 conf = codecs[0]["configuration"]
-                _check_index_codecs(conf, f"{where}/{name}")
-                inner_shape = tuple(conf["chunk_shape"])
+                _check_index_codecs(conf, where)
+                inner_shape = _ints(conf["chunk_shape"], 1, where, "inner chunk_shape")
+                _require(
+                    len(inner_shape) == len(shape)
+                    and all(c % i == 0 for c, i in zip(chunk_shape, inner_shape, strict=True)),
+                    where,
+                    "has inner chunks that do not tile its shards",
+                )
                 codecs = conf["codecs"]
-            endian, decode = _codec_chain(codecs, f"{where}/{name}")
+                unit = inner_shape
+            dtype = np.dtype(dtype_name)
+            nbytes = math.prod(unit) * dtype.itemsize
+            _require(
+                nbytes <= MAX_CHUNK_BYTES,
+                where,
+                f"has chunks of {nbytes} bytes (at most {MAX_CHUNK_BYTES} are read)",
+            )
+            endian, decode = _codec_chain(codecs, dtype, nbytes, where)
+            fill = meta.get("fill_value", 0)
+            _require(
+                isinstance(fill, int | float) and not isinstance(fill, bool),
+                where,
+                f"has fill_value {fill!r}; only numbers are supported",
+            )
             return cls(
                 name=name,
-                shape=tuple(meta["shape"]),
-                dtype=np.dtype(dtype_name).newbyteorder("<" if endian == "little" else ">"),
-                chunk_shape=tuple(grid["configuration"]["chunk_shape"]),
+                shape=shape,
+                dtype=dtype.newbyteorder("<" if endian == "little" else ">"),
+                chunk_shape=chunk_shape,
                 inner_shape=inner_shape,
                 separator=separator,
-                fill_value=meta.get("fill_value", 0),
+                fill_value=fill,
                 decode=decode,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, FormatError):
-                raise
-            raise FormatError(f"{where}/{name}/zarr.json is malformed: {exc!r}") from None
+        except FormatError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise FormatError(f"{where} is malformed: {exc!r}") from None
 
     def chunk_key(self, coords: tuple[int, ...]) -> str:
         return f"{self.name}/c{self.separator}" + self.separator.join(map(str, coords))
@@ -95,14 +153,20 @@ class ArrayLayout:
         return np.frombuffer(raw, dtype=self.dtype).reshape(shape)
 
     def read_regular(self, read: Callable[[str], bytes | None], where: str) -> np.ndarray:
-        """Read a whole regular (unsharded) array; ``read`` returns None for absent chunks."""
-        out = np.full(self.shape, self.fill_value, dtype=self.dtype.newbyteorder("="))
+        """Read a whole regular (unsharded) array; ``read`` returns None for absent chunks.
+
+        Every chunk is read before the array is allocated, so a shape that claims more chunks
+        than exist fails (in ``read``) without allocating for the claim.
+        """
         grid = [-(-s // c) for s, c in zip(self.shape, self.chunk_shape, strict=True)]
-        for coords in np.ndindex(*grid):
+        found = []
+        for coords in _lazy_ndindex(grid):
             key = self.chunk_key(coords)
             data = read(key)
-            if data is None:
-                continue
+            if data is not None:
+                found.append((coords, key, data))
+        out = np.full(self.shape, self.fill_value, dtype=self.dtype.newbyteorder("="))
+        for coords, key, data in found:
             chunk = self.decode_array(data, self.chunk_shape, f"{where}/{key}")
             sel = tuple(
                 slice(i * c, min((i + 1) * c, s))
@@ -110,6 +174,17 @@ class ArrayLayout:
             )
             out[sel] = chunk[tuple(slice(0, s.stop - s.start) for s in sel)]
         return out
+
+
+def _lazy_ndindex(shape: list[int]) -> Iterator[tuple[int, ...]]:
+    """Every index of ``shape`` in C order, generated lazily (``np.ndindex`` builds a tuple of
+    each axis's range first: a claimed 10^10 chunks would exhaust memory before the first)."""
+    if not shape:
+        yield ()
+        return
+    for i in range(shape[0]):
+        for rest in _lazy_ndindex(shape[1:]):
+            yield (i, *rest)
 
 
 def parse_shard_index(tail: bytes | memoryview, n: int, where: str) -> np.ndarray:
@@ -138,34 +213,54 @@ def _zstd() -> zstandard.ZstdDecompressor:
         return _local.zstd
 
 
-def _zstd_decompress(data: bytes) -> bytes:
+def _zstd_decompress(data: bytes, nbytes: int) -> bytes:
+    """Decode one zstd frame that must hold ``nbytes``: a frame claiming any other size is
+    refused before its output is allocated."""
+    claimed = zstandard.frame_content_size(data)
+    if claimed == -1:  # size not in the header: let the decoder stop at the limit
+        return _zstd().decompress(data, max_output_size=nbytes)
+    if claimed != nbytes:
+        raise ValueError(f"zstd frame holds {claimed} bytes, expected {nbytes}")
     return _zstd().decompress(data)
+
+
+def _gzip_decompress(data: bytes, nbytes: int) -> bytes:
+    out = zlib.decompressobj(wbits=31).decompress(data, nbytes + 1)
+    if len(out) > nbytes:
+        raise ValueError(f"gzip stream holds more than the expected {nbytes} bytes")
+    return out
 
 
 _BLOSC_FALLBACK = Blosc()
 
 
-def _blosc_decompress(data: bytes) -> Decoded:
-    """Decode a Blosc 1 frame; the frames relabel-store writes take a fast path.
+def _blosc_decompress(data: bytes, expected: int) -> Decoded:
+    """Decode a Blosc 1 frame holding ``expected`` bytes; the frames relabel-store writes take a
+    fast path.
 
     Those are one block, zstd, byte shuffle. The fast path reuses this thread's zstd context and
     unshuffles with numpy (~3 µs); numcodecs' Blosc creates a zstd context per call (~15 µs).
-    Any other frame goes to numcodecs.
+    Any other frame goes to numcodecs. A header claiming another size is refused first.
     """
+    if len(data) < 16:
+        raise ValueError(f"blosc frame of {len(data)} bytes is shorter than its header")
     flags, typesize = data[2], data[3]
     nbytes, blocksize = struct.unpack_from("<ii", data, 4)
+    if nbytes != expected:
+        raise ValueError(f"blosc frame holds {nbytes} bytes, expected {expected}")
     fast = (
         data[0] == 2
         and flags & 0x16 == 0x10
         and flags >> 5 == 4
         and nbytes == blocksize > 0
+        and typesize > 0
         and nbytes % typesize == 0
     )  # version 2, not memcpyed, no bitshuffle, unsplit blocks, zstd, one whole-element block
     if not fast:
         return _BLOSC_FALLBACK.decode(data)
     (csize,) = struct.unpack_from("<i", data, 20)
     block = data[24 : 24 + csize]
-    raw = block if csize == nbytes else _zstd().decompress(block, max_output_size=nbytes)
+    raw = block if csize == nbytes else _zstd_decompress(block, nbytes)
     if len(raw) != nbytes:
         raise ValueError(f"blosc block decoded to {len(raw)} bytes, expected {nbytes}")
     if flags & 0x01 and typesize > 1:  # byte shuffle: planes of byte 0, byte 1, ... -> elements
@@ -179,39 +274,48 @@ def _blosc_decompress(data: bytes) -> Decoded:
 
 
 def _check_index_codecs(conf: dict[str, Any], where: str) -> None:
-    names = [c["name"] for c in conf.get("index_codecs", [])]
-    if names != ["bytes", "crc32c"] or conf.get("index_location", "end") != "end":
-        raise FormatError(
-            f"{where}: shard index must be bytes+crc32c at the end, got {names} at "
-            f"{conf.get('index_location')!r}"
-        )
+    index_codecs = conf.get("index_codecs", [])
+    names = [c["name"] for c in index_codecs]
+    endian = (index_codecs[0].get("configuration") or {}).get("endian") if index_codecs else None
+    location = conf.get("index_location", "end")
+    _require(
+        names == ["bytes", "crc32c"] and endian == "little" and location == "end",
+        where,
+        f"has a shard index encoded as {names} ({endian} endian) at {location!r}; only "
+        "little-endian bytes + crc32c at the end is supported",
+    )
+
+
+_DECOMPRESSORS: dict[str, Callable[[bytes, int], Decoded]] = {
+    "zstd": _zstd_decompress,
+    "gzip": _gzip_decompress,
+    "blosc": _blosc_decompress,
+}
 
 
 def _codec_chain(
-    codecs: list[dict[str, Any]], where: str
+    codecs: list[dict[str, Any]], dtype: np.dtype, nbytes: int, where: str
 ) -> tuple[str, Callable[[bytes, str], Decoded]]:
-    if not codecs or codecs[0]["name"] != "bytes":
-        raise FormatError(f"{where}: the first codec must be 'bytes', got {codecs[:1]}")
-    endian = codecs[0].get("configuration", {}).get("endian", "little")
-    steps: list[Callable[[bytes], Decoded]] = []
-    checksum = False
-    for codec in codecs[1:]:
-        name = codec["name"]
-        if checksum:
-            raise FormatError(f"{where}: codec {name!r} after crc32c is not supported")
-        if name == "zstd":
-            steps.append(_zstd_decompress)
-        elif name == "gzip":
-            steps.append(lambda b: zlib.decompress(b, wbits=31))
-        elif name == "blosc":
-            steps.append(_blosc_decompress)
-        elif name == "crc32c":
-            checksum = True
-        else:
-            raise FormatError(f"{where}: unsupported codec {name!r}")
-    decompress = steps[0] if len(steps) == 1 else None
-    if len(steps) > 1:
-        raise FormatError(f"{where}: at most one compressor is supported")
+    """The byte order and the decoder of an inner codec chain whose chunks hold ``nbytes``."""
+    _require(
+        bool(codecs) and codecs[0]["name"] == "bytes",
+        where,
+        f"must start its codecs with 'bytes', got {codecs[:1]}",
+    )
+    endian = (codecs[0].get("configuration") or {}).get("endian")
+    if endian is None and dtype.itemsize == 1:
+        endian = "little"  # single bytes have no order; the spec lets writers omit it
+    _require(endian in ("little", "big"), where, f"has unknown endian {endian!r}")
+    names = [c["name"] for c in codecs[1:]]
+    checksum = names[-1:] == ["crc32c"]
+    compressors = names[:-1] if checksum else names
+    _require(
+        len(compressors) <= 1 and all(n in _DECOMPRESSORS for n in compressors),
+        where,
+        f"has codecs {names}; supported: at most one of {sorted(_DECOMPRESSORS)}, then "
+        "optionally crc32c",
+    )
+    decompress = _DECOMPRESSORS[compressors[0]] if compressors else None
 
     def decode(data: bytes, file: str) -> Decoded:
         try:
@@ -220,7 +324,7 @@ def _codec_chain(
                 if google_crc32c.value(bytes(body)) != int.from_bytes(crc, "little"):
                     raise CorruptDataError(f"{file}: chunk checksum mismatch")
                 data = body
-            return decompress(data) if decompress is not None else bytes(data)
+            return decompress(data, nbytes) if decompress is not None else bytes(data)
         except CorruptDataError:
             raise
         except Exception as exc:  # the compressor saw damaged bytes
@@ -229,4 +333,20 @@ def _codec_chain(
                 "`relabel-store verify`, then re-download or regenerate the store."
             ) from None
 
-    return endian, decode
+    return str(endian), decode
+
+
+def _require(ok: bool, where: str, problem: str) -> None:
+    if not ok:
+        raise FormatError(
+            f"{where} {problem}: relabel-store refuses what it could misread. The store is "
+            "damaged or was not written by relabel-store; re-download or regenerate it."
+        )
+
+
+def _ints(value: Any, low: int, where: str, what: str) -> tuple[int, ...]:
+    ok = isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value
+    )
+    _require(ok, where, f"has {what} {value!r}; expected a list of integers >= {low}")
+    return tuple(value)

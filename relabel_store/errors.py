@@ -40,7 +40,8 @@ class CorruptDataError(RelabelStoreError, OSError):
 
 
 class UnsafePathError(RelabelStoreError, ValueError):
-    """A manifest or remote named a path that would escape the store."""
+    """A path that would escape the store: named by a manifest or a remote, or a symlink (or
+    another file that is not a regular file) inside a store, which is never followed."""
 
 
 class InvalidBoxError(RelabelStoreError, ValueError):
@@ -56,7 +57,17 @@ class AnnotatorError(RelabelStoreError, RuntimeError):
 
 
 class InputError(RelabelStoreError, ValueError):
-    """The input dataset for ``generate`` is unusable (no images, duplicate keys, ...)."""
+    """The data to annotate or write is unusable: no images, duplicate or malformed keys, images
+    none of which could be decoded, or a store that cannot take them (other settings)."""
+
+
+class InvalidArgumentError(RelabelStoreError, ValueError):
+    """An argument is outside what a function accepts: an unknown mode, a batch size below 1,
+    arrays of the wrong shape, an image that is not the record's."""
+
+
+class StoreLockedError(RelabelStoreError, RuntimeError):
+    """Another process is writing the store (it holds the store's write lock)."""
 
 
 class RemoteError(RelabelStoreError, OSError):
@@ -74,6 +85,16 @@ class LabelSpaceError(ConfigurationError):
 
 class ArgumentTypeError(RelabelStoreError, TypeError):
     """An argument of the wrong type; the message names the types expected."""
+
+
+class MissingExtraError(RelabelStoreError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the
+    ``pip install 'relabel-store[extra]'`` that provides it."""
+
+    def __init__(self, message: str, *, module: str, extra: str) -> None:
+        super().__init__(message, name=module)
+        self.module = module
+        self.extra = extra
 
 
 class InputSizeWarning(UserWarning):

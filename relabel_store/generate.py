@@ -3,13 +3,14 @@
 Rows are the input's keys in sorted order; the store is written shard by shard. Batches never
 straddle shards and always split a shard the same way, so a resumed run computes every shard
 exactly as an uninterrupted one would (same bytes). Under ``torchrun`` each rank annotates the
-shards ``s`` with ``s % world_size == rank``; rank 0 finalizes after a barrier.
+shards ``s`` with ``s % world_size == rank``; rank 0 holds the store's write lock for all ranks
+and finalizes after a barrier. A second run on the same store is refused while one writes it,
+and a rerun on a store finished with the same settings reports it complete.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,21 +18,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Sampler
 
+from relabel_store._extras import requires_extra
+from relabel_store._progress import Progress
 from relabel_store._shards import cores_per_process
-from relabel_store.annotator import DenseAnnotator
-from relabel_store.errors import InputError
+from relabel_store.errors import InputError, InvalidArgumentError
 from relabel_store.format import DEFAULT_SHARD_RECORDS, ERRORS_NAME, StoreMetadata
-from relabel_store.inputs import (
-    InputBatch,
-    InputDataset,
-    InputFailure,
-    InputSource,
-    collate_inputs,
-)
 from relabel_store.writer import StoreWriter
+
+with requires_extra("generate", "relabel_store.generate"):
+    import torch
+    from torch.utils.data import DataLoader, Sampler
+
+    from relabel_store.annotator import DenseAnnotator
+    from relabel_store.inputs import (
+        InputBatch,
+        InputDataset,
+        InputFailure,
+        InputSource,
+        collate_inputs,
+    )
 
 __all__ = ["GenerateResult", "generate"]
 
@@ -49,11 +55,13 @@ class GenerateResult:
     seconds: float
     store_bytes: int
     digest: str | None  # None on ranks other than 0
+    already_complete: bool = False  # the store was finished before this run: nothing was done
 
     def summary(self) -> str:
         rate = self.annotated_now / self.seconds if self.seconds > 0 else 0.0
         lines = [
-            f"store:    {self.path}",
+            f"store:    {self.path}"
+            + (" (already complete: nothing to do)" if self.already_complete else ""),
             f"records:  {self.records} ({self.skipped} skipped"
             + (f", see {self.path / ERRORS_NAME})" if self.skipped else ")"),
             f"time:     {self.seconds:.1f} s for {self.annotated_now} images ({rate:.1f} images/s)",
@@ -61,6 +69,8 @@ class GenerateResult:
             + (f" ({self.store_bytes / self.records:.0f} B per record)" if self.records else ""),
             f"digest:   {self.digest}",
         ]
+        if self.already_complete:
+            del lines[2]
         return "\n".join(lines)
 
 
@@ -182,15 +192,23 @@ def label_space_of(annotator: DenseAnnotator) -> LabelSpace:
     A model timm cannot place in an ImageNet subset gets an unknown label space: its store then
     has no class identifiers, and loaders refuse to mix its classes with a dataset's labels.
     """
-    from timm.data import ImageNetInfo, infer_imagenet_subset
+    from timm.data import infer_imagenet_subset
 
     subset = infer_imagenet_subset(annotator.model)
     if not subset:
         return LabelSpace()
-    info = ImageNetInfo(subset)
-    if info.num_classes() != annotator.num_classes:
+    space = imagenet_label_space(subset)
+    if len(space.class_identifiers or ()) != annotator.num_classes:
         return LabelSpace()
-    n = annotator.num_classes
+    return space
+
+
+def imagenet_label_space(subset: str = "imagenet-1k") -> LabelSpace:
+    """An ImageNet subset's class names and wnids in class-id order (timm's offline tables)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo(subset)
+    n = info.num_classes()
     return LabelSpace(
         name=subset,
         class_names=tuple(info.index_to_description(i) for i in range(n)),
@@ -216,12 +234,14 @@ def generate(
 
     ``on_error="skip"`` records unreadable images in ``errors.jsonl`` and goes on;
     ``"fail"`` stops at the first one (finished shards stay on disk; rerun to resume).
-    ``progress``: a tqdm bar; None shows it only on a terminal.
+    ``progress``: None draws a bar on a terminal and writes a line every
+    ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds (30) elsewhere (a SLURM log); True always
+    reports, False never.
     """
     if on_error not in ("skip", "fail"):
-        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+        raise InvalidArgumentError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     rank, world = _distributed()
     described = annotator.describe()
@@ -240,11 +260,55 @@ def generate(
         parent=parent,
     )
     path = Path(output)
+    # Rank 0 creates the store and holds its write lock for every rank; a store that is already
+    # finished with these settings is reported, not refused (requeued jobs rerun the command).
+    finished = writer = None
     if rank == 0:
-        writer = StoreWriter.open(path, meta, overwrite=overwrite)
+        finished = None if overwrite else StoreWriter.finished(path, meta)
+        if finished is None:
+            writer = StoreWriter.open(path, meta, overwrite=overwrite)
     _barrier(world)
     if rank != 0:
-        writer = StoreWriter.open(path, meta)
+        finished = None if overwrite else StoreWriter.finished(path, meta)
+        if finished is None:
+            writer = StoreWriter.open(path, meta, lock=False)
+    if finished is not None:
+        old, manifest = finished
+        return GenerateResult(
+            path=path,
+            records=old.record_count,
+            skipped=old.rows - old.record_count,
+            annotated_now=0,
+            seconds=time.perf_counter() - started,
+            store_bytes=manifest.total_bytes,
+            digest=manifest.digest if rank == 0 else None,
+            already_complete=True,
+        )
+    assert writer is not None
+    try:
+        return _annotate(writer, inputs, annotator, meta, rank, world, started,
+                         batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+                         progress=progress)  # fmt: skip
+    finally:
+        writer.close()
+
+
+def _annotate(
+    writer: StoreWriter,
+    inputs: InputSource,
+    annotator: DenseAnnotator,
+    meta: StoreMetadata,
+    rank: int,
+    world: int,
+    started: float,
+    *,
+    batch_size: int,
+    num_workers: int | None,
+    on_error: OnError,
+    progress: bool | None,
+) -> GenerateResult:
+    """Annotate this rank's unfinished shards, then (rank 0) finalize the store."""
+    path = writer.root
     done = writer.completed_shards()
     todo = [s for s in range(writer.num_shards) if s % world == rank and s not in done]
     shard_rows = [writer.shard_rows(s) for s in todo]
@@ -260,7 +324,13 @@ def generate(
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
-    bar = _progress_bar(len(rows), progress, rank, world)
+    bar = Progress(
+        len(rows),
+        desc=f"annotating (rank {rank}/{world})" if world > 1 else "annotating",
+        unit="images",
+        show=False if not rows else progress,
+        position=rank if world > 1 else None,
+    )
     batches = iter(loader)
     # Finished shards are compressed and written on the writer's thread while the next ones are
     # annotated; leaving the block waits for them (also when annotation fails: they are kept).
@@ -283,11 +353,9 @@ def generate(
                     maps.add(batch, values, indices)
                 step = len(batch) + len(batch.failures)
                 seen += step
-                if bar is not None:
-                    bar.update(step)
+                bar.update(step)
             background.submit_call(shard, maps.ready)
-    if bar is not None:
-        bar.close()
+    bar.close()
     _barrier(world)
     digest = None
     if rank == 0:
@@ -306,20 +374,4 @@ def generate(
         seconds=time.perf_counter() - started,
         store_bytes=size,
         digest=digest,
-    )
-
-
-def _progress_bar(total: int, progress: bool | None, rank: int, world: int) -> Any:
-    if progress is False or total == 0:
-        return None
-    if progress is None and not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        unit="img",
-        desc=f"annotating (rank {rank}/{world})" if world > 1 else "annotating",
-        position=rank,
-        smoothing=0.05,
     )

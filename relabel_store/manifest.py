@@ -6,6 +6,7 @@ complete. Paths in a manifest are validated before use, wherever the manifest ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,8 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relabel_store._io import atomic_write_bytes, sha256_file
-from relabel_store.errors import FormatError, UnsafePathError
+from relabel_store._io import atomic_write_bytes, file_kind, open_regular, sha256_stream
+from relabel_store.errors import (
+    FormatError,
+    IncompleteStoreError,
+    StoreNotFoundError,
+    UnsafePathError,
+)
 from relabel_store.format import MANIFEST_NAME, PROGRESS_DIR
 
 MANIFEST_VERSION = 1
@@ -114,25 +120,54 @@ def safe_relpath(path: Any) -> str:
     return path
 
 
-def store_files(root: Path) -> list[str]:
-    """Relative paths of the files a manifest covers (everything but itself and scratch state)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root)
-        if rel_dir == Path("."):
-            dirnames[:] = [d for d in dirnames if d != PROGRESS_DIR]
-        for name in filenames:
-            rel = (rel_dir / name).as_posix()
-            if rel != MANIFEST_NAME and not name.endswith(".tmp"):
-                out.append(rel)
-    return sorted(out)
+def scan_store(
+    root: Path, *, include_scratch: bool = False
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The regular files under ``root`` (relative POSIX paths, sorted), and every entry that is
+    neither a regular file nor a folder, as ``(path, kind)``: symlinks (never followed), FIFOs,
+    devices, sockets. Unless ``include_scratch``, what a manifest does not cover is left out:
+    ``manifest.json`` itself, the ``_progress/`` folder and ``*.tmp`` files."""
+    files: list[str] = []
+    irregular: list[tuple[str, str]] = []
+
+    def visit(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if include_scratch or rel != PROGRESS_DIR:
+                        visit(entry.path, rel + "/")
+                elif entry.is_file(follow_symlinks=False):
+                    scratch = rel == MANIFEST_NAME or entry.name.endswith(".tmp")
+                    if include_scratch or not scratch:
+                        files.append(rel)
+                else:
+                    irregular.append((rel, file_kind(entry.path) or "file"))
+
+    visit(os.fspath(root), "")
+    return sorted(files), sorted(irregular)
+
+
+def store_files(root: Path, *, include_scratch: bool = False) -> list[str]:
+    """The files a manifest covers (all files with ``include_scratch``), as :func:`scan_store`;
+    raises :class:`UnsafePathError` if the store holds a symlink or another non-regular file."""
+    files, irregular = scan_store(root, include_scratch=include_scratch)
+    if irregular:
+        path, kind = irregular[0]
+        raise UnsafePathError(
+            f"refusing {root}/{path}: it is a {kind}. A store holds only regular files and "
+            f"folders, and relabel-store never follows a link inside one ({len(irregular)} such "
+            "entries); replace it with the real file, or remove it."
+        )
+    return files
 
 
 def build_manifest(root: Path) -> Manifest:
     entries = []
     for rel in store_files(root):
-        p = root / rel
-        entries.append(ManifestEntry(rel, p.stat().st_size, sha256_file(p)))
+        with open_regular(root, rel) as f:
+            size, digest = sha256_stream(f)
+        entries.append(ManifestEntry(rel, size, digest))
     return Manifest(tuple(entries))
 
 
@@ -142,7 +177,8 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
 
 @dataclass
 class VerifyReport:
-    """What ``verify`` found; ``ok`` when nothing is missing, extra, resized or altered."""
+    """What ``verify`` found; ``ok`` when nothing is missing, extra, resized, altered or a
+    non-regular file (a symlink is reported and never followed)."""
 
     digest: str
     checked: int = 0
@@ -150,13 +186,15 @@ class VerifyReport:
     extra: list[str] = field(default_factory=list)
     resized: list[tuple[str, int, int]] = field(default_factory=list)
     altered: list[str] = field(default_factory=list)
+    not_regular: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.resized or self.altered)
+        return not (self.missing or self.extra or self.resized or self.altered or self.not_regular)
 
     def lines(self) -> list[str]:
-        out = [f"missing: {p}" for p in self.missing]
+        out = [f"not a regular file: {p} ({kind}; not followed)" for p, kind in self.not_regular]
+        out += [f"missing: {p}" for p in self.missing]
         out += [f"extra: {p}" for p in self.extra]
         out += [f"resized: {p} (manifest {a} bytes, found {b})" for p, a, b in self.resized]
         out += [f"altered: {p} (sha256 differs)" for p in self.altered]
@@ -188,29 +226,62 @@ def compare_files(
 
 
 def verify_dir(root: Path, manifest: Manifest) -> VerifyReport:
-    """Check every file under ``root`` against ``manifest``."""
-    present = store_files(root)
+    """Check every file under ``root`` against ``manifest``. A symlink or another non-regular
+    file is reported (``not_regular``) and never followed, opened or hashed."""
+    present, not_regular = scan_store(root)
+    blocked = {p for p, _ in not_regular}
     listed = manifest.by_path()
-    return compare_files(
-        manifest,
-        {p: (root / p).stat().st_size for p in present if p in listed},
-        lambda e: sha256_file(root / e.path) == e.sha256,
-        extra=[p for p in present if p not in listed],
+    sizes = {}
+    for path in present:
+        if path in listed:
+            with contextlib.suppress(FileNotFoundError):  # removed since the scan: missing
+                sizes[path] = os.lstat(root / path).st_size
+
+    def same_content(entry: ManifestEntry) -> bool:
+        try:
+            with open_regular(root, entry.path) as f:
+                return sha256_stream(f)[1] == entry.sha256
+        except (FileNotFoundError, UnsafePathError):  # gone, or swapped for a link, since
+            return False
+
+    report = compare_files(
+        manifest, sizes, same_content, extra=[p for p in present if p not in listed]
     )
+    report.not_regular = not_regular
+    report.missing = [p for p in report.missing if not _inside(p, blocked)]
+    return report
 
 
-def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
-    """Check a local store against its own ``manifest.json``."""
-    from relabel_store.errors import IncompleteStoreError, StoreNotFoundError
+def _inside(path: str, entries: set[str]) -> bool:
+    """Whether ``path`` is one of ``entries`` or lies in a folder that is one."""
+    parts = path.split("/")
+    return any("/".join(parts[:i]) in entries for i in range(1, len(parts) + 1))
 
-    root = Path(path)
-    if not (root / "zarr.json").is_file():
-        raise StoreNotFoundError(f"no relabel-store store at {root} (no zarr.json); check the path")
+
+def read_manifest(root: Path) -> Manifest:
+    """The parsed ``manifest.json`` of the local store at ``root``, read without following links.
+
+    Raises :class:`StoreNotFoundError` when ``root`` holds no store, and
+    :class:`IncompleteStoreError` when the store was never finalized.
+    """
     try:
-        raw = (root / MANIFEST_NAME).read_bytes()
+        open_regular(root, "zarr.json").close()
+    except (FileNotFoundError, NotADirectoryError):
+        raise StoreNotFoundError(
+            f"no relabel-store store at {root} (no zarr.json); check the path"
+        ) from None
+    try:
+        with open_regular(root, MANIFEST_NAME) as f:
+            raw = f.read()
     except FileNotFoundError:
         raise IncompleteStoreError(
             f"{root} has no {MANIFEST_NAME}: the store was never finalized. Re-run the "
             "`relabel-store generate` command that created it to resume and finish it."
         ) from None
-    return verify_dir(root, Manifest.from_bytes(raw, where=f"{root}/{MANIFEST_NAME}"))
+    return Manifest.from_bytes(raw, where=f"{root}/{MANIFEST_NAME}")
+
+
+def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
+    """Check a local store against its own ``manifest.json``."""
+    root = Path(path)
+    return verify_dir(root, read_manifest(root))

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from relabel_store.errors import ConfigurationError, InputError
-from relabel_store.pooling import BatchPooler
+from relabel_store.pooling import CropBox, pool
 from relabel_store.reader import RelabelStore
 
 __all__ = ["QualityReport", "quality_report"]
@@ -106,10 +105,13 @@ class QualityReport:
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Three histograms in one PNG (crop and whole-image confidence, mass outside the map,
         distinct top-1 classes per map), the agreement in the title."""
-        import matplotlib
+        from relabel_store._extras import requires_extra
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        with requires_extra("show", "relabel-store quality --plot"):
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         bins = np.linspace(0, 1, 21)
@@ -142,8 +144,12 @@ def quality_report(
 ) -> QualityReport:
     """Measure what ``store`` will teach on ``sample`` random records (None: all of them),
     ``crops`` random crops each (see the module docstring)."""
+    from relabel_store._extras import requires_extra
     from relabel_store.api import load_relabel
-    from relabel_store.loaders._classes import match_labels  # the loaders' own label matching
+
+    # The loaders' own label matching (its package imports torch: the torch extra).
+    with requires_extra("torch", "relabel-store quality"):
+        from relabel_store.loaders._classes import match_labels
 
     opened = load_relabel(store)
     meta = opened.metadata
@@ -160,32 +166,26 @@ def quality_report(
         dataset=f"the dataset ({meta.dataset.get('name') or 'unnamed'})",
         unnamed="the store does not record the dataset's class names",
     )
-    pooler = BatchPooler(meta.num_classes, validate=False)
+    c = meta.num_classes
     whole, crop, outside, distinct_top1, distinct_ids, agree, labelled = [], [], [], [], [], 0, 0
     for start in range(0, len(rows), _BATCH):
         batch = opened.get_rows(rows[start : start + _BATCH])
-        b = len(batch.keys)
-        ids = torch.from_numpy(batch.indices.astype(np.int64))
-        logits = torch.from_numpy(batch.values.astype(np.float32))
-        with torch.inference_mode():
-            full = pooler(ids, logits)
-            boxes = torch.from_numpy(_random_crops(rng, batch.sizes, crops))
-            targets = pooler(
-                ids.repeat_interleave(crops, 0), logits.repeat_interleave(crops, 0), boxes
-            )
-        present = torch.zeros(b, meta.num_classes, dtype=torch.bool)
-        present.scatter_(1, ids.reshape(b, -1), True)
-        whole.append(full.max(1).values.numpy())
-        crop.append(targets.max(1).values.numpy())
-        absent = ~present.repeat_interleave(crops, 0)
-        outside.append((targets * absent).sum(1).numpy())
-        flat = batch.indices.reshape(b, -1, meta.k)
-        distinct_top1.extend(len(np.unique(m[:, 0])) for m in flat)
-        distinct_ids.extend(len(np.unique(m)) for m in flat)
+        boxes = _random_crops(rng, batch.sizes, crops).tolist()
         truth = label_map.to_store(batch.labels)
-        known = truth >= 0
-        labelled += int(known.sum())
-        agree += int((full.argmax(1).numpy()[known] == truth[known]).sum())
+        for i, (ids, logits) in enumerate(zip(batch.indices, batch.values, strict=True)):
+            full = pool(ids, logits, CropBox.full(), num_classes=c)
+            absent = np.ones(c, bool)
+            absent[ids.ravel()] = False
+            whole.append(full.max())
+            for box in boxes[i * crops : (i + 1) * crops]:
+                target = pool(ids, logits, CropBox(*box), num_classes=c)
+                crop.append(target.max())
+                outside.append(target[absent].sum())
+            distinct_top1.append(len(np.unique(ids[..., 0])))
+            distinct_ids.append(c - int(absent.sum()))
+            if truth[i] >= 0:
+                labelled += 1
+                agree += int(full.argmax() == truth[i])
     note = label_map.problem
     if note is None and labelled == 0:
         note = "no sampled record has a known label (-1)"
@@ -197,9 +197,9 @@ def quality_report(
         labelled=labelled,
         agreement=agree / labelled if labelled else None,
         label_note=note,
-        whole_top1=np.concatenate(whole),
-        crop_top1=np.concatenate(crop),
-        outside_mass=np.concatenate(outside),
+        whole_top1=np.asarray(whole),
+        crop_top1=np.asarray(crop),
+        outside_mass=np.asarray(outside),
         distinct_top1=np.asarray(distinct_top1),
         distinct_ids=np.asarray(distinct_ids),
     )

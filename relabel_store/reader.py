@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from mmap import mmap
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from relabel_store._io import sha256_bytes
 from relabel_store._layout import MISSING, ArrayLayout, Decoded, parse_shard_index
 from relabel_store.errors import (
     CorruptDataError,
@@ -32,13 +33,15 @@ from relabel_store.format import (
     KEYS,
     LABELS,
     MANIFEST_NAME,
+    MAX_INDEX_CHUNK_ROWS,
+    MAX_KEY_BYTES,
     ROWS,
     SIZES,
     VALUES,
     StoreMetadata,
     read_group_attribute,
 )
-from relabel_store.manifest import Manifest
+from relabel_store.manifest import Manifest, ManifestEntry
 from relabel_store.sources import Blob, Source
 from relabel_store.sources.local import LocalSource
 
@@ -61,25 +64,25 @@ class RecordBatch(NamedTuple):
 
     keys: list[str]
     indices: np.ndarray  # (B, H, W, K) uint16
-    values: np.ndarray  # (B, H, W, K) float16
+    values: np.ndarray  # (B, H, W, K) float16, or float32 (metadata.values_dtype)
     labels: np.ndarray  # (B,) int32
     sizes: np.ndarray  # (B, 2) int32, (height, width)
 
 
 class _ShardedArray:
-    """Random access to the records of one sharded array through a bounded shard cache."""
+    """Random access to the records of one sharded array through a bounded shard cache.
 
-    def __init__(self, source: Source, layout: ArrayLayout) -> None:
-        if layout.inner_shape is None or layout.inner_shape[0] != 1:
-            raise FormatError(
-                f"{source.location}/{layout.name}: expected one inner chunk per record"
-            )
-        if tuple(layout.inner_shape[1:]) != tuple(layout.shape[1:]):
-            raise FormatError(
-                f"{source.location}/{layout.name}: inner chunk must hold a whole record"
-            )
+    ``listed`` is the manifest's files (None for an unfinished store): a shard it lists must be
+    there at its size, and one it does not list was never written (zarr leaves out shards that
+    hold only fill values), so it is never opened.
+    """
+
+    def __init__(
+        self, source: Source, layout: ArrayLayout, listed: Mapping[str, ManifestEntry] | None
+    ) -> None:
         self.source = source
         self.layout = layout
+        self.listed = listed
         self.per_shard = layout.chunk_shape[0]
         self.record_shape = tuple(layout.shape[1:])
         self.nbytes = int(np.prod(self.record_shape)) * layout.dtype.itemsize
@@ -97,13 +100,23 @@ class _ShardedArray:
         with self._lock:
             key = f"{self.layout.name}/c{self.layout.separator}{s}{self.suffix}"
             where = f"{self.source.location}/{key}"
-            blob = self.source.open_blob(key)
-            if blob is None:  # an absent shard holds only fill values
-                entry = (None, _NO_INDEX, where)
+            listed = None if self.listed is None else self.listed.get(key)
+            blob = None
+            if self.listed is None or listed is not None:
+                blob = self.source.open_blob(key)
+            if blob is None:
+                if listed is not None:
+                    raise _damaged(where, "the manifest lists this shard but it is missing")
+                entry = (None, _NO_INDEX, where)  # never written: only fill values
             else:
-                tail = memoryview(blob)[len(blob) - self.tail :] if isinstance(blob, mmap) else (
-                    blob[len(blob) - self.tail : len(blob)]
-                )  # fmt: skip
+                if listed is not None and len(blob) != listed.size:
+                    raise _damaged(
+                        where, f"{len(blob)} bytes on disk, the manifest says {listed.size}"
+                    )
+                if len(blob) < self.tail:
+                    raise _damaged(where, "the shard is too short to hold its index")
+                start = len(blob) - self.tail
+                tail = memoryview(blob)[start:] if isinstance(blob, mmap) else blob[start:]
                 entry = (blob, parse_shard_index(tail, self.per_shard, where), where)
             self._shards[s] = entry
             while len(self._shards) > _MAX_OPEN_SHARDS:
@@ -170,43 +183,136 @@ class RelabelStore:
                 f"no relabel-store store at {where}: it has no zarr.json. Check the path, or "
                 "create a store with `relabel-store generate`."
             )
-        self.metadata = StoreMetadata.from_json(read_group_attribute(group, where), where=where)
         manifest_raw = source.read(MANIFEST_NAME)
-        if not allow_incomplete and (not self.metadata.complete or manifest_raw is None):
-            raise IncompleteStoreError(
-                f"store {where} is incomplete: it was never finalized (generation still running "
-                "or interrupted). Re-run the same `relabel-store generate` command to resume and "
-                "finish it, or open it with allow_incomplete=True to inspect what is there."
-            )
         self.manifest = (
             Manifest.from_bytes(manifest_raw, where=f"{where}/{MANIFEST_NAME}")
             if manifest_raw is not None
             else None
         )
-        self._indices = _ShardedArray(source, self._layout(INDICES))
-        self._values = _ShardedArray(source, self._layout(VALUES))
+        # A finalized store is exactly its manifest: every file read at open is checked against
+        # it (size and sha256), and a file it lists must exist.
+        self._listed = self.manifest.by_path() if self.manifest is not None else None
+        self._check_listed("zarr.json", group)
+        attrs = read_group_attribute(group, where)
+        self.metadata = m = StoreMetadata.from_json(attrs, where=where)
+        if not allow_incomplete and (not m.complete or manifest_raw is None):
+            raise IncompleteStoreError(
+                f"store {where} is incomplete: it was never finalized (generation still running "
+                "or interrupted). Re-run the same `relabel-store generate` command to resume and "
+                "finish it, or open it with allow_incomplete=True to inspect what is there."
+            )
+        record = (m.rows, *m.grid, m.k)
+        self._indices = _ShardedArray(
+            source, self._layout(INDICES, record, "u", (2,)), self._listed
+        )
+        self._values = _ShardedArray(
+            source, self._layout(VALUES, record, "f", (2, 4)), self._listed
+        )
+        if self._values.layout.dtype.name != m.values_dtype:
+            raise FormatError(
+                f"store {where} says its values are {m.values_dtype} but the values array holds "
+                f"{self._values.layout.dtype.name}; the store is damaged"
+            )
         # The per-key index (written by finalize): sorted keys, their physical rows, labels, sizes.
-        if self.metadata.complete:
-            keys = self._index(KEYS)
+        if m.complete:
+            n = m.record_count
+            keys = self._index(KEYS, (n, None), "u", 1)
             self._keys = np.ascontiguousarray(keys).view(f"S{keys.shape[1]}").reshape(-1)
             # Held in the narrowest exact dtype: ImageNet's index takes ~35 MB, not ~50.
-            self._rows = _narrowed(self._index(ROWS), np.int32)
-            self._labels = self._index(LABELS).astype(np.int32, copy=False)
-            self._sizes = _narrowed(self._index(SIZES), np.uint16)
+            self._rows = _narrowed(self._index(ROWS, (n,), "i", 8), np.int32)
+            self._labels = self._index(LABELS, (n,), "i", 4).astype(np.int32, copy=False)
+            self._sizes = _narrowed(self._index(SIZES, (n, 2), "i", 4), np.uint16)
+            if n and not (self._rows.min() >= 0 and self._rows.max() < m.rows):
+                raise _damaged(
+                    f"{where}/{ROWS}", f"a row number is outside 0..{m.rows - 1} (metadata rows)"
+                )
         else:
             self._keys = np.zeros(0, "S1")
             self._rows = np.zeros(0, np.int64)
             self._labels = np.zeros(0, np.int32)
             self._sizes = np.zeros((0, 2), np.int32)
 
-    def _index(self, name: str) -> np.ndarray:
-        return self._layout(name).read_regular(self.source.read, self.source.location)
+    def _check_listed(self, path: str, data: bytes | None) -> bytes | None:
+        """``data`` (the bytes of ``path``; None when it is absent) if they are what the
+        manifest lists; unchecked in an unfinished store, which has no manifest yet."""
+        if self._listed is None:
+            return data
+        where = f"{self.source.location}/{path}"
+        entry = self._listed.get(path)
+        if entry is None:
+            raise _damaged(where, "the manifest does not list this file")
+        if data is None:
+            raise _damaged(where, "the manifest lists this file but it is missing")
+        if len(data) != entry.size or sha256_bytes(data) != entry.sha256:
+            raise _damaged(where, "its content differs from the manifest's size and sha256")
+        return data
 
-    def _layout(self, name: str) -> ArrayLayout:
-        raw = self.source.read(f"{name}/zarr.json")
+    def _read_listed(self, path: str, *, required: bool = False) -> bytes | None:
+        """A small file, checked against the manifest. A file the manifest does not list was
+        never written (zarr leaves out chunks holding only fill values) and is not read: None,
+        or an error when the file is ``required``."""
+        if self._listed is not None and path not in self._listed:
+            if required:
+                raise _damaged(
+                    f"{self.source.location}/{path}",
+                    "the key index needs this chunk but the manifest does not list it (the "
+                    "arrays claim more records than the store holds)",
+                )
+            return None
+        return self._check_listed(path, self.source.read(path))
+
+    def _index(self, name: str, shape: tuple[int | None, ...], kind: str, size: int) -> np.ndarray:
+        """One array of the key index, its layout checked against the metadata first, so a
+        store claiming more than it holds fails before anything is allocated."""
+        layout = self._layout(name, shape, kind, (size,))
+        rows = layout.chunk_shape[0]
+        if not (rows <= MAX_INDEX_CHUNK_ROWS and layout.chunk_shape[1:] == layout.shape[1:]):
+            raise self._bad_layout(name, f"chunks {layout.chunk_shape}")
+        # Every chunk of `keys` holds keys (never only fill values), so the manifest lists each:
+        # read them all, refusing a missing one, before the other arrays allocate for N rows.
+        required = name == KEYS
+        return layout.read_regular(
+            lambda key: self._read_listed(key, required=required), self.source.location
+        )
+
+    def _layout(
+        self, name: str, shape: tuple[int | None, ...], kind: str, sizes: tuple[int, ...]
+    ) -> ArrayLayout:
+        """The layout of array ``name``, refused unless its shape is ``shape`` (None: any
+        width up to MAX_KEY_BYTES) and its dtype of ``kind`` with an item size in ``sizes``."""
+        raw = self._read_listed(f"{name}/zarr.json")
         if raw is None:
             raise FormatError(f"store {self.source.location} has no array {name!r}; it is damaged")
-        return ArrayLayout.parse(name, raw, self.source.location)
+        layout = ArrayLayout.parse(name, raw, self.source.location)
+        got = layout.shape
+        if len(got) != len(shape) or any(
+            g != e if e is not None else not 1 <= g <= MAX_KEY_BYTES
+            for g, e in zip(got, shape, strict=False)
+        ):
+            want = tuple(f"1..{MAX_KEY_BYTES}" if e is None else e for e in shape)
+            raise self._bad_layout(name, f"shape {got}, but its metadata implies {want}")
+        if layout.dtype.kind != kind or layout.dtype.itemsize not in sizes:
+            raise self._bad_layout(name, f"dtype {layout.dtype}")
+        if layout.separator != ".":  # chunk files elsewhere would all read as fill values
+            raise self._bad_layout(name, f"chunk key separator {layout.separator!r}, not '.'")
+        m = self.metadata
+        record = got[1:]
+        if name in (INDICES, VALUES) and (
+            layout.chunk_shape != (m.shard_records, *record) or layout.inner_shape != (1, *record)
+        ):
+            raise self._bad_layout(
+                name,
+                f"shards {layout.chunk_shape} of inner chunks {layout.inner_shape}; the format "
+                f"has shards of {m.shard_records} records and one record per inner chunk",
+            )
+        return layout
+
+    def _bad_layout(self, name: str, what: str) -> FormatError:
+        return FormatError(
+            f"{self.source.location}/{name}/zarr.json: the array has {what}, which does not fit "
+            "the store's metadata (records, grid, k, shard size); the store is damaged or not "
+            "a relabel-store store. Re-download or regenerate it."
+        )
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> RelabelStore:
@@ -335,3 +441,10 @@ def _narrowed(values: np.ndarray, dtype: type[np.integer]) -> np.ndarray:
 
 def _reopen(source: Source, allow_incomplete: bool) -> RelabelStore:
     return RelabelStore(source, allow_incomplete=allow_incomplete)
+
+
+def _damaged(where: str, problem: str) -> CorruptDataError:
+    return CorruptDataError(
+        f"{where}: {problem}. The store was changed or damaged after it was finalized; run "
+        "`relabel-store verify` on it, then re-download or regenerate it."
+    )

@@ -11,10 +11,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from relabel_store._extras import requires_extra
+from relabel_store.errors import InvalidArgumentError
 from relabel_store.pooling import CropBox, pool
 from relabel_store.reader import RelabelStore
+
+with requires_extra("show", "relabel_store.show"):
+    from PIL import Image
 
 __all__ = ["render_label_map"]
 
@@ -36,26 +40,28 @@ def render_label_map(
     top: int = 5,
 ) -> Path:
     """Draw record ``key`` of ``store`` (over ``image`` when given) into the PNG ``output``."""
-    import matplotlib
+    with requires_extra("show", "render_label_map"):
+        import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch, Rectangle
 
     rec = store.get(key)
     meta = store.metadata
     names = meta.class_names
-    h, w = rec.size
+    h, w = rec.size  # (0, 0): not recorded (imported maps); any image size is then taken
     if image is not None:
         photo = image if isinstance(image, Image.Image) else Image.open(image)
         photo = photo.convert("RGB")
-        if photo.size != (w, h):
-            raise ValueError(
+        if h and w and photo.size != (w, h):
+            raise InvalidArgumentError(
                 f"the image is {photo.size[0]}x{photo.size[1]} but record {key!r} was made from "
                 f"a {w}x{h} image; pass the original image"
             )
     else:
-        photo = Image.new("RGB", (w, h), (128, 128, 128))
+        photo = Image.new("RGB", (w or 480, h or 480), (128, 128, 128))
+    w, h = photo.size
     top1 = rec.indices[..., 0].astype(np.int64)
     classes, counts = np.unique(top1, return_counts=True)
     order = classes[np.argsort(-counts)]

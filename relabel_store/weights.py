@@ -32,14 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
-import timm.data
-import torch
-from timm.models import PretrainedCfg
-from torch import nn
-
+from relabel_store._extras import requires_extra
 from relabel_store._io import sha256_file
 from relabel_store.errors import AnnotatorError
+
+with requires_extra("generate", "relabel_store.weights"):
+    import timm
+    import timm.data
+    import torch
+    from timm.models import PretrainedCfg
+    from torch import nn
 
 __all__ = [
     "LITE0_CHECKPOINT",

@@ -32,9 +32,15 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-from relabel_store._io import atomic_write_bytes, remove_abandoned_temps
+from relabel_store._io import atomic_write_bytes, open_regular, remove_abandoned_temps
+from relabel_store._lock import LOCK_NAME, WriteLock
 from relabel_store._shards import ShardEncoder, cores_per_process
-from relabel_store.errors import IncompleteStoreError, InputError
+from relabel_store.errors import (
+    IncompleteStoreError,
+    InputError,
+    InvalidArgumentError,
+    StoreLockedError,
+)
 from relabel_store.format import (
     ATTRS_KEY,
     DEFAULT_ZSTD_LEVEL,
@@ -45,6 +51,7 @@ from relabel_store.format import (
     KEYS,
     LABELS,
     MANIFEST_NAME,
+    MAX_KEY_BYTES,
     PROGRESS_DIR,
     ROWS,
     SIZES,
@@ -53,7 +60,13 @@ from relabel_store.format import (
     StoreMetadata,
     read_group_attribute,
 )
-from relabel_store.manifest import Manifest, build_manifest, write_manifest
+from relabel_store.manifest import (
+    Manifest,
+    build_manifest,
+    read_manifest,
+    store_files,
+    write_manifest,
+)
 
 # Fields that may differ between the run that created a store and the run that resumes it.
 _VOLATILE = {"created_at", "software_version", "complete", "record_count"}
@@ -83,8 +96,9 @@ _RECORD_CODECS: dict[str, dict[str, Any]] = {
 def read_group_attrs(root: Path) -> dict[str, Any] | None:
     """The ``relabel`` attribute of the group at ``root``; None when there is no group."""
     try:
-        raw = (root / "zarr.json").read_bytes()
-    except FileNotFoundError:
+        with open_regular(root, "zarr.json") as f:
+            raw = f.read()
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return read_group_attribute(raw, str(root))
 
@@ -92,13 +106,23 @@ def read_group_attrs(root: Path) -> dict[str, Any] | None:
 class StoreWriter:
     """Writes one store. Create or resume with :meth:`open`; seal with :meth:`finalize`.
 
-    ``threads`` compress shards in parallel (default: the cores this process may use).
+    The writer holds the store's write lock (see :class:`WriteLock`) until :meth:`finalize`
+    or :meth:`close`; a second writer is refused while it lives. ``threads`` compress shards in
+    parallel (default: the cores this process may use).
     """
 
-    def __init__(self, root: Path, metadata: StoreMetadata, *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        metadata: StoreMetadata,
+        lock: WriteLock | None = None,
+        *,
+        threads: int | None = None,
+    ) -> None:
         self.root = root
         self.metadata = metadata
         self.threads = max(1, threads or cores_per_process())
+        self._lock = lock
         self._zstore = LocalStore(root)
         self._encoders = {name: ShardEncoder.read(root, name) for name in (INDICES, VALUES)}
         self._pool: ThreadPoolExecutor | None = None
@@ -110,41 +134,86 @@ class StoreWriter:
         metadata: StoreMetadata,
         *,
         overwrite: bool = False,
+        lock: bool = True,
         threads: int | None = None,
     ) -> StoreWriter:
         """Create a store at ``path``, or resume the unfinished one already there.
 
         Resuming requires the same settings (rows, grid, k, classes, annotator, ...): a store
         started differently is refused rather than mixed. ``overwrite`` deletes an existing
-        relabel-store store first (never a folder that is not one). ``threads``: compression
-        threads (default: the cores this process may use).
+        relabel-store store first (never a folder that is not one). The store's write lock is
+        taken before anything is written (:class:`~relabel_store.errors.StoreLockedError` when
+        another process holds it); ``lock=False`` is for the other ranks of a ``torchrun`` job,
+        whose rank 0 holds the lock for all of them. ``threads``: compression threads (default:
+        the cores this process may use).
         """
         root = Path(path)
         existing = read_group_attrs(root)
-        if existing is None and root.exists() and any(root.iterdir()):
+        if existing is None and not _empty_or_ours(root):
             raise InputError(
                 f"{root} exists and is not a relabel-store store; refusing to write into it. "
                 "Choose a new output path."
             )
-        if existing is not None and overwrite:
-            shutil.rmtree(root)
-            existing = None
+        if existing is not None and not overwrite:
+            _refuse_finalized(root, StoreMetadata.from_json(existing, where=str(root)))
+        (root / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
+        held = WriteLock.acquire(root) if lock else None
+        try:
+            existing = read_group_attrs(root)  # again, under the lock
+            store_files(root, include_scratch=True)  # zarr would write through a symlink
+            if existing is not None and overwrite:
+                _clear_store(root)
+                existing = None
+            if existing is None:
+                cls._create(root, metadata)
+                return cls(root, metadata, held, threads=threads)
+            old = StoreMetadata.from_json(existing, where=str(root))
+            _refuse_finalized(root, old)
+            diff = _settings_diff(old, metadata)
+            if diff:
+                raise InputError(
+                    f"{root} holds an unfinished store started with different settings "
+                    f"({diff}). Re-run with the original settings to resume it, or pass "
+                    "--overwrite to start over."
+                )
+            return cls(root, replace(old, complete=False), held, threads=threads)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+
+    @staticmethod
+    def finished(
+        path: str | os.PathLike[str], metadata: StoreMetadata
+    ) -> tuple[StoreMetadata, Manifest] | None:
+        """The metadata and manifest of the finalized store at ``path`` when it was made with
+        the settings of ``metadata``; None when ``path`` holds no finalized store.
+
+        A finalized store made with other settings is refused (:class:`InputError`, naming the
+        fields that differ). A ``_progress/`` folder left by a run killed between writing the
+        manifest and removing it is removed, unless a live process holds the lock.
+        """
+        root = Path(path)
+        existing = read_group_attrs(root)
         if existing is None:
-            cls._create(root, metadata)
-            return cls(root, metadata, threads=threads)
+            return None
         old = StoreMetadata.from_json(existing, where=str(root))
-        if old.complete and (root / MANIFEST_NAME).exists():
-            raise InputError(
-                f"{root} already holds a finalized store (digest in manifest.json). Use a new "
-                "output path, or overwrite it explicitly (--overwrite / overwrite=True)."
-            )
+        if not old.complete:
+            return None
+        try:
+            manifest = read_manifest(root)
+        except IncompleteStoreError:
+            return None
         diff = _settings_diff(old, metadata)
         if diff:
             raise InputError(
-                f"{root} holds an unfinished store started with different settings ({diff}). "
-                "Re-run with the original settings to resume it, or pass --overwrite to start over."
+                f"{root} already holds a finalized store made with different settings ({diff}). "
+                "Use a new output path, or pass --overwrite to replace it."
             )
-        return cls(root, replace(old, complete=False), threads=threads)
+        if (root / PROGRESS_DIR).is_dir():
+            with contextlib.suppress(StoreLockedError):  # its writer is still cleaning up
+                WriteLock.acquire(root).release_and_remove_progress()
+        return old, manifest
 
     @staticmethod
     def _create(root: Path, m: StoreMetadata) -> None:
@@ -155,7 +224,7 @@ class StoreWriter:
         rec = (h, w, m.k)
         dims = ("record", "y", "x", "k")
         s = m.shard_records
-        for name, dtype in ((INDICES, "uint16"), (VALUES, "float16")):
+        for name, dtype in ((INDICES, "uint16"), (VALUES, m.values_dtype)):
             group.create_array(
                 name,
                 shape=(m.rows, *rec),
@@ -209,7 +278,7 @@ class StoreWriter:
         ``errors.jsonl``.
         """
         if not 0 <= shard < self.num_shards:
-            raise IndexError(f"shard {shard} out of range 0..{self.num_shards - 1}")
+            raise InvalidArgumentError(f"shard {shard} out of range 0..{self.num_shards - 1}")
         rows = self.shard_rows(shard)
         n = len(rows)
         m = self.metadata
@@ -218,30 +287,33 @@ class StoreWriter:
         keys = list(keys)
         _check_keys(keys, n)
         if len(errors) != n:
-            raise ValueError(f"shard {shard} needs {n} error entries, got {len(errors)}")
+            raise InvalidArgumentError(f"shard {shard} needs {n} error entries, got {len(errors)}")
         indices = np.asarray(indices)
         values = np.asarray(values)
         if indices.shape != rec or values.shape != rec:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"shard {shard} needs indices and values of shape {rec}, got "
                 f"{indices.shape} and {values.shape}"
             )
         if indices.size and (indices.min() < 0 or indices.max() >= m.num_classes):
-            raise ValueError(f"class ids must be in 0..{m.num_classes - 1}")
-        values16 = values.astype(np.float16)
-        if not np.isfinite(values16).all():
-            raise ValueError("values must be finite and within float16 range (|logit| < 65504)")
+            raise InvalidArgumentError(f"class ids must be in 0..{m.num_classes - 1}")
+        stored = values.astype(m.values_dtype)
+        if not np.isfinite(stored).all():
+            raise InvalidArgumentError(
+                f"values must be finite and within {m.values_dtype} range"
+                + (" (|logit| < 65504)" if m.values_dtype == "float16" else "")
+            )
         labels_list = np.asarray(labels, dtype=np.int32).reshape(n).tolist()
         sizes_list = np.asarray(sizes, dtype=np.int32).reshape(n, 2).tolist()
         failed = np.array([e is not None for e in errors], dtype=bool)
         if failed.any():
             indices = indices.copy()
             indices[failed] = 0
-            values16[failed] = 0
+            stored[failed] = 0
         pool = self._executor()
         pending = [
             (name, self._encoders[name].start(data, pool))
-            for name, data in ((INDICES, indices.astype(np.uint16, copy=False)), (VALUES, values16))
+            for name, data in ((INDICES, indices.astype(np.uint16, copy=False)), (VALUES, stored))
         ]
         for name, encoded in pending:
             path = self.root / name / self._encoders[name].chunk_key(shard)
@@ -268,8 +340,7 @@ class StoreWriter:
         """A :class:`BackgroundWriter` for this store: ``submit`` shards and go on working."""
         return BackgroundWriter(self, max_pending)
 
-    def close(self) -> None:
-        """Stop the compression threads (:meth:`finalize` does it too; writing restarts them)."""
+    def _stop_threads(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -278,7 +349,7 @@ class StoreWriter:
 
     def finalize(self) -> Manifest:
         """Index the keys, write errors.jsonl, mark the store complete, write the manifest."""
-        self.close()
+        self._stop_threads()
         missing = sorted(set(range(self.num_shards)) - self.completed_shards())
         if missing:
             raise IncompleteStoreError(
@@ -301,6 +372,13 @@ class StoreWriter:
                     sizes.append(size)
                 else:
                     failures.append({"key": key, **err})
+        if not keys and self.metadata.rows:
+            reasons = "; ".join(f"{f['key']}: {f.get('reason', '?')}" for f in failures[:3])
+            raise InputError(
+                f"none of the {self.metadata.rows} images could be annotated (first: {reasons}), "
+                f"so {self.root} was not finalized: an empty store would only hide the problem. "
+                f"Fix the inputs, then rerun with --overwrite."
+            )
         order = sorted(range(len(keys)), key=keys.__getitem__)
         sorted_keys = [keys[i] for i in order]
         dupes = [k.decode() for a, k in itertools.pairwise(sorted_keys) if a == k]
@@ -343,8 +421,26 @@ class StoreWriter:
         remove_abandoned_temps(self.root)  # ours, from a killed write_shard
         manifest = build_manifest(self.root)
         write_manifest(self.root, manifest)
-        shutil.rmtree(self.root / PROGRESS_DIR, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.release_and_remove_progress()
+            self._lock = None
+        else:
+            shutil.rmtree(self.root / PROGRESS_DIR, ignore_errors=True)
         return manifest
+
+    def close(self) -> None:
+        """Stop the compression threads and release the write lock (a finalized writer has
+        already released it)."""
+        self._stop_threads()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _write_group_attrs(root: Path, metadata: StoreMetadata) -> None:
@@ -356,19 +452,97 @@ def _write_group_attrs(root: Path, metadata: StoreMetadata) -> None:
 
 def _check_keys(keys: list[str], n: int) -> None:
     if len(keys) != n:
-        raise ValueError(f"expected {n} keys, got {len(keys)}")
+        raise InvalidArgumentError(f"expected {n} keys, got {len(keys)}")
     for k in keys:
         if not isinstance(k, str) or not k or "\x00" in k or k != k.strip():
             raise InputError(
                 f"invalid key {k!r}: keys must be non-empty strings without NUL or surrounding "
                 "whitespace"
             )
+        if len(k.encode()) > MAX_KEY_BYTES:
+            raise InputError(
+                f"key {k[:40]!r}... is {len(k.encode())} bytes long; keys are at most "
+                f"{MAX_KEY_BYTES} UTF-8 bytes (they are stored fixed-width). Use shorter keys "
+                "(--key-column)."
+            )
 
 
-def _settings_diff(old: StoreMetadata, new: StoreMetadata) -> str:
-    a, b = old.to_json(), new.to_json()
-    changed = sorted(k for k in a.keys() | b.keys() if k not in _VOLATILE and a.get(k) != b.get(k))
-    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed)[:500]
+def _settings_diff(old: StoreMetadata, new: StoreMetadata, *, limit: int = 12) -> str:
+    """The settings that differ between two stores' metadata, one ``field: old -> new`` each
+    (nested fields dotted, long lists summarised), so the actual difference is always shown."""
+    lines: list[str] = []
+    _diff(old.to_json(), new.to_json(), "", lines)
+    more = f"; and {len(lines) - limit} more" if len(lines) > limit else ""
+    return "; ".join(lines[:limit]) + more
+
+
+def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
+    if a == b:
+        return
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(a.keys() | b.keys()):
+            if not path and key in _VOLATILE:
+                continue
+            _diff(a.get(key), b.get(key), f"{path}.{key}" if path else key, out)
+    elif (
+        isinstance(a, list)
+        and isinstance(b, list)
+        and len(a) == len(b)
+        and len(repr(a)) + len(repr(b)) > 2 * _SHORT
+    ):
+        changed = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        i = changed[0]
+        out.append(
+            f"{path}: {len(changed)} of {len(a)} entries differ, first [{i}]: "
+            f"{_short(a[i])} -> {_short(b[i])}"
+        )
+    else:
+        out.append(f"{path}: {_short(a)} -> {_short(b)}")
+
+
+_SHORT = 60
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHORT else text[: _SHORT - 1] + "…"
+
+
+def _refuse_finalized(root: Path, old: StoreMetadata) -> None:
+    if old.complete and (root / MANIFEST_NAME).exists():
+        raise InputError(
+            f"{root} already holds a finalized store (digest in manifest.json). Use a new "
+            "output path, or overwrite it explicitly (--overwrite / overwrite=True)."
+        )
+
+
+def _empty_or_ours(root: Path) -> bool:
+    """True when ``root`` is absent, empty, or holds only the ``_progress/`` folder of a
+    writer that is creating a store there."""
+    try:
+        return {p.name for p in root.iterdir()} <= {PROGRESS_DIR}
+    except FileNotFoundError:
+        return True
+    except NotADirectoryError:
+        return False
+
+
+def _clear_store(root: Path) -> None:
+    """Delete everything in the store at ``root`` but the write lock the caller holds."""
+    for entry in root.iterdir():
+        if entry.name == PROGRESS_DIR and entry.is_dir() and not entry.is_symlink():
+            for inner in entry.iterdir():
+                if inner.name != LOCK_NAME:
+                    _remove(inner)
+        else:
+            _remove(entry)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 _STOP = object()
@@ -389,7 +563,7 @@ class BackgroundWriter:
 
     def __init__(self, writer: StoreWriter, max_pending: int = 2) -> None:
         if max_pending < 1:
-            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+            raise InvalidArgumentError(f"max_pending must be >= 1, got {max_pending}")
         self.writer = writer
         self._queue: queue.Queue[Any] = queue.Queue(max_pending)
         self._error: BaseException | None = None

@@ -45,9 +45,11 @@ def write_store(
     label_space: str | None = None,
     class_identifiers: tuple[str, ...] | None = None,
     dataset: dict | None = None,
+    writer: StoreWriter | None = None,
 ) -> Written:
-    """A store of ``n`` random records (``keys``, if given, in that row order); the label space
-    and dataset description as ``generate`` records them, when given."""
+    """Write ``n`` random records (``keys``, if given, in that row order) for the given ``shards``
+    (all by default) through ``writer`` or a writer of its own, and finalize unless told not to.
+    The label space and dataset description are recorded as ``generate`` records them, when given."""
     rng = np.random.default_rng(seed)
     if keys is None:
         keys = [f"img_{int(i):05d}" for i in rng.permutation(n)]  # rows not in key order
@@ -67,7 +69,7 @@ def write_store(
         annotator={"model": "test", "input_size": 475},
         dataset=dataset or {"name": "synthetic", "split": "train"},
     )
-    w = StoreWriter.open(path, meta)
+    w = writer or StoreWriter.open(path, meta)
     for s in range(w.num_shards) if shards is None else shards:
         r = w.shard_rows(s)
         errors = [{"reason": "broken", "path": keys[i]} if i in failed else None for i in r]
@@ -83,3 +85,14 @@ def write_store(
     if finalize:
         w.finalize()
     return Written(path, keys, idx, vals, labels, sizes, {keys[i] for i in failed})
+
+
+def data_files(store: Path) -> dict[str, bytes]:
+    """Every file of a store but its metadata and manifest (which record creation times), for
+    comparing two stores' data byte for byte."""
+    skip = {"zarr.json", "manifest.json"}
+    return {
+        p.relative_to(store).as_posix(): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
