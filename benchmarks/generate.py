@@ -81,6 +81,9 @@ class NearFreeAnnotator(nn.Module):
 
 def build_annotator(kind: str, size: int, device: str, amp: str | None) -> nn.Module:
     if kind == "stand-in":
+        # Its few tensor ops on one thread, as in the main process of a GPU run (the CLI does
+        # the same there): intra-op threads spinning on cores the workers need cost 8x here.
+        torch.set_num_threads(1)
         return NearFreeAnnotator(size, device)
     import timm
 

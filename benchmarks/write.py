@@ -5,13 +5,16 @@
 Maps: real ones (the offline lite0 annotator at its trained 224, over real photos, crops and
 flips of them; or the maps of ``--store``), repeated to ``--records``; and realistic synthetic
 ones (``_synthetic.py``, the ImageNet-scale benchmark's). Each is written in shards of 4,096 with
-``threads=1`` and with one thread per core, then finalized; printed: records/s, records/s per
-core used, and CPU time per record. Target: >= 2,000 records/s on this 2-core machine.
+``threads=1`` and with one thread per core, then finalized; the real maps also with float32
+values (``values_dtype``, what ``import --values float32`` writes). Printed: records/s, records/s
+per core used, CPU time per record, and the load average (other jobs share the cores). Target:
+>= 2,000 records/s on this 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +51,10 @@ def maps_of(store_path: Path) -> tuple[np.ndarray, np.ndarray]:
 def write_rate(path: Path, indices: np.ndarray, values: np.ndarray, records: int, threads: int):
     """(records/s, CPU seconds per record) writing ``records`` records, maps repeated."""
     n, h, w, k = indices.shape
-    meta = StoreMetadata(grid=(h, w), k=k, num_classes=1000, rows=records, shard_records=SHARD)
+    meta = StoreMetadata(
+        grid=(h, w), k=k, num_classes=1000, rows=records, shard_records=SHARD,
+        values_dtype=str(values.dtype),
+    )  # fmt: skip
     keys = imagenet_like_keys(records)
     reps = -(-SHARD // n)
     idx, val = np.concatenate([indices] * reps)[:SHARD], np.concatenate([values] * reps)[:SHARD]
@@ -76,10 +82,11 @@ def main() -> None:
     cores = cores_per_process()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        real = real_maps(tmp, args.photos) if args.store is None else maps_of(args.store)
+        name = "real (lite0 @ 224)" if args.store is None else f"real ({args.store.name})"
         maps = {
-            "real (lite0 @ 224)" if args.store is None else f"real ({args.store.name})": (
-                real_maps(tmp, args.photos) if args.store is None else maps_of(args.store)
-            ),
+            name: real,
+            f"{name}, float32": (real[0], real[1].astype(np.float32)),
             "synthetic": synthetic_maps(np.random.default_rng(0), 512),
         }
         print(f"{args.records} records per run, shards of {SHARD}, {cores} cores, best of "
@@ -88,7 +95,7 @@ def main() -> None:
             for threads in sorted({1, cores}):
                 runs = [
                     write_rate(
-                        tmp / f"{label[:4]}{threads}-{r}.zarr",
+                        tmp / f"{abs(hash(label))}-{threads}-{r}.zarr",
                         indices,
                         values,
                         args.records,
@@ -99,9 +106,10 @@ def main() -> None:
                 rate, cpu = max(runs)
                 used = min(threads, cores)
                 print(
-                    f"  {label:<20} threads={threads}: {rate:7.0f} records/s, "
+                    f"  {label:<29} threads={threads}: {rate:7.0f} records/s, "
                     f"{rate / used:6.0f} per core, {cpu * 1e6:5.0f} µs CPU per record"
                     + ("   (target >= 2,000 records/s)" if threads == cores else "")
+                    + f"   load {os.getloadavg()[0]:.1f}"
                 )
 
 

@@ -428,17 +428,6 @@ def test_pretrained_weights_are_the_hub_file_that_is_hashed(hub):
     assert load_annotator(name, grid=(2, 2)).transform.size == (160, 160)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_autocast_and_channels_last():  # pragma: no cover - no GPU in CI
-    model = _model("resnet10t")
-    reference = DenseAnnotator(model, input_size=64).dense_logits(_images(64))
-    annotator = DenseAnnotator(_model("resnet10t"), input_size=64, device="cuda", amp="auto")
-    assert annotator.model.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
-    dense = annotator.dense_logits(_images(64))
-    assert dense.dtype == torch.float32 and dense.device.type == "cuda"
-    assert torch.allclose(dense.cpu(), reference, atol=0.05, rtol=0.05)
-
-
 # --------------------------------------------------------------------------------------------
 # The real offline annotator on real photos
 # --------------------------------------------------------------------------------------------
