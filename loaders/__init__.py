@@ -4,10 +4,12 @@ from relabel_store.loaders.crops import ReturnsCropBox, track_crops
 from relabel_store.loaders.hf import relabel_transform
 from relabel_store.loaders.mixing import check_mixing, timm_mixup
 from relabel_store.loaders.pytorch import LabelPooler, RelabelDataset
+from relabel_store.loaders.streaming import RelabelStream
 
 __all__ = [
     "LabelPooler",
     "RelabelDataset",
+    "RelabelStream",
     "ReturnsCropBox",
     "check_mixing",
     "relabel_transform",

@@ -327,6 +327,13 @@ class RelabelStore:
         view.flags.writeable = False
         return view
 
+    @property
+    def sizes(self) -> np.ndarray:
+        """(height, width) of every record's original image, in key order (read-only, int32)."""
+        view = self._sizes.view()
+        view.flags.writeable = False
+        return view
+
     def _find(self, key: str) -> int:
         k = key.encode()
         i = int(np.searchsorted(self._keys, k))
