@@ -456,36 +456,67 @@ class LabelPooler(torch.nn.Module):
             self.store = open_store(source)
             self.spec = spec or PoolingSpec()
         self.num_classes = self.store.metadata.num_classes
-        self.pooler = BatchPooler(self.num_classes, self.spec)
+        self.pooler = BatchPooler(self.num_classes, self.spec, validate=False)  # see _check
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
     def forward(self, refs: dict[str, torch.Tensor]) -> torch.Tensor:
-        rows = refs["row"].numpy()
-        labels = refs["label"].to(self.device)
+        """Targets (B, C) (or (B, oh, ow, C)) on ``device`` for collated references ``refs``:
+        ``row`` (B,) store rows (-1: the one-hot of ``label``), ``box`` (B, 4) normalised
+        boxes, ``flipped`` (B,), ``label`` (B,) store class ids (-1: unknown), on the CPU."""
+        rows = np.asarray(refs["row"]).astype(np.int64, copy=False)
+        labels = torch.as_tensor(refs["label"]).to(torch.int64)
+        boxes = torch.as_tensor(refs["box"]).to(torch.float64)
+        self._check(boxes, labels)
+        indices, values = self._records(rows)
+        device, pinned = self.device, self.device.type == "cuda"
+        out = self.pooler(
+            indices,
+            values,
+            boxes.to(device, non_blocking=pinned),
+            torch.as_tensor(refs["flipped"]).to(device, non_blocking=pinned),
+            labels.to(device, non_blocking=pinned),
+        )
+        for i in np.flatnonzero(rows < 0).tolist():
+            label = int(labels[i])
+            out[i] = torch.from_numpy(one_hot(label, self.num_classes, self.spec)).to(out)
+        return out
+
+    def _check(self, boxes: torch.Tensor, labels: torch.Tensor) -> None:
+        """Check boxes and labels here, on the CPU: the pooler runs without checks, since
+        reading a verdict back from a GPU would stall the training step."""
+        BatchPooler._check_boxes(boxes)
+        weight = self.spec.original_weight
+        if weight > 0.0:
+            bad = (labels < 0) | (labels >= self.num_classes)
+            if bool(bad.any()):
+                row = int(torch.nonzero(bad)[0, 0])
+                raise ValueError(
+                    f"original_weight={weight} mixes in the original labels, which must be in "
+                    f"[0, {self.num_classes}); row {row} has {int(labels[row])} (-1 means unknown)"
+                )
+
+    def _records(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The records of ``rows`` on ``device`` (zeros for -1), read in one call."""
         present = rows >= 0
         h, w = self.store.metadata.grid
         k = self.store.metadata.k
-        idx = np.zeros((len(rows), h, w, k), np.int64)
-        val = np.zeros((len(rows), h, w, k), np.float16)
+        pinned = self.device.type == "cuda"
+        shape = (len(rows), h, w, k)
+        indices = torch.zeros(shape, dtype=torch.int16, pin_memory=pinned)
+        values = torch.zeros(shape, dtype=torch.float16, pin_memory=pinned)
         if present.any():
             batch = self.store.get_rows(rows[present])
-            idx[present] = batch.indices
+            idx, val = indices.numpy(), values.numpy()
+            idx[present] = batch.indices.view(np.int16)  # the same bits; widened on the device
             val[present] = batch.values
-        pin = self.device.type == "cuda"
-        indices = torch.from_numpy(idx)
-        values = torch.from_numpy(val)
-        if pin:
-            indices, values = indices.pin_memory(), values.pin_memory()
-        out = self.pooler(
-            indices.to(self.device, non_blocking=pin),
-            values.to(self.device, non_blocking=pin).float(),
-            refs["box"].to(self.device),
-            refs["flipped"].to(self.device),
-            labels,
+        return (
+            _widen_ids(indices.to(self.device, non_blocking=pinned), self.num_classes),
+            values.to(self.device, non_blocking=pinned),
         )
-        if not present.all():
-            fallback = torch.from_numpy(~present).to(self.device)
-            for i in torch.nonzero(fallback).flatten().tolist():
-                label = int(labels[i])
-                out[i] = torch.from_numpy(one_hot(label, self.num_classes, self.spec)).to(out)
-        return out
+
+
+def _widen_ids(ids: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class ids held as int16 bit patterns of the stored uint16 (torch's uint16 lacks ops on
+    some devices) as int32 values."""
+    wide = ids.to(torch.int32)
+    return wide.bitwise_and_(0xFFFF) if num_classes > 2**15 else wide
