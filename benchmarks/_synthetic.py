@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 
 
-def synthetic_maps(rng: np.random.Generator, n: int, grid=(15, 15), k=5, num_classes=1000):
-    """(indices, values) like a dense annotator's top-k: spatially coherent, descending logits."""
+def synthetic_maps(
+    rng: np.random.Generator, n: int, grid=(15, 15), k=5, num_classes=1000, dtype=np.float16
+):
+    """(indices, values) like a dense annotator's top-k: spatially coherent, descending logits
+    (``dtype`` float16 as stores hold them, or float32 as the published ReLabel maps do)."""
     h, w = grid
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     idx = np.empty((n, h, w, k), np.uint16)
-    val = np.empty((n, h, w, k), np.float16)
+    val = np.empty((n, h, w, k), dtype)
     for i in range(n):
         m = int(rng.integers(6, 14))  # candidate classes: objects and their look-alikes
         classes = rng.choice(num_classes, m, replace=False)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
+from relabel_store.cli.importer import import_
 from relabel_store.cli.remote import pull, push
 from relabel_store.errors import RelabelStoreError
 
@@ -45,6 +46,7 @@ def main() -> None:
 
 main.add_command(push)
 main.add_command(pull)
+main.add_command(import_)
 
 
 def _human(n: float) -> str:

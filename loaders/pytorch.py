@@ -399,7 +399,7 @@ def pool_rows(
         coords, flipped = stack_boxes([boxes[i] for i in present.tolist()])
         pooled = BatchPooler(c, spec)(
             torch.from_numpy(records.indices),
-            torch.from_numpy(records.values),  # float16; the pooler computes in float32
+            torch.from_numpy(records.values),  # float16 or float32; pooled in float32
             coords,
             flipped,
             torch.from_numpy(np.asarray(labels)[present]),
@@ -502,8 +502,9 @@ class LabelPooler(torch.nn.Module):
         k = self.store.metadata.k
         pinned = self.device.type == "cuda"
         shape = (len(rows), h, w, k)
+        stored = getattr(torch, self.store.metadata.values_dtype)  # float16, or float32
         indices = torch.zeros(shape, dtype=torch.int16, pin_memory=pinned)
-        values = torch.zeros(shape, dtype=torch.float16, pin_memory=pinned)
+        values = torch.zeros(shape, dtype=stored, pin_memory=pinned)
         if present.any():
             batch = self.store.get_rows(rows[present])
             idx, val = indices.numpy(), values.numpy()

@@ -37,7 +37,7 @@ class DeviceMaps:
     """Every record's label map of one store, as two tensors on one device.
 
     ``indices`` (N, H, W, K) holds the class ids (int16 tensors holding the stored uint16 bit
-    patterns), ``values`` (N, H, W, K) the logits (float16 as stored, or float32); row ``i`` is
+    patterns), ``values`` (N, H, W, K) the logits (as stored, or as :meth:`load` was told); row ``i`` is
     the store's row ``i`` in key order (what loaders' references carry). Build with
     :meth:`load`.
     """
@@ -60,14 +60,15 @@ class DeviceMaps:
         store: RelabelStore | str | os.PathLike[str],
         device: torch.device | str = "cpu",
         *,
-        dtype: torch.dtype = torch.float16,
+        dtype: torch.dtype | None = None,
         pin_memory: bool = False,
         check_memory: bool = True,
     ) -> DeviceMaps:
         """Read every map of ``store`` onto ``device``, one shard file at a time.
 
-        ``dtype`` is the logits' dtype on the device: ``torch.float16`` (as stored; half the
-        memory) or ``torch.float32``; pooling computes in float32 either way. ``pin_memory``
+        ``dtype`` is the logits' dtype on the device: ``torch.float16`` or ``torch.float32``;
+        by default as stored (float16 in stores ``generate`` writes, half the memory of
+        float32). Pooling computes in float32 either way. ``pin_memory``
         (``device="cpu"`` only) puts the maps in page-locked memory, from which each gathered
         batch copies to a GPU asynchronously. With ``check_memory``, a device without room
         (after 10% headroom on a GPU) raises :class:`InsufficientMemoryError` before
@@ -75,6 +76,8 @@ class DeviceMaps:
         """
         store = open_store(store)
         device = torch.device(device)
+        if dtype is None:
+            dtype = getattr(torch, store.metadata.values_dtype)
         if dtype not in (torch.float16, torch.float32):
             raise ArgumentTypeError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
         if pin_memory and device.type != "cpu":
@@ -193,7 +196,7 @@ class ResidentPooler(LabelPooler):
         *,
         maps: DeviceMaps | None = None,
         maps_device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float16,
+        dtype: torch.dtype | None = None,
         pin_memory: bool = False,
     ) -> None:
         super().__init__(source, spec, device)

@@ -78,7 +78,7 @@ def dataset_card(
     rows = [
         ("records", f"{meta.record_count:,}" + (f" ({meta.rows - meta.record_count} images failed, see `errors.jsonl`)" if meta.rows > meta.record_count else "")),
         ("grid", f"{h} x {w} cells, top-{meta.k} of {meta.num_classes} classes per cell"),
-        ("values", f"{meta.value_kind} (float16), class ids uint16"),
+        ("values", f"{meta.value_kind} ({meta.values_dtype}), class ids uint16"),
         ("label space", _label_space(meta)),
         ("annotator", _annotator(ann)),
         ("annotator weights", _weights(ann.get("weights"))),

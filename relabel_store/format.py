@@ -17,7 +17,8 @@ from relabel_store.errors import FormatError
 
 FORMAT_NAME = "relabel-store"
 # 1.1 added `label_space` and `class_identifiers` (optional fields: 1.0 readers ignore them).
-FORMAT_VERSION = "1.1"
+# 1.2 added `values_dtype`: logits may be stored as float32 (lossless imports of float32 maps).
+FORMAT_VERSION = "1.2"
 ATTRS_KEY = "relabel"
 MANIFEST_NAME = "manifest.json"
 ERRORS_NAME = "errors.jsonl"
@@ -43,6 +44,8 @@ DEFAULT_ZSTD_LEVEL = 9
 INDICES_ZSTD_LEVEL = 19
 VALUES_BLOSC_LEVEL = 9
 VALUE_KINDS = ("logits",)
+#: Element types the ``values`` array may have; stores before 1.2 are all float16.
+VALUES_DTYPES = ("float16", "float32")
 
 
 def software_version() -> str:
@@ -70,6 +73,9 @@ class StoreMetadata:
     #: order: what lets a loader map a dataset's own classes onto the store's by identity.
     class_identifiers: tuple[str, ...] | None = None
     value_kind: str = "logits"
+    #: Element type of ``values``: float16 (the default, half the size) or float32 (lossless for
+    #: float32 sources such as the official ReLabel maps). Absent before format 1.2: float16.
+    values_dtype: str = "float16"
     annotator: Mapping[str, Any] = field(default_factory=dict)
     dataset: Mapping[str, Any] = field(default_factory=dict)
     parent: Mapping[str, Any] | None = None
@@ -114,6 +120,10 @@ class StoreMetadata:
             f"value_kind must be one of {VALUE_KINDS}, got {self.value_kind!r}",
         )
         _check(
+            self.values_dtype in VALUES_DTYPES,
+            f"values_dtype must be one of {VALUES_DTYPES}, got {self.values_dtype!r}",
+        )
+        _check(
             0 <= self.record_count <= self.rows,
             f"record_count={self.record_count} is outside 0..rows={self.rows}",
         )
@@ -153,6 +163,12 @@ class StoreMetadata:
                 f"{where} uses relabel-store format version {version!r}; this relabel-store "
                 f"{software_version()} reads major version {FORMAT_VERSION.split('.')[0]} only. "
                 "Upgrade relabel-store (pip install -U relabel-store) to read it."
+            )
+        if data.get("values_dtype", "float16") not in VALUES_DTYPES:
+            raise FormatError(
+                f"{where} stores its logits as {data.get('values_dtype')!r}; this relabel-store "
+                f"{software_version()} reads {' and '.join(VALUES_DTYPES)} only. Upgrade "
+                "relabel-store (pip install -U relabel-store) to read it."
             )
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}  # newer minors may add fields

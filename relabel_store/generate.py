@@ -115,15 +115,23 @@ def label_space_of(annotator: DenseAnnotator) -> LabelSpace:
     A model timm cannot place in an ImageNet subset gets an unknown label space: its store then
     has no class identifiers, and loaders refuse to mix its classes with a dataset's labels.
     """
-    from timm.data import ImageNetInfo, infer_imagenet_subset
+    from timm.data import infer_imagenet_subset
 
     subset = infer_imagenet_subset(annotator.model)
     if not subset:
         return LabelSpace()
-    info = ImageNetInfo(subset)
-    if info.num_classes() != annotator.num_classes:
+    space = imagenet_label_space(subset)
+    if len(space.class_identifiers or ()) != annotator.num_classes:
         return LabelSpace()
-    n = annotator.num_classes
+    return space
+
+
+def imagenet_label_space(subset: str = "imagenet-1k") -> LabelSpace:
+    """An ImageNet subset's class names and wnids in class-id order (timm's offline tables)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo(subset)
+    n = info.num_classes()
     return LabelSpace(
         name=subset,
         class_names=tuple(info.index_to_description(i) for i in range(n)),

@@ -46,8 +46,10 @@ import torch
 from relabel_store.errors import InvalidBoxError
 
 __all__ = [
+    "COMPATS",
     "VARIANTS",
     "BatchPooler",
+    "Compat",
     "CropBox",
     "PoolingSpec",
     "Variant",
@@ -59,6 +61,11 @@ Variant = Literal["localized-multi", "global-multi", "localized-single", "global
 """The paper's ablation: pool the crop box or the whole image; keep the softmax or one-hot it."""
 
 VARIANTS: tuple[str, ...] = get_args(Variant)
+
+Compat = Literal["official", "tokenlabeling"]
+"""Reproduce a published recipe, box transposition included (see :class:`PoolingSpec`)."""
+
+COMPATS: tuple[str, ...] = get_args(Compat)
 
 # --------------------------------------------------------------------------------------------
 # Crop boxes and the pooling spec
@@ -154,11 +161,18 @@ class PoolingSpec:
       mirrored along x when the crop was flipped. Global variants need 1.
     - ``original_weight``: ``w`` in ``target = (1 - w) * pooled + w * onehot(label)``, mixing
       in the dataset's original single label (which must then be known, not -1).
+    - ``compat``: None (default) pools the crop box itself. ``"official"`` reproduces
+      naver-ai/relabel_imagenet exactly: its box is (top, left, bottom, right) where RoIAlign
+      reads (x0, y0, x1, y1), so it pools the crop mirrored across the diagonal, and it ignores
+      flips (1x1 targets only). ``"tokenlabeling"`` reproduces zihangJiang/TokenLabeling, which
+      transposes the box the same way but flips the map before cropping; it gives token grids
+      too. Use them to reproduce those papers' numbers, never for new work (docs: FAQ).
     """
 
     variant: Variant = "localized-multi"
     output_size: int | tuple[int, int] = 1
     original_weight: float = 0.0
+    compat: Compat | None = None
     # Derived once here, read on every pooled sample.
     grid: tuple[int, int] = field(init=False, repr=False, compare=False)
     is_global: bool = field(init=False, repr=False, compare=False)
@@ -197,6 +211,20 @@ class PoolingSpec:
         if not 0.0 <= weight <= 1.0:  # also rejects NaN
             raise ValueError(f"original_weight must be in [0, 1], got {self.original_weight!r}")
         object.__setattr__(self, "original_weight", weight)
+        _check_compat(self.compat, pair)
+
+
+def _check_compat(compat: object, grid: tuple[int, int]) -> None:
+    if compat is None:
+        return
+    if compat not in COMPATS:
+        raise ValueError(f"unknown compat {compat!r}; expected None or one of {COMPATS}")
+    if compat == "official" and grid != (1, 1):
+        raise ValueError(
+            "compat='official' reproduces naver-ai/relabel_imagenet, which pools one target "
+            "per crop (output_size=1); token-level targets with the official box come from "
+            "TokenLabeling's code: compat='tokenlabeling'"
+        )
 
 
 _DEFAULT_SPEC = PoolingSpec()
@@ -451,19 +479,23 @@ def pool(
         )
     height, width, k = shape
     oh, ow = spec.grid
+    (x0, y0, x1, y1), flipped = (box.x0, box.y0, box.x1, box.y1), box.flipped
+    if spec.compat is not None and not spec.is_global:
+        (x0, y0, x1, y1), flip_map = _official_box(box, spec.compat, height, width)
+        flipped = False  # the official codes never mirror the target, at most the map
+        if flip_map:
+            indices, values = indices[:, ::-1], values[:, ::-1]
     if oh == ow == 1:
         if spec.is_global:
             rows, weights = _crop_weights(0.0, 0.0, 1.0, 1.0, height, width, k)
         else:
-            rows, weights = _crop_weights(box.x0, box.y0, box.x1, box.y1, height, width, k)
+            rows, weights = _crop_weights(x0, y0, x1, y1, height, width, k)
         contrib = weights * values[rows].ravel()  # float64
         logits = np.bincount(indices[rows].ravel(), weights=contrib, minlength=num_classes)
         if logits.shape[0] != num_classes:
             raise ValueError(f"class id {logits.shape[0] - 1} is out of range for {num_classes=}")
     else:
-        weights = _grid_weights(
-            box.x0, box.y0, box.x1, box.y1, box.flipped, height, width, k, oh, ow
-        )
+        weights = _grid_weights(x0, y0, x1, y1, flipped, height, width, k, oh, ow)
         flat = indices.ravel()
         if flat.size and int(flat.max()) >= num_classes:
             raise ValueError(f"class id {int(flat.max())} is out of range for {num_classes=}")
@@ -603,6 +635,13 @@ class BatchPooler(torch.nn.Module):
             boxes = boxes.to(device=device, dtype=box_dtype)
             if self.validate:
                 self._check_boxes(boxes)
+        if spec.compat is not None and not spec.is_global:
+            if flipped is not None and flipped.shape != (batch,):
+                raise ValueError(f"flipped must have shape ({batch},), got {tuple(flipped.shape)}")
+            boxes, indices, values = _official_batch(
+                boxes, flipped, indices, values, spec.compat, height, width
+            )
+            flipped = None  # the official codes never mirror the target, at most the map
 
         # On CPU the exact sampling-grid maximum is free; elsewhere the window bound avoids a
         # device sync.
@@ -679,3 +718,78 @@ class BatchPooler(torch.nn.Module):
                 f"invalid crop box in row {row} (x0={x0v!r}, y0={y0v!r}, x1={x1v!r}, "
                 f"y1={y1v!r}): {problem}"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducing the official codes (PoolingSpec.compat)
+# --------------------------------------------------------------------------------------------
+#
+# naver-ai/relabel_imagenet (utils/relabel_functions.py, utils/data_loader.py) turns a
+# RandomResizedCrop (i, j, h, w) into (i/H, j/W, h/H, w/W), adds the first two to the last two
+# in float64, casts to float32 and computes ``coords * map_width - 0.5`` in float32: RoIAlign
+# then reads (top, left, bottom, right) as (x0, y0, x1, y1). Its horizontal flip comes after
+# the crop and never reaches the target. zihangJiang/TokenLabeling (tlt/data/
+# label_transforms_factory.py, tlt/data/mixup.py) keeps the four numbers in float32 (adding in
+# float32), and flips the image *and the map* before cropping, so the crop it transposes is
+# the one in the flipped image. Here those RoIAlign boxes become the equivalent normalised box
+# of this module's own RoIAlign (which computes ``lo * size - 0.5`` and casts it to float32:
+# ``(roi + 0.5) / size`` gives back exactly the official float32 coordinate).
+
+
+def _official_box(
+    box: CropBox, compat: str, height: int, width: int
+) -> tuple[tuple[float, float, float, float], bool]:
+    """The normalised box this module must pool, and whether the map is mirrored first."""
+    f32 = np.float32
+    flip_map = compat == "tokenlabeling" and box.flipped
+    left, right = (1.0 - box.x1, 1.0 - box.x0) if flip_map else (box.x0, box.x1)
+    if compat == "official":  # summed in float64, then cast
+        corners = [f32(box.y0), f32(left), f32(box.y1), f32(right)]
+    else:  # cast, then summed in float32
+        corners = [f32(box.y0), f32(left)]
+        corners += [corners[0] + f32(box.y1 - box.y0), corners[1] + f32(right - left)]
+    top, lft, bottom, rgt = (float(c * f32(width) - f32(0.5)) for c in corners)
+    # RoIAlign's x runs along the map's columns, its y along the rows
+    unit_box = (
+        (top + 0.5) / width,
+        (lft + 0.5) / height,
+        (bottom + 0.5) / width,
+        (rgt + 0.5) / height,
+    )
+    return unit_box, flip_map
+
+
+def _official_batch(
+    boxes: torch.Tensor,
+    flipped: torch.Tensor | None,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    compat: str,
+    height: int,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_official_box` for a batch: boxes (B, 4) to pool, and the (mirrored) maps."""
+    x0, y0, x1, y1 = boxes.unbind(1)
+    flip = None
+    if compat == "tokenlabeling" and flipped is not None:
+        flip = flipped.to(device=boxes.device, dtype=torch.bool)
+        x0, x1 = torch.where(flip, 1.0 - x1, x0), torch.where(flip, 1.0 - x0, x1)
+        mirror = flip[:, None, None, None]
+        indices = torch.where(mirror, indices.flip(2), indices)
+        values = torch.where(mirror, values.flip(2), values)
+    f32 = torch.float32
+    if compat == "official":
+        corners = [c.to(f32) for c in (y0, x0, y1, x1)]
+    else:
+        top, left = y0.to(f32), x0.to(f32)
+        corners = [top, left, top + (y1 - y0).to(f32), left + (x1 - x0).to(f32)]
+    top, left, bottom, right = (c * width - 0.5 for c in corners)
+    sizes = (width, height, width, height)
+    out = torch.stack(
+        [
+            (c.to(boxes.dtype) + 0.5) / s
+            for c, s in zip((top, left, bottom, right), sizes, strict=True)
+        ],
+        dim=1,
+    )
+    return out, indices, values

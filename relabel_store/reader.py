@@ -62,7 +62,7 @@ class RecordBatch(NamedTuple):
 
     keys: list[str]
     indices: np.ndarray  # (B, H, W, K) uint16
-    values: np.ndarray  # (B, H, W, K) float16
+    values: np.ndarray  # (B, H, W, K) float16, or float32 (metadata.values_dtype)
     labels: np.ndarray  # (B,) int32
     sizes: np.ndarray  # (B, 2) int32, (height, width)
 
@@ -205,6 +205,11 @@ class RelabelStore:
         self._values = _ShardedArray(
             source, self._layout(VALUES, record, "f", (2, 4)), self._listed
         )
+        if self._values.layout.dtype.name != m.values_dtype:
+            raise FormatError(
+                f"store {where} says its values are {m.values_dtype} but the values array holds "
+                f"{self._values.layout.dtype.name}; the store is damaged"
+            )
         # The per-key index (written by finalize): sorted keys, their physical rows, labels, sizes.
         if m.complete:
             n = m.record_count

@@ -8,9 +8,13 @@ Two JSON files are read, the second overriding the first name by name:
 
 Both have the form ``{"registry_version": 1, "stores": {name: entry}}``, an entry being
 ``{"repo_id": "org/name", "revision": "<commit>", "subdir": ..., "digest": ..., "description":
-...}`` or ``{"url": "s3://bucket/store.relabel.zarr", "digest": ...}``. ``digest`` (optional) pins
-the manifest digest: opening fails if the published manifest differs. :func:`register` adds an
-entry to the user's file.
+...}``, ``{"url": "s3://bucket/store.relabel.zarr", "digest": ...}`` or ``{"path":
+"/data/store.relabel.zarr"}`` (a local folder: a mirror on a cluster without Hub access).
+``digest`` (optional) pins the manifest digest: opening fails if the published manifest differs.
+An entry with none of the three is a store not published yet: ``make`` (the command that builds
+it) and ``download`` (its input) tell the user how to make it, and opening the name fails at
+once with those instructions, without a request. :func:`register` adds an entry to the user's
+file.
 """
 
 from __future__ import annotations
@@ -31,28 +35,68 @@ REGISTRY_ENV = "RELABEL_STORE_REGISTRY"
 REGISTRY_VERSION = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_FIELDS = ("repo_id", "revision", "subdir", "url", "digest", "description")
+_FIELDS = (
+    "repo_id",
+    "revision",
+    "subdir",
+    "url",
+    "path",
+    "digest",
+    "description",
+    "download",
+    "make",
+)
 
 
 @dataclass(frozen=True)
 class RegistryEntry:
-    """Where a named store lives: a Hub repo at a revision (plus subfolder), or a URL."""
+    """Where a named store lives: a Hub repo at a revision (plus subfolder), a URL, a local
+    folder, or nowhere yet (then ``make`` says how to build it)."""
 
     name: str
     repo_id: str | None = None
     revision: str | None = None
     subdir: str | None = None
     url: str | None = None
+    path: str | None = None
     digest: str | None = None
     description: str = ""
+    download: str | None = None
+    make: str | None = None
     origin: str = ""  # "package" or the user registry file it came from
+
+    @property
+    def published(self) -> bool:
+        return self.repo_id is not None or self.url is not None or self.path is not None
 
     @property
     def location(self) -> str:
         if self.url is not None:
             return self.url
-        assert self.repo_id is not None
+        if self.path is not None:
+            return self.path
+        if self.repo_id is None:
+            return "(not published yet: make it yourself)"
         return HubTarget(self.repo_id, self.revision, self.subdir).url
+
+    def how_to_make(self) -> str:
+        """How to build this store yourself, and point the name at it ("" if unknown)."""
+        if self.make is None:
+            return ""
+        steps = [f"download {self.download}"] if self.download else []
+        steps.append(f"run: {self.make}")
+        listing = "\n".join(f"  {i}. {step}" for i, step in enumerate(steps, 1))
+        return (
+            f"To make {self.name!r} yourself:\n{listing}\n"
+            "then open the store by its path, or point the name at it (or at a mirror) once: "
+            f'relabel_store.registry.register("{self.name}", path="/absolute/path/to/store") '
+            f'(or url="s3://..."), which writes {user_registry_path()} (${REGISTRY_ENV}).'
+        )
+
+    def unpublished_error(self) -> StoreNotFoundError:
+        return StoreNotFoundError(
+            f"{self.name!r} is not published yet: {self.description} {self.how_to_make()}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -82,16 +126,23 @@ def _entry(name: str, data: Any, origin: str) -> RegistryEntry:
         raise FormatError(f"{where}: unknown fields {sorted(unknown)}; known: {list(_FIELDS)}")
     if any(v is not None and not isinstance(v, str) for v in data.values()):
         raise FormatError(f"{where}: every field must be a string")
-    repo_id, url = data.get("repo_id"), data.get("url")
-    if (repo_id is None) == (url is None):
-        raise FormatError(f"{where}: give exactly one of 'repo_id' (a Hub dataset repo) or 'url'")
+    repo_id, url, path = data.get("repo_id"), data.get("url"), data.get("path")
+    places = sum(v is not None for v in (repo_id, url, path))
+    if places > 1 or (places == 0 and not data.get("make")):
+        raise FormatError(
+            f"{where}: give exactly one of 'repo_id' (a Hub dataset repo), 'url' (an fsspec URL) "
+            "or 'path' (a local folder); only a store not published yet has none, and then "
+            "'make' says how to build it"
+        )
+    if path is not None and not Path(path).expanduser().is_absolute():
+        raise FormatError(f"{where}: 'path' must be an absolute path, got {path!r}")
     if repo_id is not None and not is_repo_id(repo_id):
         raise FormatError(f"{where}: {repo_id!r} is not a Hub repo id (org/name)")
     if repo_id is not None and not data.get("revision"):
         raise FormatError(f"{where}: a Hub entry needs a 'revision' (a commit sha pins it)")
     if url is not None and "://" not in url:
         raise FormatError(f"{where}: 'url' must be a URL such as s3://bucket/store.relabel.zarr")
-    if url is not None and data.get("revision"):
+    if repo_id is None and data.get("revision"):
         raise FormatError(f"{where}: 'revision' applies to Hub entries only")
     digest = data.get("digest")
     if digest is not None and not _DIGEST.match(digest):
@@ -105,8 +156,11 @@ def _entry(name: str, data: Any, origin: str) -> RegistryEntry:
         revision=data.get("revision"),
         subdir=subdir.strip("/") if subdir else None,
         url=url.rstrip("/") if url else None,
+        path=str(Path(path).expanduser()) if path else None,
         digest=digest,
         description=data.get("description") or "",
+        download=data.get("download"),
+        make=data.get("make"),
         origin=origin,
     )
 
@@ -169,20 +223,23 @@ def register(
     revision: str | None = None,
     *,
     url: str | None = None,
+    path: str | os.PathLike[str] | None = None,
     subdir: str | None = None,
     digest: str | None = None,
     description: str = "",
-    path: str | os.PathLike[str] | None = None,
+    registry_file: str | os.PathLike[str] | None = None,
 ) -> RegistryEntry:
-    """Add (or replace) ``name`` in the user registry (``path``, default
+    """Add (or replace) ``name`` in the user registry (``registry_file``, default
     :func:`user_registry_path`) and return the entry. Give ``repo_id`` and ``revision`` (a commit
-    sha pins the store for good) or ``url``."""
-    target = Path(path) if path is not None else user_registry_path()
+    sha pins the store for good), ``url`` (any fsspec URL) or ``path`` (a local folder, made
+    absolute here)."""
+    target = Path(registry_file) if registry_file is not None else user_registry_path()
     fields = {
         "repo_id": repo_id,
         "revision": revision,
         "subdir": subdir,
         "url": url,
+        "path": str(Path(path).expanduser().absolute()) if path is not None else None,
         "digest": digest,
         "description": description or None,
     }
@@ -191,9 +248,9 @@ def register(
     return entry
 
 
-def unregister(name: str, *, path: str | os.PathLike[str] | None = None) -> bool:
+def unregister(name: str, *, registry_file: str | os.PathLike[str] | None = None) -> bool:
     """Remove ``name`` from the user registry; False when it was not there."""
-    target = Path(path) if path is not None else user_registry_path()
+    target = Path(registry_file) if registry_file is not None else user_registry_path()
     entries = _user(target)
     if name not in entries:
         return False

@@ -22,7 +22,12 @@ from typing import Any, Literal
 
 from relabel_store._io import regular_file_stat
 from relabel_store.cache import CacheDir, CacheEntry, read_ref, write_ref
-from relabel_store.errors import CorruptDataError, IncompleteStoreError, StoreNotFoundError
+from relabel_store.errors import (
+    CorruptDataError,
+    IncompleteStoreError,
+    RemoteError,
+    StoreNotFoundError,
+)
 from relabel_store.format import MANIFEST_NAME
 from relabel_store.hub_names import HubTarget, is_commit_sha
 from relabel_store.manifest import Manifest
@@ -52,10 +57,15 @@ def open_remote(
     target = resolved.target
     cache = CacheDir(cache_dir)
     cls = RangeSource if mode == "range" else ShardCacheSource
-    if isinstance(target, HubTarget):
-        return _open_hub(target, resolved.digest, cache, cls, token, endpoint)
-    if isinstance(target, UrlTarget):
-        return _open_url(target, resolved.digest, cache, cls, storage_options)
+    try:
+        if isinstance(target, HubTarget):
+            return _open_hub(target, resolved.digest, cache, cls, token, endpoint)
+        if isinstance(target, UrlTarget):
+            return _open_url(target, resolved.digest, cache, cls, storage_options)
+    except (RemoteError, StoreNotFoundError) as exc:
+        if not resolved.hint:  # a registered name says how to make the store yourself
+            raise
+        raise type(exc)(f"{exc}\n{resolved.hint}") from None
     raise ValueError(f"{target} is a local store; open it with RelabelStore.open")
 
 

@@ -46,6 +46,8 @@ class Resolved:
 
     target: Target
     digest: str | None = None
+    #: How to make a registered store yourself: added to the error when it cannot be reached.
+    hint: str = ""
 
 
 def resolve(name_or_path: str | os.PathLike[str], revision: str | None = None) -> Resolved:
@@ -77,11 +79,16 @@ def resolve(name_or_path: str | os.PathLike[str], revision: str | None = None) -
             "(org/name), an hf:// URL or an fsspec URL."
         )
     entry = registry.lookup(text)  # raises, listing the known names
+    if not entry.published:
+        raise entry.unpublished_error()  # at once, without a request
+    hint = entry.how_to_make()
+    if entry.path is not None:
+        return Resolved(LocalTarget(Path(entry.path)), hint=hint)
     if entry.url is not None:
-        return Resolved(UrlTarget(entry.url), digest=entry.digest)
+        return Resolved(UrlTarget(entry.url), digest=entry.digest, hint=hint)
     assert entry.repo_id is not None
     target = HubTarget(entry.repo_id, revision or entry.revision, entry.subdir)
-    return Resolved(target, digest=entry.digest)
+    return Resolved(target, digest=entry.digest, hint=hint)
 
 
 def resolve_destination(destination: str, revision: str | None = None) -> HubTarget | UrlTarget:

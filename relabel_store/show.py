@@ -46,17 +46,18 @@ def render_label_map(
     rec = store.get(key)
     meta = store.metadata
     names = meta.class_names
-    h, w = rec.size
+    h, w = rec.size  # (0, 0): not recorded (imported maps); any image size is then taken
     if image is not None:
         photo = image if isinstance(image, Image.Image) else Image.open(image)
         photo = photo.convert("RGB")
-        if photo.size != (w, h):
+        if h and w and photo.size != (w, h):
             raise InvalidArgumentError(
                 f"the image is {photo.size[0]}x{photo.size[1]} but record {key!r} was made from "
                 f"a {w}x{h} image; pass the original image"
             )
     else:
-        photo = Image.new("RGB", (w, h), (128, 128, 128))
+        photo = Image.new("RGB", (w or 480, h or 480), (128, 128, 128))
+    w, h = photo.size
     top1 = rec.indices[..., 0].astype(np.int64)
     classes, counts = np.unique(top1, return_counts=True)
     order = classes[np.argsort(-counts)]

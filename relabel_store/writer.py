@@ -207,7 +207,7 @@ class StoreWriter:
         rec = (h, w, m.k)
         dims = ("record", "y", "x", "k")
         s = m.shard_records
-        for name, dtype in ((INDICES, "uint16"), (VALUES, "float16")):
+        for name, dtype in ((INDICES, "uint16"), (VALUES, m.values_dtype)):
             group.create_array(
                 name,
                 shape=(m.rows, *rec),
@@ -280,10 +280,11 @@ class StoreWriter:
             )
         if indices.size and (indices.min() < 0 or indices.max() >= m.num_classes):
             raise InvalidArgumentError(f"class ids must be in 0..{m.num_classes - 1}")
-        values16 = values.astype(np.float16)
-        if not np.isfinite(values16).all():
+        stored = values.astype(m.values_dtype)
+        if not np.isfinite(stored).all():
             raise InvalidArgumentError(
-                "values must be finite and within float16 range (|logit| < 65504)"
+                f"values must be finite and within {m.values_dtype} range"
+                + (" (|logit| < 65504)" if m.values_dtype == "float16" else "")
             )
         labels_list = np.asarray(labels, dtype=np.int32).reshape(n).tolist()
         sizes_list = np.asarray(sizes, dtype=np.int32).reshape(n, 2).tolist()
@@ -291,10 +292,10 @@ class StoreWriter:
         if failed.any():
             indices = indices.copy()
             indices[failed] = 0
-            values16[failed] = 0
+            stored[failed] = 0
         sl = slice(rows.start, rows.stop)
         self._arrays[INDICES][sl] = indices.astype(np.uint16)
-        self._arrays[VALUES][sl] = values16
+        self._arrays[VALUES][sl] = stored
         progress = {
             "shard": shard,
             "keys": keys,
