@@ -11,17 +11,26 @@ record's shape).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from relabel_store.errors import ConfigurationError, InvalidArgumentError, RecordNotFoundError
+from relabel_store.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    InvalidArgumentError,
+    RecordNotFoundError,
+)
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 from relabel_store.reader import RelabelStore
 
+if TYPE_CHECKING:
+    from relabel_store.loaders.resident import DeviceMaps
+
 __all__ = [
     "check_image_sizes",
+    "check_maps",
     "check_unique_keys",
     "dataset_label",
     "one_hot",
@@ -54,15 +63,43 @@ def one_hot(label: int, num_classes: int, spec: PoolingSpec, name: str | None = 
 
 
 def sample_target(
-    store: RelabelStore, row: int, box: CropBox, label: int, spec: PoolingSpec
+    store: RelabelStore,
+    row: int,
+    box: CropBox,
+    label: int,
+    spec: PoolingSpec,
+    maps: DeviceMaps | None = None,
 ) -> np.ndarray:
     """The soft target of store row ``row`` for ``box`` (the one-hot of ``label``, a store
-    class id, when ``row`` is -1)."""
+    class id, when ``row`` is -1), from ``maps`` in host memory when given."""
     num_classes = store.metadata.num_classes
     if row < 0:
         return one_hot(label, num_classes, spec)
-    rec = store.get_row(row)
-    return pool(rec.indices, rec.values, box, num_classes=num_classes, spec=spec, label=label)
+    if maps is not None:
+        ids, values = maps.records(np.array([row]))
+        indices, values = ids[0], values[0]
+    else:
+        rec = store.get_row(row)
+        indices, values = rec.indices, rec.values
+    return pool(indices, values, box, num_classes=num_classes, spec=spec, label=label)
+
+
+def check_maps(maps: Any, store: RelabelStore) -> DeviceMaps | None:
+    """``maps`` if they are ``store``'s maps in host memory (or None), else an error."""
+    if maps is None:
+        return None
+    from relabel_store.loaders.resident import DeviceMaps
+
+    if not isinstance(maps, DeviceMaps):
+        raise ArgumentTypeError(f"maps must be DeviceMaps, got {type(maps).__name__}")
+    maps.check_store(store)
+    if maps.device.type != "cpu":
+        raise ConfigurationError(
+            f"maps= gives DataLoader workers maps to pool from, in host memory; these are on "
+            f"{maps.device}. Load them with DeviceMaps.load(store, 'cpu'), or pool on the "
+            "device in the training step: pooling='batch' with ResidentPooler."
+        )
+    return maps
 
 
 def reference(row: int, box: CropBox, label: int) -> dict[str, Any]:

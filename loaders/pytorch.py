@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from relabel_store.keys import KeyMode, check_key_mode, legacy_key
 from relabel_store.loaders import _bases
 from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders._samples import (
+    check_maps,
     check_unique_keys,
     dataset_label,
     one_hot,
@@ -41,6 +42,9 @@ from relabel_store.loaders._samples import (
 from relabel_store.loaders.crops import track_crops
 from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool, stack_boxes
 from relabel_store.reader import RelabelStore
+
+if TYPE_CHECKING:
+    from relabel_store.loaders.resident import DeviceMaps
 
 __all__ = [
     "LabelPooler",
@@ -132,6 +136,9 @@ class RelabelDataset(Dataset):
       labels are mixed in (``missing="original"``, ``spec.original_weight``).
     - ``pooling``: ``"sample"`` pools in the DataLoader worker and returns a (C,) float32
       target; ``"batch"`` returns a reference dict for :class:`LabelPooler`.
+    - ``maps``: the store's maps in host memory (``DeviceMaps.load(store)``, before the
+      workers start: forked workers share them): workers copy records out of them instead of
+      decoding them from the store.
 
     ``label_map`` holds how the dataset's labels index the store's classes (``table``: the
     store class id of each dataset label, -1 for none).
@@ -152,6 +159,7 @@ class RelabelDataset(Dataset):
         image_column: str = "image",
         label_column: str | None = "label",
         key_column: str | None = None,
+        maps: DeviceMaps | None = None,
     ) -> None:
         if missing not in ("error", "original"):
             raise ConfigurationError(f"missing must be 'error' or 'original', got {missing!r}")
@@ -164,6 +172,7 @@ class RelabelDataset(Dataset):
                 f"key_fn must be a function index -> key, got {type(key_fn).__name__}"
             )
         self.store = open_store(store)
+        self.maps = check_maps(maps, self.store)
         self.spec = spec or PoolingSpec()
         self.pooling = pooling
         self.num_classes = self.store.metadata.num_classes
@@ -296,7 +305,9 @@ class RelabelDataset(Dataset):
         if self.pooling == "batch":
             return [self[i] for i in indices]
         read_many = getattr(self.base, "__getitems__", None)
-        samples = read_many(indices) if read_many else [self.base[i] for i in indices]
+        # One image at a time, decoded and then transformed while it is still in the CPU's
+        # caches (decoding a whole batch first made every transform read from memory).
+        samples = read_many(indices) if read_many else (self.base[i] for i in indices)
         images, boxes, labels = [], [], []
         for sample in samples:
             image, box = self.track(sample[0])
@@ -309,6 +320,7 @@ class RelabelDataset(Dataset):
             boxes,
             self.label_map.to_store(np.asarray(labels)),
             spec=self.spec,
+            maps=self.maps,
         )
         return list(zip(images, targets, strict=True))
 
@@ -324,7 +336,7 @@ class RelabelDataset(Dataset):
     def target(self, row: int, box: CropBox, label: int) -> np.ndarray:
         """The soft target of store row ``row`` (or the one-hot of ``label``, a store class id,
         when row is -1)."""
-        return sample_target(self.store, row, box, label, self.spec)
+        return sample_target(self.store, row, box, label, self.spec, self.maps)
 
 
 def _is_loader(source: Any) -> bool:
@@ -383,23 +395,31 @@ def pool_rows(
     *,
     spec: PoolingSpec,
     names: Sequence[str] | None = None,
+    maps: DeviceMaps | None = None,
 ) -> torch.Tensor:
     """Targets (B, C) (or (B, oh, ow, C)) for store rows (-1: fall back to the one-hot label).
 
-    ``labels`` are store class ids (-1: unknown). Reads the records in one call; pools them
-    with one :class:`BatchPooler` call for large batches, with :func:`pool` per row for small
-    ones. ``names`` label rows in errors.
+    ``labels`` are store class ids (-1: unknown). Reads the records in one call (or copies
+    them out of ``maps``, the store's maps in host memory); pools them with one
+    :class:`BatchPooler` call for large batches, with :func:`pool` per row for small ones.
+    ``names`` label rows in errors.
     """
     n, c = len(rows), store.metadata.num_classes
     grid = () if spec.output_size == 1 else spec.grid
     present = np.flatnonzero(rows >= 0)
-    records = store.get_rows(rows[present]) if len(present) else None
+    records = None
+    if len(present):
+        if maps is not None:
+            records = maps.records(rows[present])
+        else:
+            batch = store.get_rows(rows[present])
+            records = batch.indices, batch.values
     out = torch.empty((n, *grid, c), dtype=torch.float32)
     if records is not None and len(present) >= _BATCH_POOLING_MIN:
         coords, flipped = stack_boxes([boxes[i] for i in present.tolist()])
         pooled = BatchPooler(c, spec)(
-            torch.from_numpy(records.indices),
-            torch.from_numpy(records.values),  # float16 or float32; pooled in float32
+            torch.from_numpy(records[0]),
+            torch.from_numpy(records[1]),  # float16 or float32; pooled in float32
             coords,
             flipped,
             torch.from_numpy(np.asarray(labels)[present]),
@@ -411,8 +431,8 @@ def pool_rows(
         for j, i in enumerate(present.tolist()):
             out[i] = torch.from_numpy(
                 pool(
-                    records.indices[j],
-                    records.values[j],
+                    records[0][j],
+                    records[1][j],
                     boxes[i],
                     num_classes=c,
                     spec=spec,

@@ -102,6 +102,35 @@ class DeviceMaps:
             values.index_copy_(0, where, torch.from_numpy(logits).to(device, dtype))
         return cls(store, indices, values)
 
+    def check_store(self, store: RelabelStore) -> None:
+        """Refuse to stand in for ``store`` unless these are its maps (the same store, or one
+        with the same manifest digest): their rows would be another store's records."""
+        if self.store is store or (
+            self.digest is not None
+            and store.manifest is not None
+            and self.digest == store.manifest.digest
+        ):
+            return
+        raise ConfigurationError(
+            f"the maps were loaded from store {self.store.source.location}, not from "
+            f"{store.source.location} (their manifests differ): their rows would be another "
+            "store's records. Load them from the loader's store: DeviceMaps.load(dataset.store)."
+        )
+
+    def records(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The maps of ``rows`` (key order, all >= 0) as numpy ``(indices uint16, values)``,
+        like :meth:`RelabelStore.get_rows` but a copy out of memory instead of a decode: what
+        DataLoader workers pool from when the maps are in host memory (``device="cpu"``)."""
+        if self.device.type != "cpu":
+            raise ConfigurationError(
+                f"the maps are on {self.device}; DataLoader workers pool from maps in host "
+                "memory (DeviceMaps.load(store, 'cpu')). For maps on a GPU, pool in the "
+                "training step with ResidentPooler."
+            )
+        where = torch.from_numpy(np.asarray(rows, np.int64))
+        ids = self.indices.index_select(0, where).numpy().view(np.uint16)
+        return ids, self.values.index_select(0, where).numpy()
+
     @property
     def device(self) -> torch.device:
         return self.indices.device
@@ -205,16 +234,8 @@ class ResidentPooler(LabelPooler):
             maps = DeviceMaps.load(self.store, where, dtype=dtype, pin_memory=pin_memory)
         elif not isinstance(maps, DeviceMaps):
             raise ArgumentTypeError(f"maps must be DeviceMaps, got {type(maps).__name__}")
-        elif maps.store is not self.store and (
-            maps.digest is None or self.store.manifest is None
-            or maps.digest != self.store.manifest.digest
-        ):  # fmt: skip
-            raise ConfigurationError(
-                f"the maps were loaded from store {maps.store.source.location}, not from "
-                f"{self.store.source.location} (their manifests differ): their rows would be "
-                "another store's records. Load them from the loader's store: "
-                "DeviceMaps.load(dataset.store, device)."
-            )
+        else:
+            maps.check_store(self.store)
         self.maps = maps
 
     def _records(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from relabel_store.keys import KeyMode, check_key_mode, key_from_path
 from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders._samples import (
     check_image_sizes,
+    check_maps,
     dataset_label,
     reference,
     sample_target,
@@ -43,6 +44,9 @@ from relabel_store.loaders.crops import image_size, track_crops
 from relabel_store.loaders.pytorch import Missing, open_store, resolve_rows
 from relabel_store.pooling import PoolingSpec
 from relabel_store.reader import RelabelStore
+
+if TYPE_CHECKING:
+    from relabel_store.loaders.resident import DeviceMaps
 
 __all__ = ["RelabelStream"]
 
@@ -66,6 +70,8 @@ class RelabelStream:
     - ``class_names`` (the name of each label, in label order: ImageNet wnids, folder names)
       or ``class_map``: how the stream's labels index the store's classes; needed only when
       labels are mixed in (``missing="original"``, ``spec.original_weight``).
+    - ``maps``: the store's maps in host memory (:class:`~relabel_store.loaders.DeviceMaps`),
+      to copy records from instead of decoding them, as for ``RelabelDataset``.
 
     A sample is a tuple ``(key, image)`` or ``(key, image, label)``, the image a PIL image or
     a tensor as the pipeline decoded it, whole (resized with its aspect ratio kept is fine);
@@ -86,6 +92,7 @@ class RelabelStream:
         class_names: Sequence[str] | None = None,
         class_map: ClassMap | None = None,
         sample: Any = None,
+        maps: DeviceMaps | None = None,
     ) -> None:
         if missing not in ("error", "original"):
             raise ConfigurationError(f"missing must be 'error' or 'original', got {missing!r}")
@@ -98,6 +105,7 @@ class RelabelStream:
                 f"key_fn must be a function key -> store key, got {type(key_fn).__name__}"
             )
         self.store = open_store(store)
+        self.maps = check_maps(maps, self.store)
         self.spec = spec or PoolingSpec()
         self.missing: Missing = missing
         self.pooling = pooling
@@ -175,4 +183,6 @@ class RelabelStream:
         image, box = self.track(image)
         if self.pooling == "batch":
             return image, reference(row, box, store_label)
-        return image, torch.from_numpy(sample_target(self.store, row, box, store_label, self.spec))
+        return image, torch.from_numpy(
+            sample_target(self.store, row, box, store_label, self.spec, self.maps)
+        )

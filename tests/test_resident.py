@@ -144,3 +144,26 @@ def test_on_the_gpu(store, where):
     else:
         pooler = ResidentPooler(store, device="cuda", maps_device="cpu", pin_memory=True)
     torch.testing.assert_close(pooler(refs).cpu(), LabelPooler(store)(refs), rtol=1e-5, atol=1e-6)
+
+
+def test_workers_pool_from_maps_in_host_memory_with_the_same_targets(tmp_path):
+    photos = write_sample_photos(tmp_path / "train", class_folders=True)
+    store = write_store(tmp_path / "photos.relabel.zarr", keys=sorted(photos), shard_records=4)
+    maps = DeviceMaps.load(store.path)
+    tf = v2.Compose([v2.RandomResizedCrop(32), v2.RandomHorizontalFlip(), v2.PILToTensor()])
+    folder = ImageFolder(tmp_path / "train")
+    decoding = RelabelDataset(folder, store.path, tf)
+    copying = RelabelDataset(folder, store.path, tf, maps=maps)
+    batch = list(range(len(folder))) * 5  # 30: one BatchPooler call for __getitems__
+    for fetch in (lambda d: d.__getitems__(batch), lambda d: [d[i] for i in batch]):
+        torch.manual_seed(3)
+        expected = fetch(decoding)
+        torch.manual_seed(3)
+        for (image, target), (same, want) in zip(fetch(copying), expected, strict=True):
+            assert torch.equal(image, same)
+            torch.testing.assert_close(target, want, rtol=0, atol=0)
+    other = write_store(tmp_path / "other.relabel.zarr", 6, seed=4)
+    with pytest.raises(ConfigurationError, match="not from"):
+        RelabelDataset(folder, store.path, tf, maps=DeviceMaps.load(other.path))
+    with pytest.raises(TypeError, match="DeviceMaps"):
+        RelabelDataset(folder, store.path, tf, maps=maps.values)
