@@ -49,8 +49,9 @@ from torchvision.transforms import v2
 
 from relabel_store import load_relabel
 from relabel_store.loaders import ReturnsCropBox, relabel_transform, track_crops
-from relabel_store.pooling import BatchPooler, CropBox, stack_boxes
+from relabel_store.pooling import CropBox
 from relabel_store.samples import SAMPLE_PHOTOS, sample_photo
+from relabel_store.torch_pooling import BatchPooler, stack_boxes
 
 
 def make_jpegs(n: int, rng: np.random.Generator) -> list[bytes]:

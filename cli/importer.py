@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from relabel_store._extras import requires_extra
 from relabel_store.format import DEFAULT_SHARD_RECORDS, PROGRESS_DIR
 
 
@@ -67,7 +68,8 @@ def import_(source: Path, output: Path, format_: str, values: str, workers: int 
     pickled objects) and written as a verified store keyed by file stem. Rerunning the same
     command after an interruption resumes it; the finished store is identical.
     """
-    from relabel_store.importer import import_maps
+    with requires_extra("generate", "relabel-store import"):
+        from relabel_store.importer import import_maps
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
+from relabel_store._extras import requires_extra
 from relabel_store.cli.importer import import_
 from relabel_store.cli.remote import pull, push
 from relabel_store.errors import RelabelStoreError
@@ -38,7 +39,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="relabel-store")
 def main() -> None:
     """Generate, verify, publish and read ReLabel label-map stores."""
@@ -159,13 +160,15 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     interruption resumes where it stopped; the finished store is identical. Rerunning it on a
     finished store says so and exits 0. One process writes a store at a time.
     """
-    import torch
-
     from relabel_store import load_relabel
-    from relabel_store.annotator import load_annotator
-    from relabel_store.generate import generate as run
-    from relabel_store.inputs import open_inputs
     from relabel_store.keys import check_key_mode
+
+    with requires_extra("generate", "relabel-store generate"):
+        import torch
+
+        from relabel_store.annotator import load_annotator
+        from relabel_store.generate import generate as run
+        from relabel_store.inputs import open_inputs
 
     source_arg = input if hf_dataset is None else hf_dataset
     if source_arg is None or (input is not None and hf_dataset is not None):
@@ -295,7 +298,9 @@ def show(store: str, key: str, image: Path | None, box: str | None, flip: bool, 
     from dataclasses import replace
 
     from relabel_store import load_relabel
-    from relabel_store.show import render_label_map
+
+    with requires_extra("show", "relabel-store show"):
+        from relabel_store.show import render_label_map
 
     crop = _box(box)
     if flip:

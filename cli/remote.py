@@ -65,6 +65,7 @@ def push(store: Path, destination: str, revision: str | None, private: bool, lic
             commit_message=message,
             batch_files=batch_files,
             log=(lambda _: None) if quiet else _echo_err,
+            progress=False if quiet else None,
         )
     except RelabelStoreError:
         raise  # one `error:` line, from the main group
@@ -106,6 +107,7 @@ def pull(name_or_url: str, to: Path | None, revision: str | None, cache_dir: Pat
             revision,
             cache_dir=cache_dir,
             log=(lambda _: None) if quiet else _echo_err,
+            progress=False if quiet else None,
         )
     except RelabelStoreError:
         raise  # one `error:` line, from the main group

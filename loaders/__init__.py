@@ -1,11 +1,14 @@
 """Loaders: ReLabel soft targets for your own datasets and transforms."""
 
-from relabel_store.loaders.crops import ReturnsCropBox, track_crops
-from relabel_store.loaders.hf import relabel_transform
-from relabel_store.loaders.mixing import check_mixing, timm_mixup
-from relabel_store.loaders.pytorch import LabelPooler, RelabelDataset
-from relabel_store.loaders.resident import DeviceMaps, ResidentPooler
-from relabel_store.loaders.streaming import RelabelStream
+from relabel_store._extras import requires_extra
+
+with requires_extra("torch", "relabel_store.loaders"):
+    from relabel_store.loaders.crops import ReturnsCropBox, track_crops
+    from relabel_store.loaders.hf import relabel_transform
+    from relabel_store.loaders.mixing import check_mixing, timm_mixup
+    from relabel_store.loaders.pytorch import LabelPooler, RelabelDataset
+    from relabel_store.loaders.resident import DeviceMaps, ResidentPooler
+    from relabel_store.loaders.streaming import RelabelStream
 
 __all__ = [
     "DeviceMaps",

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from relabel_store._extras import requires_extra
 from relabel_store.errors import ArgumentTypeError, ConfigurationError
 from relabel_store.keys import KeyMode, check_key_mode, key_from_path
 from relabel_store.loaders import _bases
@@ -42,13 +43,8 @@ WINDOW_FIELDS = ("height", "width", "top", "left", "crop_height", "crop_width", 
 
 
 def _dali() -> tuple[Any, Any]:
-    try:
+    with requires_extra("dali", "relabel_store.loaders.dali (for CUDA 13: nvidia-dali-cuda130)"):
         from nvidia.dali import fn, types
-    except ImportError:
-        raise ImportError(
-            "the DALI loader needs NVIDIA DALI: pip install 'relabel-store[dali]' (CUDA 12; "
-            "for CUDA 13, pip install nvidia-dali-cuda130)"
-        ) from None
     return fn, types
 
 

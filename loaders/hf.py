@@ -12,7 +12,7 @@
 3. runs the user's transform, recovering each crop box and flip with
    :func:`~relabel_store.loaders.crops.track_crops` (the code the PyTorch loader uses);
 4. reads the batch's records in one call and pools them into soft targets: with
-   :class:`~relabel_store.pooling.BatchPooler` for batches of ``relabel_store.loaders.pytorch._BATCH_POOLING_MIN`` rows or
+   :class:`~relabel_store.torch_pooling.BatchPooler` for batches of ``relabel_store.loaders.pytorch._BATCH_POOLING_MIN`` rows or
    more, with :func:`~relabel_store.pooling.pool` per row below that (measured on CPU, one
    thread, 15x15x5 maps, 1000 classes, random crops: the batched pooler costs ~0.4 ms per call
    plus ~7-15 us per row, per-row pooling ~27 us per row).

@@ -17,8 +17,10 @@ CutMix and MixUp mix targets linearly, so ReLabel's soft targets mix exactly lik
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from relabel_store._extras import requires_extra
 from relabel_store.errors import ArgumentTypeError, ConfigurationError
 from relabel_store.pooling import PoolingSpec
 
@@ -49,7 +51,8 @@ def timm_mixup(num_classes: Any, *, collate: bool = False, **mixup_args: Any) ->
     :func:`check_mixing`. timm mixes pairs across the batch: use even batch sizes
     (``drop_last=True``).
     """
-    from timm.data import FastCollateMixup, Mixup
+    with requires_extra("generate", "timm_mixup"):
+        from timm.data import FastCollateMixup, Mixup
 
     count = _num_classes(num_classes)
     for name, needed in (("multi_label", True), ("num_classes", count)):
@@ -81,10 +84,11 @@ def check_mixing(mixer: Any, num_classes: Any, spec: PoolingSpec | None = None) 
             f"(B, {spec.grid[0]}, {spec.grid[1]}, C), which need a token-aware mixer (mix the "
             "target grids with the same boxes as the images)."
         )
-    from timm.data import Mixup
     from torchvision.transforms import v2
 
-    if isinstance(mixer, Mixup):
+    # A timm mixer means timm is loaded; torchvision-only users need not install it.
+    timm_data = sys.modules.get("timm.data")
+    if timm_data is not None and isinstance(mixer, timm_data.Mixup):
         if not mixer.multi_label:
             raise ConfigurationError(
                 f"{name}(multi_label=False) one-hot encodes targets as class indices; soft "

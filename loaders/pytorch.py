@@ -40,8 +40,9 @@ from relabel_store.loaders._samples import (
     sample_target,
 )
 from relabel_store.loaders.crops import track_crops
-from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool, stack_boxes
+from relabel_store.pooling import CropBox, PoolingSpec, pool
 from relabel_store.reader import RelabelStore
+from relabel_store.torch_pooling import BatchPooler, stack_boxes
 
 if TYPE_CHECKING:
     from relabel_store.loaders.resident import DeviceMaps

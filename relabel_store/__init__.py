@@ -1,6 +1,15 @@
-"""relabel-store: ReLabel label maps as a verified Zarr v3 artifact, with LabelPooling loaders."""
+"""relabel-store: ReLabel label maps as a verified Zarr v3 artifact, with LabelPooling loaders.
 
-from relabel_store.api import load_relabel
+The public names below load on first use (PEP 562), so ``import relabel_store`` costs next to
+nothing: reading a store imports numpy and the codecs, writing one zarr, and only
+:class:`BatchPooler` imports torch (``pip install 'relabel-store[torch]'``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from relabel_store.errors import (
     ArgumentTypeError,
     ConfigurationError,
@@ -12,6 +21,7 @@ from relabel_store.errors import (
     InvalidArgumentError,
     InvalidBoxError,
     LabelSpaceError,
+    MissingExtraError,
     RecordNotFoundError,
     RelabelStoreError,
     RemoteError,
@@ -21,11 +31,45 @@ from relabel_store.errors import (
     UnsafePathError,
     UnsupportedTransformError,
 )
-from relabel_store.format import StoreMetadata
-from relabel_store.manifest import VerifyReport, verify_store
-from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool
-from relabel_store.reader import Record, RecordBatch, RelabelStore
-from relabel_store.writer import StoreWriter
+
+if TYPE_CHECKING:
+    from relabel_store.api import load_relabel
+    from relabel_store.format import StoreMetadata
+    from relabel_store.manifest import VerifyReport, verify_store
+    from relabel_store.pooling import CropBox, PoolingSpec, pool
+    from relabel_store.reader import Record, RecordBatch, RelabelStore
+    from relabel_store.torch_pooling import BatchPooler
+    from relabel_store.writer import StoreWriter
+
+_LAZY = {
+    "load_relabel": "relabel_store.api",
+    "StoreMetadata": "relabel_store.format",
+    "VerifyReport": "relabel_store.manifest",
+    "verify_store": "relabel_store.manifest",
+    "CropBox": "relabel_store.pooling",
+    "PoolingSpec": "relabel_store.pooling",
+    "pool": "relabel_store.pooling",
+    "Record": "relabel_store.reader",
+    "RecordBatch": "relabel_store.reader",
+    "RelabelStore": "relabel_store.reader",
+    "BatchPooler": "relabel_store.torch_pooling",
+    "StoreWriter": "relabel_store.writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the name here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ArgumentTypeError",
@@ -40,6 +84,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidBoxError",
     "LabelSpaceError",
+    "MissingExtraError",
     "PoolingSpec",
     "Record",
     "RecordBatch",

@@ -3,17 +3,44 @@
 A job on a cluster writes stderr to a log file, where a tqdm bar becomes megabytes of carriage
 returns; a person at a terminal wants the bar. :class:`Progress` does both: on a terminal it
 draws a tqdm bar, otherwise it writes one line every ``interval`` seconds (count/total, rate,
-ETA) and a last line when the step ends. Every long-running command shares it.
+ETA) and a last line when the step ends. Every long-running command shares it. The interval
+defaults to ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds, or 30.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, TextIO
 
-__all__ = ["Progress", "format_count", "format_duration"]
+from relabel_store.errors import ConfigurationError
+
+__all__ = ["INTERVAL_VARIABLE", "Progress", "format_count", "format_duration"]
+
+INTERVAL_VARIABLE = "RELABEL_STORE_PROGRESS_INTERVAL"
+_DEFAULT_INTERVAL = 30.0
+
+
+def default_interval() -> float:
+    """Seconds between log lines: ``$RELABEL_STORE_PROGRESS_INTERVAL``, or 30."""
+    raw = os.environ.get(INTERVAL_VARIABLE, "").strip()
+    if not raw:
+        return _DEFAULT_INTERVAL
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0.0 or seconds == float("inf"):
+        raise ConfigurationError(
+            f"{INTERVAL_VARIABLE}={raw!r}: give the seconds between progress lines as a "
+            "number >= 0 (e.g. 60), or unset it for 30"
+        )
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -43,7 +70,9 @@ class Progress:
 
     ``show``: None picks a bar when ``stream`` (default stderr) is a terminal and log lines
     otherwise; True forces output (a bar on a terminal, lines elsewhere); False shows nothing.
-    ``interval``: seconds between log lines. ``unit="B"`` prints sizes in kB/MB/GB.
+    ``interval``: seconds between log lines (None: :func:`default_interval`). ``unit="B"``
+    prints sizes in kB/MB/GB. ``position``: the bar's line, for one bar per process (torchrun
+    ranks). :meth:`update` may be called from several threads.
     """
 
     def __init__(
@@ -53,14 +82,16 @@ class Progress:
         desc: str,
         unit: str = "records",
         show: bool | None = None,
-        interval: float = 30.0,
+        interval: float | None = None,
         stream: TextIO | None = None,
+        position: int | None = None,
     ) -> None:
         self.total = total
         self.desc = desc
         self.unit = unit
         self.count = 0
-        self.interval = interval
+        self.interval = default_interval() if interval is None else interval
+        self._lock = threading.Lock()
         self._stream = stream if stream is not None else sys.stderr
         self._started = time.monotonic()
         self._last_line = self._started
@@ -80,6 +111,7 @@ class Progress:
                 smoothing=0.05,
                 file=self._stream,
                 dynamic_ncols=True,
+                position=position,
             )
         else:
             self._lines = True
@@ -90,14 +122,24 @@ class Progress:
 
     def update(self, n: int = 1) -> None:
         """Add ``n`` finished units."""
-        self.count += n
-        if self._bar is not None:
-            self._bar.update(n)
-        elif self._lines:
-            now = time.monotonic()
-            if now - self._last_line >= self.interval:
-                self._last_line = now
-                self._write(self.line())
+        with self._lock:
+            self.count += n
+            if self._bar is not None:
+                self._bar.update(n)
+            elif self._lines:
+                now = time.monotonic()
+                if now - self._last_line >= self.interval:
+                    self._last_line = now
+                    self._write(self.line())
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Print other messages inside this block: the bar steps aside and is redrawn after."""
+        if self._bar is None or self._closed:
+            yield
+            return
+        with self._lock, self._bar.external_write_mode(file=self._stream):
+            yield
 
     def line(self) -> str:
         """``desc: count/total (pct), rate, ETA``: the text of one log line."""
@@ -118,15 +160,17 @@ class Progress:
             text += f", ETA {format_duration((self.total - self.count) / rate)}"
         return text
 
-    def close(self) -> None:
-        """End the step: close the bar, or write a last line with the elapsed time."""
+    def close(self, *, done: bool = True) -> None:
+        """End the step: close the bar, or write a last line with the elapsed time (``done``
+        False: the step failed, and the line says where it stopped)."""
         if self._closed:
             return
         self._closed = True
         if self._bar is not None:
             self._bar.close()
         elif self._lines:
-            self._write(f"{self.line()}, done in {format_duration(self.elapsed)}")
+            ending = "done in" if done else "stopped after"
+            self._write(f"{self.line()}, {ending} {format_duration(self.elapsed)}")
 
     def _write(self, text: str) -> None:
         self._stream.write(text + "\n")
@@ -141,7 +185,7 @@ class Progress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(done=exc_type is None)
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
+from relabel_store._extras import requires_extra
 from relabel_store.errors import InputError
+
+with requires_extra("torch", "reading published .pt label maps"):
+    import torch
 
 #: No label map comes near this; a bigger member is refused without being read into memory.
 MAX_MAP_BYTES = 16 << 20

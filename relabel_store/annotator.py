@@ -47,15 +47,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import timm
-import timm.data
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch import nn
 
+from relabel_store._extras import requires_extra
 from relabel_store.errors import AnnotatorError
-from relabel_store.weights import LITE0_CHECKPOINT, LITE0_INPUT_SIZE, LITE0_MODEL, load_weights
+
+with requires_extra("generate", "relabel_store.annotator"):
+    import timm
+    import timm.data
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from torch import nn
+
+    from relabel_store.weights import LITE0_CHECKPOINT, LITE0_INPUT_SIZE, LITE0_MODEL, load_weights
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -90,3 +90,13 @@ class LabelSpaceError(ConfigurationError):
 
 class ArgumentTypeError(RelabelStoreError, TypeError):
     """An argument of the wrong type; the message names the types expected."""
+
+
+class MissingExtraError(RelabelStoreError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the
+    ``pip install 'relabel-store[extra]'`` that provides it."""
+
+    def __init__(self, message: str, *, module: str, extra: str) -> None:
+        super().__init__(message, name=module)
+        self.module = module
+        self.extra = extra

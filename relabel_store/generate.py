@@ -11,7 +11,6 @@ and a rerun on a store finished with the same settings reports it complete.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,14 +18,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Sampler
 
-from relabel_store.annotator import DenseAnnotator
+from relabel_store._extras import requires_extra
+from relabel_store._progress import Progress
 from relabel_store.errors import InputError, InvalidArgumentError
 from relabel_store.format import DEFAULT_SHARD_RECORDS, ERRORS_NAME, StoreMetadata
-from relabel_store.inputs import InputDataset, InputSource, collate_inputs
 from relabel_store.writer import StoreWriter
+
+with requires_extra("generate", "relabel_store.generate"):
+    import torch
+    from torch.utils.data import DataLoader, Sampler
+
+    from relabel_store.annotator import DenseAnnotator
+    from relabel_store.inputs import InputDataset, InputSource, collate_inputs
 
 __all__ = ["GenerateResult", "generate"]
 
@@ -157,7 +161,9 @@ def generate(
 
     ``on_error="skip"`` records unreadable images in ``errors.jsonl`` and goes on;
     ``"fail"`` stops at the first one (finished shards stay on disk; rerun to resume).
-    ``progress``: a tqdm bar; None shows it only on a terminal.
+    ``progress``: None draws a bar on a terminal and writes a line every
+    ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds (30) elsewhere (a SLURM log); True always
+    reports, False never.
     """
     if on_error not in ("skip", "fail"):
         raise InvalidArgumentError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
@@ -245,7 +251,13 @@ def _annotate(
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
-    bar = _progress_bar(len(rows), progress, rank, world)
+    bar = Progress(
+        len(rows),
+        desc=f"annotating (rank {rank}/{world})" if world > 1 else "annotating",
+        unit="images",
+        show=False if not rows else progress,
+        position=rank if world > 1 else None,
+    )
     h, w = annotator.grid
     k = annotator.k
     batches = iter(loader)
@@ -283,13 +295,11 @@ def _annotate(
                     keys[i] = key
             step = len(batch) + len(batch.failures)
             seen += step
-            if bar is not None:
-                bar.update(step)
+            bar.update(step)
         writer.write_shard(
             shard, keys=keys, labels=labels, sizes=sizes, indices=idx, values=val, errors=errors
         )
-    if bar is not None:
-        bar.close()
+    bar.close()
     _barrier(world)
     digest = None
     if rank == 0:
@@ -308,20 +318,4 @@ def _annotate(
         seconds=time.perf_counter() - started,
         store_bytes=size,
         digest=digest,
-    )
-
-
-def _progress_bar(total: int, progress: bool | None, rank: int, world: int) -> Any:
-    if progress is False or total == 0:
-        return None
-    if progress is None and not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        unit="img",
-        desc=f"annotating (rank {rank}/{world})" if world > 1 else "annotating",
-        position=rank,
-        smoothing=0.05,
     )

@@ -11,7 +11,11 @@ import io
 import os
 
 import numpy as np
-from PIL import Image
+
+from relabel_store._extras import requires_extra
+
+with requires_extra("torch", "relabel_store.images"):
+    from PIL import Image
 
 __all__ = ["BACKGROUND", "IMAGE_EXTENSIONS", "decode_image", "to_rgb"]
 

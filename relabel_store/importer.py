@@ -31,18 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from relabel_store._archive import MapArchive, Members, Payload, open_archive, read_file
+from relabel_store._extras import requires_extra
 from relabel_store._io import atomic_write_bytes
 from relabel_store._progress import Progress, format_duration
-from relabel_store._published import (
-    FORMAT_NAMES,
-    FORMATS,
-    MapRejected,
-    MapSpec,
-    decode_map,
-    detect,
-    load_tensor,
-)
 from relabel_store.errors import (
     InputError,
     InvalidArgumentError,
@@ -56,10 +47,23 @@ from relabel_store.format import (
     VALUES_DTYPES,
     StoreMetadata,
 )
-from relabel_store.generate import imagenet_label_space
 from relabel_store.keys import key_from_path
 from relabel_store.manifest import Manifest, safe_relpath
 from relabel_store.writer import StoreWriter, read_group_attrs
+
+# torch reads the published .pt files; timm's tables name ImageNet's classes.
+with requires_extra("generate", "relabel_store.importer"):
+    from relabel_store._archive import MapArchive, Members, Payload, open_archive, read_file
+    from relabel_store._published import (
+        FORMAT_NAMES,
+        FORMATS,
+        MapRejected,
+        MapSpec,
+        decode_map,
+        detect,
+        load_tensor,
+    )
+    from relabel_store.generate import imagenet_label_space
 
 __all__ = ["ImportResult", "import_maps"]
 

@@ -34,12 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import Dataset
 
+from relabel_store._extras import requires_extra
 from relabel_store.errors import ConfigurationError, InputError
-from relabel_store.images import IMAGE_EXTENSIONS, decode_image
+
+with requires_extra("generate", "relabel_store.inputs"):
+    import torch
+    from PIL import Image
+    from torch.utils.data import Dataset
+
+    from relabel_store.images import IMAGE_EXTENSIONS, decode_image
 from relabel_store.keys import KeyMode, check_key_mode, key_from_path
 
 __all__ = [
@@ -354,7 +358,8 @@ class HFDatasetInputs(InputSource):
         label_column: str | None = "auto",
         name: str | None = None,
     ) -> None:
-        import datasets
+        with requires_extra("hf", "reading a Hugging Face dataset (--hf-dataset)"):
+            import datasets
 
         self.name = name
         ds = self._resolve(dataset, split)

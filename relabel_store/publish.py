@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from relabel_store._io import regular_file_stat
+from relabel_store._progress import Progress
 from relabel_store.card import dataset_card
 from relabel_store.destinations import Destination, RemoteFile
 from relabel_store.errors import (
@@ -129,13 +130,16 @@ def push(
     endpoint: str | None = None,
     storage_options: dict[str, Any] | None = None,
     log: Log = _silent,
+    progress: bool | None = None,
 ) -> PushResult:
     """Publish a finalized, verified store to a Hub dataset repo or an fsspec URL.
 
     ``destination``: ``org/name`` or ``hf://datasets/org/name[@branch][/subdir]`` (``revision``
     names the branch, created if needed) or any fsspec URL. Re-running after an interruption
     uploads only what the remote does not have yet. The remote is checked against the manifest
-    at the end; any difference raises :class:`CorruptDataError`.
+    at the end; any difference raises :class:`CorruptDataError`. ``progress``: bytes uploaded,
+    as a bar on a terminal and as a line every ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds
+    elsewhere (None), always (True) or never (False).
     """
     root, meta, manifest = check_publishable(store)
     target = resolve_destination(destination, revision)
@@ -164,7 +168,14 @@ def push(
         )
     title = commit_message or f"relabel-store: store {manifest.digest[:12]}"
     return publish(
-        root, manifest, dest, title=title, batch_files=batch_files, batch_bytes=batch_bytes, log=log
+        root,
+        manifest,
+        dest,
+        title=title,
+        batch_files=batch_files,
+        batch_bytes=batch_bytes,
+        log=log,
+        progress=progress,
     )
 
 
@@ -177,6 +188,7 @@ def publish(
     batch_files: int = DEFAULT_BATCH_FILES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     log: Log = _silent,
+    progress: bool | None = None,
 ) -> PushResult:
     """Carry out the plan (module docstring) for the checked store at ``root``."""
     manifest_raw = (root / MANIFEST_NAME).read_bytes()
@@ -196,25 +208,34 @@ def publish(
 
     batches = _batches(todo, batch_files, batch_bytes)
     commits = 0
-    for i, batch in enumerate(batches):
-        # An old manifest would describe a store that is being replaced: it goes first, so that
-        # nobody opens a half-replaced store as complete.
-        delete = (
-            [MANIFEST_NAME] if i == 0 and old_manifest is not None and not manifest_same else []
-        )
-        for e in batch:
-            regular_file_stat(root, e.path)  # still a regular file, not a link planted since
-        with _resumable(f"push to {dest.location} interrupted in batch {i + 1} of {len(batches)} ({i} batch(es) done)"):  # fmt: skip
-            made = dest.change(
-                [(e, root / e.path) for e in batch],
-                delete,
-                f"{title} (data {i + 1}/{len(batches)})",
+    uploading = Progress(
+        sum(e.size for e in todo),
+        desc=f"pushing to {dest.location}",
+        unit="B",
+        show=progress if todo else False,
+    )
+    with uploading:
+        for i, batch in enumerate(batches):
+            # An old manifest would describe a store that is being replaced: it goes first, so
+            # that nobody opens a half-replaced store as complete.
+            delete = (
+                [MANIFEST_NAME] if i == 0 and old_manifest is not None and not manifest_same else []
             )
-        commits += made is not None
-        log(
-            f"batch {i + 1}/{len(batches)} ({len(batch)} files) done"
-            + (f": {made}" if made else "")
-        )
+            for e in batch:
+                regular_file_stat(root, e.path)  # still a regular file, not a link planted since
+            with _resumable(f"push to {dest.location} interrupted in batch {i + 1} of {len(batches)} ({i} batch(es) done)"):  # fmt: skip
+                made = dest.change(
+                    [(e, root / e.path) for e in batch],
+                    delete,
+                    f"{title} (data {i + 1}/{len(batches)})",
+                )
+            commits += made is not None
+            uploading.update(sum(e.size for e in batch))
+            with uploading.paused():
+                log(
+                    f"batch {i + 1}/{len(batches)} ({len(batch)} files) done"
+                    + (f": {made}" if made else "")
+                )
 
     with _resumable(f"push to {dest.location} interrupted while writing the manifest"):
         made = dest.change(

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 from relabel_store._io import atomic_write_bytes, regular_file_stat, sha256_file
 from relabel_store._parallel import run_all
+from relabel_store._progress import Progress
 from relabel_store.errors import CorruptDataError
 from relabel_store.format import MANIFEST_NAME
 from relabel_store.manifest import ManifestEntry, VerifyReport, store_files, verify_dir
@@ -47,10 +48,13 @@ def pull(
     storage_options: dict[str, Any] | None = None,
     threads: int = 8,
     log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> PullResult:
     """Download a whole remote store and verify it: into the cache (``to=None``; the store is
     then read locally by every later ``load_relabel`` of the same revision) or into folder
-    ``to``, which becomes a plain local store."""
+    ``to``, which becomes a plain local store. ``progress``: bytes in place, as a bar on a
+    terminal and as a line every ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds elsewhere
+    (None), always (True) or never (False)."""
     resolved = resolve(name_or_url, revision)
     if isinstance(resolved.target, LocalTarget):
         raise ValueError(f"{name_or_url} is a local store already; there is nothing to pull")
@@ -60,14 +64,22 @@ def pull(
     manifest = source.manifest
     if log is not None:
         log(f"{source.location}: {len(manifest.entries) + 1} files, {manifest.total_bytes} bytes")
-    if to is None:
-        before = source.downloads
-        source.fetch(None, threads=threads)
-        dest = source.root
-        downloaded = source.downloads - before
-    else:
-        dest = Path(to)
-        downloaded = _pull_into(source, dest, threads)
+    fetching = Progress(
+        manifest.total_bytes, desc=f"pulling {source.location}", unit="B", show=progress
+    )
+
+    def done(entry: ManifestEntry) -> None:
+        fetching.update(entry.size)
+
+    with fetching:
+        if to is None:
+            before = source.downloads
+            source.fetch(None, threads=threads, done=done)
+            dest = source.root
+            downloaded = source.downloads - before
+        else:
+            dest = Path(to)
+            downloaded = _pull_into(source, dest, threads, done)
     report = verify_dir(dest, manifest)
     if not report.ok:
         raise CorruptDataError(
@@ -77,14 +89,19 @@ def pull(
     return PullResult(dest, manifest.digest, len(manifest.entries) + 1, downloaded, report)
 
 
-def _pull_into(source: ShardCacheSource, dest: Path, threads: int) -> int:
-    """Fill folder ``dest`` with the store's verified files; return how many were downloaded."""
+def _pull_into(
+    source: ShardCacheSource, dest: Path, threads: int, done: Callable[[ManifestEntry], None]
+) -> int:
+    """Fill folder ``dest`` with the store's verified files, calling ``done`` with each one's
+    entry; return how many were downloaded."""
     manifest = source.manifest
     raw = source.read(MANIFEST_NAME)
     assert raw is not None
     if regular_file_stat(dest, MANIFEST_NAME) is not None:
         if (dest / MANIFEST_NAME).read_bytes() == raw:
-            return 0  # a finished pull of the same store: verify_dir checks it
+            for e in manifest.entries:  # a finished pull of the same store: verify_dir checks it
+                done(e)
+            return 0
         raise FileExistsError(
             f"{dest} already holds a different store (its manifest differs); choose another --to"
         )
@@ -98,7 +115,7 @@ def _pull_into(source: ShardCacheSource, dest: Path, threads: int) -> int:
                 f"{foreign[0]!r}); choose another --to"
             )
 
-    def one(e: ManifestEntry) -> int:
+    def place(e: ManifestEntry) -> int:
         st = regular_file_stat(dest, e.path)  # UnsafePathError for a link on the way
         if st is not None and st.st_size == e.size and sha256_file(dest / e.path) == e.sha256:
             return 0  # from an interrupted pull
@@ -117,6 +134,11 @@ def _pull_into(source: ShardCacheSource, dest: Path, threads: int) -> int:
 
         write_verified(dest, e, source.location, download)
         return 1
+
+    def one(e: ManifestEntry) -> int:
+        fetched = place(e)
+        done(e)
+        return fetched
 
     dest.mkdir(parents=True, exist_ok=True)
     downloaded = sum(run_all(one, manifest.entries, threads))

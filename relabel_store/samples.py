@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from relabel_store._extras import requires_extra
+
+with requires_extra("photos", "relabel_store.samples"):
+    from PIL import Image
 
 __all__ = ["SAMPLE_PHOTOS", "sample_photo", "write_sample_photos"]
 
@@ -35,7 +39,7 @@ def sample_photo(name: str) -> Image.Image:
     if name not in _SOURCES:
         raise KeyError(f"no sample photo {name!r}; choose from {', '.join(SAMPLE_PHOTOS)}")
     package, item = _SOURCES[name]
-    try:
+    with requires_extra("photos", f"the sample photo {name!r}"):
         if package == "skimage":
             import skimage.data
 
@@ -44,10 +48,6 @@ def sample_photo(name: str) -> Image.Image:
             from sklearn.datasets import load_sample_image
 
             array = load_sample_image(item)
-    except ImportError:
-        raise ImportError(
-            f"the sample photo {name!r} ships with {package}: pip install 'relabel-store[photos]'"
-        ) from None
     return Image.fromarray(np.asarray(array, dtype=np.uint8), "RGB")
 
 

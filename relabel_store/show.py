@@ -11,11 +11,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from relabel_store._extras import requires_extra
 from relabel_store.errors import InvalidArgumentError
 from relabel_store.pooling import CropBox, pool
 from relabel_store.reader import RelabelStore
+
+with requires_extra("show", "relabel_store.show"):
+    from PIL import Image
 
 __all__ = ["render_label_map"]
 
@@ -37,11 +40,12 @@ def render_label_map(
     top: int = 5,
 ) -> Path:
     """Draw record ``key`` of ``store`` (over ``image`` when given) into the PNG ``output``."""
-    import matplotlib
+    with requires_extra("show", "render_label_map"):
+        import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch, Rectangle
 
     rec = store.get(key)
     meta = store.metadata

@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
-import torch
-from timm.models import PretrainedCfg
-from torch import nn
-
+from relabel_store._extras import requires_extra
 from relabel_store._io import sha256_file
 from relabel_store.errors import AnnotatorError
+
+with requires_extra("generate", "relabel_store.weights"):
+    import timm
+    import torch
+    from timm.models import PretrainedCfg
+    from torch import nn
 
 __all__ = [
     "LITE0_CHECKPOINT",

@@ -566,8 +566,16 @@ class FakeHub:
             half = len(body_out) // 2 if stall else 0
             for part in (body_out[:half], body_out[half:]):
                 for i in range(0, len(part), _SEND_CHUNK):
-                    h.wfile.write(part[i : i + _SEND_CHUNK])
-                    rec.bytes_sent += len(part[i : i + _SEND_CHUNK])
+                    chunk = part[i : i + _SEND_CHUNK]
+                    # Counted before the write returns: the client may read the bytes (and the
+                    # test check the count) before this thread runs again. A failed write
+                    # takes its chunk back out.
+                    rec.bytes_sent += len(chunk)
+                    try:
+                        h.wfile.write(chunk)
+                    except OSError:
+                        rec.bytes_sent -= len(chunk)
+                        raise
                 h.wfile.flush()
                 if half:
                     self._stopping.wait(stall)

@@ -19,16 +19,8 @@ from hypothesis import strategies as st
 from torchvision.ops import roi_align
 
 from relabel_store.errors import InvalidBoxError, RelabelStoreError
-from relabel_store.pooling import (
-    VARIANTS,
-    BatchPooler,
-    CropBox,
-    PoolingSpec,
-    _axis_weights_torch,
-    _sampling_window,
-    pool,
-    stack_boxes,
-)
+from relabel_store.pooling import VARIANTS, CropBox, PoolingSpec, _sampling_window, pool
+from relabel_store.torch_pooling import BatchPooler, _axis_weights_torch, stack_boxes
 
 ATOL, RTOL = 1e-6, 1e-5
 DEFAULT = PoolingSpec()

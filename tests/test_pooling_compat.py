@@ -15,7 +15,8 @@ import torch
 from torchvision.ops import roi_align
 from torchvision.transforms import RandomResizedCrop
 
-from relabel_store.pooling import BatchPooler, CropBox, PoolingSpec, pool, stack_boxes
+from relabel_store.pooling import CropBox, PoolingSpec, pool
+from relabel_store.torch_pooling import BatchPooler, stack_boxes
 
 C = 200
 ATOL, RTOL = 1e-6, 1e-5

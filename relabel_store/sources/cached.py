@@ -184,11 +184,24 @@ class ShardCacheSource(Source):
         ]
         self.fetch(todo)
 
-    def fetch(self, paths: list[str] | None = None, *, threads: int = _PREFETCH_THREADS) -> int:
+    def fetch(
+        self,
+        paths: list[str] | None = None,
+        *,
+        threads: int = _PREFETCH_THREADS,
+        done: Callable[[ManifestEntry], None] | None = None,
+    ) -> int:
         """Download (and verify) ``paths``, or every file of the store; return how many files
-        are in the cache afterwards. The first error is raised after the others finished."""
+        are in the cache afterwards. The first error is raised after the others finished.
+        ``done`` is called (from the worker threads) with each file's entry once it is cached."""
         todo = sorted(self._entries) if paths is None else list(paths)
-        run_all(self.ensure, todo, threads)
+
+        def one(path: str) -> None:
+            self.ensure(path)
+            if done is not None and path in self._entries:
+                done(self._entries[path])
+
+        run_all(one, todo, threads)
         return len(todo)
 
 
