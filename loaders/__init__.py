@@ -7,10 +7,15 @@ with requires_extra("torch", "relabel_store.loaders"):
     from relabel_store.loaders.hf import relabel_transform
     from relabel_store.loaders.mixing import check_mixing, timm_mixup
     from relabel_store.loaders.pytorch import LabelPooler, RelabelDataset
+    from relabel_store.loaders.resident import DeviceMaps, ResidentPooler
+    from relabel_store.loaders.streaming import RelabelStream
 
 __all__ = [
+    "DeviceMaps",
     "LabelPooler",
     "RelabelDataset",
+    "RelabelStream",
+    "ResidentPooler",
     "ReturnsCropBox",
     "check_mixing",
     "relabel_transform",

@@ -24,7 +24,12 @@ EXTRAS: dict[str, dict[str, str]] = {
     },
     "hf": {"torch": "torch", "torchvision": "torchvision", "PIL": "pillow", "datasets": "datasets"},
     "show": {"matplotlib": "matplotlib", "PIL": "pillow"},
-    "dali": {"nvidia": "nvidia-dali-cuda120"},
+    "dali": {
+        "torch": "torch",
+        "torchvision": "torchvision",
+        "PIL": "pillow",
+        "nvidia": "nvidia-dali-cuda120",
+    },
     "photos": {"skimage": "scikit-image", "sklearn": "scikit-learn", "PIL": "pillow"},
 }
 """Per extra of pyproject.toml: the top-level modules it provides, and their distributions."""

@@ -66,6 +66,11 @@ class InvalidArgumentError(RelabelStoreError, ValueError):
     arrays of the wrong shape, an image that is not the record's."""
 
 
+class InsufficientMemoryError(RelabelStoreError, MemoryError):
+    """A device or the host has too little free memory for what was asked (loading every label
+    map onto a GPU, say); the message says how much is needed and what to do instead."""
+
+
 class StoreLockedError(RelabelStoreError, RuntimeError):
     """Another process is writing the store (it holds the store's write lock)."""
 

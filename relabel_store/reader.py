@@ -12,7 +12,7 @@ import ctypes
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from mmap import mmap
 from pathlib import Path
 from typing import NamedTuple
@@ -338,6 +338,13 @@ class RelabelStore:
         view.flags.writeable = False
         return view
 
+    @property
+    def sizes(self) -> np.ndarray:
+        """(height, width) of every record's original image, in key order (read-only, int32)."""
+        view = self._sizes.view()
+        view.flags.writeable = False
+        return view
+
     def _find(self, key: str) -> int:
         k = key.encode()
         i = int(np.searchsorted(self._keys, k))
@@ -409,6 +416,22 @@ class RelabelStore:
             self._labels[idx].astype(np.int32),
             self._sizes[idx].astype(np.int32),
         )
+
+    def shard_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every record, one shard file at a time, in storage order: ``(rows, indices,
+        values)`` with ``rows`` the records' positions in key order (what :meth:`get_row`
+        takes). Reading a whole store this way touches each shard once, in sequence, and holds
+        one shard's records at a time (loading every map into memory, for example)."""
+        order = np.argsort(self._rows, kind="stable")  # key positions by physical row
+        physical = self._rows[order]
+        per = self.metadata.shard_records
+        bounds = np.searchsorted(physical, np.arange(0, self.metadata.num_shards + 1) * per)
+        for s in range(self.metadata.num_shards):
+            rows = order[bounds[s] : bounds[s + 1]]
+            if not len(rows):
+                continue
+            phys = self._rows[rows].tolist()
+            yield rows, self._indices.get_many(phys), self._values.get_many(phys)
 
     def close(self) -> None:
         self._indices.drop_cache()

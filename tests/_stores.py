@@ -46,17 +46,20 @@ def write_store(
     class_identifiers: tuple[str, ...] | None = None,
     dataset: dict | None = None,
     writer: StoreWriter | None = None,
+    sizes: np.ndarray | None = None,
 ) -> Written:
     """Write ``n`` random records (``keys``, if given, in that row order) for the given ``shards``
     (all by default) through ``writer`` or a writer of its own, and finalize unless told not to.
-    The label space and dataset description are recorded as ``generate`` records them, when given."""
+    The label space and dataset description are recorded as ``generate`` records them, when given;
+    ``sizes`` are the images' (height, width) in row order (random by default)."""
     rng = np.random.default_rng(seed)
     if keys is None:
         keys = [f"img_{int(i):05d}" for i in rng.permutation(n)]  # rows not in key order
     n = len(keys)
     idx, vals = random_maps(rng, n, grid, k, num_classes)
     labels = rng.integers(-1, num_classes, n).astype(np.int32)
-    sizes = rng.integers(1, 2000, (n, 2)).astype(np.int32)
+    random_sizes = rng.integers(1, 2000, (n, 2)).astype(np.int32)
+    sizes = random_sizes if sizes is None else np.asarray(sizes, np.int32)
     meta = StoreMetadata(
         grid=grid,
         k=k,
