@@ -1,7 +1,8 @@
 """CUDA paths: autocast, channels-last, on-device normalisation, pinned copies, generate on a GPU.
 
 Skipped without a GPU. They need only torch, timm, numpy and PIL besides relabel-store (no photo
-packages, no network), so that ``benchmarks/gpu_check.sh`` runs them on a bare GPU machine.
+packages, no network, not even pytest), so that ``benchmarks/gpu_check.sh`` runs them on a bare
+GPU machine.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import timm
 import torch
 from PIL import Image
@@ -19,7 +19,12 @@ from relabel_store.annotator import DenseAnnotator
 from relabel_store.generate import _ShardMaps, generate
 from relabel_store.inputs import open_inputs
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+try:
+    import pytest
+except ImportError:  # benchmarks/gpu_check.sh calls the tests itself where pytest is missing
+    pytest = None
+else:
+    pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _model() -> torch.nn.Module:
