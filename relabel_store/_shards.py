@@ -180,7 +180,7 @@ def _zstd_slices(conf: Mapping[str, Any]) -> EncodeSlice:
     def encode(records: np.ndarray) -> list[bytes]:
         compress = zstandard.ZstdCompressor(level=level, write_checksum=checksum).compress
         flat = records.reshape(len(records), -1).view(np.uint8)
-        return [compress(row) for row in flat]
+        return [compress(row.data) for row in flat]
 
     return encode
 
@@ -227,7 +227,7 @@ def _blosc_slices(
         ).reshape(m, -1)
         out = []
         for i, row in enumerate(planes):
-            block = compress(row)
+            block = compress(row.data)
             if len(block) > nbytes - 8:  # c-blosc would store this record uncompressed
                 out.append(bytes(blosc.encode(records[i].reshape(-1).view(np.uint8))))
                 continue

@@ -46,11 +46,11 @@ def parent_of(
     if parent is None:
         return dict(trained_on) if trained_on else None
     lineage = store_lineage(parent)
-    recorded = (trained_on or {}).get("digest")
-    if recorded is not None and recorded != lineage["digest"]:
+    recorded = trained_on or {}
+    if recorded.get("digest") not in (None, lineage["digest"]):
         raise ConfigurationError(
-            f"the checkpoint was trained on the store with digest {recorded} "
-            f"({trained_on.get('location')}), but --parent {parent} has digest "
+            f"the checkpoint was trained on the store with digest {recorded['digest']} "
+            f"({recorded.get('location')}), but --parent {parent} has digest "
             f"{lineage['digest']}. Name the store the checkpoint learned from, or leave --parent "
             "out to record the checkpoint's own."
         )
