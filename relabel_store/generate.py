@@ -234,7 +234,9 @@ def generate(
 
     ``on_error="skip"`` records unreadable images in ``errors.jsonl`` and goes on;
     ``"fail"`` stops at the first one (finished shards stay on disk; rerun to resume).
-    ``progress``: None draws a bar on a terminal and writes a line every
+    ``num_workers``: DataLoader processes decoding images (default: the cores this process
+    may use). Finished shards are written by a background thread while annotation goes on; a
+    failed write stops the run with its error. ``progress``: None draws a bar on a terminal and writes a line every
     ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds (30) elsewhere (a SLURM log); True always
     reports, False never.
     """
