@@ -49,6 +49,12 @@ def _parts(path: str | os.PathLike[str]) -> list[str]:
     return [p for p in file.replace("\\", "/").split("/") if p not in ("", ".")]
 
 
+def _is_absolute(path: str | os.PathLike[str]) -> bool:
+    """A POSIX or Windows absolute path (``/data/x.jpg``, ``C:\\data\\x.jpg``, ``\\\\host\\share``)."""
+    text = os.fspath(path).split("::", 1)[0].replace("\\", "/")
+    return text.startswith("/") or re.match(r"^[A-Za-z]:/", text) is not None
+
+
 def _stem(name: str) -> str:
     """``PurePosixPath(name).stem`` without building a path object (keys are made by the
     million)."""
@@ -76,6 +82,13 @@ def key_from_path(
     check_key_mode(mode)
     if mode == "relpath" and root is not None:
         path = os.path.relpath(path, root)
+    elif mode == "relpath" and _is_absolute(path):
+        raise ConfigurationError(
+            f"key_mode='relpath' keys files by their path below the dataset root, and "
+            f"{os.fspath(path)!r} is an absolute path: its key would hold the folders above the "
+            "root, which match no record. Give the dataset root (root=..., the folder "
+            "`relabel-store generate` was given), or paths relative to it."
+        )
     parts = _parts(path)
     if not parts:
         raise ConfigurationError(f"cannot derive a store key from the empty path {path!r}")

@@ -224,6 +224,7 @@ class RelabelStore:
             self._labels = _narrowed(self._index(LABELS, (n,), "i", 4), np.int16)
             self._sizes = _narrowed(self._index(SIZES, (n, 2), "i", 4), np.uint16)
             _release_freed_memory()
+            _check_key_order(self._keys, f"{where}/{KEYS}")
             if n and not (self._rows.min() >= 0 and self._rows.max() < m.rows):
                 raise _damaged(
                     f"{where}/{ROWS}", f"a row number is outside 0..{m.rows - 1} (metadata rows)"
@@ -345,26 +346,43 @@ class RelabelStore:
         view.flags.writeable = False
         return view
 
-    def _find(self, key: str) -> int:
-        k = key.encode()
-        i = int(np.searchsorted(self._keys, k))
-        if i < len(self._keys) and self._keys[i] == k:
-            return i
-        return -1
+    def rows_of(self, keys: Sequence[str]) -> np.ndarray:
+        """The position in key order (what :meth:`get_rows` takes) of every key, int64, by one
+        vectorised binary search of the sorted key table; -1 where a key has no record."""
+        if not len(keys):
+            return np.zeros(0, np.int64)
+        encoded = np.array([k.encode() for k in keys])
+        table = self._keys
+        pos = np.searchsorted(table, encoded).astype(np.int64)
+        found = pos < len(table)
+        found[found] = table[pos[found]] == encoded[found]
+        pos[~found] = -1
+        return pos
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._find(key) >= 0
+        return isinstance(key, str) and self.rows_of([key])[0] >= 0
 
     def index_of(self, key: str) -> int:
         """The position of ``key`` in key order (what :meth:`get_row` takes)."""
-        i = self._find(key)
+        i = int(self.rows_of([key])[0])
         if i < 0:
-            raise RecordNotFoundError(
-                f"key {key!r} is not in store {self.source.location} ({len(self)} records). "
-                "Keys are file stems such as 'n01440764_10026'; check how your dataset's keys "
-                "are derived (key_fn=...)."
-            )
+            raise self.missing_keys([key], 1)
         return i
+
+    def missing_keys(
+        self, absent: Sequence[str], total: int, fix: str | None = None, count: int | None = None
+    ) -> RecordNotFoundError:
+        """The error for keys without a record: ``count`` (default: ``len(absent)``) of
+        ``total`` keys looked up, the first of ``absent`` named, and ``fix`` (by default: how
+        keys are derived) after them."""
+        where = f"store {self.source.location} ({len(self)} records)"
+        count = len(absent) if count is None else count
+        if total == 1:
+            head = f"key {absent[0]!r} is not in {where}"
+        else:
+            first = list(absent[:5])
+            head = f"{count} of {total} keys are not in {where} (first: {first})"
+        return RecordNotFoundError(f"{head}. {fix or _KEY_FIX}")
 
     def _check_row(self, i: object) -> int:
         if not isinstance(i, int | np.integer) or not 0 <= i < len(self):
@@ -397,7 +415,11 @@ class RelabelStore:
 
     def get_many(self, keys: Iterable[str]) -> RecordBatch:
         """Records for many keys at once (one allocation per array)."""
-        return self.get_rows([self.index_of(k) for k in keys])
+        keys = list(keys)
+        rows = self.rows_of(keys)
+        if (rows < 0).any():
+            raise self.missing_keys([keys[i] for i in np.flatnonzero(rows < 0)], len(keys))
+        return self.get_rows(rows)
 
     def get_rows(self, rows: Iterable[int]) -> RecordBatch:
         """Records for many rows (positions in key order) at once."""
@@ -485,6 +507,28 @@ _malloc_trim = _load_malloc_trim()
 
 def _reopen(source: Source, allow_incomplete: bool) -> RelabelStore:
     return RelabelStore(source, allow_incomplete=allow_incomplete)
+
+
+_KEY_FIX = (
+    "Keys are file stems such as 'n01440764_10026' (or paths below the dataset root with "
+    "key_mode='relpath', or a key column's values), as `relabel-store generate` made them; "
+    "check how your dataset's keys are derived (key_mode=, key_fn=, key_column=)."
+)
+
+
+def _check_key_order(keys: np.ndarray, where: str) -> None:
+    """Refuse a key table that is not strictly ascending: every lookup is a binary search of
+    it, which on unsorted or repeated keys misses records or finds another's without a word.
+    One vectorised pass (~15 ms for ImageNet's 1.28M keys)."""
+    if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        i = int(np.flatnonzero(keys[1:] <= keys[:-1])[0])
+        first, second = keys[i].decode(errors="replace"), keys[i + 1].decode(errors="replace")
+        problem = "repeats" if first == second else "is out of order after"
+        raise _damaged(
+            where,
+            f"the keys must be sorted and unique, and key {i + 1} ({second!r}) {problem} key "
+            f"{i} ({first!r})",
+        )
 
 
 def _damaged(where: str, problem: str) -> CorruptDataError:

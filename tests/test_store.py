@@ -183,6 +183,32 @@ def test_missing_key_and_row_out_of_range(tmp_path):
         store.get_rows([0, 10])
 
 
+def test_rows_of_looks_up_many_keys_at_once(tmp_path):
+    w = write_store(tmp_path / "s.zarr", 40)
+    store = load_relabel(w.path)
+    wanted = [w.keys[7], "img_99999", w.keys[0], "", w.keys[39]]
+    rows = store.rows_of(wanted)
+    assert rows.dtype == np.int64 and rows.tolist()[1::2] == [-1, -1]
+    for key, row in zip(wanted[::2], rows[::2].tolist(), strict=True):
+        assert store.get_row(row).key == key
+    assert store.rows_of([]).shape == (0,)
+
+
+@pytest.mark.parametrize("damage", ["swapped", "repeated"])
+def test_a_key_table_out_of_order_is_refused_at_open(tmp_path, damage):
+    """Lookups are binary searches: unsorted or repeated keys would find another record."""
+    w = write_store(tmp_path / "s.zarr", 30)
+    keys = zarr.open_array(str(w.path / "keys"), mode="r+")
+    table = keys[:]
+    table[[3, 4]] = table[[4, 3]] if damage == "swapped" else table[[3, 3]]
+    keys[:] = table
+    write_manifest(w.path, build_manifest(w.path))  # as a faulty writer would seal it
+    with pytest.raises(
+        CorruptDataError, match=r"keys.*sorted and unique.*key 4 .*relabel-store verify"
+    ):
+        load_relabel(w.path)
+
+
 def test_corrupted_chunk_raises_naming_the_file(tmp_path):
     w = write_store(tmp_path / "s.zarr", 20, shard_records=32)
     shard = w.path / "values" / "c.0.0.0.0"

@@ -618,6 +618,17 @@ def test_one_key_function(path, mode, key):
     assert key_from_path(path, mode) == key
 
 
+@pytest.mark.parametrize("path", ["/data/places/airfield/00000001.jpg", "D:\\places\\a\\1.jpg"])
+def test_absolute_paths_need_the_root_in_relpath_mode(path):
+    """An absolute path's key would hold the folders above the root and match no record."""
+    with pytest.raises(ConfigurationError, match=r"absolute path.*root="):
+        key_from_path(path, "relpath")
+    assert key_from_path(path, "stem") == path.replace("\\", "/").rsplit("/", 1)[1].split(".")[0]
+    assert key_from_path("/data/places/airfield/00000001.jpg", "relpath", root="/data/places") == (
+        "airfield/00000001"
+    )
+
+
 @pytest.fixture
 def places(tmp_path):
     """Places365-style: the same file names in different class folders."""
