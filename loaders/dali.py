@@ -28,11 +28,17 @@ import torch
 
 from relabel_store._extras import requires_extra
 from relabel_store.errors import ArgumentTypeError, ConfigurationError
-from relabel_store.keys import KeyMode, check_key_mode, key_from_path
+from relabel_store.keys import KeyMode, key_from_path
 from relabel_store.loaders import _bases
 from relabel_store.loaders._classes import ClassMap, match_labels
-from relabel_store.loaders._samples import check_image_sizes, check_unique_keys
-from relabel_store.loaders.pytorch import Missing, open_store, resolve_rows
+from relabel_store.loaders._samples import (
+    Missing,
+    check_image_sizes,
+    check_unique_keys,
+    open_loader,
+    require_labels,
+    resolve_rows,
+)
 from relabel_store.pooling import PoolingSpec
 from relabel_store.reader import RelabelStore
 
@@ -149,24 +155,27 @@ class DaliFiles:
         class_names: Sequence[str] | None = None,
         class_map: ClassMap | None = None,
     ) -> None:
-        if missing not in ("error", "original"):
-            raise ConfigurationError(f"missing must be 'error' or 'original', got {missing!r}")
-        if spec is not None and not isinstance(spec, PoolingSpec):
-            raise ArgumentTypeError(f"spec must be a PoolingSpec, got {type(spec).__name__}")
         if isinstance(files, str | bytes | os.PathLike):
             raise ArgumentTypeError(
                 "files must be a list of image paths, got one path; for a folder of class "
                 "folders use DaliFiles.from_dataset(store, ImageFolder(root))"
             )
-        self.store = open_store(store)
-        self.spec = spec or PoolingSpec()
+        opened = open_loader(
+            store,
+            spec=spec,
+            missing=missing,
+            key_fn=key_fn,
+            key_fn_is="path -> key",
+            key_mode=key_mode,
+            other_keys="key_fn=path -> key",
+        )
+        self.store, self.spec = opened.store, opened.spec
         self.files = [os.fspath(f) for f in files]
         if labels is not None and len(labels) != len(self.files):
             raise ConfigurationError(
                 f"{len(labels)} labels for {len(self.files)} files: give one label per file"
             )
-        recorded = self.store.metadata.dataset.get("key_mode") or "stem"
-        mode = check_key_mode(key_mode if key_mode is not None else recorded)
+        mode = opened.key_mode
         if key_fn is not None:
             keys = [key_fn(f) for f in self.files]
             paths = None
@@ -175,21 +184,18 @@ class DaliFiles:
             paths = self.files
         check_unique_keys(keys, paths, mode)
         self.keys = keys
-        self.rows = resolve_rows(self.store, keys, missing, paths)
+        self.rows = resolve_rows(self.store, keys, missing, opened.keys_from, paths)
         self.indices = list(range(len(self.files)))
         self.label_map = match_labels(
             self.store.metadata, class_names, class_map, dataset="the files' labels"
         )
-        uses = []
-        if self.spec.original_weight > 0:
-            uses.append(f"PoolingSpec(original_weight={self.spec.original_weight})")
         absent = int((self.rows < 0).sum())
-        if absent:
-            uses.append(f"missing='original' ({absent} files have no record)")
-        if uses:
-            if labels is None:
-                raise ConfigurationError(f"{' and '.join(uses)} needs labels=, one per file")
-            self.label_map.require(" and ".join(uses))
+        if labels is None and (self.spec.original_weight > 0 or absent):
+            why = "missing='original'" if absent else "PoolingSpec(original_weight=...)"
+            raise ConfigurationError(
+                f"{why} mixes in the files' labels: it needs labels=, one per file"
+            )
+        require_labels(self.label_map, self.spec, missing, absent)
         given = np.full(len(self.files), -1) if labels is None else np.asarray(labels, np.int64)
         self.store_labels = self.label_map.to_store(given)
 

@@ -5,17 +5,15 @@
 ``Dataset.__getitems__``) and for ``IterableDataset.map(..., batched=True)``. For every batch it
 
 1. decodes the image column (PIL images, ``Image(decode=False)`` cells ``{"bytes", "path"}`` or
-   file paths) to RGB, the same way ``relabel-store generate`` decoded the images it annotated;
+   file paths) to RGB with :func:`relabel_store.images.decode_cell`, the way ``relabel-store
+   generate`` decoded the images it annotated (without applying EXIF orientation);
 2. derives each row's store key (from ``key_column``, or from the image's file path) and maps
-   keys to store rows with :func:`~relabel_store.loaders.pytorch.resolve_rows`, so a missing
-   key fails before any augmentation work;
+   keys to store rows (:meth:`RelabelStore.rows_of`), so a missing key fails before any
+   augmentation work, and refuses images whose shape is not their record's;
 3. runs the user's transform, recovering each crop box and flip with
    :func:`~relabel_store.loaders.crops.track_crops` (the code the PyTorch loader uses);
-4. reads the batch's records in one call and pools them into soft targets: with
-   :class:`~relabel_store.torch_pooling.BatchPooler` for batches of ``relabel_store.loaders.pytorch._BATCH_POOLING_MIN`` rows or
-   more, with :func:`~relabel_store.pooling.pool` per row below that (measured on CPU, one
-   thread, 15x15x5 maps, 1000 classes, random crops: the batched pooler costs ~0.4 ms per call
-   plus ~7-15 us per row, per-row pooling ~27 us per row).
+4. reads the batch's records in one call and pools each into its soft target, as every loader
+   does (the same sample gets the same target whatever the batch).
 
 Keys from paths are derived by :func:`relabel_store.keys.key_from_path`, as ``relabel-store
 generate`` derived them: the file stem, with the Hub's ImageNet suffix ``_<wnid>``
@@ -37,19 +35,27 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
-from relabel_store.errors import ArgumentTypeError, ConfigurationError, RecordNotFoundError
-from relabel_store.images import decode_image, to_rgb
+from relabel_store.errors import ConfigurationError
+from relabel_store.images import decode_cell
 from relabel_store.keys import KeyMode, key_from_path
 from relabel_store.loaders._classes import ClassMap, match_labels
+from relabel_store.loaders._samples import (
+    KeyTally,
+    Missing,
+    check_images,
+    open_loader,
+    pool_rows,
+    require_labels,
+    resolve_rows,
+)
 from relabel_store.loaders.crops import track_crops
-from relabel_store.loaders.pytorch import Missing, open_store, pool_rows, resolve_rows
 from relabel_store.pooling import PoolingSpec
 from relabel_store.reader import RelabelStore
 
-__all__ = ["DatasetRows", "RelabelTransform", "image_paths", "relabel_transform"]
+__all__ = ["DatasetRows", "image_paths", "relabel_transform"]
 
 
-class RelabelTransform:
+class relabel_transform:
     """A ``datasets`` batch transform: the user's image transform plus ReLabel soft targets.
 
     ``ds.set_transform(relabel_transform(store, train_tf))`` (or ``ds.with_transform``,
@@ -60,8 +66,13 @@ class RelabelTransform:
     - ``transform``: the user's image transform (torchvision v2 / v1, timm, or a
       :class:`~relabel_store.loaders.ReturnsCropBox`); None leaves images as RGB PIL images.
     - ``image_column``: holds ``datasets.Image`` values (decoded or ``decode=False``) or paths.
-    - ``key_column``: a column of store keys; None (default) derives keys from the image file
-      paths, which needs ``Image(decode=False)`` when the dataset embeds image bytes.
+      ``datasets`` turns a photo by its EXIF orientation when it decodes it, ``generate`` does
+      not: ``Image(decode=False)`` cells are decoded as ``generate`` decoded them, and a
+      decoded image whose shape is not its record's is refused.
+    - ``key_column``: a column of store keys (needed for stores generated with
+      ``--key-column``); None (default) derives keys from the image file paths in
+      ``key_mode`` (``"stem"``, the only mode a dataset without a root folder has), which
+      needs ``Image(decode=False)`` when the dataset embeds image bytes.
     - ``label_column``: the original integer label, used by ``missing="original"`` and
       ``spec.original_weight``; None or an absent column means unknown. Those two mix the label
       in at the store's class for it, so they need ``class_names`` (the label column's
@@ -75,12 +86,13 @@ class RelabelTransform:
       input column but the image column through; a list passes those columns.
     - ``spec``: pooling variant, output grid and original-label mixing (:class:`PoolingSpec`).
     - ``missing``: ``"error"`` (default) raises :class:`RecordNotFoundError` naming the key of
-      a row without a record; ``"original"`` gives that row the one-hot of its label.
+      a row without a record; ``"original"`` gives that row the one-hot of its label (and
+      refuses keys of which none is in the store: derived another way than the store's).
 
     Calling it with a batch (a mapping of column name -> list of values, as ``datasets`` passes
     it) returns a dict with ``pixel_values_column`` (a list of transformed images),
     ``target_column`` (a float32 tensor (B, C), or (B, oh, ow, C) for a larger pooling grid)
-    and the kept columns.
+    and the kept columns. A sample's target does not depend on the batch it comes in.
     """
 
     def __init__(
@@ -90,6 +102,7 @@ class RelabelTransform:
         *,
         image_column: str = "image",
         key_column: str | None = None,
+        key_mode: KeyMode | None = None,
         label_column: str | None = "label",
         pixel_values_column: str = "pixel_values",
         target_column: str = "labels",
@@ -99,10 +112,6 @@ class RelabelTransform:
         class_names: Sequence[str] | None = None,
         class_map: ClassMap | None = None,
     ) -> None:
-        if missing not in ("error", "original"):
-            raise ConfigurationError(f"missing must be 'error' or 'original', got {missing!r}")
-        if spec is not None and not isinstance(spec, PoolingSpec):
-            raise ArgumentTypeError(f"spec must be a PoolingSpec, got {type(spec).__name__}")
         if pixel_values_column == target_column:
             raise ConfigurationError(
                 f"pixel_values_column and target_column are both {target_column!r}; "
@@ -114,7 +123,20 @@ class RelabelTransform:
                 "replaced (with_format/set_format do that), training would read that column "
                 "without an error. Name the soft targets differently (the default: 'labels')."
             )
-        self.store = open_store(store)
+        opened = open_loader(
+            store,
+            spec=spec,
+            missing=missing,
+            key_mode=key_mode,
+            key_column=key_column,
+            other_keys="key_column= (the column holding them)",
+        )
+        if key_column is None:
+            _check_path_key_mode(opened.key_mode)
+        self.store, self.spec = opened.store, opened.spec
+        self.key_mode = opened.key_mode
+        self._keys_from = opened.keys_from
+        self._tally = KeyTally()
         self.track = track_crops(transform)
         self.image_column = image_column
         self.key_column = key_column
@@ -122,8 +144,7 @@ class RelabelTransform:
         self.pixel_values_column = pixel_values_column
         self.target_column = target_column
         self.keep_columns = keep_columns if isinstance(keep_columns, bool) else list(keep_columns)
-        self.spec = spec or PoolingSpec()
-        self.missing = missing
+        self.missing: Missing = missing
         self.num_classes = self.store.metadata.num_classes
         self.label_map = match_labels(
             self.store.metadata,
@@ -133,24 +154,13 @@ class RelabelTransform:
             unnamed=f"the names of the classes of label column {label_column!r} were not given "
             f"(class_names=ds.features[{label_column!r}].names)",
         )
-        uses = [
-            use
-            for use, needed in (
-                (
-                    f"PoolingSpec(original_weight={self.spec.original_weight})",
-                    self.spec.original_weight > 0,
-                ),
-                ("missing='original'", missing == "original"),
-            )
-            if needed
-        ]
-        if uses:
-            self.label_map.require(" and ".join(uses))
+        require_labels(self.label_map, self.spec, missing, None)
 
     def __repr__(self) -> str:
         return (
-            f"RelabelTransform({self.store!r}, image_column={self.image_column!r}, "
-            f"key_column={self.key_column!r}, spec={self.spec}, missing={self.missing!r})"
+            f"relabel_transform({self.store!r}, image_column={self.image_column!r}, "
+            f"key_column={self.key_column!r}, key_mode={self.key_mode!r}, spec={self.spec}, "
+            f"missing={self.missing!r})"
         )
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
@@ -167,13 +177,13 @@ class RelabelTransform:
                     f"read the dataset's own {name!r} without an error. Pass "
                     "target_column=/pixel_values_column= names the dataset does not use."
                 )
-        cells = batch[self.image_column]
         images, paths = [], []
-        for cell in cells:
-            image, path = _load(cell, self.image_column)
+        for cell in batch[self.image_column]:
+            image, path = decode_cell(cell, self.image_column)
             images.append(image)
             paths.append(path)
         rows, keys = self._rows(batch, paths)
+        check_images(self.store, rows, images, keys)
         labels = self._labels(batch, len(images))
         pixels, boxes = [], []
         for image in images:
@@ -205,37 +215,30 @@ class RelabelTransform:
                     f"key column {self.key_column!r} is not in the batch (columns: {list(batch)})"
                 )
             keys = [_as_key(k) for k in batch[self.key_column]]
-            return self._resolve(keys, paths, resolved=None), keys
-        absent = [i for i, p in enumerate(paths) if not p]
-        if absent:
-            raise ConfigurationError(
-                f"{len(absent)} of {len(paths)} images in column {self.image_column!r} carry no "
-                "file path to derive a store key from (decoded images lose it when the dataset "
-                "embeds the image bytes). Cast the column with "
-                f"ds = ds.cast_column({self.image_column!r}, datasets.Image(decode=False)), or "
-                "name a column holding the keys with key_column=..."
-            )
-        keys = [key_from_path(p) for p in paths]  # type: ignore[arg-type]
-        rows = resolve_rows(self.store, keys, "original", paths)
-        return self._resolve(keys, paths, resolved=rows), keys
-
-    def _resolve(
-        self, keys: list[str], paths: Sequence[str | None], resolved: np.ndarray | None
-    ) -> np.ndarray:
-        rows = resolve_rows(self.store, keys, "original") if resolved is None else resolved
-        if self.missing == "error" and (rows < 0).any():
-            absent = np.flatnonzero(rows < 0)
-            i = int(absent[0])
-            where = f" (image {paths[i]!r})" if paths[i] else ""
-            raise RecordNotFoundError(
-                f"key {keys[i]!r}{where} is not in store {self.store.source.location} "
-                f"({len(self.store)} records); {len(absent)} of {len(keys)} rows of this batch "
-                f"have no record (keys: {[keys[j] for j in absent[:5].tolist()]}). Check that "
-                "the store was generated for this dataset and that the keys match (file stems "
-                "such as 'n01440764_10026', or key_column=...), or pass missing='original' to "
-                f"fall back to the one-hot of the label column {self.label_column!r}."
-            )
-        return rows
+            from_paths = None
+        else:
+            absent = [i for i, p in enumerate(paths) if not p]
+            if absent:
+                raise ConfigurationError(
+                    f"{len(absent)} of {len(paths)} images in column {self.image_column!r} "
+                    "carry no file path to derive a store key from (decoded images lose it when "
+                    "the dataset embeds the image bytes). Cast the column with "
+                    f"ds = ds.cast_column({self.image_column!r}, datasets.Image(decode=False)), "
+                    "or name a column holding the keys with key_column=..."
+                )
+            keys = [key_from_path(p, self.key_mode) for p in paths]  # type: ignore[arg-type]
+            from_paths = paths
+        rows = resolve_rows(
+            self.store,
+            keys,
+            self.missing,
+            self._keys_from,
+            from_paths,
+            whole=False,
+            fallback=f"the one-hot of the label column {self.label_column!r}",
+        )
+        self._tally.add(self.store, rows, keys, self._keys_from)
+        return rows, keys
 
     # -- targets ----------------------------------------------------------------------------------
 
@@ -247,14 +250,20 @@ class RelabelTransform:
         return self.label_map.to_store(np.array(labels, np.int64))
 
 
-# The documented entry point, named like the other ``datasets`` transform factories.
-relabel_transform = RelabelTransform
+def _check_path_key_mode(key_mode: KeyMode) -> None:
+    """Refuse a key mode a ``datasets`` dataset cannot derive keys in from its file paths."""
+    if key_mode != "stem":
+        raise ConfigurationError(
+            f"key_mode={key_mode!r} keys files by their path below a dataset root, which a "
+            "datasets.Dataset does not have (its images' paths are cache or archive paths); "
+            "name a column holding the keys with key_column=..."
+        )
 
 
 class DatasetRows(TorchDataset):
     """A ``datasets.Dataset`` read as ``(RGB PIL image, label)`` samples, for RelabelDataset.
 
-    Images are decoded as ``relabel-store generate`` decoded them (:func:`_load`); keys come
+    Images are decoded as ``relabel-store generate`` decoded them (:func:`~relabel_store.images.decode_cell`); keys come
     from the image file names or ``key_column``; ``classes`` are the label column's
     ``ClassLabel`` names (None without one); a missing label is -1. The rows are read from an
     unformatted view of the dataset, so the caller's formatting does not matter; a transform
@@ -308,7 +317,7 @@ class DatasetRows(TorchDataset):
         return len(self.data)
 
     def _sample(self, cell: Any, label: Any) -> tuple[Image.Image, int]:
-        return _load(cell, self.image_column)[0], -1 if label is None else int(label)
+        return decode_cell(cell, self.image_column)[0], -1 if label is None else int(label)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         row = self.data[int(index)]
@@ -327,12 +336,7 @@ class DatasetRows(TorchDataset):
         if self.key_column is not None:
             column = self.data.with_format("arrow")[self.key_column].to_pylist()
             return [_as_key(k) for k in column], None
-        if key_mode != "stem":
-            raise ConfigurationError(
-                f"key_mode={key_mode!r} keys files by their path below a dataset root, which a "
-                "datasets.Dataset does not have; name a column holding the keys with "
-                "key_column=..."
-            )
+        _check_path_key_mode(key_mode)
         paths = image_paths(self.data, self.image_column)
         absent = sum(1 for path in paths if not path)
         if absent:
@@ -362,32 +366,3 @@ def _as_key(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode()
     return str(value)
-
-
-def _load(cell: Any, column: str) -> tuple[Image.Image, str | None]:
-    """An RGB image and its file path (None when unknown) from one image-column cell."""
-    if isinstance(cell, Image.Image):
-        return to_rgb(cell), getattr(cell, "filename", None) or None
-    if isinstance(cell, Mapping):  # datasets.Image(decode=False): {"bytes": ..., "path": ...}
-        data, path = cell.get("bytes"), cell.get("path")
-        if data is not None:
-            return decode_image(data)[0], path
-        if path:
-            return _open_path(path), path
-        raise ValueError(f"a cell of column {column!r} has neither image bytes nor a path")
-    if isinstance(cell, str | os.PathLike):
-        path = os.fspath(cell)
-        return _open_path(path), path
-    raise TypeError(
-        f"column {column!r} holds {type(cell).__name__}; expected datasets.Image values "
-        "(PIL images or {'bytes', 'path'} dicts) or file paths"
-    )
-
-
-def _open_path(path: str) -> Image.Image:
-    if "://" in path:  # remote or chained (zip://...::hf://...): read through fsspec
-        import fsspec
-
-        with fsspec.open(path, "rb") as f:
-            return decode_image(f.read())[0]
-    return decode_image(path)[0]

@@ -16,102 +16,41 @@ on the GPU if you like, with one batched read and one scatter-add.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from relabel_store.errors import (
-    ArgumentTypeError,
-    ConfigurationError,
-    RecordNotFoundError,
-)
-from relabel_store.keys import KeyMode, check_key_mode, legacy_key
+from relabel_store.api import load_relabel
+from relabel_store.errors import ArgumentTypeError, ConfigurationError
+from relabel_store.keys import KeyMode
 from relabel_store.loaders import _bases
 from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders._samples import (
-    check_maps,
+    Missing,
+    Pooling,
+    check_images,
     check_unique_keys,
     dataset_label,
     one_hot,
+    open_loader,
+    pool_rows,
     reference,
-    sample_target,
+    require_labels,
+    resolve_rows,
+    widen_ids,
 )
 from relabel_store.loaders.crops import track_crops
-from relabel_store.pooling import CropBox, PoolingSpec, pool
+from relabel_store.pooling import CropBox, PoolingSpec
 from relabel_store.reader import RelabelStore
-from relabel_store.torch_pooling import BatchPooler, stack_boxes
+from relabel_store.torch_pooling import BatchPooler
 
 if TYPE_CHECKING:
     from relabel_store.loaders.resident import DeviceMaps
 
-__all__ = [
-    "LabelPooler",
-    "RelabelDataset",
-    "open_store",
-    "pool_rows",
-    "resolve_rows",
-]
-
-Missing = Literal["error", "original"]
-
-# From this many rows on, one BatchPooler call beats per-row pool() on CPU (measured crossover
-# ~20 rows: BatchPooler has a fixed cost of ~0.4 ms per call).
-_BATCH_POOLING_MIN = 24
-
-
-def open_store(store: Any) -> RelabelStore:
-    """``store`` opened with :func:`relabel_store.load_relabel` (an open store as it is)."""
-    from relabel_store.api import load_relabel
-
-    return load_relabel(store)
-
-
-def resolve_rows(
-    store: RelabelStore,
-    keys: Sequence[str],
-    missing: Missing = "error",
-    paths: Sequence[str | None] | None = None,
-) -> np.ndarray:
-    """Row (position in key order) of every key, vectorised; -1 for absent keys if allowed.
-
-    With ``paths`` (the files the keys came from), a key not in the store is tried again in
-    the form stores written before keys dropped the Hub's ImageNet suffix hold.
-    """
-    pos = _search(store, keys)
-    if paths is not None:
-        retry = {
-            i: alt
-            for i in np.flatnonzero(pos < 0).tolist()
-            if paths[i] and (alt := legacy_key(keys[i], paths[i])) != keys[i]  # type: ignore[arg-type]
-        }
-        if retry:
-            pos[list(retry)] = _search(store, list(retry.values()))
-    if missing == "error" and (pos < 0).any():
-        absent = np.flatnonzero(pos < 0)
-        raise RecordNotFoundError(
-            f"{len(absent)} of {len(keys)} samples have no record in store "
-            f"{store.source.location} (first: {[keys[i] for i in absent[:5].tolist()]}). Check "
-            "that the store was generated for this dataset and that key_fn derives the same "
-            "keys (key_mode as in generate), or pass missing='original' to fall back to the "
-            "dataset's own one-hot label."
-        )
-    return pos
-
-
-def _search(store: RelabelStore, keys: Sequence[str]) -> np.ndarray:
-    """Rows of ``keys`` in the store's sorted key table; -1 where absent."""
-    if not keys:
-        return np.zeros(0, np.int64)
-    encoded = np.array([k.encode() for k in keys])
-    table = store.keys
-    pos = np.searchsorted(table, encoded).astype(np.int64)
-    found = pos < len(table)
-    found[found] = table[pos[found]] == encoded[found]
-    pos[~found] = -1
-    return pos
+__all__ = ["LabelPooler", "RelabelDataset"]
 
 
 class RelabelDataset(Dataset):
@@ -131,7 +70,10 @@ class RelabelDataset(Dataset):
       the store was generated with).
     - ``spec``: pooling variant, output grid and original-label mixing (:class:`PoolingSpec`).
     - ``missing``: ``"error"`` (default) refuses samples without a record at construction;
-      ``"original"`` gives them the one-hot of the dataset's label instead.
+      ``"original"`` gives them the one-hot of the dataset's label instead (a dataset none of
+      whose keys is in the store is refused all the same: a wrong store or key derivation).
+      Stores generated with ``--key-column`` need ``key_fn`` (or ``key_column`` for a
+      ``datasets.Dataset`` base).
     - ``class_map``: which store class each dataset label is, when the dataset's class names
       do not match the store's class identifiers (see :mod:`._classes`); only needed when
       labels are mixed in (``missing="original"``, ``spec.original_weight``).
@@ -141,8 +83,10 @@ class RelabelDataset(Dataset):
       workers start: forked workers share them): workers copy records out of them instead of
       decoding them from the store.
 
-    ``label_map`` holds how the dataset's labels index the store's classes (``table``: the
-    store class id of each dataset label, -1 for none).
+    Every image is checked against the size its record was made from (another shape: a
+    :class:`~relabel_store.errors.ConfigurationError`). ``label_map`` holds how the dataset's
+    labels index the store's classes (``table``: the store class id of each dataset label, -1
+    for none).
     """
 
     def __init__(
@@ -155,43 +99,40 @@ class RelabelDataset(Dataset):
         key_mode: KeyMode | None = None,
         spec: PoolingSpec | None = None,
         missing: Missing = "error",
-        pooling: Literal["sample", "batch"] = "sample",
+        pooling: Pooling = "sample",
         class_map: ClassMap | None = None,
         image_column: str = "image",
         label_column: str | None = "label",
         key_column: str | None = None,
         maps: DeviceMaps | None = None,
     ) -> None:
-        if missing not in ("error", "original"):
-            raise ConfigurationError(f"missing must be 'error' or 'original', got {missing!r}")
-        if pooling not in ("sample", "batch"):
-            raise ConfigurationError(f"pooling must be 'sample' or 'batch', got {pooling!r}")
-        if spec is not None and not isinstance(spec, PoolingSpec):
-            raise ArgumentTypeError(f"spec must be a PoolingSpec, got {type(spec).__name__}")
-        if key_fn is not None and not callable(key_fn):
-            raise ArgumentTypeError(
-                f"key_fn must be a function index -> key, got {type(key_fn).__name__}"
-            )
-        self.store = open_store(store)
-        self.maps = check_maps(maps, self.store)
-        self.spec = spec or PoolingSpec()
-        self.pooling = pooling
+        opened = open_loader(
+            store,
+            spec=spec,
+            missing=missing,
+            pooling=pooling,
+            maps=maps,
+            key_fn=key_fn,
+            key_mode=key_mode,
+            key_column=key_column,
+            other_keys="key_fn=index -> key, or key_column= for a datasets.Dataset base",
+        )
+        self.store, self.spec, self.maps = opened.store, opened.spec, opened.maps
+        self.pooling: Pooling = pooling
         self.num_classes = self.store.metadata.num_classes
         base = _check_base(base, image_column, label_column, key_column)
         base, transform = _bases.take_over_transform(base, transform)
         self.base = base
-        recorded = self.store.metadata.dataset.get("key_mode") or "stem"
-        key_mode = check_key_mode(key_mode if key_mode is not None else recorded)
-        keys, paths = self._keys(key_fn, key_mode)
-        check_unique_keys(keys, paths, key_mode)
-        self.rows = resolve_rows(self.store, keys, missing, paths)
+        keys, paths = self._keys(key_fn, opened.key_mode)
+        check_unique_keys(keys, paths, opened.key_mode)
+        self.rows = resolve_rows(self.store, keys, missing, opened.keys_from, paths)
         self.label_map = match_labels(
             self.store.metadata,
             _bases.class_names(base),
             class_map,
             dataset=f"the base dataset ({type(base).__name__})",
         )
-        self._check_labels(class_map)
+        self._check_labels(missing, class_map)
         self.transform = transform
 
     def _keys(
@@ -205,20 +146,14 @@ class RelabelDataset(Dataset):
             return self.base.keys(key_mode)
         return _bases.keys_of(self.base, key_mode)
 
-    def _check_labels(self, class_map: ClassMap | None) -> None:
+    def _check_labels(self, missing: Missing, class_map: ClassMap | None) -> None:
         """Refuse now whatever would mix a dataset label into a target at the wrong class."""
-        uses = []
-        if self.spec.original_weight > 0:
-            uses.append(f"PoolingSpec(original_weight={self.spec.original_weight})")
-        absent = int((self.rows < 0).sum())
-        if absent:
-            uses.append(f"missing='original' ({absent} samples have no record)")
+        uses = require_labels(self.label_map, self.spec, missing, int((self.rows < 0).sum()))
         if not uses:
             return
-        self.label_map.require(" and ".join(uses))
         if class_map is None and _bases.target_transform(self.base) is not None:
             raise ConfigurationError(
-                f"{' and '.join(uses)} mixes in the dataset's labels, and the base dataset "
+                f"{uses} mixes in the dataset's labels, and the base dataset "
                 "changes them with a target_transform, so they cannot be matched with the "
                 "store's classes by name. Remove the target_transform, or pass class_map= for "
                 "the labels it produces."
@@ -309,15 +244,17 @@ class RelabelDataset(Dataset):
         # One image at a time, decoded and then transformed while it is still in the CPU's
         # caches (decoding a whole batch first made every transform read from memory).
         samples = read_many(indices) if read_many else (self.base[i] for i in indices)
+        rows = self.rows[indices]
         images, boxes, labels = [], [], []
-        for sample in samples:
+        for j, sample in enumerate(samples):
+            self._check_image(rows[j : j + 1], sample[0])
             image, box = self.track(sample[0])
             images.append(image)
             boxes.append(box)
             labels.append(dataset_label(sample[1]))
         targets = pool_rows(
             self.store,
-            self.rows[indices],
+            rows,
             boxes,
             self.label_map.to_store(np.asarray(labels)),
             spec=self.spec,
@@ -327,17 +264,24 @@ class RelabelDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, label = self.base[index][:2]
-        image, box = self.track(image)
         row = int(self.rows[index])
+        self._check_image(np.array([row]), image)
+        image, box = self.track(image)
         store_label = self._store_label(label)
         if self.pooling == "batch":
             return image, reference(row, box, store_label)
         return image, torch.from_numpy(self.target(row, box, store_label))
 
+    def _check_image(self, rows: np.ndarray, image: Any) -> None:
+        """Refuse an image that is not (a resized copy of) the one its record was made from."""
+        check_images(self.store, rows, [image], lambda j: self.store.keys[int(rows[j])].decode())
+
     def target(self, row: int, box: CropBox, label: int) -> np.ndarray:
         """The soft target of store row ``row`` (or the one-hot of ``label``, a store class id,
         when row is -1)."""
-        return sample_target(self.store, row, box, label, self.spec, self.maps)
+        return pool_rows(
+            self.store, np.array([row]), [box], np.array([label]), spec=self.spec, maps=self.maps
+        )[0].numpy()
 
 
 def _is_loader(source: Any) -> bool:
@@ -388,65 +332,6 @@ def _last_step(transform: Any) -> Any:
     return transform
 
 
-def pool_rows(
-    store: RelabelStore,
-    rows: np.ndarray,
-    boxes: Sequence[CropBox],
-    labels: np.ndarray,
-    *,
-    spec: PoolingSpec,
-    names: Sequence[str] | None = None,
-    maps: DeviceMaps | None = None,
-) -> torch.Tensor:
-    """Targets (B, C) (or (B, oh, ow, C)) for store rows (-1: fall back to the one-hot label).
-
-    ``labels`` are store class ids (-1: unknown). Reads the records in one call (or copies
-    them out of ``maps``, the store's maps in host memory); pools them with one
-    :class:`BatchPooler` call for large batches, with :func:`pool` per row for small ones.
-    ``names`` label rows in errors.
-    """
-    n, c = len(rows), store.metadata.num_classes
-    grid = () if spec.output_size == 1 else spec.grid
-    present = np.flatnonzero(rows >= 0)
-    records = None
-    if len(present):
-        if maps is not None:
-            records = maps.records(rows[present])
-        else:
-            batch = store.get_rows(rows[present])
-            records = batch.indices, batch.values
-    out = torch.empty((n, *grid, c), dtype=torch.float32)
-    if records is not None and len(present) >= _BATCH_POOLING_MIN:
-        coords, flipped = stack_boxes([boxes[i] for i in present.tolist()])
-        pooled = BatchPooler(c, spec)(
-            torch.from_numpy(records[0]),
-            torch.from_numpy(records[1]),  # float16 or float32; pooled in float32
-            coords,
-            flipped,
-            torch.from_numpy(np.asarray(labels)[present]),
-        )
-        if len(present) == n:
-            return pooled
-        out[torch.from_numpy(present)] = pooled
-    elif records is not None:
-        for j, i in enumerate(present.tolist()):
-            out[i] = torch.from_numpy(
-                pool(
-                    records[0][j],
-                    records[1][j],
-                    boxes[i],
-                    num_classes=c,
-                    spec=spec,
-                    label=int(labels[i]),
-                )
-            )
-    for i in np.flatnonzero(rows < 0).tolist():  # missing="original"
-        out[i] = torch.from_numpy(
-            one_hot(int(labels[i]), c, spec, names[i] if names is not None else None)
-        )
-    return out
-
-
 class LabelPooler(torch.nn.Module):
     """Targets for a collated batch of ``pooling="batch"`` references.
 
@@ -474,7 +359,7 @@ class LabelPooler(torch.nn.Module):
                     f"PoolingSpec(original_weight={self.spec.original_weight})"
                 )
         else:
-            self.store = open_store(source)
+            self.store = load_relabel(source)
             self.spec = spec or PoolingSpec()
         self.num_classes = self.store.metadata.num_classes
         self.pooler = BatchPooler(self.num_classes, self.spec, validate=False)  # see _check
@@ -532,13 +417,6 @@ class LabelPooler(torch.nn.Module):
             idx[present] = batch.indices.view(np.int16)  # the same bits; widened on the device
             val[present] = batch.values
         return (
-            _widen_ids(indices.to(self.device, non_blocking=pinned), self.num_classes),
+            widen_ids(indices.to(self.device, non_blocking=pinned), self.num_classes),
             values.to(self.device, non_blocking=pinned),
         )
-
-
-def _widen_ids(ids: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class ids held as int16 bit patterns of the stored uint16 (torch's uint16 lacks ops on
-    some devices) as int32 values."""
-    wide = ids.to(torch.int32)
-    return wide.bitwise_and_(0xFFFF) if num_classes > 2**15 else wide

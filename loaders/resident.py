@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from relabel_store.api import load_relabel
 from relabel_store.errors import ArgumentTypeError, ConfigurationError, InsufficientMemoryError
-from relabel_store.loaders.pytorch import LabelPooler, _widen_ids, open_store
+from relabel_store.loaders._samples import widen_ids
+from relabel_store.loaders.pytorch import LabelPooler
 from relabel_store.pooling import PoolingSpec
 from relabel_store.reader import RelabelStore
 
@@ -74,7 +76,7 @@ class DeviceMaps:
         (after 10% headroom on a GPU) raises :class:`InsufficientMemoryError` before
         anything is allocated.
         """
-        store = open_store(store)
+        store = load_relabel(store)
         device = torch.device(device)
         if dtype is None:
             dtype = getattr(torch, store.metadata.values_dtype)
@@ -170,7 +172,7 @@ class DeviceMaps:
                 ids, vals = ids.pin_memory(), vals.pin_memory()
             ids = ids.to(target, non_blocking=pinned)
             vals = vals.to(target, non_blocking=pinned)
-        return _widen_ids(ids, self.store.metadata.num_classes), vals
+        return widen_ids(ids, self.store.metadata.num_classes), vals
 
 
 def _check_room(device: torch.device, need: int, pinned: bool, store: RelabelStore) -> None:

@@ -25,23 +25,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from relabel_store.errors import ArgumentTypeError, ConfigurationError
-from relabel_store.keys import KeyMode, check_key_mode, key_from_path
+from relabel_store.errors import ArgumentTypeError
+from relabel_store.keys import KeyMode, key_from_path
 from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders._samples import (
-    check_image_sizes,
-    check_maps,
+    KeyTally,
+    Missing,
+    Pooling,
+    check_images,
     dataset_label,
+    open_loader,
+    pool_rows,
     reference,
-    sample_target,
+    require_labels,
+    resolve_rows,
 )
-from relabel_store.loaders.crops import image_size, track_crops
-from relabel_store.loaders.pytorch import Missing, open_store, resolve_rows
+from relabel_store.loaders.crops import track_crops
 from relabel_store.pooling import PoolingSpec
 from relabel_store.reader import RelabelStore
 
@@ -58,7 +61,7 @@ class RelabelStream:
     - ``transform``: the user's own image transform (torchvision v2 / v1, timm, or a
       :class:`~relabel_store.loaders.ReturnsCropBox`); its crop box and flip are recovered.
       It is validated by a dry run now, on ``sample`` (one of the pipeline's images) or on a
-      synthetic photo-sized image.
+      synthetic photo-sized image; :attr:`transform` shows it, read-only.
     - ``key_mode``: how a sample's key becomes a store key, ``"stem"`` (its last path
       component: WebDataset's ``__key__`` ``train/n01440764_10026`` gives ``n01440764_10026``)
       or ``"relpath"`` (the whole key); default: the mode the store was generated with.
@@ -66,7 +69,8 @@ class RelabelStream:
     - ``spec``, ``missing``, ``pooling``: as for
       :class:`~relabel_store.loaders.RelabelDataset`. ``missing="error"`` raises
       :class:`~relabel_store.errors.RecordNotFoundError` for the first sample without a
-      record; ``"original"`` gives it the one-hot of its label.
+      record; ``"original"`` gives it the one-hot of its label, but refuses a stream whose
+      first 1,000 keys are all absent from the store (a wrong store or key derivation).
     - ``class_names`` (the name of each label, in label order: ImageNet wnids, folder names)
       or ``class_map``: how the stream's labels index the store's classes; needed only when
       labels are mixed in (``missing="original"``, ``spec.original_weight``).
@@ -88,31 +92,31 @@ class RelabelStream:
         key_fn: Callable[[str], str] | None = None,
         spec: PoolingSpec | None = None,
         missing: Missing = "error",
-        pooling: Literal["sample", "batch"] = "sample",
+        pooling: Pooling = "sample",
         class_names: Sequence[str] | None = None,
         class_map: ClassMap | None = None,
         sample: Any = None,
         maps: DeviceMaps | None = None,
     ) -> None:
-        if missing not in ("error", "original"):
-            raise ConfigurationError(f"missing must be 'error' or 'original', got {missing!r}")
-        if pooling not in ("sample", "batch"):
-            raise ConfigurationError(f"pooling must be 'sample' or 'batch', got {pooling!r}")
-        if spec is not None and not isinstance(spec, PoolingSpec):
-            raise ArgumentTypeError(f"spec must be a PoolingSpec, got {type(spec).__name__}")
-        if key_fn is not None and not callable(key_fn):
-            raise ArgumentTypeError(
-                f"key_fn must be a function key -> store key, got {type(key_fn).__name__}"
-            )
-        self.store = open_store(store)
-        self.maps = check_maps(maps, self.store)
-        self.spec = spec or PoolingSpec()
+        opened = open_loader(
+            store,
+            spec=spec,
+            missing=missing,
+            pooling=pooling,
+            maps=maps,
+            key_fn=key_fn,
+            key_fn_is="key -> store key",
+            key_mode=key_mode,
+            other_keys="key_fn=key -> store key",
+        )
+        self.store, self.spec, self.maps = opened.store, opened.spec, opened.maps
         self.missing: Missing = missing
-        self.pooling = pooling
+        self.pooling: Pooling = pooling
         self.num_classes = self.store.metadata.num_classes
-        recorded = self.store.metadata.dataset.get("key_mode") or "stem"
-        self.key_mode = check_key_mode(key_mode if key_mode is not None else recorded)
+        self.key_mode = opened.key_mode
         self.key_fn = key_fn
+        self._keys_from = opened.keys_from
+        self._tally = KeyTally()
         self.label_map = match_labels(
             self.store.metadata,
             class_names,
@@ -120,19 +124,19 @@ class RelabelStream:
             dataset="the stream",
             unnamed="the names of the stream's classes were not given (class_names=...)",
         )
-        uses = []
-        if self.spec.original_weight > 0:
-            uses.append(f"PoolingSpec(original_weight={self.spec.original_weight})")
-        if missing == "original":
-            uses.append("missing='original'")
-        if uses:
-            self.label_map.require(" and ".join(uses))
+        require_labels(self.label_map, self.spec, missing, None)
         if transform is not None and not callable(transform) and not isinstance(transform, tuple):
             raise ArgumentTypeError(
                 f"transform must be callable (an image transform), got {type(transform).__name__}"
             )
-        self.transform = transform
         self.track = track_crops(transform, sample=sample)
+        self._transform = transform
+
+    @property
+    def transform(self) -> Any:
+        """The image transform (read-only: its crops are tracked as validated at construction;
+        for another transform, build another RelabelStream)."""
+        return self._transform
 
     def __repr__(self) -> str:
         return (
@@ -151,20 +155,24 @@ class RelabelStream:
             )
         return self.key_fn(key) if self.key_fn is not None else key_from_path(key, self.key_mode)
 
-    def rows(self, keys: Iterable[str | bytes]) -> np.ndarray:
+    def rows(self, keys: Iterable[str | bytes], *, whole: bool = False) -> np.ndarray:
         """Store rows of sample keys, vectorised: -1 where there is no record (allowed with
         ``missing="original"``; with ``"error"``, a :class:`RecordNotFoundError` naming the
-        first missing keys)."""
+        first missing keys). ``whole``: the keys are the whole stream's, so none of them in the
+        store is refused even with ``missing="original"``."""
         raw = [k.decode() if isinstance(k, bytes) else k for k in keys]
         # Without key_fn, keys are file names: retry missing ones in their legacy form.
         paths = raw if self.key_fn is None else None
-        return resolve_rows(self.store, [self.store_key(k) for k in raw], self.missing, paths)
+        store_keys = [self.store_key(k) for k in raw]
+        return resolve_rows(
+            self.store, store_keys, self.missing, self._keys_from, paths, whole=whole
+        )
 
     def check_keys(self, keys: Iterable[str | bytes]) -> int:
         """Check a whole stream's keys before training (any iterable of ``__key__`` values,
         such as a listing of the shards): the number of keys without a record, or
         :class:`RecordNotFoundError` for them with ``missing="error"``."""
-        return int((self.rows(keys) < 0).sum())
+        return int((self.rows(keys, whole=True) < 0).sum())
 
     def __call__(self, sample: Sequence[Any]) -> tuple[Any, Any]:
         if not isinstance(sample, tuple | list) or len(sample) not in (2, 3):
@@ -176,13 +184,13 @@ class RelabelStream:
             )
         key, image = sample[0], sample[1]
         label = dataset_label(sample[2]) if len(sample) == 3 else -1
-        row = int(self.rows([key])[0])
-        if row >= 0:
-            check_image_sizes(self.store, np.array([row]), np.array([image_size(image)]), [key])
-        store_label = int(self.label_map.to_store(np.array([label]))[0])
+        keys = [key]
+        rows = self.rows(keys)
+        self._tally.add(self.store, rows, [self.store_key(key)], self._keys_from)
+        check_images(self.store, rows, [image], keys)
+        store_label = self.label_map.to_store(np.array([label]))
         image, box = self.track(image)
         if self.pooling == "batch":
-            return image, reference(row, box, store_label)
-        return image, torch.from_numpy(
-            sample_target(self.store, row, box, store_label, self.spec, self.maps)
-        )
+            return image, reference(int(rows[0]), box, int(store_label[0]))
+        target = pool_rows(self.store, rows, [box], store_label, spec=self.spec, maps=self.maps)
+        return image, target[0]

@@ -2,22 +2,28 @@
 
 ``relabel-store generate`` (:mod:`relabel_store.inputs`) and the Hugging Face loader
 (:mod:`relabel_store.loaders.hf`) decode images the same way, so a map and the training image it
-labels see the same pixels. Training-time code imports this module, never the generation side.
+labels see the same pixels: as stored, without applying an EXIF orientation (PIL, torchvision
+and DALI with ``adjust_orientation=False`` decode them so too). Training-time code imports this
+module, never the generation side. :func:`decode_cell` is the one reader of a Hugging Face
+``datasets`` image cell (a PIL image, a ``{"bytes", "path"}`` dict or a path).
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from relabel_store._extras import requires_extra
+from relabel_store.errors import ArgumentTypeError, InputError
 
 with requires_extra("torch", "relabel_store.images"):
     from PIL import Image
 
-__all__ = ["BACKGROUND", "IMAGE_EXTENSIONS", "decode_image", "to_rgb"]
+__all__ = ["BACKGROUND", "IMAGE_EXTENSIONS", "decode_cell", "decode_image", "to_rgb"]
 
 #: File suffixes (lower case) taken as images when scanning folders.
 IMAGE_EXTENSIONS = frozenset(
@@ -75,3 +81,40 @@ def decode_image(data: bytes | str | os.PathLike[str]) -> tuple[Image.Image, tup
         image.load()
         rgb = to_rgb(image)
         return (image.copy() if rgb is image else rgb), (image.height, image.width)
+
+
+def decode_cell(cell: Any, column: str = "image") -> tuple[Image.Image, str | None]:
+    """An RGB image and its file path (None when unknown) from one cell of a ``datasets``
+    image column: a PIL image (decoded by ``datasets``), a ``datasets.Image(decode=False)``
+    dict ``{"bytes", "path"}``, or a file path (local, or an fsspec URL such as
+    ``zip://...::hf://...``). Bytes and files are decoded with :func:`decode_image`.
+
+    ``datasets`` applies a JPEG's EXIF orientation when it decodes (``generate`` does not), so
+    a decoded cell of a turned photo is not the image its record was made from; loaders refuse
+    those whose shape differs, and ``Image(decode=False)`` cells avoid the question.
+    """
+    if isinstance(cell, Image.Image):
+        return to_rgb(cell), getattr(cell, "filename", None) or None
+    if isinstance(cell, Mapping):
+        data, path = cell.get("bytes"), cell.get("path")
+        if data is not None:
+            return decode_image(data)[0], path
+        if path:
+            return _open_path(path), path
+        raise InputError(f"a cell of column {column!r} has neither image bytes nor a path")
+    if isinstance(cell, str | os.PathLike):
+        path = os.fspath(cell)
+        return _open_path(path), path
+    raise ArgumentTypeError(
+        f"column {column!r} holds {type(cell).__name__}; expected datasets.Image values "
+        "(PIL images or {'bytes', 'path'} dicts) or file paths"
+    )
+
+
+def _open_path(path: str) -> Image.Image:
+    if "://" in path:  # remote or chained (zip://...::hf://...): read through fsspec
+        import fsspec
+
+        with fsspec.open(path, "rb") as f:
+            return decode_image(f.read())[0]
+    return decode_image(path)[0]

@@ -21,6 +21,34 @@ class Written:
     failed: set[str]
 
 
+def photo_sizes(n: int, seed: int = 0) -> np.ndarray:
+    """(height, width) of ``n`` small photos of varied shapes (portrait, landscape, square), for
+    stores whose images a test writes: the loaders check every image's shape against its record."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(40, 120, n), rng.integers(40, 160, n)], axis=1).astype(np.int32)
+
+
+def save_photo(path: Path, size, rng: np.random.Generator) -> str:
+    """A JPEG of random pixels of ``size`` (height, width) at ``path``; its path as a string."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (int(size[0]), int(size[1]), 3), np.uint8)).save(path)
+    return str(path)
+
+
+def file_sizes(paths) -> np.ndarray:
+    """(height, width) of each image file, as ``generate`` records them: for stores written
+    here over images on disk, whose shapes the loaders check."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            sizes.append((image.height, image.width))
+    return np.array(sizes, np.int32).reshape(-1, 2)
+
+
 def random_maps(rng: np.random.Generator, n: int, grid=(15, 15), k=5, num_classes=1000):
     """Top-k maps with distinct, descending entries per cell, like an annotator's output."""
     h, w = grid

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 from _fake_hub import HTTPX2_DATA_DEPRECATION_FILTER, iter_fake_hub
-from _stores import write_store
+from _stores import file_sizes, photo_sizes, save_photo, write_store
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from relabel_store import RecordNotFoundError, load_relabel
-from relabel_store.errors import UnsupportedTransformError
-from relabel_store.loaders import RelabelDataset, ReturnsCropBox, relabel_transform
-from relabel_store.loaders import pytorch as pytorch_loader
+from relabel_store.errors import ConfigurationError, UnsupportedTransformError
+from relabel_store.inputs import open_inputs
+from relabel_store.loaders import RelabelDataset, RelabelStream, ReturnsCropBox, relabel_transform
+from relabel_store.loaders._samples import KeyTally
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 
 N_IMAGES = 12
@@ -30,15 +31,13 @@ BOX = CropBox(0.25, 0.0, 0.75, 0.5, flipped=True)
 def files(tmp_path_factory):
     """A store and JPEG files whose stems are its keys; labels are the store's where known."""
     root = tmp_path_factory.mktemp("hf")
-    written = write_store(root / "s.zarr", 30, num_classes=1000)
+    written = write_store(root / "s.zarr", 30, num_classes=1000, sizes=photo_sizes(30))
     rng = np.random.default_rng(0)
     keys = written.keys[:N_IMAGES]
-    paths = []
-    for key in keys:
-        path = root / "images" / f"{key}.JPEG"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (60, 90, 3), np.uint8)).save(path)
-        paths.append(str(path))
+    paths = [
+        save_photo(root / "images" / f"{key}.JPEG", size, rng)
+        for key, size in zip(keys, written.sizes, strict=False)
+    ]
     labels = [int(v) % 1000 for v in rng.integers(0, 1000, N_IMAGES)]
     return {"root": root, "store": root / "s.zarr", "keys": keys, "paths": paths, "labels": labels}
 
@@ -99,13 +98,7 @@ V2_TRAIN = v2.Compose(
 # -- targets ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batched_pooling", [False, True])
-def test_parquet_round_trip_targets_are_label_pooling(
-    files, tmp_path, monkeypatch, batched_pooling
-):
-    # Batches below _BATCH_POOLING_MIN pool per row; at 1 every batch uses BatchPooler.
-    if batched_pooling:
-        monkeypatch.setattr(pytorch_loader, "_BATCH_POOLING_MIN", 1)
+def test_parquet_round_trip_targets_are_label_pooling(files, tmp_path):
     ds = hub_style_parquet(files, tmp_path)
     assert isinstance(ds.features["image"], datasets.Image)
     ds = ds.cast_column("image", datasets.Image(decode=False))
@@ -174,7 +167,7 @@ def test_torchvision_reference_preset_ending_in_to_pure_tensor(files):
     torch.testing.assert_close(batch["labels"].sum(1), torch.ones(4))
 
 
-def test_token_level_targets_and_original_label_mixing(files, tmp_path, monkeypatch):
+def test_token_level_targets_and_original_label_mixing(files, tmp_path):
     spec = PoolingSpec(output_size=2, original_weight=0.25)
     ds = hub_style_parquet(files, tmp_path).cast_column("image", datasets.Image(decode=False))
     tf = relabel_transform(
@@ -186,12 +179,11 @@ def test_token_level_targets_and_original_label_mixing(files, tmp_path, monkeypa
             for k, lab in zip(files["keys"], files["labels"], strict=True)
         ]
     )
-    per_row = ds.with_transform(tf)[:]["labels"]
-    monkeypatch.setattr(pytorch_loader, "_BATCH_POOLING_MIN", 1)
     batched = ds.with_transform(tf)[:]["labels"]
-    assert per_row.shape == (N_IMAGES, 2, 2, 1000)
-    np.testing.assert_allclose(per_row.numpy(), want, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(batched.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert batched.shape == (N_IMAGES, 2, 2, 1000)
+    np.testing.assert_allclose(batched.numpy(), want, rtol=1e-5, atol=1e-7)
+    alone = torch.stack([ds.with_transform(tf)[i]["labels"] for i in range(N_IMAGES)])
+    assert torch.equal(alone, batched)  # the same bits, whatever the batch
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -228,12 +220,7 @@ def test_key_column_with_in_memory_images(files):
     np.testing.assert_allclose(batch["labels"].numpy(), want, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("batched_pooling", [False, True])
-def test_missing_key_raises_naming_it_or_falls_back_to_the_label(
-    files, tmp_path, monkeypatch, batched_pooling
-):
-    if batched_pooling:
-        monkeypatch.setattr(pytorch_loader, "_BATCH_POOLING_MIN", 1)
+def test_missing_key_raises_naming_it_or_falls_back_to_the_label(files, tmp_path):
     keys = [*files["keys"][:-1], "not_in_store"]
     ds = hub_style_parquet(files, tmp_path, extra={"key": keys})
     ds = ds.cast_column("image", datasets.Image(decode=False))
@@ -405,3 +392,68 @@ def test_in_memory_bytes_are_decoded_like_the_generator(files):
     )
     row = ds.with_transform(relabel_transform(files["store"]))[0]
     assert row["pixel_values"].mode == "RGB" and row["labels"].shape == (1000,)
+
+
+def test_a_turned_photo_decoded_by_datasets_is_refused(tmp_path):
+    """datasets applies a JPEG's EXIF orientation when it decodes; generate does not, so the
+    decoded image is not the one the record was made from: refused, and decode=False works."""
+    raw = np.random.default_rng(1).integers(0, 255, (50, 80, 3), np.uint8)  # stored 50 x 80
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees to display
+    Image.fromarray(raw).save(tmp_path / "turned.jpg", exif=exif)
+    store = write_store(tmp_path / "s.zarr", keys=["turned"], sizes=[(50, 80)]).path
+    ds = datasets.Dataset.from_dict(
+        {"image": [str(tmp_path / "turned.jpg")], "key": ["turned"]},
+        datasets.Features({"image": datasets.Image(), "key": datasets.Value("string")}),
+    )
+    tf = relabel_transform(store, ReturnsCropBox(fixed_crop), key_column="key")
+    with pytest.raises(ConfigurationError, match=r"is 80 x 50 .* 50 x 80 .*decode=False"):
+        ds.with_transform(tf)[0]
+    raw_cells = ds.cast_column("image", datasets.Image(decode=False)).with_transform(tf)
+    rec = load_relabel(store).get("turned")
+    np.testing.assert_allclose(
+        raw_cells[0]["labels"].numpy(), pool(rec.indices, rec.values, BOX, num_classes=1000)
+    )
+
+
+def test_keys_follow_the_store_key_mode_and_key_column(files, tmp_path):
+    """A store keyed by a column holds no path-derived keys: path keys are refused naming the
+    fix, the key column works; a relpath store needs a key column too (no dataset root)."""
+    keyed = datasets.Dataset.from_dict(
+        {"image": files["paths"], "id": [f"id-{k}" for k in files["keys"]]}
+    ).cast_column("image", datasets.Image(decode=False))
+    source = open_inputs(keyed, key_column="id")  # what generate records
+    store = write_store(
+        tmp_path / "by_id.zarr",
+        keys=source.keys,
+        sizes=file_sizes(files["paths"][files["keys"].index(k[3:])] for k in source.keys),
+        dataset=source.describe(),
+    ).path
+    with pytest.raises(ConfigurationError, match=r"generate --key-column.*key_column="):
+        relabel_transform(store)
+    with pytest.raises(ConfigurationError, match=r"--key-column.*key_fn="):
+        RelabelStream(store)
+    tf = relabel_transform(store, ReturnsCropBox(fixed_crop), key_column="id")
+    rec = load_relabel(store).get("id-" + files["keys"][2])
+    np.testing.assert_allclose(
+        keyed.with_transform(tf)[2]["labels"].numpy(),
+        pool(rec.indices, rec.values, BOX, num_classes=1000),
+    )
+    with pytest.raises(ConfigurationError, match=r"key_mode='relpath'.*key_column="):
+        relabel_transform(files["store"], key_mode="relpath")
+    with pytest.raises(ConfigurationError, match="key_mode must be one of"):
+        relabel_transform(files["store"], key_mode="name")
+
+
+def test_keys_none_of_which_is_in_the_store_are_refused(files, tmp_path, monkeypatch):
+    """With missing="original", a few keys may lack a record; none found in the first batches
+    means keys derived another way than the store's (every target a one-hot label)."""
+    monkeypatch.setattr(KeyTally, "FIRST_LOOK", 8)
+    names = [f"other_{i}.JPEG" for i in range(N_IMAGES)]
+    ds = hub_style_parquet(files, tmp_path, names=names)
+    ds = ds.cast_column("image", datasets.Image(decode=False)).with_transform(
+        relabel_transform(files["store"], missing="original", class_map=range(1000))
+    )
+    ds[:4]  # a few keys without records: their labels, one-hot
+    with pytest.raises(ConfigurationError, match=r"none of the 8 keys .*'other_0'.*store's are"):
+        ds[4:8]

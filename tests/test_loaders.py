@@ -7,14 +7,14 @@ import pytest
 import timm.data
 import torch
 import torchvision.transforms as T
-from _stores import write_store
+from _stores import photo_sizes, save_photo, write_store
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from relabel_store import RecordNotFoundError, load_relabel
-from relabel_store.errors import UnsupportedTransformError
+from relabel_store.errors import ConfigurationError, UnsupportedTransformError
 from relabel_store.loaders import LabelPooler, RelabelDataset, ReturnsCropBox, track_crops
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 
@@ -155,12 +155,10 @@ def test_returns_crop_box_is_the_escape_hatch():
 def folder(tmp_path_factory):
     """An ImageFolder whose file stems are the keys of a store."""
     root = tmp_path_factory.mktemp("ds")
-    written = write_store(root / "s.zarr", 24, num_classes=1000)
+    written = write_store(root / "s.zarr", 24, num_classes=1000, sizes=photo_sizes(24))
     rng = np.random.default_rng(0)
     for i, key in enumerate(written.keys[:12]):
-        d = root / "images" / f"class{i % 3}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (60, 90, 3), np.uint8)).save(d / f"{key}.JPEG")
+        save_photo(root / "images" / f"class{i % 3}" / f"{key}.JPEG", written.sizes[i], rng)
     return root
 
 
@@ -229,14 +227,47 @@ def test_batch_pooling_matches_per_sample_pooling(folder):
 
 def test_missing_keys_fail_at_construction_or_fall_back(folder):
     base = ImageFolder(folder / "images")
-    with pytest.raises(RecordNotFoundError, match=r"12 of 12 samples have no record.*missing="):
+    with pytest.raises(RecordNotFoundError, match=r"12 of 12 keys are not in store.*missing="):
         RelabelDataset(base, folder / "s.zarr", key_fn=lambda i: f"other_{i}")
+    stem = [p.rsplit("/", 1)[1].split(".")[0] for p, _ in base.samples]
     ds = RelabelDataset(
-        base, folder / "s.zarr", ReturnsCropBox(fixed_crop), key_fn=lambda i: f"other_{i}",
+        base, folder / "s.zarr", ReturnsCropBox(fixed_crop),
+        key_fn=lambda i: "other" if i == 4 else stem[i],
         missing="original", class_map=range(3),  # the folders' labels are the store's ids
     )  # fmt: skip
     _, target = ds[4]
     assert target.argmax().item() == base[4][1] and target.max().item() == 1.0
+
+
+def test_no_key_in_the_store_is_refused_even_with_missing_original(folder):
+    """Keys derived another way than the store's: every target would be a one-hot label."""
+    base = ImageFolder(folder / "images")
+    with pytest.raises(
+        ConfigurationError,
+        match=r"none of the 12 keys is in store .*key_fn, e\.g\. \['other_0'.*store's are like \['img_",
+    ):
+        RelabelDataset(
+            base, folder / "s.zarr", key_fn=lambda i: f"other_{i}", missing="original",
+            class_map=range(3),
+        )  # fmt: skip
+
+
+def test_an_image_that_is_not_its_record_is_refused(folder, tmp_path):
+    """A turned (EXIF) or cropped copy of a record's image would give every crop the wrong box."""
+    base = ImageFolder(folder / "images")
+    path = base.samples[2][0]
+    turned = tmp_path / "images" / "class0" / path.rsplit("/", 1)[1]
+    turned.parent.mkdir(parents=True)
+    with Image.open(path) as image:
+        h, w = image.height, image.width
+        image.transpose(Image.Transpose.ROTATE_90).save(turned)
+    ds = RelabelDataset(
+        ImageFolder(tmp_path / "images"), folder / "s.zarr", ReturnsCropBox(fixed_crop)
+    )
+    with pytest.raises(ConfigurationError, match=rf"is {w} x {h} pixels .* from a {h} x {w} image"):
+        ds[0]
+    with pytest.raises(ConfigurationError, match="another shape"):
+        next(iter(DataLoader(ds, batch_size=1)))
 
 
 def test_base_dataset_without_paths_needs_key_fn(folder):
@@ -316,11 +347,7 @@ def test_v2_geometry_beyond_crops_uses_the_probe(seed):
         torch.testing.assert_close(got, xs[3:-3].to(got), atol=0.6, rtol=0)
 
 
-@pytest.mark.parametrize("batch_pooling_min", [1, 10**6])
-def test_batched_fetch_equals_per_sample_targets(folder, monkeypatch, batch_pooling_min):
-    from relabel_store.loaders import pytorch as pytorch_loader
-
-    monkeypatch.setattr(pytorch_loader, "_BATCH_POOLING_MIN", batch_pooling_min)
+def test_batched_fetch_equals_per_sample_targets(folder):
     base = ImageFolder(folder / "images")
     ds = RelabelDataset(
         base, folder / "s.zarr", ReturnsCropBox(fixed_crop), key_fn=lambda i: (
@@ -331,3 +358,27 @@ def test_batched_fetch_equals_per_sample_targets(folder, monkeypatch, batch_pool
     _images, targets = next(iter(DataLoader(ds, batch_size=12)))  # DataLoader uses __getitems__
     torch.testing.assert_close(targets, expected)
     assert targets[5].argmax().item() == base[5][1] and targets[5].max().item() == 1.0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [PoolingSpec(), PoolingSpec(variant="localized-single"), PoolingSpec(output_size=3)],
+    ids=["multi", "single", "tokens"],
+)
+def test_a_sample_gets_the_same_target_bits_in_any_batch(tmp_path, spec):
+    """Pooled alone or in a DataLoader batch of 64: the same target, bit for bit (a *-single
+    argmax near a tie included), so a run does not depend on its batch size."""
+    written = write_store(tmp_path / "s.zarr", 64, sizes=photo_sizes(64, seed=1), seed=1)
+    base = [(Image.new("RGB", (int(w), int(h))), 0) for h, w in written.sizes]
+
+    def crop(image):  # a different, reproducible box for every image shape
+        r = np.random.default_rng(image.width * 1000 + image.height).random(4) * 0.5
+        box = CropBox(r[0], r[1], r[2] + 0.5, r[3] + 0.5, flipped=bool(image.width % 2))
+        return torch.zeros(3, 2, 2), box
+
+    ds = RelabelDataset(
+        base, written.path, ReturnsCropBox(crop), key_fn=lambda i: written.keys[i], spec=spec
+    )
+    alone = torch.stack([ds[i][1] for i in range(64)])
+    (_, batched), *_ = DataLoader(ds, batch_size=64)
+    assert torch.equal(batched, alone)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _stores import write_store
+from _stores import file_sizes, write_store
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
@@ -98,7 +98,8 @@ def test_float32_maps_and_a_shared_pooler_give_the_same_targets(store):
 def test_in_a_dataloader_workers_return_references_only(tmp_path):
     photos = write_sample_photos(tmp_path / "train", class_folders=True)
     keys = sorted(photos)
-    write_store(tmp_path / "photos.relabel.zarr", keys=keys, shard_records=4)
+    sizes = file_sizes(photos[k] for k in keys)
+    write_store(tmp_path / "photos.relabel.zarr", keys=keys, sizes=sizes, shard_records=4)
     tf = v2.Compose([v2.RandomResizedCrop(32), v2.RandomHorizontalFlip(), v2.PILToTensor()])
     dataset = RelabelDataset(
         ImageFolder(tmp_path / "train"), tmp_path / "photos.relabel.zarr", tf, pooling="batch"
@@ -148,13 +149,15 @@ def test_on_the_gpu(store, where):
 
 def test_workers_pool_from_maps_in_host_memory_with_the_same_targets(tmp_path):
     photos = write_sample_photos(tmp_path / "train", class_folders=True)
-    store = write_store(tmp_path / "photos.relabel.zarr", keys=sorted(photos), shard_records=4)
+    keys = sorted(photos)
+    sizes = file_sizes(photos[k] for k in keys)
+    store = write_store(tmp_path / "photos.relabel.zarr", keys=keys, sizes=sizes, shard_records=4)
     maps = DeviceMaps.load(store.path)
     tf = v2.Compose([v2.RandomResizedCrop(32), v2.RandomHorizontalFlip(), v2.PILToTensor()])
     folder = ImageFolder(tmp_path / "train")
     decoding = RelabelDataset(folder, store.path, tf)
     copying = RelabelDataset(folder, store.path, tf, maps=maps)
-    batch = list(range(len(folder))) * 5  # 30: one BatchPooler call for __getitems__
+    batch = list(range(len(folder))) * 5
     for fetch in (lambda d: d.__getitems__(batch), lambda d: [d[i] for i in batch]):
         torch.manual_seed(3)
         expected = fetch(decoding)

@@ -17,12 +17,13 @@ from torchvision.transforms.v2 import functional as F
 
 from relabel_store import load_relabel
 from relabel_store.errors import (
-    InvalidArgumentError,
+    ConfigurationError,
     LabelSpaceError,
     RecordNotFoundError,
     UnsupportedTransformError,
 )
 from relabel_store.loaders import LabelPooler, RelabelStream
+from relabel_store.loaders._samples import KeyTally
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 from relabel_store.samples import sample_photo, write_sample_photos
 
@@ -177,10 +178,27 @@ def test_a_key_without_a_record_follows_the_missing_policy(store, shards):
         list(pipeline(shards, relabel))
     # Checked ahead of the epoch from the shards' keys alone.
     keys = [key for key, _ in wds.WebDataset(shards, shardshuffle=False).to_tuple("__key__", "cls")]
-    with pytest.raises(RecordNotFoundError, match=r"1 of 6 samples.*flower"):
+    with pytest.raises(RecordNotFoundError, match=r"1 of 6 keys are not in store.*flower"):
         relabel.check_keys(keys)
     assert stream(store, missing="original").check_keys(keys) == 1
     assert stream(store).check_keys(k for k in keys if "flower" not in k) == 0
+
+
+def test_keys_none_of_which_is_in_the_store_are_refused_with_missing_original(store, monkeypatch):
+    """Keys derived another way than the store's: every target would be a one-hot label."""
+    relabel = stream(store, missing="original", key_fn=lambda key: f"x/{key}")
+    with pytest.raises(ConfigurationError, match=r"none of the 2 keys .*key_fn.*'x/coffee'"):
+        relabel.check_keys(["coffee", "chelsea"])
+    monkeypatch.setattr(KeyTally, "FIRST_LOOK", 3)
+    image = sample_photo("coffee")
+    relabel((b"coffee", image, 4))
+    relabel(("chelsea", image, 4))
+    with pytest.raises(ConfigurationError, match=r"none of the 3 keys .*the first samples"):
+        relabel(("coffee", image, 4))
+    fine = stream(store, missing="original")  # one record found: missing keys may follow
+    fine(("coffee", image, 4))
+    for _ in range(4):
+        fine(("photos/flower", sample_photo("flower"), 4))
 
 
 def test_the_fallback_label_must_be_matched_with_the_store_classes(store):
@@ -222,7 +240,6 @@ def test_an_image_that_is_not_its_record_is_refused(store, photos, tmp_path):
     (tmp_path / "cropped").mkdir()
     cropped = write_shards(tmp_path / "cropped", photos, [IN_STORE], edit=center_square)
     with pytest.raises(
-        InvalidArgumentError,
         match=r"image 'photos/chelsea' is 300 x 300 .* from a 300 x 451 image: another shape",
     ):
         list(pipeline(cropped, stream(store)))
@@ -248,3 +265,13 @@ def test_webdataset_in_dataloader_workers(store, shards):
         torch.testing.assert_close(targets.sum(1), torch.ones(len(images)))
         seen += len(images)
     assert seen == len(ALL)  # each shard read by one worker, once
+
+
+def test_the_transform_is_a_read_only_view(store):
+    """The crops tracked are those of the transform validated at construction: replacing it
+    afterwards would pool boxes of one pipeline for images of another."""
+    tf = train_tf()
+    relabel = RelabelStream(store, tf)
+    assert relabel.transform is tf
+    with pytest.raises(AttributeError):
+        relabel.transform = v2.PILToTensor()

@@ -18,10 +18,10 @@ import pytest
 import timm.data
 import torch
 import torchvision.transforms as T
-from _stores import write_store
+from _stores import file_sizes, write_store
 from PIL import Image
 from timm.data import ImageNetInfo
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, default_collate
 from torchvision import tv_tensors
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
@@ -45,7 +45,6 @@ from relabel_store.loaders import (
     timm_mixup,
     track_crops,
 )
-from relabel_store.loaders import pytorch as pytorch_loader
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 
 H, W, S = 160, 200, 32
@@ -80,6 +79,7 @@ def imagenet(tmp_path_factory):
     write_store(
         root / "s.zarr",
         keys=names,
+        sizes=file_sizes(root / "train" / n.split("_")[0] / f"{n}.png" for n in names),
         label_space="imagenet-1k",
         class_identifiers=WNIDS,
         dataset={"name": "imagenet", "split": "train", "key_mode": "stem"},
@@ -343,7 +343,8 @@ def test_unmatched_class_names_are_refused_until_a_class_map_is_given(imagenet, 
 
 
 def test_a_store_without_class_identifiers_refuses_to_mix_labels(imagenet, tmp_path):
-    old = write_store(tmp_path / "old.zarr", keys=imagenet.keys)  # no label space recorded
+    # No label space recorded.
+    old = write_store(tmp_path / "old.zarr", keys=imagenet.keys, sizes=[(H, W)] * 6)
     with pytest.raises(LabelSpaceError, match=r"original_weight.*class_map"):
         RelabelDataset(ImageFolder(imagenet.train), old.path, spec=PoolingSpec(original_weight=0.1))
     mapped = RelabelDataset(
@@ -354,7 +355,7 @@ def test_a_store_without_class_identifiers_refuses_to_mix_labels(imagenet, tmp_p
 
 
 def test_a_label_pooler_mixing_labels_checks_its_dataset(imagenet, tmp_path):
-    old = write_store(tmp_path / "old.zarr", keys=imagenet.keys)
+    old = write_store(tmp_path / "old.zarr", keys=imagenet.keys, sizes=[(H, W)] * 6)
     ds = RelabelDataset(ImageFolder(imagenet.train), old.path, pooling="batch")
     with pytest.raises(LabelSpaceError, match="original_weight"):
         LabelPooler(ds, PoolingSpec(original_weight=0.1))
@@ -461,9 +462,7 @@ def test_construction_leaves_the_random_generators_alone(imagenet):
 # -- 5. RandomZoomOut: boxes beyond the image ----------------------------------------------------
 
 
-@pytest.mark.parametrize("batch_pooling_min", [1, 10**6])
-def test_zoom_out_crops_get_roi_align_targets(imagenet, monkeypatch, batch_pooling_min):
-    monkeypatch.setattr(pytorch_loader, "_BATCH_POOLING_MIN", batch_pooling_min)
+def test_zoom_out_crops_get_roi_align_targets(imagenet):
     tf = v2.Compose(
         [
             v2.RandomZoomOut(side_range=(2.0, 4.0), p=1.0),
@@ -473,17 +472,24 @@ def test_zoom_out_crops_get_roi_align_targets(imagenet, monkeypatch, batch_pooli
         ]
     )
     ds = RelabelDataset(ImageFolder(imagenet.train), imagenet.store, tf, missing="original")
+    deferred = RelabelDataset(
+        ImageFolder(imagenet.train), imagenet.store, tf, missing="original", pooling="batch"
+    )
+    pooler = LabelPooler(deferred)  # BatchPooler: the same boxes, batched
     stored = [i for i in range(len(ds)) if ds.rows[i] >= 0]
     boxes = []
     for seed in range(12):
         torch.manual_seed(seed)
         batch = ds.__getitems__(stored)  # what a DataLoader worker calls
         torch.manual_seed(seed)
-        for (image, target), i in zip(batch, stored, strict=True):
+        pooled = pooler(default_collate(deferred.__getitems__(stored))[1])
+        torch.manual_seed(seed)
+        for (image, target), i, batched in zip(batch, stored, pooled, strict=True):
             replayed, box = ds.track(ds.base[i][0])
             torch.testing.assert_close(image, replayed)
             want = target_for(imagenet.store, key_of(ds, i), box)
             np.testing.assert_allclose(target.numpy(), want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(batched.numpy(), want, rtol=1e-5, atol=1e-6)
             boxes.append(box)
     assert any(min(b.x0, b.y0) < -1.0 or max(b.x1, b.y1) > 2.0 for b in boxes)
     # Beyond a cell outside the map, RoIAlign samples nothing: a uniform target.
@@ -649,7 +655,10 @@ def test_duplicate_names_across_folders_work_through_relpath(places, tmp_path):
         "alley/00000001",
         "alley/00000002",
     ]
-    store = write_store(tmp_path / "s.zarr", keys=source.keys, dataset=source.describe())
+    sizes = [(H, W)] * len(source.keys)  # ramp images
+    store = write_store(
+        tmp_path / "s.zarr", keys=source.keys, dataset=source.describe(), sizes=sizes
+    )
     with pytest.raises(ConfigurationError, match="key_mode='relpath'"):
         RelabelDataset(ImageFolder(places), store.path, key_mode="stem")
     crop = CropBox(0.2, 0.1, 0.7, 0.9)
@@ -671,7 +680,10 @@ def test_hub_imagenet_names_and_folders_find_the_same_records(imagenet, tmp_path
     )
     source = open_inputs(hub)  # generate's keys: the Hub's _<wnid> suffix dropped
     assert source.keys == sorted(f.stem for f in files)
-    store = write_store(tmp_path / "hub.zarr", keys=source.keys, dataset=source.describe()).path
+    sizes = file_sizes(files)  # files and keys sort alike
+    store = write_store(
+        tmp_path / "hub.zarr", keys=source.keys, dataset=source.describe(), sizes=sizes
+    ).path
     crop = ReturnsCropBox(lambda im: (im, CropBox(0.0, 0.2, 0.5, 0.8)))
     from_folder = RelabelDataset(ImageFolder(imagenet.train), store, crop)
     from_hub = RelabelDataset(hub, store, crop)
@@ -687,7 +699,8 @@ def test_hub_imagenet_names_and_folders_find_the_same_records(imagenet, tmp_path
     torch.testing.assert_close(
         torch.stack([from_hub[i][1] for i in range(6)]), transform[:]["labels"]
     )
-    legacy = write_store(tmp_path / "legacy.zarr", keys=[c["path"][:-4] for c in cells]).path
+    legacy_keys = [c["path"][:-4] for c in cells]
+    legacy = write_store(tmp_path / "legacy.zarr", keys=legacy_keys, sizes=sizes).path
     old = hub.cast_column("image", datasets.Image(decode=False)).with_transform(
         relabel_transform(legacy, crop)
     )
