@@ -33,6 +33,19 @@ def synthetic_maps(
     return idx, val
 
 
+def image_sizes(images: list[Path] | list[bytes]) -> list[tuple[int, int]]:
+    """(height, width) of image files or encoded images, as generate records them."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for image in images:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+            out.append((opened.height, opened.width))
+    return out
+
+
 def write_synthetic_store(
     path: Path,
     keys: list[str],
@@ -43,12 +56,17 @@ def write_synthetic_store(
     k: int = 5,
     num_classes: int = 1000,
     seed: int = 0,
+    sizes: list[tuple[int, int]] | None = None,
 ) -> Path:
-    """A finalized store of synthetic maps for ``keys`` (written shard by shard, as generate does)."""
+    """A finalized store of synthetic maps for ``keys`` (written shard by shard, as generate does).
+
+    ``sizes`` are the images' (height, width), in key order (:func:`image_sizes` of the images a
+    benchmark loads: the loaders check each image against its record); 375 x 500 by default."""
     from relabel_store import StoreMetadata, StoreWriter
 
     rng = np.random.default_rng(seed)
     labels = labels if labels is not None else [0] * len(keys)
+    sizes = sizes if sizes is not None else [(375, 500)] * len(keys)
     meta = StoreMetadata(
         grid=grid, k=k, num_classes=num_classes, rows=len(keys), shard_records=shard_records
     )
@@ -60,7 +78,7 @@ def write_synthetic_store(
             s,
             keys=keys[r.start : r.stop],
             labels=labels[r.start : r.stop],
-            sizes=[(375, 500)] * len(r),
+            sizes=sizes[r.start : r.stop],
             indices=idx,
             values=val,
         )

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from _photoset import write_photoset
-from _synthetic import write_synthetic_store
+from _synthetic import image_sizes, write_synthetic_store
 from torch.utils.data import DataLoader, default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
@@ -44,6 +44,7 @@ from torchvision.transforms import v2
 from relabel_store import load_relabel
 from relabel_store.loaders import DeviceMaps, LabelPooler, RelabelDataset, ResidentPooler
 from relabel_store.loaders._samples import reference
+from relabel_store.pooling import pool
 from relabel_store.torch_pooling import BatchPooler, stack_boxes
 
 GOALS = {"worker": 2.0, "worker-maps": 2.0, "resident": 1.0}
@@ -114,7 +115,8 @@ def where_time_goes(cases: dict[str, Any], args: argparse.Namespace) -> dict[str
     maps = cases["worker-maps"][0].maps
     main, resident = cases["main"][1].pooler, cases["resident"][1].pooler
     store, spec, n = dataset.store, dataset.spec, args.batch
-    pooler = BatchPooler(store.metadata.num_classes, spec)
+    classes = store.metadata.num_classes
+    pooler = BatchPooler(classes, spec)
     rng = np.random.default_rng(0)
     image = dataset.base[0][0]
     times: dict[str, list[float]] = {}
@@ -142,7 +144,18 @@ def where_time_goes(cases: dict[str, Any], args: argparse.Namespace) -> dict[str
         rows = dataset.rows[batch]
         records = timed("read records", store.get_rows, rows)
         timed("copy from maps", maps.records, rows)
-        targets = timed(
+        targets = timed(  # what a worker does (pool_rows): pool() row by row
+            "pool (per row)",
+            lambda r=records, b=boxes: torch.from_numpy(
+                np.stack(
+                    [
+                        pool(r.indices[i], r.values[i], b[i], num_classes=classes, spec=spec)
+                        for i in range(n)
+                    ]
+                )
+            ),
+        )
+        timed(  # for comparison: one batched call, which sums in another order
             "pool (BatchPooler)",
             lambda r=records, b=boxes: pooler(
                 torch.from_numpy(r.indices),
@@ -214,8 +227,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = write_photoset(root / "photos" / "all", args.images).parent
-        keys = sorted(p.stem for p in (folder / "all").glob("*.jpg"))
-        store = write_synthetic_store(root / "maps.relabel.zarr", keys, shard_records=256)
+        files = sorted((folder / "all").glob("*.jpg"), key=lambda p: p.stem)
+        keys = [p.stem for p in files]
+        store = write_synthetic_store(
+            root / "maps.relabel.zarr", keys, shard_records=256, sizes=image_sizes(files)
+        )
         cases = variants(folder, store, device)
         pieces = where_time_goes(cases, args)
         loaders = {name: (loader(dataset, args), step) for name, (dataset, step) in cases.items()}
@@ -240,8 +256,8 @@ def main() -> None:
     for name, seconds in pieces.items():
         print(f"  {name:<22}{seconds * 1e6:7.1f} µs {100 * seconds / base:5.2f}%")
     models = {
-        "worker": ("tracking", "read records", "pool (BatchPooler)", "collate targets"),
-        "worker-maps": ("tracking", "copy from maps", "pool (BatchPooler)", "collate targets"),
+        "worker": ("tracking", "read records", "pool (per row)", "collate targets"),
+        "worker-maps": ("tracking", "copy from maps", "pool (per row)", "collate targets"),
         "main": ("tracking", "make + collate refs", "LabelPooler step"),
         "resident": ("tracking", "make + collate refs", "ResidentPooler step"),
     }

@@ -42,16 +42,16 @@ import datasets
 import numpy as np
 import torch
 import torchvision.transforms as T
-from _synthetic import write_synthetic_store
+from _synthetic import image_sizes, write_synthetic_store
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from relabel_store import load_relabel
 from relabel_store.loaders import ReturnsCropBox, relabel_transform, track_crops
-from relabel_store.pooling import CropBox
+from relabel_store.loaders._samples import pool_rows
+from relabel_store.pooling import CropBox, PoolingSpec
 from relabel_store.samples import SAMPLE_PHOTOS, sample_photo
-from relabel_store.torch_pooling import BatchPooler, stack_boxes
 
 
 def make_jpegs(n: int, rng: np.random.Generator) -> list[bytes]:
@@ -172,10 +172,11 @@ def in_process(ds_plain, ds_relabel, batch: int, repeats: int) -> tuple[float, f
 def breakdown(store, tf, images: list[Image.Image], passes: int) -> dict[str, float]:
     """Median us/image of what relabel_transform adds: crop tracking over the plain transform
     (the two alternate image by image, so both see the same load) and one batched read + pooling
-    of the batch's records."""
+    of the batch's records, pooled row by row (pool_rows)."""
     track = track_crops(tf)
-    pooler = BatchPooler(store.metadata.num_classes)
+    spec = PoolingSpec()
     rows = np.arange(len(images))
+    unknown = np.full(len(images), -1)
     boxes = [track(im)[1] for im in images]
     extra, read_pool = [], []
     for rep in range(passes):
@@ -189,9 +190,7 @@ def breakdown(store, tf, images: list[Image.Image], passes: int) -> dict[str, fl
                 spent[name] += time.perf_counter() - t
         extra.append((spent["tracked"] - spent["plain"]) / len(images) * 1e6)
         t = time.perf_counter()
-        records = store.get_rows(rows)
-        coords, flipped = stack_boxes(boxes)
-        pooler(torch.from_numpy(records.indices), torch.from_numpy(records.values), coords, flipped)
+        pool_rows(store, rows, boxes, unknown, spec=spec)  # what the transform calls
         read_pool.append((time.perf_counter() - t) / len(images) * 1e6)
     return {"crop tracking": statistics.median(extra), "read + pool": statistics.median(read_pool)}
 
@@ -210,7 +209,10 @@ def main() -> None:
         keys = [f"n{i % 1000:08d}_{i}" for i in range(args.images)]
         labels = [i % 1000 for i in range(args.images)]
         jpegs = make_jpegs(args.images, rng)
-        write_synthetic_store(folder / "bench.relabel.zarr", keys, labels=labels, shard_records=256)
+        write_synthetic_store(
+            folder / "bench.relabel.zarr", keys, labels=labels, shard_records=256,
+            sizes=image_sizes(jpegs),
+        )  # fmt: skip
         store = load_relabel(folder / "bench.relabel.zarr")
         ds = build_dataset(folder, jpegs, keys, labels)
         tf = train_transform()

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _photoset import write_photoset
-from _synthetic import imagenet_like_keys, write_synthetic_store
+from _synthetic import image_sizes, imagenet_like_keys, write_synthetic_store
 from torchvision.ops import roi_align
 
 from relabel_store import load_relabel
@@ -209,10 +209,10 @@ def end_to_end(tmp: Path, args: argparse.Namespace) -> None:
     from torchvision.transforms import v2
 
     folder = write_photoset(tmp / "photos" / "all", args.images).parent
-    keys = sorted(p.stem for p in (folder / "all").glob("*.jpg"))
+    files = sorted((folder / "all").glob("*.jpg"), key=lambda p: p.stem)
     write_synthetic_store(
-        tmp / "e2e.relabel.zarr", keys, grid=(args.grid, args.grid), k=args.k,
-        num_classes=args.classes, seed=2,
+        tmp / "e2e.relabel.zarr", [p.stem for p in files], grid=(args.grid, args.grid),
+        k=args.k, num_classes=args.classes, seed=2, sizes=image_sizes(files),
     )  # fmt: skip
     tf = v2.Compose(
         [

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from relabel_store.errors import InvalidBoxError, UnsupportedTransformError
+from relabel_store.errors import ArgumentTypeError, InvalidBoxError, UnsupportedTransformError
 from relabel_store.pooling import CropBox
 
 __all__ = ["CropTracker", "ReturnsCropBox", "track_crops"]
@@ -98,8 +98,13 @@ def track_crops(transform: Any, *, sample: Any = None) -> CropTracker:
 
     The tracker is checked before it is returned: ``sample`` (an untransformed image from the
     dataset; by default a synthetic 512 x 384 RGB image) goes through it a few times. A
-    transform that cannot be tracked raises :class:`UnsupportedTransformError` here.
+    transform that cannot be tracked raises :class:`UnsupportedTransformError` here, and one
+    that is no transform at all an :class:`ArgumentTypeError`.
     """
+    if transform is not None and not callable(transform) and not isinstance(transform, tuple):
+        raise ArgumentTypeError(
+            f"transform must be callable (an image transform), got {type(transform).__name__}"
+        )
     tracker = _build(transform)
     _dry_run(tracker, sample, transform)
     return tracker

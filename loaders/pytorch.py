@@ -177,10 +177,6 @@ class RelabelDataset(Dataset):
                 "scheduled input sizes are not supported (remove input_size_choices). To train "
                 "on untransformed images, build RelabelDataset(..., transform=None)."
             )
-        if transform is not None and not callable(transform) and not isinstance(transform, tuple):
-            raise ArgumentTypeError(
-                f"transform must be callable (an image transform), got {type(transform).__name__}"
-            )
         track = track_crops(transform, sample=self._sample_image())
         self._check_collation(transform)
         self.track = track

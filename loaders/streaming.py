@@ -125,10 +125,6 @@ class RelabelStream:
             unnamed="the names of the stream's classes were not given (class_names=...)",
         )
         require_labels(self.label_map, self.spec, missing, None)
-        if transform is not None and not callable(transform) and not isinstance(transform, tuple):
-            raise ArgumentTypeError(
-                f"transform must be callable (an image transform), got {type(transform).__name__}"
-            )
         self.track = track_crops(transform, sample=sample)
         self._transform = transform
 
