@@ -21,6 +21,7 @@ from relabel_store.errors import ConfigurationError, UnsupportedTransformError
 from relabel_store.inputs import open_inputs
 from relabel_store.loaders import RelabelDataset, RelabelStream, ReturnsCropBox, relabel_transform
 from relabel_store.loaders._samples import KeyTally
+from relabel_store.loaders.dali import DaliFiles
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 
 N_IMAGES = 12
@@ -433,6 +434,12 @@ def test_keys_follow_the_store_key_mode_and_key_column(files, tmp_path):
         relabel_transform(store)
     with pytest.raises(ConfigurationError, match=r"--key-column.*key_fn="):
         RelabelStream(store)
+    with pytest.raises(ConfigurationError, match=r"--key-column.*key_fn=path -> key"):
+        DaliFiles(store, files["paths"])
+    with pytest.raises(ConfigurationError, match=r"--key-column.*key_column= for a datasets"):
+        RelabelDataset(keyed, store)
+    by_id = RelabelDataset(keyed, store, ReturnsCropBox(fixed_crop), key_column="id")
+    assert (by_id.rows >= 0).all()
     tf = relabel_transform(store, ReturnsCropBox(fixed_crop), key_column="id")
     rec = load_relabel(store).get("id-" + files["keys"][2])
     np.testing.assert_allclose(
