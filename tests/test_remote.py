@@ -608,15 +608,19 @@ def test_loader_reads_remote_store(hub, stores, tmp_path):
     seed(hub, stores["v1"])
 
     keys = ["img_00001", "img_00020", "img_00035"]
+    local = load_relabel(stores["v1"])
+    sizes = [local.sizes[local.index_of(key)].tolist() for key in keys]  # the records' images
 
     class Base(torch.utils.data.Dataset):
         def __len__(self) -> int:
             return len(keys)
 
         def __getitem__(self, i):
-            return torch.zeros(3, 8, 8), 0
+            return torch.zeros(3, *sizes[i], dtype=torch.uint8), 0
 
-    ds = RelabelDataset(Base(), REPO, key_fn=lambda i: keys[i])
+    from torchvision.transforms import v2
+
+    ds = RelabelDataset(Base(), REPO, v2.Resize((8, 8)), key_fn=lambda i: keys[i])
     loader = torch.utils.data.DataLoader(
         ds, batch_size=3, num_workers=2, multiprocessing_context="fork"
     )
