@@ -19,7 +19,6 @@ import torch
 from relabel_store.errors import (
     ArgumentTypeError,
     ConfigurationError,
-    InvalidArgumentError,
     RecordNotFoundError,
 )
 from relabel_store.pooling import CropBox, PoolingSpec, pool
@@ -143,7 +142,7 @@ def check_image_sizes(
         count = (
             f" ({int(bad.sum())} of {len(present)} images in this batch)" if len(got) > 1 else ""
         )
-        raise InvalidArgumentError(
+        raise ConfigurationError(
             f"image{name} is {int(h[i])} x {int(w[i])} pixels (height x width), but its record "
             f"in store {store.source.location} was made from a {int(big_h[i])} x {int(big_w[i])} "
             f"image: another shape, not just another size{count}. Crop boxes are fractions of "

@@ -38,8 +38,8 @@ from relabel_store import (
 )
 from relabel_store.cli.main import main
 from relabel_store.errors import (
+    ConfigurationError,
     InputError,
-    InvalidArgumentError,
     RelabelStoreError,
     StoreLockedError,
 )
@@ -557,7 +557,7 @@ def test_library_errors_are_project_classes_and_natural_builtins(tmp_path):
         json.loads((w.path / "zarr.json").read_text())["attributes"]["relabel"]
     )
     with StoreWriter.open(w.path, meta) as writer:
-        with pytest.raises(InvalidArgumentError) as exc:
+        with pytest.raises(ConfigurationError) as exc:
             writer.write_shard(9, keys=[], labels=[], sizes=[], indices=[], values=[])
         assert isinstance(exc.value, ValueError)
         with pytest.raises(StoreLockedError) as locked:

@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as F
 
 from relabel_store import load_relabel
 from relabel_store.errors import (
-    InvalidArgumentError,
+    ConfigurationError,
     LabelSpaceError,
     RecordNotFoundError,
     UnsupportedTransformError,
@@ -222,7 +222,7 @@ def test_an_image_that_is_not_its_record_is_refused(store, photos, tmp_path):
     (tmp_path / "cropped").mkdir()
     cropped = write_shards(tmp_path / "cropped", photos, [IN_STORE], edit=center_square)
     with pytest.raises(
-        InvalidArgumentError,
+        ConfigurationError,
         match=r"image 'photos/chelsea' is 300 x 300 .* from a 300 x 451 image: another shape",
     ):
         list(pipeline(cropped, stream(store)))
