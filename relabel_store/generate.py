@@ -15,15 +15,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from relabel_store._extras import requires_extra
 from relabel_store._progress import Progress
+from relabel_store._run import OnError, check_run_options, input_failed, run_summary
 from relabel_store._shards import cores_per_process
-from relabel_store.errors import InputError, InvalidArgumentError
-from relabel_store.format import DEFAULT_SHARD_RECORDS, ERRORS_NAME, StoreMetadata
+from relabel_store.errors import ConfigurationError
+from relabel_store.format import DEFAULT_SHARD_RECORDS, StoreMetadata
+from relabel_store.label_space import label_space_of
 from relabel_store.writer import StoreWriter
 
 with requires_extra("generate", "relabel_store.generate"):
@@ -41,8 +43,6 @@ with requires_extra("generate", "relabel_store.generate"):
 
 __all__ = ["GenerateResult", "generate"]
 
-OnError = Literal["skip", "fail"]
-
 
 @dataclass(frozen=True)
 class GenerateResult:
@@ -58,20 +58,18 @@ class GenerateResult:
     already_complete: bool = False  # the store was finished before this run: nothing was done
 
     def summary(self) -> str:
-        rate = self.annotated_now / self.seconds if self.seconds > 0 else 0.0
-        lines = [
-            f"store:    {self.path}"
-            + (" (already complete: nothing to do)" if self.already_complete else ""),
-            f"records:  {self.records} ({self.skipped} skipped"
-            + (f", see {self.path / ERRORS_NAME})" if self.skipped else ")"),
-            f"time:     {self.seconds:.1f} s for {self.annotated_now} images ({rate:.1f} images/s)",
-            f"size:     {self.store_bytes / 1e6:.2f} MB"
-            + (f" ({self.store_bytes / self.records:.0f} B per record)" if self.records else ""),
-            f"digest:   {self.digest}",
-        ]
-        if self.already_complete:
-            del lines[2]
-        return "\n".join(lines)
+        """What ``relabel-store generate`` prints when it is done."""
+        return run_summary(
+            self.path,
+            records=self.records,
+            skipped=self.skipped,
+            done_now=self.annotated_now,
+            unit="images",
+            seconds=self.seconds,
+            store_bytes=self.store_bytes,
+            digest=self.digest,
+            already_complete=self.already_complete,
+        )
 
 
 class _ShardMaps:
@@ -177,45 +175,6 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-@dataclass(frozen=True)
-class LabelSpace:
-    """The label space an annotator's class ids index: its name, class names and identifiers."""
-
-    name: str | None = None
-    class_names: tuple[str, ...] | None = None
-    class_identifiers: tuple[str, ...] | None = None
-
-
-def label_space_of(annotator: DenseAnnotator) -> LabelSpace:
-    """The annotator's label space, from timm's offline ImageNet info (names and wnids).
-
-    A model timm cannot place in an ImageNet subset gets an unknown label space: its store then
-    has no class identifiers, and loaders refuse to mix its classes with a dataset's labels.
-    """
-    from timm.data import infer_imagenet_subset
-
-    subset = infer_imagenet_subset(annotator.model)
-    if not subset:
-        return LabelSpace()
-    space = imagenet_label_space(subset)
-    if len(space.class_identifiers or ()) != annotator.num_classes:
-        return LabelSpace()
-    return space
-
-
-def imagenet_label_space(subset: str = "imagenet-1k") -> LabelSpace:
-    """An ImageNet subset's class names and wnids in class-id order (timm's offline tables)."""
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo(subset)
-    n = info.num_classes()
-    return LabelSpace(
-        name=subset,
-        class_names=tuple(info.index_to_description(i) for i in range(n)),
-        class_identifiers=tuple(info.index_to_label_name(i) for i in range(n)),
-    )
-
-
 def generate(
     inputs: InputSource,
     output: str | os.PathLike[str],
@@ -240,10 +199,9 @@ def generate(
     ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds (30) elsewhere (a SLURM log); True always
     reports, False never.
     """
-    if on_error not in ("skip", "fail"):
-        raise InvalidArgumentError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    check_run_options(on_error=on_error, workers=num_workers, shard_records=shard_records)
     if batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     rank, world = _distributed()
     described = annotator.describe()
@@ -344,11 +302,7 @@ def _annotate(
                 batch = next(batches)
                 for f in batch.failures:
                     if on_error == "fail":
-                        raise InputError(
-                            f"cannot annotate {f.location} (key {f.key!r}): {f.reason}. Fix or "
-                            "remove the file, or rerun with --on-error skip to record it in "
-                            f"{ERRORS_NAME} and go on; finished shards are kept."
-                        )
+                        raise input_failed(f"annotate {f.location} (key {f.key!r})", f.reason)
                     maps.fail(f, inputs.label(f.row))
                 if len(batch):
                     values, indices = annotator(batch.images)
