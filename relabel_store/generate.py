@@ -41,7 +41,7 @@ with requires_extra("generate", "relabel_store.generate"):
         collate_inputs,
     )
 
-__all__ = ["GenerateResult", "generate"]
+__all__ = ["GenerateResult", "generate", "writer_threads"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,15 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+def writer_threads(workers: int, cores: int | None = None) -> int:
+    """Compression threads of ``generate``'s background writer: the cores of the process
+    (:func:`~relabel_store._shards.cores_per_process`) that its ``workers`` decoding processes
+    leave free, at least one. Decoding and compression then never compete for a core, which
+    cost a tenth of the throughput when both took every core (``benchmarks/generate.py``)."""
+    cores = cores_per_process() if cores is None else cores
+    return max(1, cores - workers)
+
+
 def generate(
     inputs: InputSource,
     output: str | os.PathLike[str],
@@ -194,10 +203,11 @@ def generate(
     ``on_error="skip"`` records unreadable images in ``errors.jsonl`` and goes on;
     ``"fail"`` stops at the first one (finished shards stay on disk; rerun to resume).
     ``num_workers``: DataLoader processes decoding images (default: the cores this process
-    may use). Finished shards are written by a background thread while annotation goes on; a
-    failed write stops the run with its error. ``progress``: None draws a bar on a terminal and writes a line every
-    ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds (30) elsewhere (a SLURM log); True always
-    reports, False never.
+    may use). Finished shards are written by a background thread while annotation goes on,
+    compressed on the cores the workers leave free (:func:`writer_threads`); a failed write
+    stops the run with its error. ``progress``: None draws a bar on a terminal and writes a
+    line every ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds (30) elsewhere (a SLURM log); True
+    always reports, False never.
     """
     check_run_options(on_error=on_error, workers=num_workers, shard_records=shard_records)
     if batch_size < 1:
@@ -220,18 +230,20 @@ def generate(
         parent=parent,
     )
     path = Path(output)
+    workers = cores_per_process() if num_workers is None else num_workers
+    threads = writer_threads(workers)
     # Rank 0 creates the store and holds its write lock for every rank; a store that is already
     # finished with these settings is reported, not refused (requeued jobs rerun the command).
     finished = writer = None
     if rank == 0:
         finished = None if overwrite else StoreWriter.finished(path, meta)
         if finished is None:
-            writer = StoreWriter.open(path, meta, overwrite=overwrite)
+            writer = StoreWriter.open(path, meta, overwrite=overwrite, threads=threads)
     _barrier(world)
     if rank != 0:
         finished = None if overwrite else StoreWriter.finished(path, meta)
         if finished is None:
-            writer = StoreWriter.open(path, meta, lock=False)
+            writer = StoreWriter.open(path, meta, lock=False, threads=threads)
     if finished is not None:
         old, manifest = finished
         return GenerateResult(
@@ -247,7 +259,7 @@ def generate(
     assert writer is not None
     try:
         return _annotate(writer, inputs, annotator, meta, rank, world, started,
-                         batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+                         batch_size=batch_size, workers=workers, on_error=on_error,
                          progress=progress)  # fmt: skip
     finally:
         writer.close()
@@ -263,7 +275,7 @@ def _annotate(
     started: float,
     *,
     batch_size: int,
-    num_workers: int | None,
+    workers: int,
     on_error: OnError,
     progress: bool | None,
 ) -> GenerateResult:
@@ -275,7 +287,6 @@ def _annotate(
     rows = [r for rng in shard_rows for r in rng]
 
     device = annotator.device
-    workers = cores_per_process() if num_workers is None else num_workers
     loader = DataLoader(
         InputDataset(inputs, annotator.transform.resized, rows),  # uint8: normalised on device
         batch_sampler=_ShardBatches([len(r) for r in shard_rows], batch_size),
