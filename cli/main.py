@@ -134,6 +134,14 @@ main.add_command(quality)
     show_default=True,
     help="Autocast precision on CUDA (CPU always runs float32).",
 )
+@click.option(
+    "--compile",
+    "compile_model",
+    is_flag=True,
+    help="torch.compile the annotator's backbone: the first batch waits for the compilation "
+    "(about a minute for a big model), every later one runs faster. Pays on long GPU runs of "
+    "big models (EfficientNet-L2 @ 475 on an H200: +21% images/s after an 82 s compile).",
+)
 @store_writing_options
 def generate(input: str | None, output: Path, model: str, checkpoint: str | None, grid: int,
              k: int, input_size: int | None, hf_dataset: str | None, split: str | None,
@@ -141,7 +149,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
              kind: str,
              dataset_name: str | None, parent: str | None, batch_size: int,
              workers: int | None, shard_records: int, on_error: Literal["skip", "fail"],
-             device: str, amp: str,
+             device: str, amp: str, compile_model: bool,
              resume: bool, overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Annotate the images of INPUT and write a label-map store.
 
@@ -185,7 +193,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         warnings.simplefilter("always", InputSizeWarning)
         annotator = load_annotator(
             model, checkpoint, grid=(grid, grid), k=k, input_size=input_size, device=device,
-            amp=None if amp == "none" else amp,
+            amp=None if amp == "none" else amp, compile=compile_model,
         )  # fmt: skip
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)

@@ -274,6 +274,29 @@ def test_the_writer_compresses_on_the_cores_the_workers_leave(tmp_path, monkeypa
         assert threads.pop() == expected
 
 
+def test_compile_reaches_the_annotator(tmp_path, monkeypatch):
+    """--compile hands the backbone to torch.compile (compiling for real takes 25 s even for a
+    tiny model on this CPU, so the compiler is replaced by a recorder that runs it uncompiled)."""
+    import torch
+
+    compiled = []
+
+    def recorder(fn, **kwargs):
+        compiled.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recorder)
+    photos = photo_folder(tmp_path / "photos")
+    plain, fast = tmp_path / "plain.zarr", tmp_path / "compiled.zarr"
+    assert run_cli("generate", str(photos), "-o", str(plain), *FAST, "-q").returncode == 0
+    assert compiled == []
+    assert (
+        run_cli("generate", str(photos), "-o", str(fast), *FAST, "--compile", "-q").returncode == 0
+    )
+    assert compiled == ["forward_features"]
+    assert data_files(fast) == data_files(plain)
+
+
 def test_parent_lineage_and_rerunning_a_finished_store(tmp_path):
     photos = photo_folder(tmp_path / "photos")
     first = tmp_path / "round1.zarr"
