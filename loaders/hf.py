@@ -37,7 +37,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
-from relabel_store.errors import ArgumentTypeError, ConfigurationError, RecordNotFoundError
+from relabel_store.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    InputError,
+    RecordNotFoundError,
+)
 from relabel_store.images import decode_image, to_rgb
 from relabel_store.keys import KeyMode, key_from_path
 from relabel_store.loaders._classes import ClassMap, match_labels
@@ -374,11 +379,11 @@ def _load(cell: Any, column: str) -> tuple[Image.Image, str | None]:
             return decode_image(data)[0], path
         if path:
             return _open_path(path), path
-        raise ValueError(f"a cell of column {column!r} has neither image bytes nor a path")
+        raise InputError(f"a cell of column {column!r} has neither image bytes nor a path")
     if isinstance(cell, str | os.PathLike):
         path = os.fspath(cell)
         return _open_path(path), path
-    raise TypeError(
+    raise ArgumentTypeError(
         f"column {column!r} holds {type(cell).__name__}; expected datasets.Image values "
         "(PIL images or {'bytes', 'path'} dicts) or file paths"
     )
