@@ -52,9 +52,9 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -279,9 +279,8 @@ class DenseAnnotator(nn.Module):
         # compiles it (a minute or more for a large model), and the first batch of another size
         # (a shard's last) once more, for every size after it; probes run the model as it is.
         self.compiled = bool(compile)
-        self._forward_features = (
-            torch.compile(model.forward_features) if self.compiled else model.forward_features
-        )
+        backbone = cast(Callable[[torch.Tensor], Any], model.forward_features)
+        self._forward_features = torch.compile(backbone) if self.compiled else backbone
         self.grid = _pair(grid)
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
         if self.num_classes < 1:
