@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from relabel_store._extras import requires_extra
+from relabel_store._run import OnError
 from relabel_store.cli._options import check_resume, store_writing_options
 from relabel_store.cli.quality import echo_headline
 
@@ -32,7 +33,7 @@ from relabel_store.cli.quality import echo_headline
 )
 @store_writing_options
 def import_(source: Path, output: Path, format_: str, values: str, workers: int | None,
-            shard_records: int, on_error: str, resume: bool, overwrite: bool,
+            shard_records: int, on_error: OnError, resume: bool, overwrite: bool,
             quiet: bool) -> None:  # fmt: skip
     """Convert published label maps (SOURCE: the release's tar, or its extracted folder).
 
@@ -53,7 +54,7 @@ def import_(source: Path, output: Path, format_: str, values: str, workers: int 
         values=values,
         workers=workers,
         shard_records=shard_records,
-        on_error=on_error,  # type: ignore[arg-type]
+        on_error=on_error,
         overwrite=overwrite,
         progress=False if quiet else None,
     )

@@ -7,12 +7,13 @@ import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from relabel_store._extras import requires_extra
 from relabel_store._progress import format_count
+from relabel_store._run import OnError
 from relabel_store.cli._options import check_resume, store_writing_options
 from relabel_store.cli.importer import import_
 from relabel_store.cli.quality import echo_headline, quality
@@ -148,7 +149,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
              image_column: str, key_column: str | None, key_mode: str, label_column: str,
              kind: str,
              dataset_name: str | None, parent: str | None, batch_size: int,
-             workers: int | None, shard_records: int, on_error: Literal["skip", "fail"],
+             workers: int | None, shard_records: int, on_error: OnError,
              device: str, amp: str, compile_model: bool,
              resume: bool, overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Annotate the images of INPUT and write a label-map store.
