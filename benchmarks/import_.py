@@ -37,7 +37,6 @@ import torch
 from _synthetic import synthetic_maps
 
 from relabel_store._archive import open_archive
-from relabel_store.generate import imagenet_label_space
 from relabel_store.importer import (
     CHUNK_RECORDS,
     MEASURE_CROPS,
@@ -48,6 +47,7 @@ from relabel_store.importer import (
     import_maps,
     rounding_difference,
 )
+from relabel_store.label_space import imagenet_label_space
 
 IMAGENET = 1_281_167
 TOP = "imagenet_efficientnet_l2_sz475_top5"

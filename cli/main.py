@@ -7,11 +7,14 @@ import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from relabel_store._extras import requires_extra
+from relabel_store._progress import format_count
+from relabel_store._run import OnError
+from relabel_store.cli._options import check_resume, store_writing_options
 from relabel_store.cli.importer import import_
 from relabel_store.cli.quality import echo_headline, quality
 from relabel_store.cli.remote import pull, push
@@ -53,23 +56,8 @@ main.add_command(import_)
 main.add_command(quality)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    raise AssertionError
-
-
 @main.command()
 @click.argument("input", required=False)
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Store to write (a folder, e.g. train.relabel.zarr).",
-)
 @click.option(
     "--model",
     default=None,
@@ -83,11 +71,25 @@ def _human(n: float) -> str:
     "(offline ImageNet weights for --model tf_efficientnet_lite0). Default: timm's "
     "pretrained weights (needs a network).",
 )
-@click.option("--grid", default=15, show_default=True, help="Label-map cells per side.")
-@click.option("-k", "--top-k", "k", default=5, show_default=True, help="Classes kept per cell.")
+@click.option(
+    "--grid",
+    type=click.IntRange(min=1),
+    default=15,
+    show_default=True,
+    help="Label-map cells per side.",
+)
+@click.option(
+    "-k",
+    "--top-k",
+    "k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Classes kept per cell.",
+)
 @click.option(
     "--input-size",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Square annotator input size. Default: the size the weights were trained or fine-tuned "
     "at (timm's pretrained config, lite0: 224, or what a --checkpoint records); the grid is "
@@ -124,22 +126,7 @@ def _human(n: float) -> str:
     help="Store whose labels trained this annotator (Label Refinery lineage). Default: the store "
     "a --checkpoint written by save_checkpoint records.",
 )
-@click.option("--batch-size", default=32, show_default=True)
-@click.option(
-    "--workers",
-    type=int,
-    default=None,
-    help="DataLoader workers decoding images (default: the CPU cores of this process, shared "
-    "among torchrun's ranks on a node).",
-)
-@click.option("--shard-records", default=4096, show_default=True, help="Records per shard file.")
-@click.option(
-    "--on-error",
-    type=click.Choice(["skip", "fail"]),
-    default="skip",
-    show_default=True,
-    help="Unreadable images: record in errors.jsonl and go on, or stop.",
-)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--amp",
@@ -149,19 +136,21 @@ def _human(n: float) -> str:
     help="Autocast precision on CUDA (CPU always runs float32).",
 )
 @click.option(
-    "--resume",
+    "--compile",
+    "compile_model",
     is_flag=True,
-    help="Require a store at --output to resume (a finished one: nothing to do, exit 0).",
+    help="torch.compile the annotator's backbone: the first batch waits for the compilation "
+    "(about a minute for a big model), every later one runs faster. Pays on long GPU runs of "
+    "big models (EfficientNet-L2 @ 475 on an H200: +21% images/s after an 82 s compile).",
 )
-@click.option("--overwrite", is_flag=True, help="Delete an existing store at --output first.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@store_writing_options
 def generate(input: str | None, output: Path, model: str, checkpoint: str | None, grid: int,
              k: int, input_size: int | None, hf_dataset: str | None, split: str | None,
              image_column: str, key_column: str | None, key_mode: str, label_column: str,
              kind: str,
              dataset_name: str | None, parent: str | None, batch_size: int,
-             workers: int | None, shard_records: int, on_error: Literal["skip", "fail"],
-             device: str, amp: str,
+             workers: int | None, shard_records: int, on_error: OnError,
+             device: str, amp: str, compile_model: bool,
              resume: bool, overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Annotate the images of INPUT and write a label-map store.
 
@@ -184,10 +173,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     source_arg = input if hf_dataset is None else hf_dataset
     if source_arg is None or (input is not None and hf_dataset is not None):
         raise click.UsageError("give either INPUT or --hf-dataset (exactly one)")
-    if resume and overwrite:
-        raise click.UsageError("--resume and --overwrite contradict each other")
-    if resume and not any((output / name).exists() for name in ("zarr.json", "_progress")):
-        raise click.UsageError(f"--resume: there is no store at {output} to resume")
+    check_resume(output, resume=resume, overwrite=overwrite)
     if device == "auto":
         local = os.environ.get("LOCAL_RANK", "0")
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
@@ -208,7 +194,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         warnings.simplefilter("always", InputSizeWarning)
         annotator = load_annotator(
             model, checkpoint, grid=(grid, grid), k=k, input_size=input_size, device=device,
-            amp=None if amp == "none" else amp,
+            amp=None if amp == "none" else amp, compile=compile_model,
         )  # fmt: skip
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
@@ -261,7 +247,8 @@ def info(store: str) -> None:
         f"dataset:     {m.dataset.get('name', '?')} / {m.dataset.get('split', '?')}",
         f"annotator:   {_annotator_line(m.annotator)}",
         f"created:     {m.created_at}",
-        f"size:        {_human(size)} ({_human(size / max(len(s), 1))} per record)",
+        f"size:        {format_count(size, 'B')} "
+        f"({format_count(size / max(len(s), 1), 'B')} per record)",
         f"digest:      {s.manifest.digest if s.manifest else '-'}",
     ]
     if m.parent:

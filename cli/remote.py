@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from relabel_store.errors import RelabelStoreError
-
 
 def _echo_err(message: str) -> None:
     click.echo(message, err=True)
@@ -36,6 +34,7 @@ def _echo_err(message: str) -> None:
 @click.option("-m", "--message", default=None, help="Commit message.")
 @click.option(
     "--batch-files",
+    type=click.IntRange(min=1),
     default=256,
     show_default=True,
     help="Files per commit: an interrupted push keeps the batches it committed.",
@@ -53,24 +52,19 @@ def push(store: Path, destination: str, revision: str | None, private: bool, lic
     """
     from relabel_store.publish import push as run
 
-    try:
-        result = run(
-            store,
-            destination,
-            revision=revision,
-            private=private,
-            license=license_,
-            pretty_name=pretty_name,
-            card=not no_card,
-            commit_message=message,
-            batch_files=batch_files,
-            log=(lambda _: None) if quiet else _echo_err,
-            progress=False if quiet else None,
-        )
-    except RelabelStoreError:
-        raise  # one `error:` line, from the main group
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    result = run(
+        store,
+        destination,
+        revision=revision,
+        private=private,
+        license=license_,
+        pretty_name=pretty_name,
+        card=not no_card,
+        commit_message=message,
+        batch_files=batch_files,
+        log=(lambda _: None) if quiet else _echo_err,
+        progress=False if quiet else None,
+    )
     click.echo(result.summary())
 
 
@@ -100,19 +94,14 @@ def pull(name_or_url: str, to: Path | None, revision: str | None, cache_dir: Pat
     """
     from relabel_store.pull import pull as run
 
-    try:
-        result = run(
-            name_or_url,
-            to,
-            revision,
-            cache_dir=cache_dir,
-            log=(lambda _: None) if quiet else _echo_err,
-            progress=False if quiet else None,
-        )
-    except RelabelStoreError:
-        raise  # one `error:` line, from the main group
-    except (ValueError, FileExistsError) as exc:
-        raise click.UsageError(str(exc)) from None
+    result = run(
+        name_or_url,
+        to,
+        revision,
+        cache_dir=cache_dir,
+        log=(lambda _: None) if quiet else _echo_err,
+        progress=False if quiet else None,
+    )
     if quiet:
         click.echo(str(result.path))
         return

@@ -386,16 +386,7 @@ class LabelPooler(torch.nn.Module):
     def _check(self, boxes: torch.Tensor, labels: torch.Tensor) -> None:
         """Check boxes and labels here, on the CPU: the pooler runs without checks, since
         reading a verdict back from a GPU would stall the training step."""
-        BatchPooler._check_boxes(boxes)
-        weight = self.spec.original_weight
-        if weight > 0.0:
-            bad = (labels < 0) | (labels >= self.num_classes)
-            if bool(bad.any()):
-                row = int(torch.nonzero(bad)[0, 0])
-                raise ValueError(
-                    f"original_weight={weight} mixes in the original labels, which must be in "
-                    f"[0, {self.num_classes}); row {row} has {int(labels[row])} (-1 means unknown)"
-                )
+        self.pooler.check(boxes, labels)
 
     def _records(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The records of ``rows`` on ``device`` (zeros for -1), read in one call."""

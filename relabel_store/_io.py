@@ -18,6 +18,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,18 +53,33 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix
+    (:func:`atomic_write_stream` with bytes already in memory)."""
+    atomic_write_stream(path, lambda f: f.write(data))
 
-    The temporary file is unique per process and thread (concurrent writers never share one), is
-    flushed to disk before the rename, and is removed if anything fails.
+
+def atomic_write_stream(
+    path: str | os.PathLike[str],
+    fill: Callable[[BinaryIO], object],
+    check: Callable[[Path], None] | None = None,
+) -> None:
+    """Create ``path`` from the bytes ``fill`` writes into a temporary sibling, in one rename:
+    readers see the old file or the new one, never a mix.
+
+    ``check(temp)`` runs on the finished temporary file before the rename and may raise to
+    discard it (a download whose checksum is wrong). The temporary file is unique per process
+    and thread (concurrent writers never share one), is flushed to disk before the rename, and
+    is removed if anything fails.
     """
     path = Path(path)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

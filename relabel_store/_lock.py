@@ -1,4 +1,5 @@
-"""The write lock of a store: one writer at a time, released when its process ends.
+"""Locks: the write lock of a store (one writer at a time, released when its process ends) and
+the per-file locks of the download cache (:func:`file_lock`).
 
 ``generate`` (and any :class:`~relabel_store.writer.StoreWriter`) holds an exclusive ``flock`` on
 ``_progress/lock`` inside the store while it writes. The kernel drops the lock when the holder's
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -109,3 +111,18 @@ def _changed(root: Path) -> StoreLockedError:
         f"another process finished or replaced the store at {root} while this one was starting; "
         "run the command again."
     )
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` shared by threads and processes (flock: every open() has its
+    own lock, so two threads of one process exclude each other too). Released on close, also
+    when the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

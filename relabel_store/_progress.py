@@ -56,12 +56,15 @@ def format_duration(seconds: float) -> str:
 
 
 def format_count(n: float, unit: str) -> str:
-    """A count with its unit; byte counts in decimal multiples (``12.0 GB``)."""
+    """A count or rate with its unit: byte counts in decimal multiples (``12.0 GB``), others
+    with thousands separators (``1,102 maps``), one decimal below 10 (``3.4 images``)."""
     if unit == "B":
         for prefix in ("", "k", "M", "G", "T"):
             if abs(n) < 1000 or prefix == "T":
                 return f"{n:.0f} B" if prefix == "" else f"{n:.1f} {prefix}B"
             n /= 1000
+    if abs(n) < 10 and n != int(n):
+        return f"{n:.1f} {unit}"
     return f"{n:,.0f} {unit}"
 
 

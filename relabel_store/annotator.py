@@ -52,9 +52,9 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -249,7 +249,9 @@ class DenseAnnotator(nn.Module):
     stop requiring grad, and every call runs under ``torch.inference_mode``. On CUDA the model
     runs under autocast (``amp``: ``"auto"`` = bf16 where supported else fp16, ``"bf16"``,
     ``"fp16"``, or ``None`` for float32) and CNNs use channels_last; on CPU everything is
-    float32.
+    float32. ``compile=True`` runs the backbone through ``torch.compile``: the first batch waits
+    for the compilation (82 s for EfficientNet-L2 at 475 on an H200), then every batch is faster
+    (+21% images/s there), which pays on long runs of big models on a GPU only.
     """
 
     def __init__(
@@ -263,6 +265,7 @@ class DenseAnnotator(nn.Module):
         weights: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
         amp: str | None = "auto",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         for name in ("forward_features", "forward_head"):
@@ -272,6 +275,12 @@ class DenseAnnotator(nn.Module):
                 )
         # Any: timm's forward_features / forward_head are checked above, not declared on nn.Module.
         self.model: Any = model
+        # torch.compile of the backbone, the bulk of the forward pass. Lazy: the first batch
+        # compiles it (a minute or more for a large model), and the first batch of another size
+        # (a shard's last) once more, for every size after it; probes run the model as it is.
+        self.compiled = bool(compile)
+        backbone = cast(Callable[[torch.Tensor], Any], model.forward_features)
+        self._forward_features = torch.compile(backbone) if self.compiled else backbone
         self.grid = _pair(grid)
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
         if self.num_classes < 1:
@@ -408,9 +417,12 @@ class DenseAnnotator(nn.Module):
             )
         return logits.reshape(b, h, w, self.num_classes).permute(0, 3, 1, 2)
 
-    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, str, tuple[int, int]]:
+    def _features(
+        self, images: torch.Tensor, *, probe: bool = False
+    ) -> tuple[torch.Tensor, str, tuple[int, int]]:
         image_hw = (int(images.shape[-2]), int(images.shape[-1]))
-        features = self.model.forward_features(images)
+        forward = self.model.forward_features if probe else self._forward_features
+        features = forward(images)
         if isinstance(features, (tuple, list)):  # a few models return (features, extras)
             features = features[0]
         layout = self._layout_of(features)
@@ -475,7 +487,7 @@ class DenseAnnotator(nn.Module):
         if size not in self._grid_cache:
             probe = torch.zeros(1, 3, *size, device=self.device)
             with self._autocast(probe.device):
-                self._features(self._prepare(probe))
+                self._features(self._prepare(probe), probe=True)
         return self._grid_cache[size]
 
     @torch.inference_mode()
@@ -561,6 +573,7 @@ def load_annotator(
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
     amp: str | None = "auto",
+    compile: bool = False,
 ) -> DenseAnnotator:
     """Build a :class:`DenseAnnotator` for timm model ``model_name`` with real weights.
 
@@ -574,6 +587,7 @@ def load_annotator(
     ``num_classes`` defaults to the checkpoint's classifier size. ``input_size`` defaults to
     the size the weights were trained at (see the module docstring), else the model's
     pretrained config; a size far from the trained one warns (:data:`FAR_FROM_TRAINED`).
+    ``compile``: run the model's backbone through ``torch.compile`` (see :class:`DenseAnnotator`).
     """
     training = None if checkpoint in (None, LITE0_CHECKPOINT) else read_training_record(checkpoint)
     recorded = training["model"] if training else None
@@ -598,6 +612,7 @@ def load_annotator(
         weights=weights.info,
         device=device,
         amp=amp,
+        compile=compile,
     )
 
 

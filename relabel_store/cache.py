@@ -19,16 +19,10 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from relabel_store._io import atomic_write_bytes, regular_file_stat, remove_abandoned_temps
-
-try:  # POSIX; elsewhere atomic renames alone keep readers safe (downloads may then overlap)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 CACHE_ENV = "RELABEL_STORE_CACHE"
 FILES_DIR = "files"
@@ -136,18 +130,3 @@ def write_ref(path: Path, value: str) -> None:
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, value.encode())
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` shared by threads and processes (flock: every open() has its
-    own lock, so two threads of one process exclude each other too). Released on close, also
-    when the holder dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from relabel_store._progress import format_count
 from relabel_store.format import StoreMetadata
 from relabel_store.hub_names import HF_PREFIX, HubTarget
 from relabel_store.manifest import Manifest
@@ -85,7 +86,7 @@ def dataset_card(
         ("annotator input", _preprocess(ann.get("preprocess"))),
         ("source dataset", (ds_name or "unknown") + (f" / {split}" if split else "")),
         ("manifest digest", f"`{manifest.digest}`"),
-        ("size", f"{manifest.total_bytes / 1e6:.1f} MB in {len(manifest.entries) + 1} files"),
+        ("size", f"{format_count(manifest.total_bytes, 'B')} in {len(manifest.entries) + 1} files"),
         ("format", f"relabel-store {meta.format_version} (Zarr v3), written by relabel-store {meta.software_version} on {meta.created_at}"),
     ]  # fmt: skip
     if meta.parent:

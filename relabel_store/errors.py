@@ -20,7 +20,7 @@ class FormatError(RelabelStoreError, ValueError):
     """The store's metadata is missing, malformed, or of an unsupported format version."""
 
 
-class IncompleteStoreError(RelabelStoreError):
+class IncompleteStoreError(RelabelStoreError, RuntimeError):
     """The store was never finalized: generation is still running or was interrupted."""
 
 
@@ -44,14 +44,6 @@ class UnsafePathError(RelabelStoreError, ValueError):
     another file that is not a regular file) inside a store, which is never followed."""
 
 
-class InvalidBoxError(RelabelStoreError, ValueError):
-    """A crop box is empty, inverted, not finite, or far outside the image."""
-
-
-class UnsupportedTransformError(RelabelStoreError, TypeError):
-    """A user transform whose crop box cannot be recovered."""
-
-
 class AnnotatorError(RelabelStoreError, RuntimeError):
     """A model cannot be turned into a dense annotator, or its weights cannot be loaded."""
 
@@ -59,11 +51,6 @@ class AnnotatorError(RelabelStoreError, RuntimeError):
 class InputError(RelabelStoreError, ValueError):
     """The data to annotate or write is unusable: no images, duplicate or malformed keys, images
     none of which could be decoded, or a store that cannot take them (other settings)."""
-
-
-class InvalidArgumentError(RelabelStoreError, ValueError):
-    """An argument is outside what a function accepts: an unknown mode, a batch size below 1,
-    arrays of the wrong shape, an image that is not the record's."""
 
 
 class InsufficientMemoryError(RelabelStoreError, MemoryError):
@@ -80,16 +67,28 @@ class RemoteError(RelabelStoreError, OSError):
 
 
 class ConfigurationError(RelabelStoreError, ValueError):
-    """Settings that would train on wrong targets (a transform on the base dataset, a mixing
-    setup that breaks soft targets, an unknown key mode, ...); the message names the fix."""
+    """An argument or setting relabel-store cannot accept; the message names the fix.
+
+    Out-of-range values (a batch size below 1, an unknown mode, arrays of the wrong shape), names
+    that do not parse (a Hub URL), and settings that would train on wrong targets (a transform
+    on the base dataset, a mixing setup that breaks soft targets).
+    """
 
 
 class LabelSpaceError(ConfigurationError):
     """A dataset's labels cannot be matched to the store's classes."""
 
 
+class InvalidBoxError(ConfigurationError):
+    """A crop box is empty, inverted or not finite."""
+
+
 class ArgumentTypeError(RelabelStoreError, TypeError):
     """An argument of the wrong type; the message names the types expected."""
+
+
+class UnsupportedTransformError(ArgumentTypeError):
+    """A user transform whose crop box cannot be recovered."""
 
 
 class MissingExtraError(RelabelStoreError, ImportError):

@@ -15,15 +15,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from relabel_store._extras import requires_extra
 from relabel_store._progress import Progress
+from relabel_store._run import OnError, check_run_options, input_failed, run_summary
 from relabel_store._shards import cores_per_process
-from relabel_store.errors import InputError, InvalidArgumentError
-from relabel_store.format import DEFAULT_SHARD_RECORDS, ERRORS_NAME, StoreMetadata
+from relabel_store.errors import ConfigurationError
+from relabel_store.format import DEFAULT_SHARD_RECORDS, StoreMetadata
+from relabel_store.label_space import label_space_of
 from relabel_store.writer import StoreWriter
 
 with requires_extra("generate", "relabel_store.generate"):
@@ -39,9 +41,7 @@ with requires_extra("generate", "relabel_store.generate"):
         collate_inputs,
     )
 
-__all__ = ["GenerateResult", "generate"]
-
-OnError = Literal["skip", "fail"]
+__all__ = ["GenerateResult", "generate", "writer_threads"]
 
 
 @dataclass(frozen=True)
@@ -58,20 +58,18 @@ class GenerateResult:
     already_complete: bool = False  # the store was finished before this run: nothing was done
 
     def summary(self) -> str:
-        rate = self.annotated_now / self.seconds if self.seconds > 0 else 0.0
-        lines = [
-            f"store:    {self.path}"
-            + (" (already complete: nothing to do)" if self.already_complete else ""),
-            f"records:  {self.records} ({self.skipped} skipped"
-            + (f", see {self.path / ERRORS_NAME})" if self.skipped else ")"),
-            f"time:     {self.seconds:.1f} s for {self.annotated_now} images ({rate:.1f} images/s)",
-            f"size:     {self.store_bytes / 1e6:.2f} MB"
-            + (f" ({self.store_bytes / self.records:.0f} B per record)" if self.records else ""),
-            f"digest:   {self.digest}",
-        ]
-        if self.already_complete:
-            del lines[2]
-        return "\n".join(lines)
+        """What ``relabel-store generate`` prints when it is done."""
+        return run_summary(
+            self.path,
+            records=self.records,
+            skipped=self.skipped,
+            done_now=self.annotated_now,
+            unit="images",
+            seconds=self.seconds,
+            store_bytes=self.store_bytes,
+            digest=self.digest,
+            already_complete=self.already_complete,
+        )
 
 
 class _ShardMaps:
@@ -177,43 +175,13 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-@dataclass(frozen=True)
-class LabelSpace:
-    """The label space an annotator's class ids index: its name, class names and identifiers."""
-
-    name: str | None = None
-    class_names: tuple[str, ...] | None = None
-    class_identifiers: tuple[str, ...] | None = None
-
-
-def label_space_of(annotator: DenseAnnotator) -> LabelSpace:
-    """The annotator's label space, from timm's offline ImageNet info (names and wnids).
-
-    A model timm cannot place in an ImageNet subset gets an unknown label space: its store then
-    has no class identifiers, and loaders refuse to mix its classes with a dataset's labels.
-    """
-    from timm.data import infer_imagenet_subset
-
-    subset = infer_imagenet_subset(annotator.model)
-    if not subset:
-        return LabelSpace()
-    space = imagenet_label_space(subset)
-    if len(space.class_identifiers or ()) != annotator.num_classes:
-        return LabelSpace()
-    return space
-
-
-def imagenet_label_space(subset: str = "imagenet-1k") -> LabelSpace:
-    """An ImageNet subset's class names and wnids in class-id order (timm's offline tables)."""
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo(subset)
-    n = info.num_classes()
-    return LabelSpace(
-        name=subset,
-        class_names=tuple(info.index_to_description(i) for i in range(n)),
-        class_identifiers=tuple(info.index_to_label_name(i) for i in range(n)),
-    )
+def writer_threads(workers: int, cores: int | None = None) -> int:
+    """Compression threads of ``generate``'s background writer: the cores of the process
+    (:func:`~relabel_store._shards.cores_per_process`) that its ``workers`` decoding processes
+    leave free, at least one. Decoding and compression then never compete for a core, which
+    cost a tenth of the throughput when both took every core (``benchmarks/generate.py``)."""
+    cores = cores_per_process() if cores is None else cores
+    return max(1, cores - workers)
 
 
 def generate(
@@ -235,15 +203,15 @@ def generate(
     ``on_error="skip"`` records unreadable images in ``errors.jsonl`` and goes on;
     ``"fail"`` stops at the first one (finished shards stay on disk; rerun to resume).
     ``num_workers``: DataLoader processes decoding images (default: the cores this process
-    may use). Finished shards are written by a background thread while annotation goes on; a
-    failed write stops the run with its error. ``progress``: None draws a bar on a terminal and writes a line every
-    ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds (30) elsewhere (a SLURM log); True always
-    reports, False never.
+    may use). Finished shards are written by a background thread while annotation goes on,
+    compressed on the cores the workers leave free (:func:`writer_threads`); a failed write
+    stops the run with its error. ``progress``: None draws a bar on a terminal and writes a
+    line every ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds (30) elsewhere (a SLURM log); True
+    always reports, False never.
     """
-    if on_error not in ("skip", "fail"):
-        raise InvalidArgumentError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    check_run_options(on_error=on_error, workers=num_workers, shard_records=shard_records)
     if batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     rank, world = _distributed()
     described = annotator.describe()
@@ -262,18 +230,20 @@ def generate(
         parent=parent,
     )
     path = Path(output)
+    workers = cores_per_process() if num_workers is None else num_workers
+    threads = writer_threads(workers)
     # Rank 0 creates the store and holds its write lock for every rank; a store that is already
     # finished with these settings is reported, not refused (requeued jobs rerun the command).
     finished = writer = None
     if rank == 0:
         finished = None if overwrite else StoreWriter.finished(path, meta)
         if finished is None:
-            writer = StoreWriter.open(path, meta, overwrite=overwrite)
+            writer = StoreWriter.open(path, meta, overwrite=overwrite, threads=threads)
     _barrier(world)
     if rank != 0:
         finished = None if overwrite else StoreWriter.finished(path, meta)
         if finished is None:
-            writer = StoreWriter.open(path, meta, lock=False)
+            writer = StoreWriter.open(path, meta, lock=False, threads=threads)
     if finished is not None:
         old, manifest = finished
         return GenerateResult(
@@ -289,7 +259,7 @@ def generate(
     assert writer is not None
     try:
         return _annotate(writer, inputs, annotator, meta, rank, world, started,
-                         batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+                         batch_size=batch_size, workers=workers, on_error=on_error,
                          progress=progress)  # fmt: skip
     finally:
         writer.close()
@@ -305,7 +275,7 @@ def _annotate(
     started: float,
     *,
     batch_size: int,
-    num_workers: int | None,
+    workers: int,
     on_error: OnError,
     progress: bool | None,
 ) -> GenerateResult:
@@ -317,7 +287,6 @@ def _annotate(
     rows = [r for rng in shard_rows for r in rng]
 
     device = annotator.device
-    workers = cores_per_process() if num_workers is None else num_workers
     loader = DataLoader(
         InputDataset(inputs, annotator.transform.resized, rows),  # uint8: normalised on device
         batch_sampler=_ShardBatches([len(r) for r in shard_rows], batch_size),
@@ -344,11 +313,7 @@ def _annotate(
                 batch = next(batches)
                 for f in batch.failures:
                     if on_error == "fail":
-                        raise InputError(
-                            f"cannot annotate {f.location} (key {f.key!r}): {f.reason}. Fix or "
-                            "remove the file, or rerun with --on-error skip to record it in "
-                            f"{ERRORS_NAME} and go on; finished shards are kept."
-                        )
+                        raise input_failed(f"annotate {f.location} (key {f.key!r})", f.reason)
                     maps.fail(f, inputs.label(f.row))
                 if len(batch):
                     values, indices = annotator(batch.images)

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from relabel_store.errors import ConfigurationError
 from relabel_store.manifest import safe_relpath
 
 HF_PREFIX = "hf://"
@@ -47,10 +48,10 @@ class HubTarget:
 def parse_hf_url(url: str, revision: str | None = None) -> HubTarget:
     """``hf://datasets/org/name[@rev][/subdir]`` -> :class:`HubTarget`."""
     if not url.startswith(HF_PREFIX):
-        raise ValueError(f"not an hf:// URL: {url!r}")
+        raise ConfigurationError(f"not an hf:// URL: {url!r}")
     rest = url[len(HF_PREFIX) :].strip("/")
     if not rest.startswith("datasets/"):
-        raise ValueError(
+        raise ConfigurationError(
             f"{url!r}: stores live in dataset repos; write hf://datasets/<org>/<name>[@revision]"
         )
     return parse_repo_path(rest[len("datasets/") :], revision, url)
@@ -60,7 +61,7 @@ def parse_repo_path(rest: str, revision: str | None, original: str) -> HubTarget
     """``org/name[@rev][/subdir]`` -> :class:`HubTarget`; ``revision`` must agree with ``@rev``."""
     parts = rest.split("/", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise ValueError(f"{original!r}: expected <org>/<name> after hf://datasets/")
+        raise ConfigurationError(f"{original!r}: expected <org>/<name> after hf://datasets/")
     org, name = parts[0], parts[1]
     tail = parts[2] if len(parts) > 2 else ""
     rev = None
@@ -74,11 +75,13 @@ def parse_repo_path(rest: str, revision: str | None, original: str) -> HubTarget
             rev, _, tail = rev_and_more.partition("/")
             rev = unquote(rev)
         if not rev:
-            raise ValueError(f"{original!r}: empty revision after '@'")
+            raise ConfigurationError(f"{original!r}: empty revision after '@'")
     repo_id = f"{org}/{name}"
     if not is_repo_id(repo_id):
-        raise ValueError(f"{original!r}: {repo_id!r} is not a valid Hub repo id")
+        raise ConfigurationError(f"{original!r}: {repo_id!r} is not a valid Hub repo id")
     if rev is not None and revision is not None and rev != revision:
-        raise ValueError(f"{original!r} names revision {rev!r} but revision={revision!r} was given")
+        raise ConfigurationError(
+            f"{original!r} names revision {rev!r} but revision={revision!r} was given"
+        )
     subdir = safe_relpath(tail.strip("/")) if tail.strip("/") else None
     return HubTarget(repo_id, revision if revision is not None else rev, subdir)

@@ -33,25 +33,27 @@ import numpy as np
 
 from relabel_store._extras import requires_extra
 from relabel_store._io import atomic_write_bytes
-from relabel_store._progress import Progress, format_duration
+from relabel_store._progress import Progress
+from relabel_store._run import OnError, check_run_options, input_failed, run_summary
+from relabel_store._shards import cores_per_process
 from relabel_store.errors import (
+    ConfigurationError,
     InputError,
-    InvalidArgumentError,
-    RelabelStoreError,
+    InsufficientMemoryError,
     UnsafePathError,
 )
 from relabel_store.format import (
     DEFAULT_SHARD_RECORDS,
-    ERRORS_NAME,
     PROGRESS_DIR,
     VALUES_DTYPES,
     StoreMetadata,
 )
 from relabel_store.keys import key_from_path
+from relabel_store.label_space import imagenet_label_space
 from relabel_store.manifest import Manifest, safe_relpath
 from relabel_store.writer import StoreWriter, read_group_attrs
 
-# torch reads the published .pt files; timm's tables name ImageNet's classes.
+# torch reads the published .pt files.
 with requires_extra("generate", "relabel_store.importer"):
     from relabel_store._archive import MapArchive, Members, Payload, open_archive, read_file
     from relabel_store._published import (
@@ -63,12 +65,10 @@ with requires_extra("generate", "relabel_store.importer"):
         detect,
         load_tensor,
     )
-    from relabel_store.generate import imagenet_label_space
 
 __all__ = ["ImportResult", "import_maps"]
 
 FormatChoice = Literal["auto", "relabel", "tokenlabeling"]
-OnError = Literal["skip", "fail"]
 
 LABEL_SPACE = "imagenet-1k"
 #: Records per decoding task: small enough to spread a shard over the workers.
@@ -97,24 +97,23 @@ class ImportResult:
     already_complete: bool = False  # the store was finished before: nothing was done
 
     def summary(self) -> str:
-        rate = self.imported_now / self.seconds if self.seconds > 0 else 0.0
+        """What ``relabel-store import`` prints when it is done."""
         src = self.source
         where = src.get("file") or src.get("folder")
         digest = f", sha256 {src['sha256']}" if src.get("sha256") else ""
-        lines = [
-            f"store:    {self.path}"
-            + (" (already complete: nothing to do)" if self.already_complete else ""),
-            f"source:   {where} ({src['kind']}, {self.format} format{digest})",
-            f"records:  {self.records} ({self.skipped} skipped"
-            + (f", see {self.path / ERRORS_NAME})" if self.skipped else ")"),
-            f"time:     {format_duration(self.seconds)} for {self.imported_now} maps "
-            f"({rate:.0f} maps/s)",
-            f"size:     {self.store_bytes / 1e6:.2f} MB"
-            + (f" ({self.store_bytes / self.records:.0f} B per record)" if self.records else ""),
-            f"digest:   {self.digest}",
-            f"float16:  {_rounding_line(self.rounding)}",
-        ]
-        return "\n".join(lines)
+        return run_summary(
+            self.path,
+            records=self.records,
+            skipped=self.skipped,
+            done_now=self.imported_now,
+            unit="maps",
+            seconds=self.seconds,
+            store_bytes=self.store_bytes,
+            digest=self.digest,
+            already_complete=self.already_complete,
+            before=[("source", f"{where} ({src['kind']}, {self.format} format{digest})")],
+            after=[("float16", _rounding_line(self.rounding))],
+        )
 
 
 def _rounding_line(rounding: dict[str, Any]) -> str:
@@ -145,22 +144,17 @@ def import_maps(
     ``format``: ``"auto"`` recognises the release by its files (float32 ``[2, 5, 15, 15]``:
     ReLabel; float16 ``[2, 5, H, W]``: TokenLabeling); naming one refuses members of the other.
     ``values``: ``"float16"`` (the default, half the size) or ``"float32"`` (exact for ReLabel's
-    float32 logits). ``workers``: decoding processes (default: every CPU; 0 decodes here).
-    ``on_error="skip"`` lists members that are not label maps in ``errors.jsonl`` and goes on;
+    float32 logits). ``workers``: decoding processes (default: the CPU cores this process may
+    use; 0 decodes here). ``on_error="skip"`` lists members that are not label maps in ``errors.jsonl`` and goes on;
     ``"fail"`` stops at the first. Rerunning the same import after an interruption resumes it.
     ``progress``: a bar on a terminal, log lines elsewhere (None), always (True), never (False).
     """
     if format != "auto" and format not in FORMATS:
-        raise InvalidArgumentError(
-            f"format must be 'auto' or one of {FORMAT_NAMES}, got {format!r}"
-        )
+        raise ConfigurationError(f"format must be 'auto' or one of {FORMAT_NAMES}, got {format!r}")
     if values not in VALUES_DTYPES:
-        raise InvalidArgumentError(f"values must be one of {VALUES_DTYPES}, got {values!r}")
-    if on_error not in ("skip", "fail"):
-        raise InvalidArgumentError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 0:
-        raise InvalidArgumentError(f"workers must be >= 0, got {workers}")
+        raise ConfigurationError(f"values must be one of {VALUES_DTYPES}, got {values!r}")
+    check_run_options(on_error=on_error, workers=workers, shard_records=shard_records)
+    workers = cores_per_process() if workers is None else workers
     started = time.perf_counter()
     path = Path(output)
     archive = open_archive(source)
@@ -338,10 +332,7 @@ def _place(name: str, row: int, wnid_index: dict[str, int]) -> tuple[str, int, s
 
 
 def _member_error(members: Members, row: int, reason: str) -> InputError:
-    return InputError(
-        f"cannot import {members.names[row]!r}: {reason}. Remove or fix it, or rerun with "
-        f"--on-error skip to list it in {ERRORS_NAME} and go on; finished shards are kept."
-    )
+    return input_failed(f"import {members.names[row]!r}", reason)
 
 
 def _recognise(
@@ -531,10 +522,11 @@ def decode_chunks(
             rows_done, future = pending.popleft()
             yield rows_done, future.result()
     except BrokenProcessPool:
-        raise RelabelStoreError(
-            "a decoding worker process died (out of memory, or killed). Rerun the same command "
-            "to resume (finished shards are kept), with fewer --workers, or --workers 0 to "
-            "decode in the importing process."
+        raise InsufficientMemoryError(
+            "a decoding worker process died, usually because the machine ran out of memory (or "
+            f"it was killed). Rerun the same command with fewer --workers (this run had "
+            f"{workers}), or --workers 0 to decode in the importing process; it resumes where it "
+            "stopped, finished shards are kept."
         ) from None
 
 

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
-from relabel_store.errors import InvalidBoxError
+from relabel_store._roialign import box_problem, original_label_error, sampling_window
+from relabel_store.errors import ArgumentTypeError, ConfigurationError, InvalidBoxError
 
 __all__ = ["COMPATS", "VARIANTS", "Compat", "CropBox", "PoolingSpec", "Variant", "pool"]
 
@@ -60,16 +61,6 @@ COMPATS: tuple[str, ...] = get_args(Compat)
 # --------------------------------------------------------------------------------------------
 # Crop boxes and the pooling spec
 # --------------------------------------------------------------------------------------------
-
-
-def _box_problem(x0: float, y0: float, x1: float, y1: float) -> str | None:
-    """Why a normalised box is unusable, or None if it is fine."""
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        return "coordinates must be finite numbers"
-    if x1 <= x0 or y1 <= y0:
-        kind = "empty" if (x1 == x0 or y1 == y0) else "inverted"
-        return f"the box is {kind}: need x0 < x1 and y0 < y1"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +91,7 @@ class CropBox:
                 coords.append(float(value))
             except (TypeError, ValueError):
                 raise InvalidBoxError(f"CropBox.{name} must be a number, got {value!r}") from None
-        problem = _box_problem(*coords)
+        problem = box_problem(*coords)
         if problem is not None:
             raise InvalidBoxError(
                 f"invalid crop box (x0={coords[0]!r}, y0={coords[1]!r}, x1={coords[2]!r}, "
@@ -170,7 +161,7 @@ class PoolingSpec:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(
+            raise ConfigurationError(
                 f"unknown pooling variant {self.variant!r}; expected one of {VARIANTS}"
             )
         size = self.output_size
@@ -182,10 +173,14 @@ class PoolingSpec:
             except TypeError:
                 pair = ()
         if len(pair) != 2 or not all(
-            isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1 for s in pair
+            isinstance(s, int | np.integer) and not isinstance(s, bool) for s in pair
         ):
-            raise ValueError(
-                f"output_size must be a positive int or a pair (oh, ow) of them, got {size!r}"
+            raise ArgumentTypeError(
+                f"output_size must be an int or a pair (oh, ow) of ints, got {size!r}"
+            )
+        if min(pair) < 1:
+            raise ConfigurationError(
+                f"output_size must be at least 1 (a 1x1 grid: one target per crop), got {size!r}"
             )
         pair = (int(pair[0]), int(pair[1]))
         object.__setattr__(self, "output_size", 1 if pair == (1, 1) else pair)
@@ -193,13 +188,21 @@ class PoolingSpec:
         object.__setattr__(self, "is_global", self.variant.startswith("global"))
         object.__setattr__(self, "is_single", self.variant.endswith("single"))
         if self.is_global and pair != (1, 1):
-            raise ValueError(
+            raise ConfigurationError(
                 f"variant {self.variant!r} pools the whole image into one target; "
                 f"output_size must be 1, got {size!r}"
             )
+        if isinstance(self.original_weight, bool) or not isinstance(
+            self.original_weight, int | float | np.integer | np.floating
+        ):
+            raise ArgumentTypeError(
+                f"original_weight must be a number in [0, 1], got {self.original_weight!r}"
+            )
         weight = float(self.original_weight)
         if not 0.0 <= weight <= 1.0:  # also rejects NaN
-            raise ValueError(f"original_weight must be in [0, 1], got {self.original_weight!r}")
+            raise ConfigurationError(
+                f"original_weight must be in [0, 1], got {self.original_weight!r}"
+            )
         object.__setattr__(self, "original_weight", weight)
         _check_compat(self.compat, pair)
 
@@ -208,9 +211,9 @@ def _check_compat(compat: object, grid: tuple[int, int]) -> None:
     if compat is None:
         return
     if compat not in COMPATS:
-        raise ValueError(f"unknown compat {compat!r}; expected None or one of {COMPATS}")
+        raise ConfigurationError(f"unknown compat {compat!r}; expected None or one of {COMPATS}")
     if compat == "official" and grid != (1, 1):
-        raise ValueError(
+        raise ConfigurationError(
             "compat='official' reproduces naver-ai/relabel_imagenet, which pools one target "
             "per crop (output_size=1); token-level targets with the official box come from "
             "TokenLabeling's code: compat='tokenlabeling'"
@@ -250,23 +253,14 @@ def _axis_roi(lo: float, hi: float, n_out: int, size: int) -> tuple[np.float32, 
     return start, bin_size, math.ceil(float(bin_size))  # ceil(roi_size / pooled_size)
 
 
-def _sampling_window(size: int) -> int:
-    """Most sampling points of one bin that can fall within [-1, size], whatever the box.
-
-    Consecutive points are ``bin_size / ceil(bin_size)`` apart, at least half a cell, so at most
-    ``2 * size + 3`` of them land in that range; two more on each side absorb rounding.
-    """
-    return 2 * size + 6
-
-
 def _window(first: float, bin_size: float, grid: int, size: int) -> tuple[int, int]:
     """The sampling points ``g`` (``first:end``) of a bin starting at ``first`` that can fall
     within [-1, size]: every other point weighs nothing. Never empty."""
-    if grid <= _sampling_window(size):
+    if grid <= sampling_window(size):
         return 0, grid
     step = bin_size / grid
     lo = min(max(math.floor((-1.0 - first) / step - 0.5) - 2, 0), grid - 1)
-    return lo, min(lo + _sampling_window(size), grid)
+    return lo, min(lo + sampling_window(size), grid)
 
 
 def _sample_points(
@@ -280,7 +274,7 @@ def _sample_points(
     """
     start, bin_size, grid = _axis_roi(lo, hi, n_out, size)
     grids = np.full(n_out, grid)
-    if grid <= _sampling_window(size):  # every point of every bin (the usual case)
+    if grid <= sampling_window(size):  # every point of every bin (the usual case)
         offsets = (np.arange(grid, dtype=np.float32) + _F32(0.5)) * bin_size
         offsets /= _F32(grid)
         if n_out == 1:
@@ -436,6 +430,13 @@ def _grid_weights(
     return weights
 
 
+def _class_id_error(class_id: int, num_classes: int) -> ConfigurationError:
+    return ConfigurationError(
+        f"class id {class_id} is out of range for num_classes={num_classes}: pass the number of "
+        "classes of the store the map comes from (store.metadata.num_classes)"
+    )
+
+
 def _softmax_f32(logits: np.ndarray) -> np.ndarray:
     """Softmax over the last axis, computed in float32 like the reference."""
     out = logits.astype(np.float32)
@@ -464,7 +465,7 @@ def pool(
     """
     shape = indices.shape
     if len(shape) != 3 or values.shape != shape:
-        raise ValueError(
+        raise ConfigurationError(
             f"indices and values must both have shape (H, W, K), got {shape} and {values.shape}"
         )
     height, width, k = shape
@@ -483,12 +484,12 @@ def pool(
         contrib = weights * values[rows].ravel()  # float64
         logits = np.bincount(indices[rows].ravel(), weights=contrib, minlength=num_classes)
         if logits.shape[0] != num_classes:
-            raise ValueError(f"class id {logits.shape[0] - 1} is out of range for {num_classes=}")
+            raise _class_id_error(logits.shape[0] - 1, num_classes)
     else:
         weights = _grid_weights(x0, y0, x1, y1, flipped, height, width, k, oh, ow)
         flat = indices.ravel()
         if flat.size and int(flat.max()) >= num_classes:
-            raise ValueError(f"class id {int(flat.max())} is out of range for {num_classes=}")
+            raise _class_id_error(int(flat.max()), num_classes)
         slots = (np.arange(oh * ow) * num_classes)[:, None] + flat
         contrib = weights * values.ravel()
         logits = np.bincount(
@@ -504,10 +505,7 @@ def pool(
     weight = spec.original_weight
     if weight > 0.0:
         if not 0 <= label < num_classes:
-            raise ValueError(
-                f"original_weight={weight} mixes in the original label, which must be in "
-                f"[0, {num_classes}); got {label} (-1 means unknown)"
-            )
+            raise original_label_error(weight, num_classes, label)
         target *= np.float32(1.0 - weight)
         target[..., label] += np.float32(weight)
     return target

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 from relabel_store._io import atomic_write_bytes, regular_file_stat, sha256_file
 from relabel_store._parallel import run_all
 from relabel_store._progress import Progress
-from relabel_store.errors import CorruptDataError
+from relabel_store.errors import ConfigurationError, CorruptDataError
 from relabel_store.format import MANIFEST_NAME
 from relabel_store.manifest import ManifestEntry, VerifyReport, store_files, verify_dir
 from relabel_store.remote import open_remote
@@ -57,7 +57,9 @@ def pull(
     (None), always (True) or never (False)."""
     resolved = resolve(name_or_url, revision)
     if isinstance(resolved.target, LocalTarget):
-        raise ValueError(f"{name_or_url} is a local store already; there is nothing to pull")
+        raise ConfigurationError(
+            f"{name_or_url} is a local store already; there is nothing to pull"
+        )
     source = open_remote(
         resolved, mode="cache", cache_dir=cache_dir, token=token, storage_options=storage_options
     )

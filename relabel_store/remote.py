@@ -23,6 +23,7 @@ from typing import Any, Literal
 from relabel_store._io import regular_file_stat
 from relabel_store.cache import CacheDir, CacheEntry, read_ref, write_ref
 from relabel_store.errors import (
+    ConfigurationError,
     CorruptDataError,
     IncompleteStoreError,
     RemoteError,
@@ -53,7 +54,7 @@ def open_remote(
 ) -> ShardCacheSource:
     """The source reading a remote store (a Hub repo or fsspec URL) through the cache."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
     target = resolved.target
     cache = CacheDir(cache_dir)
     cls = RangeSource if mode == "range" else ShardCacheSource
@@ -66,7 +67,7 @@ def open_remote(
         if not resolved.hint:  # a registered name says how to make the store yourself
             raise
         raise type(exc)(f"{exc}\n{resolved.hint}") from None
-    raise ValueError(f"{target} is a local store; open it with RelabelStore.open")
+    raise ConfigurationError(f"{target} is a local store; open it with RelabelStore.open")
 
 
 def _open_hub(

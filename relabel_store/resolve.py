@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relabel_store import registry
-from relabel_store.errors import StoreNotFoundError
+from relabel_store.errors import ConfigurationError, StoreNotFoundError
 from relabel_store.hub_names import (
     HF_PREFIX,
     HubTarget,
@@ -58,7 +58,7 @@ def resolve(name_or_path: str | os.PathLike[str], revision: str | None = None) -
     """
     if isinstance(name_or_path, os.PathLike) or Path(str(name_or_path)).exists():
         if revision is not None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"revision={revision!r} applies to Hub stores only; {name_or_path} is a local path"
             )
         return Resolved(LocalTarget(Path(name_or_path)))
@@ -67,7 +67,7 @@ def resolve(name_or_path: str | os.PathLike[str], revision: str | None = None) -
         return Resolved(parse_hf_url(text, revision))
     if "://" in text:
         if revision is not None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"revision={revision!r} applies to Hub stores only; an fsspec URL has no revisions"
             )
         return Resolved(UrlTarget(text.rstrip("/")))
@@ -98,17 +98,17 @@ def resolve_destination(destination: str, revision: str | None = None) -> HubTar
         target = parse_hf_url(destination, revision)
     elif "://" in destination:
         if revision is not None:
-            raise ValueError("--revision/--branch applies to Hub destinations only")
+            raise ConfigurationError("--revision/--branch applies to Hub destinations only")
         return UrlTarget(destination.rstrip("/"))
     elif is_repo_id(destination.split("@", 1)[0]):
         target = parse_repo_path(destination, revision, destination)
     else:
-        raise ValueError(
+        raise ConfigurationError(
             f"{destination!r} is not a destination: give a Hub dataset repo id (org/name), an "
             "hf://datasets/org/name URL, or an fsspec URL such as s3://bucket/store.relabel.zarr"
         )
     if target.revision and is_commit_sha(target.revision):
-        raise ValueError(
+        raise ConfigurationError(
             f"cannot push to commit {target.revision}: give a branch name (it is created if needed)"
         )
     return target

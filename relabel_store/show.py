@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from relabel_store._extras import requires_extra
-from relabel_store.errors import InvalidArgumentError
+from relabel_store.errors import ConfigurationError
 from relabel_store.pooling import CropBox, pool
 from relabel_store.reader import RelabelStore
 
@@ -55,7 +55,7 @@ def render_label_map(
         photo = image if isinstance(image, Image.Image) else Image.open(image)
         photo = photo.convert("RGB")
         if h and w and photo.size != (w, h):
-            raise InvalidArgumentError(
+            raise ConfigurationError(
                 f"the image is {photo.size[0]}x{photo.size[1]} but record {key!r} was made from "
                 f"a {w}x{h} image; pass the original image"
             )

@@ -11,14 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from relabel_store._extras import requires_extra
-from relabel_store.errors import InvalidBoxError
-from relabel_store.pooling import (
-    _DEFAULT_SPEC,
-    CropBox,
-    PoolingSpec,
-    _box_problem,
-    _sampling_window,
-)
+from relabel_store._roialign import box_problem, original_label_error, sampling_window
+from relabel_store.errors import ArgumentTypeError, ConfigurationError, InvalidBoxError
+from relabel_store.pooling import CropBox, PoolingSpec
 
 with requires_extra("torch", "batched pooling (BatchPooler)"):
     import torch
@@ -44,7 +39,7 @@ def _axis_weights_torch(
 
     ``lo``/``hi`` are normalised (B,) coordinates. Every bin lists the same number of sampling
     points: the window of its ``ceil(bin_size)`` points that can fall within [-1, size]
-    (:func:`_sampling_window`; all of them for boxes up to about twice the map), points beyond
+    (:func:`~relabel_store._roialign.sampling_window`; all of them for boxes up to about twice the map), points beyond
     its own count masked out. ``max_grid`` is an upper bound on the sampling counts, or None
     to take the batch maximum (reads one number back from the device).
     """
@@ -56,7 +51,7 @@ def _axis_weights_torch(
     grid = torch.ceil(bin_size)  # (B,) float
     if max_grid is None:
         max_grid = max(int(grid.max()), 1) if grid.numel() else 1
-    count = min(max_grid, _sampling_window(size))
+    count = min(max_grid, sampling_window(size))
     device = lo.device
     firsts = start[:, None] + torch.arange(n_out, device=device, dtype=f32) * bin_size[:, None]
     # First point of each bin's window (see _window); 0 whenever all points fit.
@@ -78,19 +73,22 @@ class BatchPooler(torch.nn.Module):
 
     The RoIAlign weights of every sample are computed at once, and the logits of the whole
     batch come from one ``scatter_add``. Results are float32 on the inputs' device. With
-    ``validate=True`` (default) boxes and labels are checked, which reads a few numbers back
-    from the device; ``validate=False`` skips that, and then boxes must satisfy
-    :class:`CropBox`'s rules.
+    ``validate=True`` (default) every call runs :meth:`check`, which reads a few numbers back
+    from the device; ``validate=False`` skips it (call :meth:`check` yourself where the inputs
+    still are on the CPU, as :class:`~relabel_store.loaders.LabelPooler` does), and then boxes
+    must satisfy :class:`CropBox`'s rules and labels the spec's.
     """
 
     def __init__(
-        self, num_classes: int, spec: PoolingSpec = _DEFAULT_SPEC, *, validate: bool = True
+        self, num_classes: int, spec: PoolingSpec | None = None, *, validate: bool = True
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise ArgumentTypeError(f"num_classes must be an int, got {num_classes!r}")
+        if num_classes < 1:
+            raise ConfigurationError(f"num_classes must be at least 1, got {num_classes}")
         self.num_classes = num_classes
-        self.spec = spec
+        self.spec = spec if spec is not None else PoolingSpec()
         self.validate = validate
 
     def extra_repr(self) -> str:
@@ -113,7 +111,7 @@ class BatchPooler(torch.nn.Module):
         ``spec.original_weight > 0``.
         """
         if indices.dim() != 4 or indices.shape != values.shape:
-            raise ValueError(
+            raise ConfigurationError(
                 "indices and values must both have shape (B, H, W, K), got "
                 f"{tuple(indices.shape)} and {tuple(values.shape)}"
             )
@@ -124,18 +122,24 @@ class BatchPooler(torch.nn.Module):
         # float64 box arithmetic, like pool(); MPS has no float64.
         box_dtype = torch.float32 if device.type == "mps" else torch.float64
 
+        if boxes is not None and not spec.is_global:
+            _check_shape("boxes", boxes, (batch, 4))
+        if spec.original_weight > 0.0:
+            if labels is None:
+                raise ConfigurationError(
+                    f"original_weight={spec.original_weight} needs labels of shape ({batch},)"
+                )
+            _check_shape("labels", labels, (batch,))
+        if self.validate:
+            self.check(boxes, labels)
         if spec.is_global or boxes is None:
             boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=box_dtype, device=device)
             boxes = boxes.expand(batch, 4)
         else:
-            if boxes.shape != (batch, 4):
-                raise ValueError(f"boxes must have shape ({batch}, 4), got {tuple(boxes.shape)}")
             boxes = boxes.to(device=device, dtype=box_dtype)
-            if self.validate:
-                self._check_boxes(boxes)
         if spec.compat is not None and not spec.is_global:
-            if flipped is not None and flipped.shape != (batch,):
-                raise ValueError(f"flipped must have shape ({batch},), got {tuple(flipped.shape)}")
+            if flipped is not None:
+                _check_shape("flipped", flipped, (batch,))
             boxes, indices, values = _official_batch(
                 boxes, flipped, indices, values, spec.compat, height, width
             )
@@ -145,14 +149,13 @@ class BatchPooler(torch.nn.Module):
         # device sync.
         on_cpu = device.type == "cpu"
         wy = _axis_weights_torch(
-            boxes[:, 1], boxes[:, 3], oh, height, None if on_cpu else _sampling_window(height)
+            boxes[:, 1], boxes[:, 3], oh, height, None if on_cpu else sampling_window(height)
         )
         wx = _axis_weights_torch(
-            boxes[:, 0], boxes[:, 2], ow, width, None if on_cpu else _sampling_window(width)
+            boxes[:, 0], boxes[:, 2], ow, width, None if on_cpu else sampling_window(width)
         )
         if ow > 1 and flipped is not None and not spec.is_global:
-            if flipped.shape != (batch,):
-                raise ValueError(f"flipped must have shape ({batch},), got {tuple(flipped.shape)}")
+            _check_shape("flipped", flipped, (batch,))
             wx = torch.where(
                 flipped.to(device=device, dtype=torch.bool)[:, None, None], wx.flip(1), wx
             )
@@ -179,21 +182,8 @@ class BatchPooler(torch.nn.Module):
 
         weight = spec.original_weight
         if weight > 0.0:
-            if labels is None or labels.shape != (batch,):
-                raise ValueError(
-                    f"original_weight={weight} needs labels of shape ({batch},), got "
-                    f"{None if labels is None else tuple(labels.shape)}"
-                )
+            assert labels is not None  # checked above
             labels = labels.to(device=device, dtype=torch.int64)
-            if self.validate:
-                bad = (labels < 0) | (labels >= num_classes)
-                if bool(bad.any()):
-                    row = int(torch.nonzero(bad)[0, 0])
-                    raise ValueError(
-                        f"original_weight={weight} mixes in the original labels, which must be "
-                        f"in [0, {num_classes}); row {row} has {int(labels[row])} "
-                        "(-1 means unknown)"
-                    )
             target.mul_(1.0 - weight)
             target.scatter_add_(
                 2,
@@ -204,18 +194,36 @@ class BatchPooler(torch.nn.Module):
             return target.reshape(batch, num_classes)
         return target.reshape(batch, oh, ow, num_classes)
 
-    @staticmethod
-    def _check_boxes(boxes: torch.Tensor) -> None:
-        x0, y0, x1, y1 = boxes.unbind(1)
-        ok = torch.isfinite(boxes).all(dim=1) & (x1 > x0) & (y1 > y0)
-        if not bool(ok.all()):
-            row = int(torch.nonzero(~ok)[0, 0])
-            x0v, y0v, x1v, y1v = (float(v) for v in boxes[row].tolist())
-            problem = _box_problem(x0v, y0v, x1v, y1v) or "invalid"
-            raise InvalidBoxError(
-                f"invalid crop box in row {row} (x0={x0v!r}, y0={y0v!r}, x1={x1v!r}, "
-                f"y1={y1v!r}): {problem}"
-            )
+    def check(self, boxes: torch.Tensor | None, labels: torch.Tensor | None = None) -> None:
+        """Refuse what :meth:`forward` cannot pool right: a box (B, 4) that :class:`CropBox`
+        would refuse (:class:`~relabel_store.errors.InvalidBoxError`), and, when the spec mixes
+        in the original label, a label outside ``[0, num_classes)``
+        (:class:`~relabel_store.errors.ConfigurationError`). Boxes the spec ignores (global
+        variants, None) are not checked. Reads the verdict back from the tensors' device."""
+        if boxes is not None and not self.spec.is_global:
+            if boxes.dim() != 2 or boxes.shape[1] != 4:
+                raise ConfigurationError(f"boxes must have shape (B, 4), got {tuple(boxes.shape)}")
+            x0, y0, x1, y1 = boxes.unbind(1)
+            ok = torch.isfinite(boxes).all(dim=1) & (x1 > x0) & (y1 > y0)
+            if not bool(ok.all()):
+                row = int(torch.nonzero(~ok)[0, 0])
+                x0v, y0v, x1v, y1v = (float(v) for v in boxes[row].tolist())
+                problem = box_problem(x0v, y0v, x1v, y1v) or "invalid"
+                raise InvalidBoxError(
+                    f"invalid crop box in row {row} (x0={x0v!r}, y0={y0v!r}, x1={x1v!r}, "
+                    f"y1={y1v!r}): {problem}"
+                )
+        weight = self.spec.original_weight
+        if weight > 0.0 and labels is not None:
+            bad = (labels < 0) | (labels >= self.num_classes)
+            if bool(bad.any()):
+                row = int(torch.nonzero(bad)[0, 0])
+                raise original_label_error(weight, self.num_classes, int(labels[row]), row)
+
+
+def _check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != shape:
+        raise ConfigurationError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
 
 
 # --------------------------------------------------------------------------------------------

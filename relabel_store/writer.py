@@ -36,9 +36,9 @@ from relabel_store._io import atomic_write_bytes, open_regular, remove_abandoned
 from relabel_store._lock import LOCK_NAME, WriteLock
 from relabel_store._shards import ShardEncoder, cores_per_process
 from relabel_store.errors import (
+    ConfigurationError,
     IncompleteStoreError,
     InputError,
-    InvalidArgumentError,
     StoreLockedError,
 )
 from relabel_store.format import (
@@ -278,7 +278,7 @@ class StoreWriter:
         ``errors.jsonl``.
         """
         if not 0 <= shard < self.num_shards:
-            raise InvalidArgumentError(f"shard {shard} out of range 0..{self.num_shards - 1}")
+            raise ConfigurationError(f"shard {shard} out of range 0..{self.num_shards - 1}")
         rows = self.shard_rows(shard)
         n = len(rows)
         m = self.metadata
@@ -287,19 +287,19 @@ class StoreWriter:
         keys = list(keys)
         _check_keys(keys, n)
         if len(errors) != n:
-            raise InvalidArgumentError(f"shard {shard} needs {n} error entries, got {len(errors)}")
+            raise ConfigurationError(f"shard {shard} needs {n} error entries, got {len(errors)}")
         indices = np.asarray(indices)
         values = np.asarray(values)
         if indices.shape != rec or values.shape != rec:
-            raise InvalidArgumentError(
+            raise ConfigurationError(
                 f"shard {shard} needs indices and values of shape {rec}, got "
                 f"{indices.shape} and {values.shape}"
             )
         if indices.size and (indices.min() < 0 or indices.max() >= m.num_classes):
-            raise InvalidArgumentError(f"class ids must be in 0..{m.num_classes - 1}")
+            raise ConfigurationError(f"class ids must be in 0..{m.num_classes - 1}")
         stored = values.astype(m.values_dtype)
         if not np.isfinite(stored).all():
-            raise InvalidArgumentError(
+            raise ConfigurationError(
                 f"values must be finite and within {m.values_dtype} range"
                 + (" (|logit| < 65504)" if m.values_dtype == "float16" else "")
             )
@@ -452,7 +452,7 @@ def _write_group_attrs(root: Path, metadata: StoreMetadata) -> None:
 
 def _check_keys(keys: list[str], n: int) -> None:
     if len(keys) != n:
-        raise InvalidArgumentError(f"expected {n} keys, got {len(keys)}")
+        raise ConfigurationError(f"expected {n} keys, got {len(keys)}")
     for k in keys:
         if not isinstance(k, str) or not k or "\x00" in k or k != k.strip():
             raise InputError(
@@ -563,7 +563,7 @@ class BackgroundWriter:
 
     def __init__(self, writer: StoreWriter, max_pending: int = 2) -> None:
         if max_pending < 1:
-            raise InvalidArgumentError(f"max_pending must be >= 1, got {max_pending}")
+            raise ConfigurationError(f"max_pending must be >= 1, got {max_pending}")
         self.writer = writer
         self._queue: queue.Queue[Any] = queue.Queue(max_pending)
         self._error: BaseException | None = None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +53,38 @@ def file_sizes(paths) -> np.ndarray:
     return np.array(sizes, np.int32).reshape(-1, 2)
 
 
+#: ``described_annotator()`` as a core install (no torch, no timm) cannot compute it: recorded,
+#: and kept equal to the live one by test_annotator.py.
+RECORDED_ANNOTATOR = Path(__file__).parent / "data" / "annotator.json"
+
+
+def described_annotator(grid=(15, 15), k=5, num_classes=1000) -> dict[str, Any]:
+    """The annotator metadata ``generate`` records, from the real producer: ``describe()`` of a
+    DenseAnnotator over timm's tiny ``test_resnet`` (random weights) with this grid, k and
+    number of classes. Without torch (the core-only check) the recorded defaults."""
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        recorded = json.loads(RECORDED_ANNOTATOR.read_text())
+        assert (recorded["grid"], recorded["k"], recorded["num_classes"]) == (
+            list(grid),
+            k,
+            num_classes,
+        ), "without torch only the recorded annotator (15x15, k=5, 50 classes) is available"
+        return recorded
+    return copy.deepcopy(_describe(tuple(grid), k, num_classes))
+
+
+@functools.cache
+def _describe(grid: tuple[int, int], k: int, num_classes: int) -> dict[str, Any]:
+    import timm
+
+    from relabel_store.annotator import DenseAnnotator
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=num_classes)
+    return DenseAnnotator(model, grid=grid, k=k).describe()
+
+
 def random_maps(rng: np.random.Generator, n: int, grid=(15, 15), k=5, num_classes=1000):
     """Top-k maps with distinct, descending entries per cell, like an annotator's output."""
     h, w = grid
@@ -75,11 +111,13 @@ def write_store(
     dataset: dict | None = None,
     writer: StoreWriter | None = None,
     sizes: np.ndarray | None = None,
+    annotator: dict[str, Any] | None = None,
 ) -> Written:
     """Write ``n`` random records (``keys``, if given, in that row order) for the given ``shards``
     (all by default) through ``writer`` or a writer of its own, and finalize unless told not to.
     The label space and dataset description are recorded as ``generate`` records them, when given;
-    ``sizes`` are the images' (height, width) in row order (random by default)."""
+    ``sizes`` are the images' (height, width) in row order (random by default); ``annotator``
+    the annotator's metadata (default: :func:`described_annotator`)."""
     rng = np.random.default_rng(seed)
     if keys is None:
         keys = [f"img_{int(i):05d}" for i in rng.permutation(n)]  # rows not in key order
@@ -97,7 +135,7 @@ def write_store(
         class_names=tuple(f"class {c}" for c in range(num_classes)),
         label_space=label_space,
         class_identifiers=class_identifiers,
-        annotator={"model": "test", "input_size": 475},
+        annotator=annotator or described_annotator(grid, k, num_classes),
         dataset=dataset or {"name": "synthetic", "split": "train"},
     )
     w = writer or StoreWriter.open(path, meta)

@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 from _fake_hub import iter_fake_hub
+from _stores import RECORDED_ANNOTATOR, described_annotator
 from PIL import Image
 from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
@@ -494,3 +495,17 @@ def test_lite0_dense_mean_matches_its_logits_on_a_photo(lite0):
         logits = lite0.model(image)
     assert torch.allclose(dense.mean(dim=(2, 3)), logits, atol=1e-4)
     assert int(logits.argmax()) == EXPECTED_TOP1["chelsea"]
+
+
+def test_the_recorded_test_annotator_is_what_describe_writes():
+    """Test stores carry annotator metadata from describe(); the copy the core-only check reads
+    (no torch there) must stay what describe() writes today, versions aside."""
+    import json
+
+    live = described_annotator(num_classes=50)
+    recorded = json.loads(RECORDED_ANNOTATOR.read_text())
+    versions = ("timm_version", "torch_version")
+    assert {k: v for k, v in recorded.items() if k not in versions} == {
+        k: v for k, v in live.items() if k not in versions
+    }
+    assert set(recorded) == set(live)

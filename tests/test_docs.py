@@ -34,7 +34,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import yaml
-from _stores import random_maps
+from _stores import described_annotator, random_maps
 from click.testing import CliRunner
 from PIL import Image
 from timm.data import ImageNetInfo
@@ -169,7 +169,7 @@ def _imagenet_like(root: Path) -> None:
         class_names=tuple(info.index_to_description(c) for c in range(1000)),
         label_space="imagenet-1k",
         class_identifiers=tuple(info.index_to_label_name(c) for c in range(1000)),
-        annotator={"model": "synthetic", "input_size": 475},
+        annotator=described_annotator(),
         dataset={"name": "imagenet-like", "split": "train", "key_mode": "stem"},
     )
     writer = StoreWriter.open(root / "imagenet-train.relabel.zarr", meta)
@@ -526,7 +526,7 @@ def small_store(tmp_path_factory) -> Path:
     meta = StoreMetadata(
         grid=(15, 15), k=5, num_classes=1000, rows=2, shard_records=2,
         class_names=tuple(f"class {c}" for c in range(1000)),
-        annotator={"model": "synthetic", "input_size": 475},
+        annotator=described_annotator(),
     )  # fmt: skip
     writer = StoreWriter.open(path, meta)
     idx, val = random_maps(np.random.default_rng(1), 2)

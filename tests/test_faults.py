@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _stores import Written, data_files, write_store
+from _stores import Written, data_files, described_annotator, write_store
 from _watch import OpenWatch
 from click.testing import CliRunner
 
@@ -38,8 +38,8 @@ from relabel_store import (
 )
 from relabel_store.cli.main import main
 from relabel_store.errors import (
+    ConfigurationError,
     InputError,
-    InvalidArgumentError,
     RelabelStoreError,
     StoreLockedError,
 )
@@ -509,7 +509,8 @@ def test_a_run_that_annotates_nothing_is_an_error(tmp_path, tiny_model):
 
 
 def test_a_settings_mismatch_names_each_differing_field(tmp_path):
-    annotator = {"model": "x" * 300, "description": "y" * 2000, "grid": [15, 15]}
+    long = {"model": "x" * 300, "dense_head": "y" * 2000}  # long values are cut in the message
+    annotator = {**described_annotator(), **long}
     classes = tuple(f"class {i}" for i in range(1000))
     started = StoreMetadata(grid=(15, 15), k=5, num_classes=1000, rows=20, shard_records=8,
                             class_names=classes, annotator=annotator)  # fmt: skip
@@ -518,7 +519,7 @@ def test_a_settings_mismatch_names_each_differing_field(tmp_path):
     edit_json(meta_path, lambda g: g["attributes"].update(relabel=started.to_json()))
     renamed = (*classes[:3], "a cat", *classes[4:])
     other = StoreMetadata(grid=(7, 7), k=5, num_classes=1000, rows=20, shard_records=8,
-                          class_names=renamed, annotator={**annotator, "grid": [7, 7]})  # fmt: skip
+                          class_names=renamed, annotator={**described_annotator(grid=(7, 7)), **long})  # fmt: skip
     with pytest.raises(InputError) as exc:
         StoreWriter.open(tmp_path / "s.zarr", other)
     message = str(exc.value)
@@ -557,7 +558,7 @@ def test_library_errors_are_project_classes_and_natural_builtins(tmp_path):
         json.loads((w.path / "zarr.json").read_text())["attributes"]["relabel"]
     )
     with StoreWriter.open(w.path, meta) as writer:
-        with pytest.raises(InvalidArgumentError) as exc:
+        with pytest.raises(ConfigurationError) as exc:
             writer.write_shard(9, keys=[], labels=[], sizes=[], indices=[], values=[])
         assert isinstance(exc.value, ValueError)
         with pytest.raises(StoreLockedError) as locked:

@@ -252,6 +252,51 @@ def test_a_failing_shard_write_stops_generate_with_its_error(tmp_path, monkeypat
     assert not (out / "manifest.json").exists()
 
 
+def test_the_writer_compresses_on_the_cores_the_workers_leave(tmp_path, monkeypatch):
+    """Decoding workers and compression threads never oversubscribe the process's cores."""
+    import relabel_store.generate as gen
+
+    assert [gen.writer_threads(w, cores=16) for w in (16, 20, 12, 0)] == [1, 1, 4, 16]
+    threads = []
+    open_writer = gen.StoreWriter.open
+
+    def spy(*args, **kwargs):
+        threads.append(kwargs.get("threads"))
+        return open_writer(*args, **kwargs)
+
+    monkeypatch.setattr(gen.StoreWriter, "open", spy)
+    monkeypatch.setattr(gen, "cores_per_process", lambda: 3)
+    photos = photo_folder(tmp_path / "photos")
+    for workers, expected in (("0", 3), ("2", 1)):
+        out = tmp_path / f"s{workers}.zarr"
+        args = [*FAST, "--workers", workers]
+        assert run_cli("generate", str(photos), "-o", str(out), *args, "-q").returncode == 0
+        assert threads.pop() == expected
+
+
+def test_compile_reaches_the_annotator(tmp_path, monkeypatch):
+    """--compile hands the backbone to torch.compile (compiling for real takes 25 s even for a
+    tiny model on this CPU, so the compiler is replaced by a recorder that runs it uncompiled)."""
+    import torch
+
+    compiled = []
+
+    def recorder(fn, **kwargs):
+        compiled.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recorder)
+    photos = photo_folder(tmp_path / "photos")
+    plain, fast = tmp_path / "plain.zarr", tmp_path / "compiled.zarr"
+    assert run_cli("generate", str(photos), "-o", str(plain), *FAST, "-q").returncode == 0
+    assert compiled == []
+    assert (
+        run_cli("generate", str(photos), "-o", str(fast), *FAST, "--compile", "-q").returncode == 0
+    )
+    assert compiled == ["forward_features"]
+    assert data_files(fast) == data_files(plain)
+
+
 def test_parent_lineage_and_rerunning_a_finished_store(tmp_path):
     photos = photo_folder(tmp_path / "photos")
     first = tmp_path / "round1.zarr"

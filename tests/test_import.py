@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import torch
 from click.testing import CliRunner
 
 from relabel_store import CropBox, RelabelStore, load_relabel, pool, registry, verify_store
-from relabel_store._progress import Progress
+from relabel_store._progress import Progress, format_count
 from relabel_store.cli.main import main
 from relabel_store.errors import FormatError, InputError, StoreNotFoundError
 from relabel_store.importer import import_maps
@@ -507,3 +508,60 @@ def test_registry_file_entries_are_checked(tmp_path, monkeypatch):
         user_file.write_text(json.dumps({"registry_version": 1, "stores": {"x": entry}}))
         with pytest.raises(FormatError, match=message):
             registry.known()
+
+
+# --------------------------------------------------------------------------------------------
+# the options generate and import share
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["generate", "import"])
+@pytest.mark.parametrize(
+    ("option", "value"), [("--workers", "-1"), ("--shard-records", "0"), ("--on-error", "ignore")]
+)
+def test_shared_options_refuse_bad_values_alike(tmp_path, command, option, value):
+    out = tmp_path / "s.relabel.zarr"
+    result = CliRunner().invoke(main, [command, str(tmp_path), "-o", str(out), option, value])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_import_resume_behaves_like_generate(tmp_path):
+    """--resume insists on a store; on a finished one a requeued job ends with exit 0."""
+    tar = write_tar(tmp_path / "r.tar", serialized(official_files(n_per_class=1)))
+    out = tmp_path / "s.relabel.zarr"
+    args = ["import", str(tar), "-o", str(out), "--workers", "0"]
+    missing = CliRunner().invoke(main, [*args, "--resume"])
+    assert missing.exit_code == 2 and f"no store at {out} to resume" in missing.output
+    both = CliRunner().invoke(main, [*args, "--resume", "--overwrite"])
+    assert both.exit_code == 2 and "contradict" in both.output
+    assert CliRunner().invoke(main, args).exit_code == 0
+    again = CliRunner().invoke(main, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "already complete: nothing to do" in again.output
+
+
+def test_summaries_and_info_write_sizes_one_way(tmp_path):
+    tar = write_tar(tmp_path / "r.tar", serialized(official_files(n_per_class=2)))
+    out = tmp_path / "s.relabel.zarr"
+    result = CliRunner().invoke(main, ["import", str(tar), "-o", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    store = load_relabel(out)
+    total = store.manifest.total_bytes
+    size = f"{format_count(total, 'B')} ({format_count(total / len(store), 'B')} per record)"
+    assert f"size:     {size}" in result.output.splitlines()
+    assert f"size:        {size}" in CliRunner().invoke(main, ["info", str(out)]).output
+    time_line = next(line for line in result.output.splitlines() if line.startswith("time:"))
+    assert re.fullmatch(r"time:     \d+(\.\d)?s for 6 maps \(\S+ maps/s\)", time_line)
+
+
+def test_the_importer_does_not_load_the_generation_machinery():
+    """import reads published maps: no annotator, no DataLoader pipeline, no timm model code."""
+    code = (
+        "import sys, relabel_store.importer\n"
+        "print(sorted(m for m in ('relabel_store.generate', 'relabel_store.annotator', "
+        "'relabel_store.inputs', 'timm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -34,3 +34,26 @@ def test_the_suite_runs_against_a_regular_install(tmp_path):
     summary = result.stdout.strip().splitlines()[-1]
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed[1]) >= 3 and "error" not in summary, result.stdout[-3000:]
+
+
+def test_install_page_lists_every_extra_as_pyproject_declares_it():
+    """docs/install.md's table names every extra and each package it installs, as pyproject
+    declares them, so that a reader picks the extra that really provides a feature."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    rows = {}
+    for line in (REPO / "docs" / "install.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] not in ("extra", "---"):
+            rows[cells[0].strip("`*")] = cells[1]
+    extras = project["optional-dependencies"]
+    assert set(rows) == {"(none)", *extras}
+    name = re.compile(r"^[A-Za-z0-9_.-]+")
+    for extra, requirements in [("(none)", project["dependencies"]), *extras.items()]:
+        for requirement in requirements:
+            package = name.match(requirement)[0]
+            inner = re.fullmatch(r"relabel-store\[(.+)\]", requirement.split(";")[0].strip())
+            wanted = [f"`{e}`" for e in inner[1].split(",")] if inner else [package]
+            for word in wanted:
+                assert word in rows[extra], f"docs/install.md: {extra} installs {word}"

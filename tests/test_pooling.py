@@ -18,8 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torchvision.ops import roi_align
 
-from relabel_store.errors import InvalidBoxError, RelabelStoreError
-from relabel_store.pooling import VARIANTS, CropBox, PoolingSpec, _sampling_window, pool
+from relabel_store._roialign import sampling_window
+from relabel_store.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    InvalidBoxError,
+    RelabelStoreError,
+)
+from relabel_store.pooling import VARIANTS, CropBox, PoolingSpec, pool
 from relabel_store.torch_pooling import BatchPooler, _axis_weights_torch, stack_boxes
 
 ATOL, RTOL = 1e-6, 1e-5
@@ -362,14 +368,16 @@ def test_original_label_mixing(grid):
 def test_unknown_label_with_mixing_is_an_error():
     indices, values = random_record(np.random.default_rng(1), 4, 4, 2, 10)
     spec = PoolingSpec(original_weight=0.1)
-    with pytest.raises(ValueError, match="-1 means unknown"):
+    with pytest.raises(ConfigurationError, match="-1 means unknown") as numpy_error:
         pool(indices, values, CropBox.full(), num_classes=10, spec=spec, label=-1)
-    with pytest.raises(ValueError, match="in \\[0, 10\\)"):
+    with pytest.raises(ConfigurationError, match="in \\[0, 10\\)"):
         pool(indices, values, CropBox.full(), num_classes=10, spec=spec, label=10)
-    with pytest.raises(ValueError, match="-1 means unknown"):
+    with pytest.raises(ConfigurationError, match="-1 means unknown") as torch_error:
         batch_pool(indices, values, CropBox.full(), 10, spec, label=-1)
+    # one rule, one message: the batch names the row as well
+    assert str(torch_error.value) == str(numpy_error.value).replace("got -1", "row 0 has -1")
     pooler = BatchPooler(10, spec)
-    with pytest.raises(ValueError, match="needs labels"):
+    with pytest.raises(ConfigurationError, match="needs labels"):
         pooler(torch.from_numpy(indices)[None], torch.from_numpy(values)[None])
     # Without mixing, an unknown label is fine.
     pool(indices, values, CropBox.full(), num_classes=10, label=-1)
@@ -384,16 +392,22 @@ def test_spec_validation():
     spec = PoolingSpec("localized-single", (2, 3), 0.25)
     assert pickle.loads(pickle.dumps(spec)) == spec  # DataLoader workers may pickle it
     assert pickle.loads(pickle.dumps(spec)).grid == (2, 3)
-    with pytest.raises(ValueError, match="unknown pooling variant"):
+    with pytest.raises(ConfigurationError, match="unknown pooling variant"):
         PoolingSpec("local")  # type: ignore[arg-type]
-    for size in (0, -1, (2,), (2, 0), True, 1.5):
-        with pytest.raises(ValueError, match="output_size"):
+    for size in (0, -1, (2, 0)):
+        with pytest.raises(ConfigurationError, match="output_size must be at least 1"):
             PoolingSpec(output_size=size)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="whole image"):
+    for size in ((2,), True, 1.5, "2"):
+        with pytest.raises(ArgumentTypeError, match="output_size"):
+            PoolingSpec(output_size=size)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="whole image"):
         PoolingSpec("global-multi", output_size=2)
     for weight in (-0.1, 1.5, math.nan):
-        with pytest.raises(ValueError, match="original_weight"):
+        with pytest.raises(ConfigurationError, match="original_weight"):
             PoolingSpec(original_weight=weight)
+    for weight in ("0.1", None, True):
+        with pytest.raises(ArgumentTypeError, match="original_weight"):
+            PoolingSpec(original_weight=weight)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,6 +452,23 @@ def test_invalid_boxes(coords, message):
             torch.from_numpy(np.stack([values, values])),
             batch_boxes,
         )
+
+
+def test_check_refuses_what_the_pooler_cannot_pool_right():
+    """BatchPooler.check: the validation a pooler built with validate=False leaves to its caller
+    (LabelPooler runs it on the CPU before the batch goes to the GPU)."""
+    mixing = BatchPooler(10, PoolingSpec(original_weight=0.5), validate=False)
+    good = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.2, 0.1, 0.6, 0.9]], dtype=torch.float64)
+    mixing.check(good, torch.tensor([3, 9]))
+    with pytest.raises(InvalidBoxError, match=r"row 1 .*inverted"):
+        mixing.check(torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.6, 0.1, 0.2, 0.9]]), None)
+    with pytest.raises(ConfigurationError, match=r"row 1 has 10 \(-1 means unknown\)"):
+        mixing.check(good, torch.tensor([3, 10]))
+    with pytest.raises(ConfigurationError, match=r"shape \(B, 4\)"):
+        mixing.check(good[0], None)
+    BatchPooler(10).check(good, torch.tensor([-1, -1]))  # labels matter only when mixed in
+    empty = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    BatchPooler(10, PoolingSpec("global-multi")).check(empty)  # global variants ignore boxes
 
 
 def test_invalid_box_inputs():
@@ -554,12 +585,14 @@ def test_batch_pooler_defaults_and_shapes():
     np.testing.assert_allclose(out.numpy(), np.stack([whole] * 3), rtol=RTOL, atol=ATOL)
     assert BatchPooler(20, PoolingSpec(output_size=(2, 3)))(bi, bv).shape == (3, 2, 3, 20)
     assert "num_classes=20" in repr(BatchPooler(20))
-    with pytest.raises(ValueError, match="boxes must have shape"):
+    with pytest.raises(ConfigurationError, match="boxes must have shape"):
         BatchPooler(20)(bi, bv, torch.zeros(2, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="indices and values"):
+    with pytest.raises(ConfigurationError, match="indices and values"):
         BatchPooler(20)(bi, bv[:, :, :, :2])
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ConfigurationError, match="num_classes"):
         BatchPooler(0)
+    with pytest.raises(ArgumentTypeError, match="num_classes"):
+        BatchPooler(20.0)  # type: ignore[arg-type]
     empty = BatchPooler(20)(bi[:0], bv[:0], torch.zeros(0, 4, dtype=torch.float64))
     assert empty.shape == (0, 20)
 
@@ -571,7 +604,7 @@ def test_static_sampling_bound_matches_batch_maximum():
     hi = lo + torch.from_numpy(rng.uniform(0.001, 9.0, 64))
     for n_out, size in [(1, 15), (3, 15), (2, 1), (7, 4)]:
         exact = _axis_weights_torch(lo, hi, n_out, size, None)
-        bounded = _axis_weights_torch(lo, hi, n_out, size, _sampling_window(size))
+        bounded = _axis_weights_torch(lo, hi, n_out, size, sampling_window(size))
         torch.testing.assert_close(bounded, exact, rtol=0, atol=0)
 
 
@@ -590,13 +623,13 @@ def test_results_are_fresh_arrays_even_when_weights_are_cached():
 
 def test_record_validation():
     indices, values = random_record(np.random.default_rng(8), 4, 4, 2, 10)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ConfigurationError, match="shape"):
         pool(indices, values[..., :1], CropBox.full(), num_classes=10)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ConfigurationError, match="shape"):
         pool(indices[0], values[0], CropBox.full(), num_classes=10)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ConfigurationError, match="out of range"):
         pool(indices, values, CropBox.full(), num_classes=5)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ConfigurationError, match="out of range"):
         pool(indices, values, CropBox.full(), num_classes=5, spec=PoolingSpec(output_size=2))
 
 

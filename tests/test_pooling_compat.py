@@ -15,6 +15,7 @@ import torch
 from torchvision.ops import roi_align
 from torchvision.transforms import RandomResizedCrop
 
+from relabel_store.errors import ConfigurationError
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 from relabel_store.torch_pooling import BatchPooler, stack_boxes
 
@@ -155,9 +156,9 @@ def test_what_the_transposed_box_pools():
 
 
 def test_compat_spec_validation():
-    with pytest.raises(ValueError, match="compat='tokenlabeling'"):
+    with pytest.raises(ConfigurationError, match="compat='tokenlabeling'"):
         PoolingSpec(output_size=7, compat="official")
-    with pytest.raises(ValueError, match="unknown compat"):
+    with pytest.raises(ConfigurationError, match="unknown compat"):
         PoolingSpec(compat="naver")  # type: ignore[arg-type]
     assert PoolingSpec(compat="official") != PoolingSpec()
     whole = PoolingSpec(variant="global-multi", compat="official")

@@ -26,6 +26,7 @@ from relabel_store import load_relabel, registry
 from relabel_store.card import dataset_card, size_category
 from relabel_store.cli.main import main
 from relabel_store.errors import (
+    ConfigurationError,
     CorruptDataError,
     IncompleteStoreError,
     RemoteError,
@@ -252,11 +253,11 @@ def test_location_parsing():
     assert parse_hf_url("hf://datasets/org/name@refs%2Fpr%2F3").revision == "refs/pr/3"
     assert resolve("org/name@abc").target.revision == "abc"
     assert resolve("org/name", revision="dev").target.revision == "dev"
-    with pytest.raises(ValueError, match="dataset repos"):
+    with pytest.raises(ConfigurationError, match="dataset repos"):
         parse_hf_url("hf://org/name")
     with pytest.raises(UnsafePathError):
         parse_hf_url("hf://datasets/org/name@main/../x")
-    with pytest.raises(ValueError, match="revision"):
+    with pytest.raises(ConfigurationError, match="revision"):
         resolve("hf://datasets/org/name@a", revision="b")
 
 
@@ -593,7 +594,7 @@ def test_push_and_read_file_url(stores, tmp_path, monkeypatch):
         same_records(
             load_relabel(url, mode=mode, cache_dir=tmp_path / "c"), load_relabel(stores["v2"])
         )
-    with pytest.raises(ValueError, match="Hub stores only"):
+    with pytest.raises(ConfigurationError, match="Hub stores only"):
         load_relabel(url, revision="main")
 
 

@@ -240,6 +240,7 @@ def test_an_image_that_is_not_its_record_is_refused(store, photos, tmp_path):
     (tmp_path / "cropped").mkdir()
     cropped = write_shards(tmp_path / "cropped", photos, [IN_STORE], edit=center_square)
     with pytest.raises(
+        ConfigurationError,
         match=r"image 'photos/chelsea' is 300 x 300 .* from a 300 x 451 image: another shape",
     ):
         list(pipeline(cropped, stream(store)))

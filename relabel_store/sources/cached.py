@@ -25,12 +25,13 @@ from typing import Any, BinaryIO
 
 from relabel_store._io import (
     atomic_write_bytes,
+    atomic_write_stream,
     regular_file_stat,
     size_and_sha256,
-    temp_path,
 )
+from relabel_store._lock import file_lock
 from relabel_store._parallel import run_all
-from relabel_store.cache import CacheEntry, file_lock
+from relabel_store.cache import CacheEntry
 from relabel_store.errors import CorruptDataError
 from relabel_store.format import ERRORS_NAME, INDICES, MANIFEST_NAME, VALUES
 from relabel_store.manifest import Manifest, ManifestEntry, safe_relpath
@@ -219,10 +220,8 @@ def write_verified(
     regular_file_stat(root, entry.path)  # refuses links on the way, before anything is created
     final.parent.mkdir(parents=True, exist_ok=True)
     regular_file_stat(root, entry.path)  # ... and after the folders exist
-    tmp = temp_path(final)
-    try:
-        with open(tmp, "wb") as f:
-            fill(f)
+
+    def check(tmp: Path) -> None:
         size, digest = size_and_sha256(tmp)
         if size != entry.size or digest != entry.sha256:
             got = (
@@ -237,7 +236,5 @@ def write_verified(
                 "tell the store's publisher (re-running `relabel-store push` from the verified "
                 "local store repairs it)."
             )
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+
+    atomic_write_stream(final, fill, check)

@@ -19,7 +19,12 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
-from relabel_store.errors import CorruptDataError, RemoteError, StoreNotFoundError
+from relabel_store.errors import (
+    ConfigurationError,
+    CorruptDataError,
+    RemoteError,
+    StoreNotFoundError,
+)
 from relabel_store.hub_names import HF_PREFIX, is_commit_sha
 from relabel_store.manifest import safe_relpath
 from relabel_store.sources import Remote, offline_error
@@ -156,7 +161,7 @@ class HubRemote(Remote):
         token: str | None = None,
     ) -> None:
         if not is_commit_sha(commit):
-            raise ValueError(f"HubRemote needs a 40-hex commit sha, got {commit!r}")
+            raise ConfigurationError(f"HubRemote needs a 40-hex commit sha, got {commit!r}")
         self.repo_id = repo_id
         self.commit = commit
         self.subdir = safe_relpath(subdir) if subdir else None

@@ -19,7 +19,7 @@ import contextlib
 
 from relabel_store._io import atomic_write_bytes
 from relabel_store._layout import parse_shard_index
-from relabel_store.errors import CorruptDataError
+from relabel_store.errors import ArgumentTypeError, ConfigurationError, CorruptDataError
 from relabel_store.format import MANIFEST_NAME
 from relabel_store.manifest import ManifestEntry, safe_relpath
 from relabel_store.sources import Blob
@@ -60,11 +60,11 @@ class RangeBlob:
 
     def __getitem__(self, item: slice) -> bytes:
         if not isinstance(item, slice):
-            raise TypeError("RangeBlob supports slices only")
+            raise ArgumentTypeError("RangeBlob supports slices only")
         size = self._entry.size
         start, stop, step = item.indices(size)
         if step != 1:
-            raise ValueError("RangeBlob supports contiguous slices only")
+            raise ConfigurationError("RangeBlob supports contiguous slices only")
         if stop <= start:
             return b""
         tail = self._tail
