@@ -232,8 +232,9 @@ class RelabelDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
         """A whole batch (DataLoader calls this when it exists): images first, then every
-        record in one read and one pooling call, which keeps the pooling code hot in the CPU's
-        caches instead of interleaving it with image decoding."""
+        record in one read, pooled one after another, which keeps the pooling code hot in the
+        CPU's caches instead of interleaving it with image decoding. The targets are those
+        ``dataset[i]`` gives, bit for bit."""
         if self.pooling == "batch":
             return [self[i] for i in indices]
         read_many = getattr(self.base, "__getitems__", None)
