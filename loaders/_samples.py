@@ -33,7 +33,7 @@ from relabel_store.pooling import CropBox, PoolingSpec, pool
 from relabel_store.reader import RelabelStore
 
 if TYPE_CHECKING:
-    from relabel_store.loaders._classes import LabelMap
+    from relabel_store.label_space import LabelMap
     from relabel_store.loaders.resident import DeviceMaps
 
 __all__ = [

@@ -29,8 +29,8 @@ import torch
 from relabel_store._extras import requires_extra
 from relabel_store.errors import ArgumentTypeError, ConfigurationError
 from relabel_store.keys import KeyMode, key_from_path
+from relabel_store.label_space import ClassMap, match_labels
 from relabel_store.loaders import _bases
-from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders._samples import (
     Missing,
     check_image_sizes,

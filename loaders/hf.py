@@ -36,9 +36,9 @@ from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
 from relabel_store.errors import ConfigurationError
-from relabel_store.images import decode_cell
+from relabel_store.images import decode_cell, image_paths
 from relabel_store.keys import KeyMode, key_from_path
-from relabel_store.loaders._classes import ClassMap, match_labels
+from relabel_store.label_space import ClassMap, match_labels
 from relabel_store.loaders._samples import (
     KeyTally,
     Missing,
@@ -52,7 +52,7 @@ from relabel_store.loaders.crops import track_crops
 from relabel_store.pooling import PoolingSpec
 from relabel_store.reader import RelabelStore
 
-__all__ = ["DatasetRows", "image_paths", "relabel_transform"]
+__all__ = ["DatasetRows", "relabel_transform"]
 
 
 class relabel_transform:
@@ -346,20 +346,6 @@ class DatasetRows(TorchDataset):
             )
         files = [str(path) for path in paths]  # every one present
         return [key_from_path(f) for f in files], files
-
-
-def image_paths(dataset: Any, column: str) -> list[str | None]:
-    """The file path of every image of ``column`` (``Image`` values or path strings), read from
-    Arrow without decoding an image; None where a row has none."""
-    paths: list[str | None] = []
-    images = dataset.select_columns([column]).with_format("arrow")
-    for batch in images.iter(batch_size=8192):
-        values = batch.column(column)
-        if str(values.type).startswith("struct"):
-            values = values.combine_chunks() if hasattr(values, "chunks") else values
-            values = values.field("path")
-        paths.extend(values.to_pylist())
-    return paths
 
 
 def _as_key(value: Any) -> str:

@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 from relabel_store.api import load_relabel
 from relabel_store.errors import ArgumentTypeError, ConfigurationError
 from relabel_store.keys import KeyMode
+from relabel_store.label_space import ClassMap, match_labels
 from relabel_store.loaders import _bases
-from relabel_store.loaders._classes import ClassMap, match_labels
 from relabel_store.loaders._samples import (
     Missing,
     Pooling,

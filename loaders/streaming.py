@@ -31,7 +31,7 @@ import numpy as np
 
 from relabel_store.errors import ArgumentTypeError
 from relabel_store.keys import KeyMode, key_from_path
-from relabel_store.loaders._classes import ClassMap, match_labels
+from relabel_store.label_space import ClassMap, match_labels
 from relabel_store.loaders._samples import (
     KeyTally,
     Missing,

@@ -5,7 +5,8 @@
 labels see the same pixels: as stored, without applying an EXIF orientation (PIL, torchvision
 and DALI with ``adjust_orientation=False`` decode them so too). Training-time code imports this
 module, never the generation side. :func:`decode_cell` is the one reader of a Hugging Face
-``datasets`` image cell (a PIL image, a ``{"bytes", "path"}`` dict or a path).
+``datasets`` image cell (a PIL image, a ``{"bytes", "path"}`` dict or a path), and
+:func:`image_paths` the one reader of a column's file paths (where path-derived keys come from).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from relabel_store.errors import ArgumentTypeError, InputError
 with requires_extra("torch", "relabel_store.images"):
     from PIL import Image
 
-__all__ = ["BACKGROUND", "IMAGE_EXTENSIONS", "decode_cell", "decode_image", "to_rgb"]
+__all__ = ["BACKGROUND", "IMAGE_EXTENSIONS", "decode_cell", "decode_image", "image_paths", "to_rgb"]
 
 #: File suffixes (lower case) taken as images when scanning folders.
 IMAGE_EXTENSIONS = frozenset(
@@ -109,6 +110,20 @@ def decode_cell(cell: Any, column: str = "image") -> tuple[Image.Image, str | No
         f"column {column!r} holds {type(cell).__name__}; expected datasets.Image values "
         "(PIL images or {'bytes', 'path'} dicts) or file paths"
     )
+
+
+def image_paths(dataset: Any, column: str) -> list[str | None]:
+    """The file path of every image of ``column`` (``Image`` values or path strings), read from
+    Arrow without decoding an image; None where a row has none."""
+    paths: list[str | None] = []
+    images = dataset.select_columns([column]).with_format("arrow")
+    for batch in images.iter(batch_size=8192):
+        values = batch.column(column)
+        if str(values.type).startswith("struct"):
+            values = values.combine_chunks() if hasattr(values, "chunks") else values
+            values = values.field("path")
+        paths.extend(values.to_pylist())
+    return paths
 
 
 def _open_path(path: str) -> Image.Image:

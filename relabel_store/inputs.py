@@ -43,7 +43,7 @@ with requires_extra("generate", "relabel_store.inputs"):
     from PIL import Image
     from torch.utils.data import Dataset
 
-    from relabel_store.images import IMAGE_EXTENSIONS, decode_image
+    from relabel_store.images import IMAGE_EXTENSIONS, decode_image, image_paths
 from relabel_store.keys import KeyMode, check_key_mode, key_from_path
 
 __all__ = [
@@ -426,8 +426,6 @@ class HFDatasetInputs(InputSource):
             if key_column not in ds.features:
                 raise InputError(f"key column {key_column!r} not in {list(ds.features)}")
             return [str(k) for k in ds.with_format("arrow")[key_column].to_pylist()]
-        from relabel_store.loaders.hf import image_paths
-
         paths = image_paths(images, image_column)
         missing = sum(1 for path in paths if not path)
         if missing:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from relabel_store.errors import ConfigurationError, InputError
+from relabel_store.label_space import match_labels
 from relabel_store.pooling import CropBox, pool
 from relabel_store.reader import RelabelStore
 
@@ -144,12 +145,7 @@ def quality_report(
 ) -> QualityReport:
     """Measure what ``store`` will teach on ``sample`` random records (None: all of them),
     ``crops`` random crops each (see the module docstring)."""
-    from relabel_store._extras import requires_extra
     from relabel_store.api import load_relabel
-
-    # The loaders' own label matching (its package imports torch: the torch extra).
-    with requires_extra("torch", "relabel-store quality"):
-        from relabel_store.loaders._classes import match_labels
 
     opened = load_relabel(store)
     meta = opened.metadata

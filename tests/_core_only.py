@@ -4,7 +4,7 @@ Usage: ``python _core_only.py WORKDIR [--block]``. Inside a core-only venv
 (``installed_venv(core_only=True)``) torch and the other extras' packages are really absent;
 ``--block`` simulates that in a full environment, with an import hook that refuses them. Either
 way the script writes a store with StoreWriter, reads and pools it, runs ``info``, ``verify``,
-``push`` and ``pull``, checks that none of those packages was imported, and checks that every
+``quality``, ``push`` and ``pull``, checks that none of those packages was imported, and checks that every
 feature needing an extra names it. Prints ``core-only: ok``; any failure is an exception.
 """
 
@@ -64,6 +64,7 @@ def check(work: Path) -> None:
     for args in (
         ["info", str(written.path)],
         ["verify", str(written.path)],
+        ["quality", str(written.path)],
         ["push", "-q", str(written.path), remote],
         ["pull", "-q", remote, "--to", str(work / "pulled")],
     ):
