@@ -57,3 +57,27 @@ def test_install_page_lists_every_extra_as_pyproject_declares_it():
             wanted = [f"`{e}`" for e in inner[1].split(",")] if inner else [package]
             for word in wanted:
                 assert word in rows[extra], f"docs/install.md: {extra} installs {word}"
+
+
+def test_the_core_package_never_imports_the_loaders_or_the_cli():
+    """The core (``relabel_store/``) sits below ``loaders/`` and ``cli/``: it works on a core
+    install, where importing the loaders package pulls in torch. An upward import is refused
+    here, wherever it hides (inside a function too)."""
+    import ast
+
+    upward = []
+    for path in sorted((REPO / "relabel_store").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            upward += [
+                f"{path.relative_to(REPO)}:{node.lineno} imports {name}"
+                for name in names
+                if name.startswith(("relabel_store.loaders", "relabel_store.cli"))
+            ]
+    assert not upward, upward
