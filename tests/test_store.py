@@ -192,6 +192,10 @@ def test_rows_of_looks_up_many_keys_at_once(tmp_path):
     for key, row in zip(wanted[::2], rows[::2].tolist(), strict=True):
         assert store.get_row(row).key == key
     assert store.rows_of([]).shape == (0,)
+    # Keys longer than any stored key (a real key with a suffix, as a Hub ImageNet path gives)
+    # are absent, beside keys that are found, and do not match the real key they start with.
+    longer = [w.keys[5] + "_n01440764", w.keys[5], w.keys[5] + "x" * 40]
+    assert store.rows_of(longer).tolist() == [-1, store.index_of(w.keys[5]), -1]
 
 
 @pytest.mark.parametrize("damage", ["swapped", "repeated"])
