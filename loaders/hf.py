@@ -52,7 +52,7 @@ from relabel_store.loaders.crops import track_crops
 from relabel_store.pooling import PoolingSpec
 from relabel_store.reader import RelabelStore
 
-__all__ = ["DatasetRows", "relabel_transform"]
+__all__ = ["DatasetRows", "RelabelTransform", "relabel_transform"]
 
 
 class relabel_transform:
@@ -258,6 +258,11 @@ def _check_path_key_mode(key_mode: KeyMode) -> None:
             "datasets.Dataset does not have (its images' paths are cache or archive paths); "
             "name a column holding the keys with key_column=..."
         )
+
+
+#: The class's name in relabel-store 0.1 (when ``relabel_transform`` was a function returning
+#: it), kept for code that names the type.
+RelabelTransform = relabel_transform
 
 
 class DatasetRows(TorchDataset):

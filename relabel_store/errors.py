@@ -103,3 +103,9 @@ class MissingExtraError(RelabelStoreError, ImportError):
 
 class InputSizeWarning(UserWarning):
     """An annotator runs at an input size far from the one its weights were trained at."""
+
+
+#: The name :class:`ConfigurationError` had for out-of-range arguments in relabel-store 0.1
+#: (the two were one idea). Kept so that ``except InvalidArgumentError`` in code written against
+#: 0.1 still catches what it caught then, instead of failing on a missing name.
+InvalidArgumentError = ConfigurationError

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 
 from relabel_store._roialign import box_problem, original_label_error, sampling_window
-from relabel_store.errors import ArgumentTypeError, ConfigurationError, InvalidBoxError
+from relabel_store.errors import ConfigurationError, InvalidBoxError
 
 __all__ = ["COMPATS", "VARIANTS", "Compat", "CropBox", "PoolingSpec", "Variant", "pool"]
 
@@ -175,7 +175,7 @@ class PoolingSpec:
         if len(pair) != 2 or not all(
             isinstance(s, int | np.integer) and not isinstance(s, bool) for s in pair
         ):
-            raise ArgumentTypeError(
+            raise ConfigurationError(
                 f"output_size must be an int or a pair (oh, ow) of ints, got {size!r}"
             )
         if min(pair) < 1:
@@ -192,13 +192,14 @@ class PoolingSpec:
                 f"variant {self.variant!r} pools the whole image into one target; "
                 f"output_size must be 1, got {size!r}"
             )
-        if isinstance(self.original_weight, bool) or not isinstance(
-            self.original_weight, int | float | np.integer | np.floating
-        ):
-            raise ArgumentTypeError(
+        try:  # any real number: a float, numpy or torch scalar; not a string or a bool
+            if isinstance(self.original_weight, str | bytes | bool):
+                raise TypeError
+            weight = float(self.original_weight)
+        except (TypeError, ValueError):
+            raise ConfigurationError(
                 f"original_weight must be a number in [0, 1], got {self.original_weight!r}"
-            )
-        weight = float(self.original_weight)
+            ) from None
         if not 0.0 <= weight <= 1.0:  # also rejects NaN
             raise ConfigurationError(
                 f"original_weight must be in [0, 1], got {self.original_weight!r}"

@@ -81,3 +81,16 @@ def test_the_core_package_never_imports_the_loaders_or_the_cli():
                 if name.startswith(("relabel_store.loaders", "relabel_store.cli"))
             ]
     assert not upward, upward
+
+
+def test_names_code_written_against_0_1_uses_still_work():
+    """Renamed public names stay importable and catch what they caught in 0.1: an
+    ``except InvalidArgumentError`` must not turn into an AttributeError hiding the error."""
+    import relabel_store
+    from relabel_store import ConfigurationError, PoolingSpec
+    from relabel_store.loaders.hf import RelabelTransform, relabel_transform
+
+    assert RelabelTransform is relabel_transform
+    with pytest.raises(relabel_store.InvalidArgumentError):
+        PoolingSpec(output_size=0)
+    assert relabel_store.InvalidArgumentError is ConfigurationError
