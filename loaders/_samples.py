@@ -77,6 +77,7 @@ class Opened:
     maps: DeviceMaps | None
     key_mode: KeyMode
     keys_from: str
+    check_sizes: bool
 
 
 def open_loader(
@@ -91,6 +92,7 @@ def open_loader(
     key_mode: Any = None,
     key_column: str | None = None,
     other_keys: str = "key_fn=...",
+    check_sizes: Any = True,
 ) -> Opened:
     """The opening every loader shares: its common arguments checked, the store opened with
     :func:`relabel_store.load_relabel`, ``maps`` checked to be the store's, and how keys come
@@ -105,6 +107,8 @@ def open_loader(
         raise ConfigurationError(f"missing must be 'error' or 'original', got {missing!r}")
     if pooling not in ("sample", "batch"):
         raise ConfigurationError(f"pooling must be 'sample' or 'batch', got {pooling!r}")
+    if not isinstance(check_sizes, bool):
+        raise ArgumentTypeError(f"check_sizes must be True or False, got {check_sizes!r}")
     if spec is not None and not isinstance(spec, PoolingSpec):
         raise ArgumentTypeError(f"spec must be a PoolingSpec, got {type(spec).__name__}")
     if key_fn is not None and not callable(key_fn):
@@ -128,7 +132,8 @@ def open_loader(
                 f"derived from paths ({keys_from}) would not be its keys. Give each sample the "
                 f"key the store has: {other_keys}"
             )
-    return Opened(opened, spec or PoolingSpec(), check_maps(maps, opened), mode, keys_from)
+    maps = check_maps(maps, opened)
+    return Opened(opened, spec or PoolingSpec(), maps, mode, keys_from, check_sizes)
 
 
 def _store_key_column(dataset: Any) -> str | None:
@@ -374,7 +379,9 @@ def check_image_sizes(
         "(resized with their aspect ratio kept is fine). Check that the keys match the images, "
         "that the images were not center-cropped or squashed, and that they were not turned "
         "by their EXIF orientation (Hugging Face datasets does that when it decodes: cast the "
-        "column to datasets.Image(decode=False))."
+        "column to datasets.Image(decode=False)). Only if every image is its record's whole "
+        "image resized to another aspect ratio on purpose (a squashed copy, as downsampled "
+        "ImageNet 64x64 is), crop fractions still mean the same: then pass check_sizes=False."
     )
 
 

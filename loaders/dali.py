@@ -133,6 +133,8 @@ class DaliFiles:
       ``spec.original_weight``).
     - ``spec``, ``missing``: as for :class:`~relabel_store.loaders.RelabelDataset`; a file
       without a record fails here with ``missing="error"``.
+    - ``check_sizes``: as for ``RelabelDataset`` (True: refuse an image whose shape is not
+      its record's).
 
     Give the reader ``files=dali_files.files, labels=dali_files.indices`` (each sample's
     position in this list) and return the indices and :func:`random_resized_crop`'s windows
@@ -154,6 +156,7 @@ class DaliFiles:
         missing: Missing = "error",
         class_names: Sequence[str] | None = None,
         class_map: ClassMap | None = None,
+        check_sizes: bool = True,
     ) -> None:
         if isinstance(files, str | bytes | os.PathLike):
             raise ArgumentTypeError(
@@ -168,7 +171,9 @@ class DaliFiles:
             key_fn_is="path -> key",
             key_mode=key_mode,
             other_keys="key_fn=path -> key",
+            check_sizes=check_sizes,
         )
+        self.check_sizes = opened.check_sizes
         self.store, self.spec = opened.store, opened.spec
         self.files = [os.fspath(f) for f in files]
         if labels is not None and len(labels) != len(self.files):
@@ -246,7 +251,8 @@ class DaliFiles:
             )
         rows = self.rows[index]
         names = [self.files[i] for i in index.tolist()]
-        check_image_sizes(self.store, rows, window[:, 0:2], names)
+        if self.check_sizes:
+            check_image_sizes(self.store, rows, window[:, 0:2], names)
         height, width, top, left, crop_h, crop_w = (
             window[:, i].astype(np.float64) for i in range(6)
         )

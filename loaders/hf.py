@@ -88,6 +88,8 @@ class relabel_transform:
     - ``missing``: ``"error"`` (default) raises :class:`RecordNotFoundError` naming the key of
       a row without a record; ``"original"`` gives that row the one-hot of its label (and
       refuses keys of which none is in the store: derived another way than the store's).
+    - ``check_sizes``: as for :class:`~relabel_store.loaders.RelabelDataset` (True: refuse an
+      image whose shape is not its record's).
 
     Calling it with a batch (a mapping of column name -> list of values, as ``datasets`` passes
     it) returns a dict with ``pixel_values_column`` (a list of transformed images),
@@ -111,6 +113,7 @@ class relabel_transform:
         missing: Missing = "error",
         class_names: Sequence[str] | None = None,
         class_map: ClassMap | None = None,
+        check_sizes: bool = True,
     ) -> None:
         if pixel_values_column == target_column:
             raise ConfigurationError(
@@ -130,7 +133,9 @@ class relabel_transform:
             key_mode=key_mode,
             key_column=key_column,
             other_keys="key_column= (the column holding them)",
+            check_sizes=check_sizes,
         )
+        self.check_sizes = opened.check_sizes
         if key_column is None:
             _check_path_key_mode(opened.key_mode)
         self.store, self.spec = opened.store, opened.spec
@@ -183,7 +188,8 @@ class relabel_transform:
             images.append(image)
             paths.append(path)
         rows, keys = self._rows(batch, paths)
-        check_images(self.store, rows, images, keys)
+        if self.check_sizes:
+            check_images(self.store, rows, images, keys)
         labels = self._labels(batch, len(images))
         pixels, boxes = [], []
         for image in images:

@@ -75,13 +75,16 @@ class RelabelDataset(Dataset):
       Stores generated with ``--key-column`` need ``key_fn`` (or ``key_column`` for a
       ``datasets.Dataset`` base).
     - ``class_map``: which store class each dataset label is, when the dataset's class names
-      do not match the store's class identifiers (see :mod:`._classes`); only needed when
+      do not match the store's class identifiers (see :mod:`relabel_store.label_space`); only needed when
       labels are mixed in (``missing="original"``, ``spec.original_weight``).
     - ``pooling``: ``"sample"`` pools in the DataLoader worker and returns a (C,) float32
       target; ``"batch"`` returns a reference dict for :class:`LabelPooler`.
     - ``maps``: the store's maps in host memory (``DeviceMaps.load(store)``, before the
       workers start: forked workers share them): workers copy records out of them instead of
       decoding them from the store.
+    - ``check_sizes``: True (default) refuses an image whose shape is not its record's image
+      (another image, a center crop, an EXIF turn); False only for images that are their
+      records' whole images squashed to another aspect ratio (downsampled ImageNet 64x64).
 
     Every image is checked against the size its record was made from (another shape: a
     :class:`~relabel_store.errors.ConfigurationError`). ``label_map`` holds how the dataset's
@@ -105,6 +108,7 @@ class RelabelDataset(Dataset):
         label_column: str | None = "label",
         key_column: str | None = None,
         maps: DeviceMaps | None = None,
+        check_sizes: bool = True,
     ) -> None:
         opened = open_loader(
             store,
@@ -116,7 +120,9 @@ class RelabelDataset(Dataset):
             key_mode=key_mode,
             key_column=key_column,
             other_keys="key_fn=index -> key, or key_column= for a datasets.Dataset base",
+            check_sizes=check_sizes,
         )
+        self.check_sizes = opened.check_sizes
         self.store, self.spec, self.maps = opened.store, opened.spec, opened.maps
         self.pooling: Pooling = pooling
         self.num_classes = self.store.metadata.num_classes
@@ -271,7 +277,10 @@ class RelabelDataset(Dataset):
 
     def _check_image(self, rows: np.ndarray, image: Any) -> None:
         """Refuse an image that is not (a resized copy of) the one its record was made from."""
-        check_images(self.store, rows, [image], lambda j: self.store.keys[int(rows[j])].decode())
+        if self.check_sizes:
+            check_images(
+                self.store, rows, [image], lambda j: self.store.keys[int(rows[j])].decode()
+            )
 
     def target(self, row: int, box: CropBox, label: int) -> np.ndarray:
         """The soft target of store row ``row`` (or the one-hot of ``label``, a store class id,

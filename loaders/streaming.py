@@ -76,6 +76,7 @@ class RelabelStream:
       labels are mixed in (``missing="original"``, ``spec.original_weight``).
     - ``maps``: the store's maps in host memory (:class:`~relabel_store.loaders.DeviceMaps`),
       to copy records from instead of decoding them, as for ``RelabelDataset``.
+    - ``check_sizes``: as for ``RelabelDataset`` (True: refuse an image not its record's).
 
     A sample is a tuple ``(key, image)`` or ``(key, image, label)``, the image a PIL image or
     a tensor as the pipeline decoded it, whole (resized with its aspect ratio kept is fine);
@@ -97,6 +98,7 @@ class RelabelStream:
         class_map: ClassMap | None = None,
         sample: Any = None,
         maps: DeviceMaps | None = None,
+        check_sizes: bool = True,
     ) -> None:
         opened = open_loader(
             store,
@@ -108,7 +110,9 @@ class RelabelStream:
             key_fn_is="key -> store key",
             key_mode=key_mode,
             other_keys="key_fn=key -> store key",
+            check_sizes=check_sizes,
         )
+        self.check_sizes = opened.check_sizes
         self.store, self.spec, self.maps = opened.store, opened.spec, opened.maps
         self.missing: Missing = missing
         self.pooling: Pooling = pooling
@@ -183,7 +187,8 @@ class RelabelStream:
         keys = [key]
         rows = self.rows(keys)
         self._tally.add(self.store, rows, [self.store_key(key)], self._keys_from)
-        check_images(self.store, rows, [image], keys)
+        if self.check_sizes:
+            check_images(self.store, rows, [image], keys)
         store_label = self.label_map.to_store(np.array([label]))
         image, box = self.track(image)
         if self.pooling == "batch":

@@ -270,6 +270,30 @@ def test_an_image_that_is_not_its_record_is_refused(folder, tmp_path):
         next(iter(DataLoader(ds, batch_size=1)))
 
 
+def test_squashed_whole_images_need_check_sizes_false(folder, tmp_path):
+    """A whole image squashed to another aspect ratio (downsampled ImageNet 64x64) keeps crop
+    fractions: refused by default like any other shape, pooled as the record with the opt-out."""
+    base = ImageFolder(folder / "images")
+    path = base.samples[2][0]
+    squashed = tmp_path / "images" / "class0" / path.rsplit("/", 1)[1]
+    squashed.parent.mkdir(parents=True)
+    with Image.open(path) as image:
+        image.resize((16, 16)).save(squashed)
+    store = load_relabel(folder / "s.zarr")
+    transform = ReturnsCropBox(fixed_crop)
+    refusing = RelabelDataset(ImageFolder(tmp_path / "images"), store, transform)
+    with pytest.raises(ConfigurationError, match=r"another shape.*pass check_sizes=False"):
+        refusing[0]
+    ds = RelabelDataset(ImageFolder(tmp_path / "images"), store, transform, check_sizes=False)
+    _, target = ds[0]
+    record = store.get_row(int(ds.rows[0]))
+    _, box = fixed_crop(Image.open(squashed))
+    expected = pool(record.indices, record.values, box, num_classes=store.metadata.num_classes)
+    np.testing.assert_array_equal(target, expected)
+    with pytest.raises(TypeError, match="check_sizes must be True or False"):
+        RelabelDataset(base, store, transform, check_sizes="no")  # type: ignore[arg-type]
+
+
 def test_base_dataset_without_paths_needs_key_fn(folder):
     with pytest.raises(TypeError, match="key_fn"):
         RelabelDataset([(Image.new("RGB", (8, 8)), 0)], folder / "s.zarr")
