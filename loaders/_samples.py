@@ -253,7 +253,8 @@ def no_keys_found(
         f"{[k.decode() for k in store.keys[:3].tolist()]}): with missing='original' every "
         "target would be a one-hot label. Derive the keys as the store's were made (key_mode= "
         "as in generate's --key-mode, key_fn=, key_column=), or use the store generated for "
-        "this dataset."
+        "this dataset. A dataset that has no records in any store (a validation set) needs no "
+        "relabel-store loader: train on its own labels."
     )
 
 
@@ -440,6 +441,9 @@ def pool_rows(
     if len(present):
         if maps is not None:
             ids, values = maps.records(rows[present])
+        elif len(present) == 1:  # one sample (a stream, __getitem__): the cheaper single read
+            record = store.get_row(int(rows[present[0]]))
+            ids, values = record.indices[None], record.values[None]
         else:
             batch = store.get_rows(rows[present])
             ids, values = batch.indices, batch.values

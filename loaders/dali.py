@@ -196,7 +196,10 @@ class DaliFiles:
         )
         absent = int((self.rows < 0).sum())
         if labels is None and (self.spec.original_weight > 0 or absent):
-            why = "missing='original'" if absent else "PoolingSpec(original_weight=...)"
+            why = " and ".join(
+                ([f"missing='original' ({absent} files have no record)"] if absent else [])
+                + (["PoolingSpec(original_weight=...)"] if self.spec.original_weight > 0 else [])
+            )
             raise ConfigurationError(
                 f"{why} mixes in the files' labels: it needs labels=, one per file"
             )

@@ -160,13 +160,18 @@ class RelabelStream:
         ``missing="original"``; with ``"error"``, a :class:`RecordNotFoundError` naming the
         first missing keys). ``whole``: the keys are the whole stream's, so none of them in the
         store is refused even with ``missing="original"``."""
+        return self._resolve(keys, whole)[0]
+
+    def _resolve(self, keys: Iterable[str | bytes], whole: bool) -> tuple[np.ndarray, list[str]]:
+        """:meth:`rows`, and the store keys the sample keys became."""
         raw = [k.decode() if isinstance(k, bytes) else k for k in keys]
         # Without key_fn, keys are file names: retry missing ones in their legacy form.
         paths = raw if self.key_fn is None else None
         store_keys = [self.store_key(k) for k in raw]
-        return resolve_rows(
+        rows = resolve_rows(
             self.store, store_keys, self.missing, self._keys_from, paths, whole=whole
         )
+        return rows, store_keys
 
     def check_keys(self, keys: Iterable[str | bytes]) -> int:
         """Check a whole stream's keys before training (any iterable of ``__key__`` values,
@@ -185,8 +190,8 @@ class RelabelStream:
         key, image = sample[0], sample[1]
         label = dataset_label(sample[2]) if len(sample) == 3 else -1
         keys = [key]
-        rows = self.rows(keys)
-        self._tally.add(self.store, rows, [self.store_key(key)], self._keys_from)
+        rows, store_keys = self._resolve(keys, whole=False)
+        self._tally.add(self.store, rows, store_keys, self._keys_from)
         if self.check_sizes:
             check_images(self.store, rows, [image], keys)
         store_label = self.label_map.to_store(np.array([label]))

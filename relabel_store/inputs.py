@@ -383,6 +383,7 @@ class HFDatasetInputs(InputSource):
             )
         self.image_column = image_column
         self.key_mode = None if key_column is not None else "stem"
+        self.key_column = key_column
         self._images = images
         keys = self._keys_from(ds, images, image_column, key_column)
         labels, self.class_names = self._labels_from(ds, label_column)
@@ -491,7 +492,10 @@ class HFDatasetInputs(InputSource):
         name = self.name
         if name and os.path.isabs(name):  # a local folder: keep its name, not the machine's path
             name = Path(name).name
-        return {**super().describe(), "name": name, "split": self.split}
+        described = {**super().describe(), "name": name, "split": self.split}
+        if self.key_column is not None:  # loaders name it when they refuse path-derived keys
+            described["key_column"] = self.key_column
+        return described
 
 
 def _looks_like_saved_dataset(path: Path) -> bool:

@@ -116,6 +116,12 @@ def test_missing_files_follow_the_policy(store, photos):
     labels = list(range(len(ALL)))
     with pytest.raises(LabelSpaceError, match="missing='original'"):
         DaliFiles(store, paths, labels, missing="original")
+    with pytest.raises(  # without labels: every reason to need them is named
+        ConfigurationError,
+        match=r"missing='original' \(1 files have no record\) and PoolingSpec\(original_weight"
+        r"=\.\.\.\) mixes in the files' labels: it needs labels=",
+    ):
+        DaliFiles(store, paths, missing="original", spec=PoolingSpec(original_weight=0.1))
     class_map = {i: 10 * i for i in labels}
     files = DaliFiles(store, paths, labels, missing="original", class_map=class_map)
     (batch,) = run(files)

@@ -430,7 +430,10 @@ def test_keys_follow_the_store_key_mode_and_key_column(files, tmp_path):
         sizes=file_sizes(files["paths"][files["keys"].index(k[3:])] for k in source.keys),
         dataset=source.describe(),
     ).path
-    with pytest.raises(ConfigurationError, match=r"generate --key-column.*key_column="):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"keys from column .id. of its dataset .relabel-store generate --key-column.*key_column=",
+    ):
         relabel_transform(store)
     with pytest.raises(ConfigurationError, match=r"--key-column.*key_fn="):
         RelabelStream(store)
