@@ -133,7 +133,13 @@ def check_store(store: RelabelStore, files: dict[str, torch.Tensor], exact: bool
 def test_relabel_tar_both_serializations(tmp_path):
     files = official_files()
     members = serialized(files)
-    assert {len(b) for b in members.values()} == {9353, 10537}  # legacy and zip, as measured
+    # Legacy and zip, as measured (9,353 and 10,537 B). The legacy format names the storage by
+    # its memory address, written twice in decimal: its size moves by a few bytes run to run.
+    zipped = {n: b for n, b in members.items() if b.startswith(b"PK")}
+    legacy = {n: b for n, b in members.items() if n not in zipped}
+    assert zipped and legacy
+    assert {len(b) for b in zipped.values()} == {10537}
+    assert all(abs(len(b) - 9353) <= 6 for b in legacy.values())
     tar = write_tar(tmp_path / "relabel_imagenet.tar", members)
     out = tmp_path / "imagenet.relabel.zarr"
     result = CliRunner().invoke(main, ["import", str(tar), "-o", str(out), "--workers", "0"])
