@@ -79,7 +79,9 @@ class NearFreeAnnotator(nn.Module):
         return {"model": "near-free stand-in", "preprocess": self.transform.describe()}
 
 
-def build_annotator(kind: str, size: int, device: str, amp: str | None) -> nn.Module:
+def build_annotator(
+    kind: str, size: int, device: str, amp: str | None, compile: bool = False
+) -> nn.Module:
     if kind == "stand-in":
         # Its few tensor ops on one thread, as in the main process of a GPU run (the CLI does
         # the same there): intra-op threads spinning on cores the workers need cost 8x here.
@@ -89,7 +91,9 @@ def build_annotator(kind: str, size: int, device: str, amp: str | None) -> nn.Mo
 
     with torch.device(device):  # random init on the device: seconds instead of minutes for L2
         model = timm.create_model(L2 if kind == "l2" else kind, pretrained=False)
-    return DenseAnnotator(model, input_size=size, model_name=kind, device=device, amp=amp)
+    return DenseAnnotator(
+        model, input_size=size, model_name=kind, device=device, amp=amp, compile=compile
+    )
 
 
 def input_rate(inputs, annotator, batch_size: int, workers: int) -> float:
@@ -170,6 +174,12 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
     ap.add_argument("--gpu-decode", action="store_true", help="also time GPU JPEG decoding")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbone (generate --compile); the forward pass's warm-up "
+        "compiles it, untimed",
+    )
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     kind = args.annotator if args.annotator != "auto" else ("l2" if cuda else "stand-in")
@@ -183,7 +193,7 @@ def main() -> None:
         folder = write_synthetic_jpegs(tmp / "jpegs", images)
         print(f"wrote {images} synthetic JPEGs in {time.perf_counter() - started:.1f} s")
         inputs = open_inputs(folder)
-        annotator = build_annotator(kind, args.size, args.device, amp)
+        annotator = build_annotator(kind, args.size, args.device, amp, args.compile)
         items = InputDataset(inputs, annotator.transform.resized)
         staged = min(images, 8 * batch_size)
         batches = [

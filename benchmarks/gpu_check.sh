@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of generate's CUDA paths, on one GPU, in under 5 minutes:
+# The GPU check of the CUDA paths (generate, DataLoader pooling), on one GPU, in about 8 minutes:
 #   bash benchmarks/gpu_check.sh
 # From the repository root of a machine with python3 + torch + torchvision + timm + pillow +
 # click + tqdm + safetensors (no network needed). Wheels in .whl/ (zarr, numcodecs, zstandard,
@@ -10,7 +10,10 @@
 #   2. benchmarks/generate.py with EfficientNet-L2 @ 475 in bf16 (random weights): the input
 #      pipeline, the writer, the forward pass alone and generate end to end (target >= 300
 #      images/s on one H100), and GPU JPEG decoding against one CPU worker;
-#   3. the same with the near-free stand-in annotator: the input pipeline on all cores.
+#   3. the same with the near-free stand-in annotator: the input pipeline on all cores;
+#   4. L2 again with --compile (generate --compile; ~90 s of compiling, untimed);
+#   5. benchmarks/dataloader.py with the pooling device on the GPU (resident goal <= 1%; needs
+#      scikit-image and scikit-learn for its photos).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -65,5 +68,17 @@ $PY "$REPO/benchmarks/generate.py" --annotator l2 --images 3072 --batch-size 64 
 echo "== 3. input pipeline and writer with the near-free stand-in ($SECONDS s)"
 $PY "$REPO/benchmarks/generate.py" --annotator stand-in --images 3072 --batch-size 64 \
     --rounds 2
+
+echo "== 4. EfficientNet-L2 @ 475, bf16, compiled ($SECONDS s)"
+$PY "$REPO/benchmarks/generate.py" --annotator l2 --images 3072 --batch-size 64 --rounds 1 \
+    --compile
+
+echo "== 5. DataLoader with pooling on the GPU ($SECONDS s)"
+if $PY -c "import skimage, sklearn" 2> /dev/null; then  # its photos ship with these two
+    $PY "$REPO/benchmarks/dataloader.py" --device cuda --images 1024 --workers 8 --batch 64 \
+        --rounds 5 --batches 40
+else
+    echo "skipped: needs scikit-image and scikit-learn (pip install scikit-image scikit-learn)"
+fi
 
 echo "== done in $SECONDS s"
