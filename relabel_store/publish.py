@@ -2,7 +2,9 @@
 
 1. Refuse anything but a finalized store that matches its manifest, with every file a regular
    file inside it (no symlinks): nothing outside the store is ever read or sent.
-2. List what the destination already holds; upload only the files that differ, in batches
+2. List what the destination already holds: refuse one that holds other files and no store
+   (a user's folder: its files would be mixed with, or taken for, the store's); upload only
+   the files that differ, in batches
    (``zarr.json`` first, so a partial upload is recognisable as an unfinished store). An old
    manifest that would describe a store being replaced is removed in the first batch.
 3. Last: delete the files of an earlier store that this one does not have, and write
@@ -28,6 +30,7 @@ from relabel_store._progress import Progress
 from relabel_store.card import dataset_card
 from relabel_store.destinations import Destination, RemoteFile
 from relabel_store.errors import (
+    ConfigurationError,
     CorruptDataError,
     IncompleteStoreError,
     RemoteError,
@@ -194,6 +197,7 @@ def publish(
     manifest_raw = (root / MANIFEST_NAME).read_bytes()
     manifest_entry = _entry_of(MANIFEST_NAME, manifest_raw)
     found = dest.open()
+    _refuse_foreign(dest.location, manifest, found)
     todo = _upload_order(
         [e for e in manifest.entries if not dest.holds(found.get(e.path), e, root / e.path)]
     )
@@ -304,6 +308,25 @@ def _resumable(what: str) -> Iterator[None]:
 
 def _entry_of(path: str, data: bytes) -> ManifestEntry:
     return ManifestEntry(path, len(data), hashlib.sha256(data).hexdigest())
+
+
+# What a destination may hold besides a store and still take one: a new Hub repo's files.
+_REPO_FILES = frozenset({"README.md", ".gitattributes"})
+
+
+def _refuse_foreign(location: str, manifest: Manifest, found: dict[str, RemoteFile]) -> None:
+    """Refuse a destination that holds files of its own and no store (no ``zarr.json``, which
+    a push writes first): deleting what the manifest does not list would delete the user's."""
+    if "zarr.json" in found:  # a store, or an interrupted push of one: replaced by this one
+        return
+    listed = manifest.by_path()
+    foreign = sorted(p for p in found if p not in listed and p not in _REPO_FILES)
+    if foreign:
+        raise ConfigurationError(
+            f"{location} holds {len(foreign)} file(s) that are not a relabel-store store "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): push to an empty "
+            "folder or repository, or to a new subfolder of this one (…/name.relabel.zarr)."
+        )
 
 
 def _stale(manifest: Manifest, found: dict[str, RemoteFile]) -> list[str]:

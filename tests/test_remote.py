@@ -598,6 +598,25 @@ def test_push_and_read_file_url(stores, tmp_path, monkeypatch):
         load_relabel(url, revision="main")
 
 
+def test_push_never_touches_a_folder_that_holds_no_store(stores, tmp_path):
+    """A user's folder (files where the store's would go, and others): refused, untouched."""
+    folder = tmp_path / "mine"
+    (folder / "indices").mkdir(parents=True)
+    (folder / "indices" / "notes.bin").write_bytes(b"old")
+    (folder / "notes.txt").write_text("mine")
+    before = files_of(folder)
+    with pytest.raises(ConfigurationError, match=r"holds 2 file\(s\) that are not a relabel-store"):
+        push(stores["v1"], folder.as_uri())
+    assert files_of(folder) == before
+    # a new Hub-style repo's own files are no obstacle
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "README.md").write_text("# my dataset")
+    push(stores["v1"], fresh.as_uri())
+    same_records(load_relabel(fresh), load_relabel(stores["v1"]))
+    assert (fresh / "README.md").read_text() == "# my dataset"
+
+
 def manifest_last(uploaded: list[str]) -> bool:
     return uploaded[-1] == "manifest.json"
 
