@@ -173,6 +173,12 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     source_arg = input if hf_dataset is None else hf_dataset
     if source_arg is None or (input is not None and hf_dataset is not None):
         raise click.UsageError("give either INPUT or --hf-dataset (exactly one)")
+    if input is not None and kind == "auto" and not Path(input).exists():
+        # open_inputs would take a bare name for a Hub dataset and wait on the network
+        raise click.UsageError(
+            f"no such file or folder: {input}. For a Hugging Face dataset, give "
+            f"--hf-dataset {input}."
+        )
     check_resume(output, resume=resume, overwrite=overwrite)
     if device == "auto":
         local = os.environ.get("LOCAL_RANK", "0")

@@ -143,6 +143,18 @@ def test_duplicate_keys_stop_before_any_work(tmp_path):
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_a_misspelled_input_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    """A bare name that is no file or folder is a typo here (Hub datasets: --hf-dataset): said
+    at once, not after the Hub client's retries."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("generate", "photoz", "-o", "s.zarr", *FAST)
+    assert result.returncode == 2
+    assert (
+        "no such file or folder: photoz" in result.stderr and "--hf-dataset photoz" in result.stderr
+    )
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_kill_9_then_rerun_gives_the_same_bytes(tmp_path):
     photos = photo_folder(tmp_path / "photos", crops=10)
     args = [*FAST, "--shard-records", "2", "-q"]
