@@ -78,6 +78,12 @@ def resolve(name_or_path: str | os.PathLike[str], revision: str | None = None) -
             f"no relabel-store store at {text}: no such directory, and it is not a Hub repo id "
             "(org/name), an hf:// URL or an fsspec URL."
         )
+    looks_like_a_path = text.endswith(".zarr") or text.startswith((".", "~"))
+    if looks_like_a_path and text not in registry.known():
+        raise StoreNotFoundError(
+            f"no relabel-store store at {text}: no such directory. Check the path (a store is a "
+            "folder holding zarr.json and manifest.json)."
+        )
     entry = registry.lookup(text)  # raises, listing the known names
     if not entry.published:
         raise entry.unpublished_error()  # at once, without a request

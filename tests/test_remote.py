@@ -531,6 +531,12 @@ def test_registry_names(hub, stores, tmp_path):
     message = str(err.value)
     assert "imagenet-relabel" in message and "tiny-relabel" in message
     assert "registry.register(" in message and "RELABEL_STORE_REGISTRY" in message
+    for typo in ("nope.relabel.zarr", "./nope", "~/nope"):  # paths, not names: no registry talk
+        with pytest.raises(StoreNotFoundError, match="no such directory") as err:
+            load_relabel(typo)
+        assert "imagenet-relabel" not in str(err.value)
+    registry.register("odd.zarr", REPO, sha)  # a registered name wins over the path rule
+    same_records(load_relabel("odd.zarr"), load_relabel(stores["v1"]))
 
     digest = Manifest.from_bytes((stores["v1"] / "manifest.json").read_bytes()).digest
     registry.register("pinned", REPO, sha, digest=digest)
