@@ -12,6 +12,7 @@ a single value reaches a store, and every refusal says why.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +109,9 @@ class MapSpec:
 def load_tensor(data: bytes) -> torch.Tensor:
     """``torch.load(weights_only=True)`` of one file's bytes; anything but a tensor is refused."""
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch asks to "file an issue" about hostile bytes
+            warnings.simplefilter("ignore")
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or hostile bytes
         raise MapRejected(f"torch.load(weights_only=True) refused it: {_first_line(exc)}") from None
     if not isinstance(obj, torch.Tensor):
@@ -171,6 +174,10 @@ def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     line = lines[0] if lines else type(exc).__name__
     if line.startswith("Weights only load failed"):
-        detail = [ln for ln in lines[1:] if not ln.startswith("Check the documentation")]
+        detail = [
+            ln
+            for ln in lines[1:]
+            if not ln.startswith(("Check the documentation", "Please file an issue", "(1)", "(2)"))
+        ]
         line = "pickled content weights_only does not allow" + (f" ({detail[0]})" if detail else "")
     return line if len(line) <= 240 else line[:237] + "..."

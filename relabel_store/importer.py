@@ -16,6 +16,7 @@ rounding the logits to float16 changes pooled targets (measured on maps of this 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import math
 import multiprocessing
@@ -201,6 +202,7 @@ def _import(
         dataset={
             "name": LABEL_SPACE,
             "split": "train",
+            "class_names": list(space.class_identifiers or ()),  # labels index the wnids
             "source": {
                 **archive.describe(),
                 "format": fmt.name,
@@ -248,6 +250,10 @@ def _write_shards(
     measure = _rounds(spec.format.dtype_name, spec.values_dtype)
     with Progress(todo, desc="importing", unit="maps", show=progress) as bar:
         for rows, decoded in decode_chunks(archive, plan, spec, executor, workers, measure=measure):
+            shard = rows.start // writer.metadata.shard_records
+            if shard in done:
+                shards.check(shard, rows, decoded, str(archive.path))
+                continue
             written = shards.add(rows, decoded)
             if written:
                 bar.update(written)
@@ -396,6 +402,7 @@ class _Chunk:
     payloads: list[Payload]
     spec: MapSpec
     measure: bool
+    decode: bool = True  # False: a shard written before a resume, only fingerprinted
 
 
 @dataclass
@@ -407,27 +414,35 @@ class DecodedChunk:
     errors: list[str | None]
     rounding_max: float
     rounding_maps: int
+    fingerprint: str  # sha256 of the members' bytes: what a resume checks the source against
 
 
 def _decode_chunk(chunk: _Chunk) -> DecodedChunk:
     spec = chunk.spec
-    n = len(chunk.payloads)
+    n = len(chunk.payloads) if chunk.decode else 0
     indices = np.zeros((n, *spec.grid, spec.k), np.uint16)
     values = np.zeros((n, *spec.grid, spec.k), spec.values_dtype)
-    errors: list[str | None] = [None] * n
+    errors: list[str | None] = [None] * len(chunk.payloads)
     worst, measured = 0.0, 0
+    fingerprint = hashlib.sha256()
     for i, payload in enumerate(chunk.payloads):
         if payload is None:
             errors[i] = "not read"  # the caller knows why
+            fingerprint.update(b"-")
             continue
         try:
             data = read_file(payload) if isinstance(payload, str) else payload
+        except OSError as exc:
+            errors[i] = f"cannot read it: {exc.strerror or exc}"
+            fingerprint.update(b"!")
+            continue
+        fingerprint.update(len(data).to_bytes(8, "little") + hashlib.sha256(data).digest())
+        if not chunk.decode:
+            continue
+        try:
             indices[i], values[i], source = decode_map(data, spec)
         except MapRejected as exc:
             errors[i] = str(exc)
-            continue
-        except OSError as exc:
-            errors[i] = f"cannot read it: {exc.strerror or exc}"
             continue
         row = chunk.first_row + i
         if chunk.measure and row % MEASURE_EVERY == 0:
@@ -436,7 +451,7 @@ def _decode_chunk(chunk: _Chunk) -> DecodedChunk:
                 rounding_difference(indices[i], source, values[i], spec.num_classes, row),
             )
             measured += 1
-    return DecodedChunk(indices, values, errors, worst, measured)
+    return DecodedChunk(indices, values, errors, worst, measured, fingerprint.hexdigest())
 
 
 def rounding_difference(
@@ -489,10 +504,29 @@ def decoder_pool(workers: int) -> cf.Executor:
     if workers == 0:
         return _InlineExecutor()
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    pool = cf.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
     for future in [pool.submit(int) for _ in range(workers)]:  # start every worker now
         future.result()
     return pool
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: a decoding worker is killed with the importing process (kill -9, the OOM
+    killer, a SLURM job cancelled) instead of living on with its memory."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def decode_chunks(
@@ -504,16 +538,18 @@ def decode_chunks(
     *,
     measure: bool = False,
 ) -> Iterator[tuple[range, DecodedChunk]]:
-    """Decoded wanted chunks of ``plan``, in order, ``executor``'s workers decoding ahead.
+    """Every chunk of ``plan``, in order, ``executor``'s workers decoding ahead: the wanted
+    ones decoded, the others (shards written before a resume) only fingerprinted.
 
     The archive is read here, once, in order; at most a few shards' worth of members wait for
     a worker, so memory stays flat whatever the source's size.
     """
     window = 1 if workers == 0 else 8 * workers + 2 * (DEFAULT_SHARD_RECORDS // CHUNK_RECORDS)
     pending: deque[tuple[range, cf.Future]] = deque()
+    wanted = {rows.start: want for rows, want in plan}
     try:
-        for rows, payloads in archive.stream(plan):
-            chunk = _Chunk(rows.start, payloads, spec, measure)
+        for rows, payloads in archive.stream([(rows, True) for rows, _ in plan]):
+            chunk = _Chunk(rows.start, payloads, spec, measure, decode=wanted[rows.start])
             pending.append((rows, executor.submit(_decode_chunk, chunk)))
             while len(pending) >= window:
                 rows_done, future = pending.popleft()
@@ -560,6 +596,32 @@ class _ShardAssembler:
         self.shard = -1
         self.filled = 0
         self.rounding = (0.0, 0)
+        self.fingerprints: dict[int, list[str]] = {}
+
+    def _fingerprint(self, shard: int, rows: range, decoded: DecodedChunk) -> str | None:
+        """The fingerprint of shard ``shard``'s members once its last chunk has come."""
+        parts = self.fingerprints.setdefault(shard, [])
+        parts.append(decoded.fingerprint)
+        if rows.stop < self.writer.shard_rows(shard).stop:
+            return None
+        del self.fingerprints[shard]
+        return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+    def check(self, shard: int, rows: range, decoded: DecodedChunk, source: str) -> None:
+        """Refuse to resume from another source than the one shard ``shard`` was written
+        from (a re-downloaded tar of the same size: its bytes differ, its names do not)."""
+        fingerprint = self._fingerprint(shard, rows, decoded)
+        if fingerprint is None:
+            return
+        recorded = json.loads(_rounding_path(self.writer, shard).read_bytes()).get("source")
+        if recorded is not None and recorded != fingerprint:
+            shard_rows = self.writer.shard_rows(shard)
+            raise InputError(
+                f"{source} is not the source this store was started from: the members of rows "
+                f"{shard_rows.start}-{shard_rows.stop - 1} (shard {shard}, from "
+                f"{self.members.names[shard_rows.start]}) differ from the ones written then. "
+                "Give the source the store was started from, or start over with --overwrite."
+            )
 
     def _start(self, shard: int) -> None:
         n = len(self.writer.shard_rows(shard))
@@ -588,13 +650,14 @@ class _ShardAssembler:
         worst, maps = self.rounding
         self.rounding = (max(worst, decoded.rounding_max), maps + decoded.rounding_maps)
         self.filled += len(rows)
+        fingerprint = self._fingerprint(shard, rows, decoded)
         n = len(self.errors)
         if self.filled < n:
             return 0
         worst, maps = self.rounding
-        atomic_write_bytes(
+        atomic_write_bytes(  # before the shard: a shard on disk always has its record
             _rounding_path(self.writer, shard),
-            json.dumps({"max": worst, "maps": maps}).encode(),
+            json.dumps({"max": worst, "maps": maps, "source": fingerprint}).encode(),
         )
         shard_rows = self.writer.shard_rows(shard)
         self.writer.write_shard(

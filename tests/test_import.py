@@ -31,6 +31,7 @@ from relabel_store.cli.main import main
 from relabel_store.errors import FormatError, InputError, StoreNotFoundError
 from relabel_store.importer import import_maps
 from relabel_store.manifest import build_manifest, write_manifest
+from relabel_store.writer import StoreWriter
 
 TOP = "imagenet_efficientnet_l2_sz475_top5"
 #: wnid -> ImageNet-1k index (timm's order): the first, the second and the last class.
@@ -380,6 +381,38 @@ def test_kill_9_then_rerun_gives_the_same_bytes_and_workers_change_nothing(tmp_p
     assert verify_store(out).ok
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_decoding_workers_die_with_a_killed_import(tmp_path):
+    """kill -9 (or the OOM killer) of the importing process must not leave its workers running,
+    each holding its share of memory, on the node."""
+    tar = write_tar(tmp_path / "r.tar", serialized(official_files(n_per_class=40)))
+    out = tmp_path / "s.zarr"
+    command = [str(BIN / "relabel-store"), "import", str(tar), "-o", str(out)]
+    proc = subprocess.Popen([*command, "--workers", "2", "--shard-records", "2", "-q"])
+    deadline = time.monotonic() + 300
+    children: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None and len(children) < 2:
+        path = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        children = [int(c) for c in path.read_text().split()] if path.exists() else []
+        time.sleep(0.01)
+    assert len(children) >= 2, "the import should have started its decoding workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.05)
+    assert not [c for c in children if _alive(c)]
+
+
 def test_a_run_killed_while_finalizing_resumes(tmp_path, monkeypatch):
     """Finalize records the tar's sha256 before the manifest: a run stopped in between must
     resume with the same settings and end with the same bytes."""
@@ -403,6 +436,43 @@ def test_a_run_killed_while_finalizing_resumes(tmp_path, monkeypatch):
     assert again.already_complete and again.imported_now == 0 and again.records == 6
     assert again.source["sha256"] and "already complete" in again.summary()
     assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
+
+
+def test_resuming_from_another_source_of_the_same_size_is_refused(tmp_path, monkeypatch):
+    """A re-downloaded tar whose bytes differ but whose names and size do not: the shards
+    written from the first would silently join maps of the second."""
+
+    def tar_of(seed: int, path: Path) -> Path:
+        members = {n: saved(t) for n, t in official_files(n_per_class=4, seed=seed).items()}
+        return write_tar(path, members)
+
+    original = tar_of(0, tmp_path / "a.tar")
+    tar = tar_of(1, tmp_path / "relabel_imagenet.tar")
+    tar.write_bytes(original.read_bytes())  # the store is started from the original's bytes
+    reference = tmp_path / "reference.zarr"
+    import_maps(tar, reference, workers=0, shard_records=2, progress=False)
+    out = tmp_path / "s.zarr"
+    calls = {"n": 0}
+    real_write = StoreWriter.write_shard
+
+    def killed_after_two(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return real_write(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(StoreWriter, "write_shard", killed_after_two)
+        with pytest.raises(KeyboardInterrupt):
+            import_maps(tar, out, workers=0, shard_records=2, progress=False)
+    other = tar_of(1, tmp_path / "b.tar").read_bytes()
+    assert len(other) == tar.stat().st_size and other != tar.read_bytes()
+    tar.write_bytes(other)  # "re-downloaded": same names, same size, other maps
+    with pytest.raises(InputError, match=r"not the source this store was started from.*shard 0"):
+        import_maps(tar, out, workers=0, shard_records=2, progress=False)
+    tar.write_bytes(original.read_bytes())
+    import_maps(tar, out, workers=2, shard_records=2, progress=False)  # workers fingerprint too
+    assert store_bytes(out) == store_bytes(reference)
 
 
 def test_progress_lines_when_not_on_a_terminal():
