@@ -146,6 +146,7 @@ def test_relabel_tar_both_serializations(tmp_path):
     result = CliRunner().invoke(main, ["import", str(tar), "-o", str(out), "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert "9 (0 skipped)" in result.output and "relabel format" in result.output
+    assert "of 9 labelled records" in result.output  # labels are wnids: quality can check them
     assert "float16:" in result.output and "--values float32" in result.output
     assert verify_store(out).ok
     store = load_relabel(out)
