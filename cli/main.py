@@ -332,6 +332,11 @@ def verify(store: Path) -> None:
     for line in report.lines():
         click.echo(line)
     if not report.ok:
-        click.echo(f"FAILED: {len(report.lines())} problem(s) in {store}", err=True)
+        click.echo(
+            f"FAILED: {len(report.lines())} problem(s) in {store}. A copy pulled from the Hub "
+            "or a URL: delete it and pull it again; a store made here: rerun its generate or "
+            "import with --overwrite.",
+            err=True,
+        )
         sys.exit(1)
     click.echo(f"ok: {report.checked} files match manifest digest {report.digest}")

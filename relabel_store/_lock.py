@@ -64,8 +64,8 @@ class WriteLock:
                     raise StoreLockedError(
                         f"{root} is being written by another process ({_holder(fd)}). Wait for "
                         "it to finish, or stop it first; its finished shards are kept and a "
-                        "rerun resumes from them. Two writers would annotate everything twice "
-                        "and corrupt each other's shards."
+                        "rerun resumes from them. Two writers would do every shard twice and "
+                        "corrupt each other's shards."
                     ) from None
             try:  # the holder we waited on may have finished and removed _progress/ meanwhile
                 same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
