@@ -219,14 +219,17 @@ def resolve_rows(
     whole: bool = True,
     fallback: str = "the dataset's own one-hot label",
 ) -> np.ndarray:
-    """:func:`find_rows`, refusing what would train on wrong targets: with ``missing="error"``
-    any key without a record; with ``"original"``, when ``keys`` are the ``whole`` dataset,
-    keys none of which is in the store (keys derived another way than the store's: every
-    target would be a one-hot label). ``keys_from`` says how the keys were derived."""
+    """:func:`find_rows`, refusing what would train on wrong targets: when ``keys`` are the
+    ``whole`` dataset, keys none of which is in the store (keys derived another way than the
+    store's, or another dataset's store: with ``missing="original"`` every target would be a
+    one-hot label), whatever ``missing`` says; with ``missing="error"`` any key without a
+    record. ``keys_from`` says how the keys were derived."""
     rows = find_rows(store, keys, paths)
     absent = np.flatnonzero(rows < 0)
     if not len(absent):
         return rows
+    if whole and len(absent) == len(keys):  # a wrong store or key derivation, not gaps
+        raise no_keys_found(store, keys, keys_from)
     if missing == "error":
         raise store.missing_keys(
             [keys[i] for i in absent[:5].tolist()],
@@ -236,8 +239,6 @@ def resolve_rows(
             f"missing='original' to fall back to {fallback}.",
             count=len(absent),
         )
-    if whole and len(absent) == len(keys):
-        raise no_keys_found(store, keys, keys_from)
     return rows
 
 
@@ -250,8 +251,9 @@ def no_keys_found(
     return ConfigurationError(
         f"none of the {count} keys is in store {store.source.location} (keys derived with "
         f"{keys_from}, e.g. {list(keys[:3])}; the store's are like "
-        f"{[k.decode() for k in store.keys[:3].tolist()]}): with missing='original' every "
-        "target would be a one-hot label. Derive the keys as the store's were made (key_mode= "
+        f"{[k.decode() for k in store.keys[:3].tolist()]}): a store of another dataset, or "
+        "keys derived another way (missing='original' would only give one-hot labels). Derive "
+        "the keys as the store's were made (key_mode= "
         "as in generate's --key-mode, key_fn=, key_column=), or use the store generated for "
         "this dataset. A dataset that has no records in any store (a validation set) needs no "
         "relabel-store loader: train on its own labels."

@@ -227,9 +227,9 @@ def test_batch_pooling_matches_per_sample_pooling(folder):
 
 def test_missing_keys_fail_at_construction_or_fall_back(folder):
     base = ImageFolder(folder / "images")
-    with pytest.raises(RecordNotFoundError, match=r"12 of 12 keys are not in store.*missing="):
-        RelabelDataset(base, folder / "s.zarr", key_fn=lambda i: f"other_{i}")
     stem = [p.rsplit("/", 1)[1].split(".")[0] for p, _ in base.samples]
+    with pytest.raises(RecordNotFoundError, match=r"2 of 12 keys are not in store.*missing="):
+        RelabelDataset(base, folder / "s.zarr", key_fn=lambda i: stem[i] if i > 1 else "other")
     ds = RelabelDataset(
         base, folder / "s.zarr", ReturnsCropBox(fixed_crop),
         key_fn=lambda i: "other" if i == 4 else stem[i],
@@ -239,17 +239,20 @@ def test_missing_keys_fail_at_construction_or_fall_back(folder):
     assert target.argmax().item() == base[4][1] and target.max().item() == 1.0
 
 
-def test_no_key_in_the_store_is_refused_even_with_missing_original(folder):
-    """Keys derived another way than the store's: every target would be a one-hot label."""
+@pytest.mark.parametrize("missing", ["error", "original"])
+def test_no_key_in_the_store_is_refused_even_with_missing_original(folder, missing):
+    """Keys derived another way than the store's (or another dataset's store): every target
+    would be a one-hot label, so missing='original' is no fix and the message does not offer it."""
     base = ImageFolder(folder / "images")
     with pytest.raises(
         ConfigurationError,
         match=r"none of the 12 keys is in store .*key_fn, e\.g\. \['other_0'.*store's are like \['img_",
-    ):
+    ) as refused:
         RelabelDataset(
-            base, folder / "s.zarr", key_fn=lambda i: f"other_{i}", missing="original",
+            base, folder / "s.zarr", key_fn=lambda i: f"other_{i}", missing=missing,
             class_map=range(3),
         )  # fmt: skip
+    assert "or pass missing='original'" not in str(refused.value)
 
 
 def test_an_image_that_is_not_its_record_is_refused(folder, tmp_path):
