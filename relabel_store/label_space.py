@@ -191,7 +191,11 @@ def _from_user(class_map: Any, dataset_classes: Sequence[str] | None, n: int) ->
     unmatched = [i for i, v in enumerate(table.tolist()) if v < 0]
     if short or unmatched:
         missing = unmatched + list(range(len(table), len(dataset_classes or ())))
-        return LabelMap(table, f"class_map leaves dataset labels {missing[:10]} without a class")
+        return LabelMap(
+            table,
+            f"class_map leaves dataset labels {missing[:10]} without a class (a class_map "
+            "replaces matching by name: it must name every dataset class)",
+        )
     return LabelMap(table, None)
 
 
