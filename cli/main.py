@@ -253,7 +253,7 @@ def info(store: str) -> None:
         f"grid:        {m.grid[0]}x{m.grid[1]}, top-{m.k} of {m.num_classes} classes ({m.value_kind})",
         f"labels:      {m.label_space or 'unknown label space'}"
         + ("" if m.class_identifiers else " (no class identifiers)"),
-        f"dataset:     {m.dataset.get('name', '?')} / {m.dataset.get('split', '?')}",
+        f"dataset:     {m.dataset.get('name') or '?'} / {m.dataset.get('split') or '-'}",
         f"annotator:   {_annotator_line(m.annotator)}",
         f"created:     {m.created_at}",
         f"size:        {format_count(size, 'B')} "

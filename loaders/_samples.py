@@ -161,7 +161,9 @@ def require_labels(
     if missing == "original" and absent is None:
         uses.append("missing='original'")
     elif missing == "original" and absent:
-        uses.append(f"missing='original' ({absent} samples have no record)")
+        uses.append(
+            f"missing='original' ({absent} sample{'s have' if absent > 1 else ' has'} no record)"
+        )
     why = " and ".join(uses)
     if why:
         label_map.require(why)

@@ -197,7 +197,13 @@ class DaliFiles:
         absent = int((self.rows < 0).sum())
         if labels is None and (self.spec.original_weight > 0 or absent):
             why = " and ".join(
-                ([f"missing='original' ({absent} files have no record)"] if absent else [])
+                (
+                    [
+                        f"missing='original' ({absent} file{'s have' if absent > 1 else ' has'} no record)"
+                    ]
+                    if absent
+                    else []
+                )
                 + (["PoolingSpec(original_weight=...)"] if self.spec.original_weight > 0 else [])
             )
             raise ConfigurationError(

@@ -322,7 +322,10 @@ def _codec_chain(
             if checksum:
                 body, crc = data[:-4], data[-4:]
                 if google_crc32c.value(bytes(body)) != int.from_bytes(crc, "little"):
-                    raise CorruptDataError(f"{file}: chunk checksum mismatch")
+                    raise CorruptDataError(
+                        f"{file}: chunk checksum mismatch; the file is damaged. Run "
+                        "`relabel-store verify`, then re-download or regenerate the store."
+                    )
                 data = body
             return decompress(data, nbytes) if decompress is not None else bytes(data)
         except CorruptDataError:

@@ -302,7 +302,10 @@ class DenseAnnotator(nn.Module):
 
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise AnnotatorError("CUDA was requested but is not available here; use device='cpu'")
+            raise AnnotatorError(
+                "CUDA was requested but is not available here; use the CPU (--device cpu, or "
+                "device='cpu')"
+            )
 
         model.eval()
         model.requires_grad_(False)

@@ -367,9 +367,10 @@ def _recognise(
         else f"in the {format} format ({FORMATS[format].dtype_name} [2, K, H, W])"
     )
     found = "; ".join(seen[:3]) or "no member that could be a .pt label map"
+    where = f"the first {len(candidates)} members" if candidates else "the members"
     raise InputError(
-        f"none of the first {len(candidates)} members of {archive.path} is {wanted}. Found: "
-        f"{found}. Check the source, or choose --format."
+        f"none of {where} of {archive.path} is {wanted}. Found: {found}. Check the source, or "
+        "choose --format."
     )
 
 

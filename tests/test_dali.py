@@ -118,7 +118,7 @@ def test_missing_files_follow_the_policy(store, photos):
         DaliFiles(store, paths, labels, missing="original")
     with pytest.raises(  # without labels: every reason to need them is named
         ConfigurationError,
-        match=r"missing='original' \(1 files have no record\) and PoolingSpec\(original_weight"
+        match=r"missing='original' \(1 file has no record\) and PoolingSpec\(original_weight"
         r"=\.\.\.\) mixes in the files' labels: it needs labels=",
     ):
         DaliFiles(store, paths, missing="original", spec=PoolingSpec(original_weight=0.1))
