@@ -74,3 +74,13 @@ def check_resume(output: Path, *, resume: bool, overwrite: bool) -> None:
         raise click.UsageError("--resume and --overwrite contradict each other")
     if resume and not any((output / name).exists() for name in ("zarr.json", PROGRESS_DIR)):
         raise click.UsageError(f"--resume: there is no store at {output} to resume")
+
+
+def in_existing_folder(ctx: click.Context, param: click.Parameter, value: Path | None) -> Any:
+    """A click callback for a file to write: its folder must exist, checked before any work (a
+    report computed for minutes, then lost to a typo in the path, helps nobody)."""
+    if value is not None and not value.parent.is_dir():
+        raise click.BadParameter(
+            f"the folder {value.parent} does not exist; create it or choose another path"
+        )
+    return value

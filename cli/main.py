@@ -14,7 +14,7 @@ import click
 from relabel_store._extras import requires_extra
 from relabel_store._progress import format_count
 from relabel_store._run import OnError
-from relabel_store.cli._options import check_resume, store_writing_options
+from relabel_store.cli._options import check_resume, in_existing_folder, store_writing_options
 from relabel_store.cli.importer import import_
 from relabel_store.cli.quality import echo_headline, quality
 from relabel_store.cli.remote import pull, push
@@ -301,6 +301,7 @@ def _box(value: str | None) -> CropBox | None:
     "--output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=in_existing_folder,
     help="PNG file to write.",
 )
 def show(store: str, key: str, image: Path | None, box: str | None, flip: bool, top: int,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from relabel_store.cli._options import in_existing_folder
+
 
 @click.command()
 @click.argument("store")
@@ -21,6 +23,7 @@ import click
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=in_existing_folder,
     default=None,
     help="Also draw the distributions into this PNG file.",
 )

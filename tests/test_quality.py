@@ -88,3 +88,19 @@ def test_a_sample_of_a_store_and_the_cli(tmp_path):
     assert "agreement with labels:       100.0% (40 labelled)" in result.output
     assert "sample:                      all 40 records, 4 random crops each" in result.output
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_plot_into_a_missing_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    path = _store(tmp_path / "s.zarr", 8.0, labels=list(range(40)), dataset_classes=CLASSES)
+    monkeypatch.setattr("relabel_store.quality.quality_report", _never_called)
+    for args in (
+        ["quality", str(path), "--plot", str(tmp_path / "nope" / "q.png")],
+        ["show", str(path), "img_00000", "-o", str(tmp_path / "nope" / "m.png")],
+    ):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2
+        assert f"the folder {tmp_path / 'nope'} does not exist" in result.output
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("the report was computed before the output path was checked")

@@ -614,6 +614,11 @@ def test_push_never_touches_a_folder_that_holds_no_store(stores, tmp_path):
     with pytest.raises(ConfigurationError, match=r"holds 2 file\(s\) that are not a relabel-store"):
         push(stores["v1"], folder.as_uri())
     assert files_of(folder) == before
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ConfigurationError, match="is a file, not a folder"):
+        push(stores["v1"], afile.as_uri())
+    assert afile.read_text() == "mine"
     # a new Hub-style repo's own files are no obstacle
     fresh = tmp_path / "fresh"
     fresh.mkdir()

@@ -11,7 +11,7 @@ from typing import Any
 
 from relabel_store._io import regular_file_stat, sha256_stream
 from relabel_store.destinations import Destination, RemoteFile, Upload
-from relabel_store.errors import RemoteError
+from relabel_store.errors import ConfigurationError, RemoteError
 from relabel_store.manifest import ManifestEntry
 
 _CHUNK = 1 << 20
@@ -36,6 +36,15 @@ class FsspecDestination(Destination):
         return f"{self._base}/{path}"
 
     def open(self) -> dict[str, RemoteFile]:
+        try:
+            is_file = self._fs.isfile(self._base)
+        except OSError as exc:
+            raise RemoteError(f"{self.location}: cannot reach it ({exc})") from exc
+        if is_file:
+            raise ConfigurationError(
+                f"{self.location} is a file, not a folder: give the URL of a folder to push the "
+                "store into (it is created if missing)."
+            )
         return self.list_files()
 
     def list_files(self) -> dict[str, RemoteFile]:
