@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -33,11 +34,24 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (RelabelStoreError, OSError) as exc:
-            click.echo(f"error: {_one_line(exc)}", err=True)
+            click.echo(f"error: {_one_line(exc)}{_os_fix(exc)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("error: interrupted; rerun the same command to resume", err=True)
             sys.exit(130)
+
+
+def _os_fix(exc: BaseException) -> str:
+    """What to do about the operating system's refusals, which name only the path."""
+    if isinstance(exc, RelabelStoreError):
+        return ""
+    if isinstance(exc, PermissionError):
+        return (
+            ". Choose a location you may write to (or read, for an input), or fix its permissions."
+        )
+    if getattr(exc, "errno", None) == errno.ENOSPC:
+        return ". Free some space there, or choose another location; a rerun resumes."
+    return ""
 
 
 def _one_line(exc: BaseException) -> str:

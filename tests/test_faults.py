@@ -529,7 +529,7 @@ def test_a_settings_mismatch_names_each_differing_field(tmp_path):
     assert len(message) < 600 and "yyyy" not in message
 
 
-def test_cli_errors_are_one_line(written, tmp_path):
+def test_cli_errors_are_one_line(written, tmp_path, monkeypatch):
     from PIL import Image
 
     run = CliRunner().invoke
@@ -540,9 +540,14 @@ def test_cli_errors_are_one_line(written, tmp_path):
     Image.new("RGB", (7, 5)).save(photo)
     line = one_error_line(run(main, ["show", store, key, "--image", str(photo), "-o", png]))
     assert "the image is 7x5 but record" in line and "pass the original image" in line
-    nowhere = str(tmp_path / "no-such-folder" / "map.png")  # the OS's errors are one line too
-    line = one_error_line(run(main, ["show", store, key, "-o", nowhere]))
-    assert "No such file or directory" in line and "no-such-folder" in line
+
+    def refused(*args, **kwargs):  # as a read-only folder would (root, running this, may write)
+        raise PermissionError(13, "Permission denied", png)
+
+    with monkeypatch.context() as m:  # the OS's errors are one line too, with what to do
+        m.setattr("relabel_store.show.render_label_map", refused)
+        line = one_error_line(run(main, ["show", store, key, "-o", png]))
+    assert "Permission denied" in line and "Choose a location you may write to" in line
     (written.path / "indices" / "c.0.0.0.0").unlink()
     line = one_error_line(run(main, ["show", store, written.keys[0], "-o", png]))  # row 0
     assert "indices/c.0.0.0.0: the manifest lists this shard but it is missing" in line
