@@ -467,7 +467,7 @@ def _check_keys(keys: list[str], n: int) -> None:
             )
 
 
-def _settings_diff(old: StoreMetadata, new: StoreMetadata, *, limit: int = 12) -> str:
+def _settings_diff(old: StoreMetadata, new: StoreMetadata, *, limit: int = 4) -> str:
     """The settings that differ between two stores' metadata, one ``field: old -> new`` each
     (nested fields dotted, long lists summarised), so the actual difference is always shown."""
     lines: list[str] = []
