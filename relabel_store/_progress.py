@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from relabel_store.errors import ConfigurationError
 
-__all__ = ["INTERVAL_VARIABLE", "Progress", "format_count", "format_duration"]
+__all__ = ["INTERVAL_VARIABLE", "Progress", "format_count", "format_duration", "resumed"]
 
 INTERVAL_VARIABLE = "RELABEL_STORE_PROGRESS_INTERVAL"
 _DEFAULT_INTERVAL = 30.0
@@ -196,3 +196,9 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # closed or not a real file
         return False
+
+
+def resumed(desc: str, done: int, shards: int) -> str:
+    """A progress label that says how much of the store an earlier run wrote: its count and
+    rate are then this run's, the rest of the store."""
+    return desc if not done else f"{desc} (resumed: {done} of {shards} shards written before)"

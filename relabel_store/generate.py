@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from relabel_store._extras import requires_extra
-from relabel_store._progress import Progress
+from relabel_store._progress import Progress, resumed
 from relabel_store._run import OnError, check_run_options, input_failed, run_summary
 from relabel_store._shards import cores_per_process
 from relabel_store.errors import ConfigurationError
@@ -297,7 +297,11 @@ def _annotate(
     )
     bar = Progress(
         len(rows),
-        desc=f"annotating (rank {rank}/{world})" if world > 1 else "annotating",
+        desc=resumed(
+            f"annotating (rank {rank}/{world})" if world > 1 else "annotating",
+            len(done),
+            writer.num_shards,
+        ),
         unit="images",
         show=False if not rows else progress,
         position=rank if world > 1 else None,

@@ -34,7 +34,7 @@ import numpy as np
 
 from relabel_store._extras import requires_extra
 from relabel_store._io import atomic_write_bytes
-from relabel_store._progress import Progress
+from relabel_store._progress import Progress, resumed
 from relabel_store._run import OnError, check_run_options, input_failed, run_summary
 from relabel_store._shards import cores_per_process
 from relabel_store.errors import (
@@ -248,7 +248,8 @@ def _write_shards(
     ]
     todo = sum(len(rows) for rows, wanted in plan if wanted)
     measure = _rounds(spec.format.dtype_name, spec.values_dtype)
-    with Progress(todo, desc="importing", unit="maps", show=progress) as bar:
+    desc = resumed("importing", len(done), writer.num_shards)
+    with Progress(todo, desc=desc, unit="maps", show=progress) as bar:
         for rows, decoded in decode_chunks(archive, plan, spec, executor, workers, measure=measure):
             shard = rows.start // writer.metadata.shard_records
             if shard in done:

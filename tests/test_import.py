@@ -439,7 +439,7 @@ def test_a_run_killed_while_finalizing_resumes(tmp_path, monkeypatch):
     assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
 
 
-def test_resuming_from_another_source_of_the_same_size_is_refused(tmp_path, monkeypatch):
+def test_resuming_from_another_source_of_the_same_size_is_refused(tmp_path, monkeypatch, capsys):
     """A re-downloaded tar whose bytes differ but whose names and size do not: the shards
     written from the first would silently join maps of the second."""
 
@@ -472,8 +472,10 @@ def test_resuming_from_another_source_of_the_same_size_is_refused(tmp_path, monk
     with pytest.raises(InputError, match=r"not the source this store was started from.*shard 0"):
         import_maps(tar, out, workers=0, shard_records=2, progress=False)
     tar.write_bytes(original.read_bytes())
-    import_maps(tar, out, workers=2, shard_records=2, progress=False)  # workers fingerprint too
+    capsys.readouterr()
+    import_maps(tar, out, workers=2, shard_records=2, progress=True)  # workers fingerprint too
     assert store_bytes(out) == store_bytes(reference)
+    assert "importing (resumed: 2 of 6 shards written before)" in capsys.readouterr().err
 
 
 def test_progress_lines_when_not_on_a_terminal():
