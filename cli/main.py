@@ -57,8 +57,11 @@ def _os_fix(exc: BaseException) -> str:
 def _one_line(exc: BaseException) -> str:
     """An error's message on one line: its lines joined with '; ' (a table of known names
     stays readable), runs of spaces collapsed."""
-    lines = (" ".join(line.split()) for line in str(exc).splitlines())
-    return "; ".join(line for line in lines if line) or type(exc).__name__
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    text = ""
+    for line in filter(None, lines):
+        text += (" " if text.endswith((":", ".")) else "; ") + line if text else line
+    return text or type(exc).__name__
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

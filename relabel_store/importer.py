@@ -388,7 +388,10 @@ def _as_resumed(path: Path, meta: StoreMetadata) -> StoreMetadata:
     source = dict(old.get("source") or {})
     source.pop("sha256", None)
     old.pop("values", None)
-    if {**old, "source": source} != meta.to_json()["dataset"]:
+    new = meta.to_json()["dataset"]
+    if old.get("class_names") is None:  # an earlier version's store (writer._RECORDED_LATER)
+        new.pop("class_names", None)
+    if {**old, "source": source} != new:
         return meta
     return replace(meta, dataset=existing["dataset"])
 

@@ -2,8 +2,8 @@
 
 1. Refuse anything but a finalized store that matches its manifest, with every file a regular
    file inside it (no symlinks): nothing outside the store is ever read or sent.
-2. List what the destination already holds: refuse one that holds other files and no store
-   (a user's folder: its files would be mixed with, or taken for, the store's); upload only
+2. List what the destination already holds: refuse one with files of its own in the store's
+   folders and no store (they would be taken for an earlier store's and deleted); upload only
    the files that differ, in batches
    (``zarr.json`` first, so a partial upload is recognisable as an unfinished store). An old
    manifest that would describe a store being replaced is removed in the first batch.
@@ -310,22 +310,20 @@ def _entry_of(path: str, data: bytes) -> ManifestEntry:
     return ManifestEntry(path, len(data), hashlib.sha256(data).hexdigest())
 
 
-# What a destination may hold besides a store and still take one: a new Hub repo's files.
-_REPO_FILES = frozenset({"README.md", ".gitattributes"})
-
-
 def _refuse_foreign(location: str, manifest: Manifest, found: dict[str, RemoteFile]) -> None:
-    """Refuse a destination that holds files of its own and no store (no ``zarr.json``, which
-    a push writes first): deleting what the manifest does not list would delete the user's."""
+    """Refuse a destination with files of its own in the store's folders (``indices/``,
+    ``values/``, ...) and no store (no ``zarr.json``, which a push writes first): the push
+    would take them for an earlier store's and delete them. Files elsewhere (a dataset's own,
+    another store in a subfolder) are left alone and do not stop it."""
     if "zarr.json" in found:  # a store, or an interrupted push of one: replaced by this one
         return
-    listed = manifest.by_path()
-    foreign = sorted(p for p in found if p not in listed and p not in _REPO_FILES)
+    foreign = _stale(manifest, found)
     if foreign:
         raise ConfigurationError(
-            f"{location} holds {len(foreign)} file(s) that are not a relabel-store store "
-            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): push to an empty "
-            "folder or repository, or to a new subfolder of this one (…/name.relabel.zarr)."
+            f"{location} holds {len(foreign)} file(s) in the folders a store's files go to, and "
+            f"no store ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): the "
+            "push would delete them. Push to an empty folder or repository, or to a new "
+            "subfolder of this one (…/name.relabel.zarr)."
         )
 
 

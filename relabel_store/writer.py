@@ -70,6 +70,9 @@ from relabel_store.manifest import (
 
 # Fields that may differ between the run that created a store and the run that resumes it.
 _VOLATILE = {"created_at", "software_version", "complete", "record_count"}
+#: Descriptive dataset fields that later versions record: a store begun before a field was
+#: recorded (it has none) still resumes, and a requeued run of a finished one still ends at once.
+_RECORDED_LATER = {"dataset.class_names", "dataset.key_column"}
 _SEP: dict[str, Any] = {"name": "default", "configuration": {"separator": "."}}
 
 
@@ -477,7 +480,7 @@ def _settings_diff(old: StoreMetadata, new: StoreMetadata, *, limit: int = 4) ->
 
 
 def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
-    if a == b:
+    if a == b or (a is None and path in _RECORDED_LATER):
         return
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(a.keys() | b.keys()):

@@ -478,6 +478,42 @@ def test_resuming_from_another_source_of_the_same_size_is_refused(tmp_path, monk
     assert "importing (resumed: 2 of 6 shards written before)" in capsys.readouterr().err
 
 
+def _as_written_before_class_names(store: Path) -> None:
+    """Make ``store`` what an import of an earlier version wrote: no ``dataset.class_names``."""
+    group = json.loads((store / "zarr.json").read_text())
+    del group["attributes"]["relabel"]["dataset"]["class_names"]
+    (store / "zarr.json").write_text(json.dumps(group))
+    if (store / "manifest.json").exists():
+        write_manifest(store, build_manifest(store))
+
+
+def test_stores_of_an_earlier_version_still_resume_and_rerun(tmp_path, monkeypatch):
+    """A field that later versions record (class_names) is no change of settings."""
+    tar = write_tar(tmp_path / "r.tar", serialized(official_files(n_per_class=2)))
+    done = tmp_path / "done.zarr"
+    import_maps(tar, done, workers=0, shard_records=2, progress=False)
+    _as_written_before_class_names(done)
+    again = import_maps(tar, done, workers=0, shard_records=2, progress=False)
+    assert again.already_complete
+    out = tmp_path / "s.zarr"
+    real_write = StoreWriter.write_shard
+    calls = {"n": 0}
+
+    def killed_after_one(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return real_write(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(StoreWriter, "write_shard", killed_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            import_maps(tar, out, workers=0, shard_records=2, progress=False)
+    _as_written_before_class_names(out)
+    resumed = import_maps(tar, out, workers=0, shard_records=2, progress=False)
+    assert resumed.imported_now == 4 and verify_store(out).ok
+
+
 def test_progress_lines_when_not_on_a_terminal():
     stream = io.StringIO()
     with Progress(1000, desc="importing", unit="maps", interval=0.0, stream=stream) as bar:

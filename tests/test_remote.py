@@ -604,16 +604,26 @@ def test_push_and_read_file_url(stores, tmp_path, monkeypatch):
         load_relabel(url, revision="main")
 
 
-def test_push_never_touches_a_folder_that_holds_no_store(stores, tmp_path):
-    """A user's folder (files where the store's would go, and others): refused, untouched."""
+def test_push_never_deletes_files_of_a_folder_that_holds_no_store(stores, tmp_path):
+    """A user's folder with files where the store's go: refused, untouched. Files elsewhere
+    (a dataset's own, another store in a subfolder) neither stop a push nor are touched."""
     folder = tmp_path / "mine"
     (folder / "indices").mkdir(parents=True)
     (folder / "indices" / "notes.bin").write_bytes(b"old")
     (folder / "notes.txt").write_text("mine")
     before = files_of(folder)
-    with pytest.raises(ConfigurationError, match=r"holds 2 file\(s\) that are not a relabel-store"):
+    with pytest.raises(ConfigurationError, match=r"holds 1 file\(s\) in the folders a store's"):
         push(stores["v1"], folder.as_uri())
     assert files_of(folder) == before
+    shared = tmp_path / "shared"
+    push(stores["v2"], (shared / "val").as_uri())  # another store in a subfolder, as docs show
+    (shared / "data").mkdir()
+    (shared / "data" / "train.parquet").write_bytes(b"the dataset")
+    kept = {p: b for p, b in files_of(shared).items() if not p.startswith(("indices", "values"))}
+    push(stores["v1"], shared.as_uri())
+    same_records(load_relabel(shared), load_relabel(stores["v1"]))
+    same_records(load_relabel(shared / "val"), load_relabel(stores["v2"]))
+    assert all(files_of(shared)[p] == b for p, b in kept.items() if p != "manifest.json")
     afile = tmp_path / "afile"
     afile.write_text("mine")
     with pytest.raises(ConfigurationError, match="is a file, not a folder"):
