@@ -543,19 +543,28 @@ def decode_chunks(
     *,
     measure: bool = False,
 ) -> Iterator[tuple[range, DecodedChunk]]:
-    """Every chunk of ``plan``, in order, ``executor``'s workers decoding ahead: the wanted
-    ones decoded, the others (shards written before a resume) only fingerprinted.
+    """The chunks of ``plan``, in order, ``executor``'s workers decoding ahead: the wanted
+    ones decoded; from a tar the others too (shards written before a resume), only
+    fingerprinted, so that a resume from another tar is refused.
 
     The archive is read here, once, in order; at most a few shards' worth of members wait for
     a worker, so memory stays flat whatever the source's size.
     """
     window = 1 if workers == 0 else 8 * workers + 2 * (DEFAULT_SHARD_RECORDS // CHUNK_RECORDS)
     pending: deque[tuple[range, cf.Future]] = deque()
+    # A tar is read through whatever is wanted: the members of shards kept from an earlier run
+    # cost only their fingerprint, taken here. A folder's are not read again (nor checked).
+    check_kept = archive.kind == "tar"
     wanted = {rows.start: want for rows, want in plan}
     try:
-        for rows, payloads in archive.stream([(rows, True) for rows, _ in plan]):
+        for rows, payloads in archive.stream([(r, w or check_kept) for r, w in plan]):
             chunk = _Chunk(rows.start, payloads, spec, measure, decode=wanted[rows.start])
-            pending.append((rows, executor.submit(_decode_chunk, chunk)))
+            if chunk.decode:
+                pending.append((rows, executor.submit(_decode_chunk, chunk)))
+            else:
+                kept: cf.Future = cf.Future()
+                kept.set_result(_decode_chunk(chunk))
+                pending.append((rows, kept))
             while len(pending) >= window:
                 rows_done, future = pending.popleft()
                 yield rows_done, future.result()
