@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _stores import write_store
+from _stores import file_sizes, write_store
 from nvidia.dali import fn, pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from PIL import Image
@@ -36,12 +36,9 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(photos, tmp_path_factory):
-    sizes = []
-    for name in IN_STORE:
-        with Image.open(photos[name]) as image:
-            sizes.append(image.size[::-1])
     path = tmp_path_factory.mktemp("store") / "photos.relabel.zarr"
-    write_store(path, keys=IN_STORE, sizes=np.array(sizes), shard_records=2, seed=5)
+    sizes = file_sizes(photos[name] for name in IN_STORE)
+    write_store(path, keys=IN_STORE, sizes=sizes, shard_records=2, seed=5)
     return load_relabel(path)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from _stores import write_store
+from _stores import file_sizes, write_store
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -67,12 +67,9 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(photos, tmp_path_factory):
-    sizes = []
-    for name in IN_STORE:
-        with Image.open(photos[name]) as image:
-            sizes.append(image.size[::-1])
     path = tmp_path_factory.mktemp("store") / "photos.relabel.zarr"
-    write_store(path, keys=IN_STORE, sizes=np.array(sizes), shard_records=2, seed=3)
+    sizes = file_sizes(photos[name] for name in IN_STORE)
+    write_store(path, keys=IN_STORE, sizes=sizes, shard_records=2, seed=3)
     return load_relabel(path)
 
 
