@@ -96,6 +96,7 @@ class ImportResult:
     source: dict[str, Any]
     rounding: dict[str, Any]
     already_complete: bool = False  # the store was finished before: nothing was done
+    unlabelled: int = 0  # usable members under no ImageNet-1k wnid folder: label -1
 
     def summary(self) -> str:
         """What ``relabel-store import`` prints when it is done."""
@@ -113,7 +114,18 @@ class ImportResult:
             digest=self.digest,
             already_complete=self.already_complete,
             before=[("source", f"{where} ({src['kind']}, {self.format} format{digest})")],
-            after=[("float16", _rounding_line(self.rounding))],
+            after=[("float16", _rounding_line(self.rounding))]
+            + (
+                [
+                    (
+                        "labels",
+                        f"{self.unlabelled} map{'s' if self.unlabelled > 1 else ''} under no "
+                        "ImageNet-1k wnid folder: label -1",
+                    )
+                ]
+                if self.unlabelled
+                else []
+            ),
         )
 
 
@@ -183,6 +195,9 @@ def _import(
     members = archive.scan(progress)
     space = imagenet_label_space(LABEL_SPACE)
     keys, labels = _place_members(members, space.class_identifiers or ())
+    unlabelled = sum(
+        1 for row in np.flatnonzero(labels < 0).tolist() if row not in members.problems
+    )
     if on_error == "fail" and members.problems:
         row = min(members.problems)
         raise _member_error(members, row, members.problems[row])
@@ -216,7 +231,7 @@ def _import(
     finished = None if overwrite else StoreWriter.finished(path, meta)
     if finished is not None:  # a requeued job reruns the command: report, do not refuse
         old, manifest = finished
-        return _result(path, fmt.name, old, manifest, 0, started, already_complete=True)
+        return _result(path, fmt.name, old, manifest, 0, started, unlabelled, already_complete=True)
     with StoreWriter.open(path, meta, overwrite=overwrite) as writer:
         shards = _ShardAssembler(writer, spec, members, keys, labels, on_error)
         imported_now = _write_shards(shards, archive, executor, workers, progress)
@@ -227,7 +242,7 @@ def _import(
         dataset = {**meta.dataset, "source": source_info, "values": rounding}
         writer.metadata = replace(writer.metadata, dataset=dataset)  # see _as_resumed
         manifest = writer.finalize()
-    return _result(path, fmt.name, writer.metadata, manifest, imported_now, started)
+    return _result(path, fmt.name, writer.metadata, manifest, imported_now, started, unlabelled)
 
 
 def _write_shards(
@@ -268,6 +283,7 @@ def _result(
     manifest: Manifest,
     imported_now: int,
     started: float,
+    unlabelled: int,
     *,
     already_complete: bool = False,
 ) -> ImportResult:
@@ -283,6 +299,7 @@ def _result(
         source=dict(meta.dataset.get("source") or {}),
         rounding=dict(meta.dataset.get("values") or {}),
         already_complete=already_complete,
+        unlabelled=unlabelled,
     )
 
 

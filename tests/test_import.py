@@ -680,3 +680,15 @@ def test_the_importer_does_not_load_the_generation_machinery():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_maps_under_no_wnid_folder_are_imported_unlabelled_and_counted(tmp_path):
+    files = official_files(n_per_class=1)
+    members = serialized(files)
+    members["n99999999/n99999999_1.pt"] = saved(next(iter(files.values())))
+    tar = write_tar(tmp_path / "r.tar", members)
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(main, ["import", str(tar), "-o", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "1 map under no ImageNet-1k wnid folder: label -1" in result.output
+    assert load_relabel(out)["n99999999_1"].label == -1
