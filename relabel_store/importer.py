@@ -52,7 +52,7 @@ from relabel_store.format import (
 from relabel_store.keys import key_from_path
 from relabel_store.label_space import imagenet_label_space
 from relabel_store.manifest import Manifest, safe_relpath
-from relabel_store.writer import StoreWriter, read_group_attrs
+from relabel_store.writer import StoreWriter, read_group_attrs, settings_diff
 
 # torch reads the published .pt files.
 with requires_extra("generate", "relabel_store.importer"):
@@ -401,14 +401,14 @@ def _as_resumed(path: Path, meta: StoreMetadata) -> StoreMetadata:
     existing = read_group_attrs(path)
     if not existing or not existing.get("complete"):
         return meta
-    old = dict(existing.get("dataset") or {})
-    source = dict(old.get("source") or {})
+    dataset = dict(existing.get("dataset") or {})
+    source = dict(dataset.get("source") or {})
     source.pop("sha256", None)
-    old.pop("values", None)
-    new = meta.to_json()["dataset"]
-    if old.get("class_names") is None:  # an earlier version's store (writer._RECORDED_LATER)
-        new.pop("class_names", None)
-    if {**old, "source": source} != new:
+    dataset.pop("values", None)
+    before_finalize = replace(
+        StoreMetadata.from_json(existing, where=str(path)), dataset={**dataset, "source": source}
+    )
+    if settings_diff(before_finalize, meta):
         return meta
     return replace(meta, dataset=existing["dataset"])
 

@@ -172,7 +172,7 @@ class StoreWriter:
                 return cls(root, metadata, held, threads=threads)
             old = StoreMetadata.from_json(existing, where=str(root))
             _refuse_finalized(root, old)
-            diff = _settings_diff(old, metadata)
+            diff = settings_diff(old, metadata)
             if diff:
                 raise InputError(
                     f"{root} holds an unfinished store started with different settings "
@@ -207,7 +207,7 @@ class StoreWriter:
             manifest = read_manifest(root)
         except IncompleteStoreError:
             return None
-        diff = _settings_diff(old, metadata)
+        diff = settings_diff(old, metadata)
         if diff:
             raise InputError(
                 f"{root} already holds a finalized store made with different settings ({diff}). "
@@ -470,7 +470,7 @@ def _check_keys(keys: list[str], n: int) -> None:
             )
 
 
-def _settings_diff(old: StoreMetadata, new: StoreMetadata, *, limit: int = 4) -> str:
+def settings_diff(old: StoreMetadata, new: StoreMetadata, *, limit: int = 4) -> str:
     """The settings that differ between two stores' metadata, one ``field: old -> new`` each
     (nested fields dotted, long lists summarised), so the actual difference is always shown."""
     lines: list[str] = []
