@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from relabel_store.samples import SAMPLE_PHOTOS, sample_photo
+from relabel_store.write.samples import SAMPLE_PHOTOS, sample_photo
 
 
 def write_photoset(folder: Path, count: int, seed: int = 0) -> Path:

@@ -43,9 +43,9 @@ from torchvision.transforms import v2
 
 from relabel_store import load_relabel
 from relabel_store.loaders import DeviceMaps, LabelPooler, RelabelDataset, ResidentPooler
-from relabel_store.loaders._samples import reference
+from relabel_store.loaders._core import reference
 from relabel_store.pooling import pool
-from relabel_store.torch_pooling import BatchPooler, stack_boxes
+from relabel_store.pooling.batched import BatchPooler, stack_boxes
 
 GOALS = {"worker": 2.0, "worker-maps": 2.0, "resident": 1.0}
 

@@ -38,10 +38,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from relabel_store import StoreWriter, load_relabel
-from relabel_store._shards import cores_per_process
-from relabel_store.annotator import DenseAnnotator, WholeImageTransform
-from relabel_store.generate import generate
-from relabel_store.inputs import InputDataset, collate_inputs, open_inputs
+from relabel_store.format._shards import cores_per_process
+from relabel_store.write.annotator import DenseAnnotator, WholeImageTransform
+from relabel_store.write.generate import generate
+from relabel_store.write.inputs import InputDataset, collate_inputs, open_inputs
 
 L2 = "tf_efficientnet_l2.ns_jft_in1k_475"
 

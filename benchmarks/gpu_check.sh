@@ -29,7 +29,7 @@ export PYTHONPATH=/tmp/rs:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 cd /tmp  # never import the source tree instead of the installed package
 $PY - <<'EOF'
 import importlib.util, sys, torch
-import relabel_store, relabel_store.generate, relabel_store.annotator, relabel_store.quality
+import relabel_store, relabel_store.write.generate, relabel_store.write.annotator, relabel_store.report.quality
 print("relabel_store", relabel_store.__file__)
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())
 for name in ("datasets", "httpx2"):

@@ -49,9 +49,9 @@ from torchvision.transforms import v2
 
 from relabel_store import load_relabel
 from relabel_store.loaders import ReturnsCropBox, relabel_transform, track_crops
-from relabel_store.loaders._samples import pool_rows
+from relabel_store.loaders._core import pool_rows
 from relabel_store.pooling import CropBox, PoolingSpec
-from relabel_store.samples import SAMPLE_PHOTOS, sample_photo
+from relabel_store.write.samples import SAMPLE_PHOTOS, sample_photo
 
 
 def make_jpegs(n: int, rng: np.random.Generator) -> list[bytes]:

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from _synthetic import synthetic_maps
 
-from relabel_store._archive import open_archive
-from relabel_store.importer import (
+from relabel_store.format.label_space import imagenet_label_space
+from relabel_store.write._archive import open_archive
+from relabel_store.write.importer import (
     CHUNK_RECORDS,
     MEASURE_CROPS,
     _place_members,
@@ -47,7 +48,6 @@ from relabel_store.importer import (
     import_maps,
     rounding_difference,
 )
-from relabel_store.label_space import imagenet_label_space
 
 IMAGENET = 1_281_167
 TOP = "imagenet_efficientnet_l2_sz475_top5"

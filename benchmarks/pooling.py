@@ -7,7 +7,7 @@ Run: ``python benchmarks/pooling.py [--classes 1000] [--grid 15] [--k 5] [--imag
   onto the box, softmax), on the same record and the same boxes, in one process, with torch
   limited to one thread (DataLoader workers run one thread each). The reference is timed from
   the stored record (numpy uint16/float16, as pool() gets it) and from ready torch tensors.
-- batched: :class:`relabel_store.torch_pooling.BatchPooler` on a batch of 256 on CPU, with 1 thread
+- batched: :class:`relabel_store.pooling.batched.BatchPooler` on a batch of 256 on CPU, with 1 thread
   and with every core (``torch.set_num_threads``).
 
 - with the read: a record read from a local store plus pool(), median (target <= 50 µs).
@@ -39,7 +39,7 @@ from torchvision.ops import roi_align
 from relabel_store import load_relabel
 from relabel_store.loaders import RelabelDataset
 from relabel_store.pooling import CropBox, pool
-from relabel_store.torch_pooling import BatchPooler, stack_boxes
+from relabel_store.pooling.batched import BatchPooler, stack_boxes
 
 
 def random_resized_crops(n: int, rng: np.random.Generator, height: int, width: int) -> list:

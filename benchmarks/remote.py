@@ -32,7 +32,7 @@ from _synthetic import imagenet_like_keys, write_synthetic_store
 from huggingface_hub.utils import disable_progress_bars
 
 from relabel_store import load_relabel
-from relabel_store.publish import push
+from relabel_store.publish.push import push
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _fake_hub import FakeHub, fake_hub_env

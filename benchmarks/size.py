@@ -26,14 +26,14 @@ from _photoset import write_photoset
 from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec, ZstdCodec
 
 from relabel_store import load_relabel
-from relabel_store._layout import ArrayLayout
-from relabel_store._shards import ShardEncoder
-from relabel_store.annotator import load_annotator
 from relabel_store.errors import FormatError
-from relabel_store.generate import generate
-from relabel_store.inputs import open_inputs
-from relabel_store.reader import _ShardedArray
-from relabel_store.sources.local import LocalSource
+from relabel_store.format._layout import ArrayLayout
+from relabel_store.format._shards import ShardEncoder
+from relabel_store.read.reader import _ShardedArray
+from relabel_store.read.sources.local import LocalSource
+from relabel_store.write.annotator import load_annotator
+from relabel_store.write.generate import generate
+from relabel_store.write.inputs import open_inputs
 
 IMAGENET = 1_281_167
 

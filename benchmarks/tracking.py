@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 
 from relabel_store.loaders import track_crops
 from relabel_store.loaders.crops import _build
-from relabel_store.samples import sample_photo
+from relabel_store.write.samples import sample_photo
 
 
 def pipelines() -> dict[str, object]:

@@ -23,7 +23,7 @@ import numpy as np
 from _synthetic import imagenet_like_keys, synthetic_maps
 
 from relabel_store import StoreMetadata, StoreWriter, load_relabel
-from relabel_store._shards import cores_per_process
+from relabel_store.format._shards import cores_per_process
 
 SHARD = 4096
 
@@ -31,9 +31,9 @@ SHARD = 4096
 def real_maps(tmp: Path, photos: int) -> tuple[np.ndarray, np.ndarray]:
     from _photoset import write_photoset
 
-    from relabel_store.annotator import load_annotator
-    from relabel_store.generate import generate
-    from relabel_store.inputs import open_inputs
+    from relabel_store.write.annotator import load_annotator
+    from relabel_store.write.generate import generate
+    from relabel_store.write.inputs import open_inputs
 
     folder = write_photoset(tmp / "photos", photos)
     annotator = load_annotator("tf_efficientnet_lite0", "efficientnet-lite0")

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from relabel_store import load_relabel, quality_report, verify_store
-from relabel_store.annotator import load_annotator
-from relabel_store.generate import generate
-from relabel_store.inputs import open_inputs
 from relabel_store.pooling import CropBox, pool
-from relabel_store.samples import write_sample_photos
+from relabel_store.write.annotator import load_annotator
+from relabel_store.write.generate import generate
+from relabel_store.write.inputs import open_inputs
+from relabel_store.write.samples import write_sample_photos
 
 
 def top(target: np.ndarray, names: tuple[str, ...] | None, n: int = 3) -> str:

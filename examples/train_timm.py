@@ -44,8 +44,8 @@ from torchvision.transforms import v2
 
 from relabel_store import load_relabel
 from relabel_store.loaders import RelabelDataset, timm_mixup
-from relabel_store.refinery import store_lineage
-from relabel_store.weights import save_checkpoint
+from relabel_store.write.refinery import store_lineage
+from relabel_store.write.weights import save_checkpoint
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

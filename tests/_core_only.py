@@ -79,12 +79,12 @@ def check(work: Path) -> None:
     # Every feature that needs an extra names it.
     for statement, extra in (
         ("from relabel_store import BatchPooler", "torch"),
-        ("from relabel_store.pooling import stack_boxes", "torch"),
+        ("from relabel_store.pooling.batched import stack_boxes", "torch"),
         ("import relabel_store.loaders", "torch"),
-        ("import relabel_store.generate", "generate"),
-        ("import relabel_store.annotator", "generate"),
-        ("import relabel_store.importer", "generate"),
-        ("import relabel_store.show", "show"),
+        ("import relabel_store.write.generate", "generate"),
+        ("import relabel_store.write.annotator", "generate"),
+        ("import relabel_store.write.importer", "generate"),
+        ("import relabel_store.report.show", "show"),
     ):
         try:
             exec(statement)

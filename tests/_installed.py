@@ -1,8 +1,8 @@
 """Throwaway virtual environments holding relabel-store as a regular ``pip install .`` lays it out.
 
-The development venv installs the project in editable mode, which maps ``loaders/`` and ``cli/``
-into the package at import time and so hides mistakes a regular install would show (the source
-tree shadowing the installed package, a module or data file missing from the wheel). A venv from
+The development venv installs the project in editable mode, which reads the package from ``src/``
+and so hides mistakes a regular install would show (a module or data file missing from the
+wheel). A venv from
 :func:`installed_venv` takes seconds and no package index: the project is built and installed
 without its dependencies, and the dependencies are reused from the running environment through a
 ``.pth`` line (Python does not process ``.pth`` files inside a folder added that way, so the

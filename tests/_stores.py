@@ -79,7 +79,7 @@ def described_annotator(grid=(15, 15), k=5, num_classes=1000) -> dict[str, Any]:
 def _describe(grid: tuple[int, int], k: int, num_classes: int) -> dict[str, Any]:
     import timm
 
-    from relabel_store.annotator import DenseAnnotator
+    from relabel_store.write.annotator import DenseAnnotator
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=num_classes)
     return DenseAnnotator(model, grid=grid, k=k).describe()

@@ -17,17 +17,17 @@ from PIL import Image
 from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
 
-from relabel_store import weights as weights_module
-from relabel_store.annotator import (
+from relabel_store.errors import AnnotatorError, InputSizeWarning
+from relabel_store.write import weights as weights_module
+from relabel_store.write.annotator import (
     DenseAnnotator,
     WholeImageTransform,
     build_transform,
     load_annotator,
     resample_dense,
 )
-from relabel_store.errors import AnnotatorError, InputSizeWarning
-from relabel_store.inputs import InputDataset, collate_inputs, open_inputs
-from relabel_store.samples import SAMPLE_PHOTOS, sample_photo, write_sample_photos
+from relabel_store.write.inputs import InputDataset, collate_inputs, open_inputs
+from relabel_store.write.samples import SAMPLE_PHOTOS, sample_photo, write_sample_photos
 
 NUM_CLASSES = 11
 # ImageNet-1k classes the offline lite0 annotator gives these sample photos (whole image, top-1).
@@ -285,7 +285,7 @@ def test_checkpoint_formats_load_strictly(tmp_path):
 
 
 def test_a_saved_checkpoint_names_its_model_and_trained_size(tmp_path):
-    from relabel_store.weights import read_training_record, save_checkpoint
+    from relabel_store.write.weights import read_training_record, save_checkpoint
 
     source = _model("resnet10t").eval()
     trained_on = {"digest": "ab" * 32, "location": "round0.relabel.zarr"}

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from relabel_store import load_relabel
-from relabel_store.annotator import DenseAnnotator
-from relabel_store.generate import _ShardMaps, generate
-from relabel_store.inputs import open_inputs
+from relabel_store.write.annotator import DenseAnnotator
+from relabel_store.write.generate import _ShardMaps, generate
+from relabel_store.write.inputs import open_inputs
 
 try:
     import pytest

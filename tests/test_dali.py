@@ -20,7 +20,7 @@ from relabel_store.errors import (
 from relabel_store.loaders import LabelPooler
 from relabel_store.loaders.dali import DaliFiles, random_resized_crop
 from relabel_store.pooling import CropBox, PoolingSpec, pool
-from relabel_store.samples import SYNSETS, write_sample_photos
+from relabel_store.write.samples import SYNSETS, write_sample_photos
 
 IN_STORE = ["astronaut", "chelsea", "china", "coffee", "rocket"]
 ALL = [*IN_STORE, "flower"]  # flower has no record

@@ -41,7 +41,7 @@ from timm.data import ImageNetInfo
 
 from relabel_store import StoreMetadata, StoreWriter
 from relabel_store.cli.main import main as cli
-from relabel_store.samples import SAMPLE_PHOTOS, sample_photo
+from relabel_store.write.samples import SAMPLE_PHOTOS, sample_photo
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from relabel_store import load_relabel, quality_report
-from relabel_store.annotator import load_annotator
 from relabel_store.cli.main import main
-from relabel_store.generate import generate
-from relabel_store.inputs import open_inputs
-from relabel_store.samples import write_sample_photos
+from relabel_store.write.annotator import load_annotator
+from relabel_store.write.generate import generate
+from relabel_store.write.inputs import open_inputs
+from relabel_store.write.samples import write_sample_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 

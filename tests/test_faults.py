@@ -43,8 +43,8 @@ from relabel_store.errors import (
     RelabelStoreError,
     StoreLockedError,
 )
-from relabel_store.manifest import build_manifest, write_manifest
-from relabel_store.samples import write_sample_photos
+from relabel_store.format.manifest import build_manifest, write_manifest
+from relabel_store.write.samples import write_sample_photos
 
 BIN = Path(sys.executable).parent
 
@@ -417,8 +417,8 @@ def one_error_line(result) -> str:
 WRAPPER = """
 import os, signal, sys, time
 from pathlib import Path
-from relabel_store._lock import WriteLock
-from relabel_store.writer import StoreWriter
+from relabel_store.format._lock import WriteLock
+from relabel_store.write.writer import StoreWriter
 
 write_shard = StoreWriter.write_shard
 
@@ -545,7 +545,7 @@ def test_cli_errors_are_one_line(written, tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", png)
 
     with monkeypatch.context() as m:  # the OS's errors are one line too, with what to do
-        m.setattr("relabel_store.show.render_label_map", refused)
+        m.setattr("relabel_store.report.show.render_label_map", refused)
         line = one_error_line(run(main, ["show", store, key, "-o", png]))
     assert "Permission denied" in line and "Choose a location you may write to" in line
     (written.path / "indices" / "c.0.0.0.0").unlink()

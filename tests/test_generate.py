@@ -20,7 +20,7 @@ from PIL import Image
 from relabel_store import load_relabel, verify_store
 from relabel_store.cli.main import main
 from relabel_store.pooling import CropBox, pool
-from relabel_store.samples import write_sample_photos
+from relabel_store.write.samples import write_sample_photos
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -184,8 +184,8 @@ def test_kill_9_then_rerun_gives_the_same_bytes(tmp_path):
 KILL_WRAPPER = """
 import os, sys, time
 from pathlib import Path
-import relabel_store.writer as writer
-from relabel_store._io import temp_path
+import relabel_store.write.writer as writer
+from relabel_store.format._io import temp_path
 
 original = writer.atomic_write_bytes
 def stalled(path, data):  # shard 2's logits: half written into the temporary file, then stuck
@@ -245,17 +245,17 @@ def test_kill_9_during_a_background_write_then_rerun_gives_the_same_bytes(tmp_pa
 
 
 def test_a_failing_shard_write_stops_generate_with_its_error(tmp_path, monkeypatch):
-    import relabel_store.writer
+    import relabel_store.write.writer
 
     photos = photo_folder(tmp_path / "photos", crops=6)
-    original = relabel_store.writer.atomic_write_bytes
+    original = relabel_store.write.writer.atomic_write_bytes
 
     def disk_full(path, data):
         if Path(path).name == "c.1.0.0.0":
             raise OSError(28, "No space left on device", str(path))
         original(path, data)
 
-    monkeypatch.setattr(relabel_store.writer, "atomic_write_bytes", disk_full)
+    monkeypatch.setattr(relabel_store.write.writer, "atomic_write_bytes", disk_full)
     out = tmp_path / "s.zarr"
     result = run_cli("generate", str(photos), "-o", str(out), *FAST, "--shard-records", "2", "-q")
     assert result.returncode == 2 and "No space left on device" in result.stderr
@@ -266,7 +266,7 @@ def test_a_failing_shard_write_stops_generate_with_its_error(tmp_path, monkeypat
 
 def test_the_writer_compresses_on_the_cores_the_workers_leave(tmp_path, monkeypatch):
     """Decoding workers and compression threads never oversubscribe the process's cores."""
-    import relabel_store.generate as gen
+    import relabel_store.write.generate as gen
 
     assert [gen.writer_threads(w, cores=16) for w in (16, 20, 12, 0)] == [1, 1, 4, 16]
     threads = []
@@ -356,7 +356,7 @@ def test_missing_weights_say_how_to_work_offline(tmp_path, monkeypatch):
 
 DIST_WRAPPER = """
 import json, os, sys
-from relabel_store.writer import StoreWriter
+from relabel_store.write.writer import StoreWriter
 original = StoreWriter.write_shard
 def logged(self, shard, **kw):
     with open(os.environ["SHARD_LOG"], "a") as f:

@@ -18,11 +18,11 @@ from torchvision.transforms import v2
 
 from relabel_store import RecordNotFoundError, load_relabel
 from relabel_store.errors import ConfigurationError, UnsupportedTransformError
-from relabel_store.inputs import open_inputs
 from relabel_store.loaders import RelabelDataset, RelabelStream, ReturnsCropBox, relabel_transform
-from relabel_store.loaders._samples import KeyTally
+from relabel_store.loaders._core import KeyTally
 from relabel_store.loaders.dali import DaliFiles
 from relabel_store.pooling import CropBox, PoolingSpec, pool
+from relabel_store.write.inputs import open_inputs
 
 N_IMAGES = 12
 BOX = CropBox(0.25, 0.0, 0.75, 0.5, flipped=True)

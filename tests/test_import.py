@@ -25,13 +25,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from relabel_store import CropBox, RelabelStore, load_relabel, pool, registry, verify_store
+from relabel_store import CropBox, RelabelStore, load_relabel, pool, verify_store
 from relabel_store._progress import Progress, format_count
 from relabel_store.cli.main import main
 from relabel_store.errors import FormatError, InputError, StoreNotFoundError
-from relabel_store.importer import import_maps
-from relabel_store.manifest import build_manifest, write_manifest
-from relabel_store.writer import StoreWriter
+from relabel_store.format.manifest import build_manifest, write_manifest
+from relabel_store.read import registry
+from relabel_store.write.importer import import_maps
+from relabel_store.write.writer import StoreWriter
 
 TOP = "imagenet_efficientnet_l2_sz475_top5"
 #: wnid -> ImageNet-1k index (timm's order): the first, the second and the last class.
@@ -425,7 +426,7 @@ def test_a_run_killed_while_finalizing_resumes(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr("relabel_store.writer.write_manifest", killed)
+        m.setattr("relabel_store.write.writer.write_manifest", killed)
         with pytest.raises(KeyboardInterrupt):
             import_maps(tar, out, workers=0, progress=False)
     assert json.loads((out / "zarr.json").read_text())["attributes"]["relabel"]["complete"]
@@ -674,9 +675,9 @@ def test_summaries_and_info_write_sizes_one_way(tmp_path):
 def test_the_importer_does_not_load_the_generation_machinery():
     """import reads published maps: no annotator, no DataLoader pipeline, no timm model code."""
     code = (
-        "import sys, relabel_store.importer\n"
-        "print(sorted(m for m in ('relabel_store.generate', 'relabel_store.annotator', "
-        "'relabel_store.inputs', 'timm') if m in sys.modules))"
+        "import sys, relabel_store.write.importer\n"
+        "print(sorted(m for m in ('relabel_store.write.generate', 'relabel_store.write.annotator', "
+        "'relabel_store.write.inputs', 'timm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from relabel_store.annotator import build_transform
 from relabel_store.errors import InputError
 from relabel_store.images import decode_image, to_rgb
-from relabel_store.inputs import (
+from relabel_store.write.annotator import build_transform
+from relabel_store.write.inputs import (
     HFDatasetInputs,
     ImageFilesInputs,
     ImageFolderInputs,
@@ -27,7 +27,7 @@ from relabel_store.inputs import (
     collate_inputs,
     open_inputs,
 )
-from relabel_store.samples import sample_photo, write_sample_photos
+from relabel_store.write.samples import sample_photo, write_sample_photos
 
 W, H = 6, 4  # non-square on purpose: sizes must come back as (height, width)
 
@@ -160,9 +160,9 @@ def test_training_side_decoding_imports_nothing_of_generation():
     loaded = set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
     assert "relabel_store.images" in loaded
     assert not loaded & {
-        "relabel_store.inputs",
-        "relabel_store.generate",
-        "relabel_store.annotator",
+        "relabel_store.write.inputs",
+        "relabel_store.write.generate",
+        "relabel_store.write.annotator",
     }
 
 
@@ -394,7 +394,7 @@ def test_decompression_bomb_is_reported_not_raised(tmp_path, monkeypatch):
 
 def test_a_missing_path_is_named_not_taken_for_a_dataset_name(tmp_path):
     from relabel_store.errors import InputError
-    from relabel_store.inputs import open_inputs
+    from relabel_store.write.inputs import open_inputs
 
     with pytest.raises(InputError, match=r"no such file or folder: .*nope.*image folder"):
         open_inputs(tmp_path / "nope")

@@ -33,20 +33,10 @@ def test_import_and_the_core_modules_do_not_import_torch(tmp_path):
         "import sys, relabel_store\n"
         "assert 'torch' not in sys.modules\n"
         "from relabel_store import CropBox, PoolingSpec, RelabelStore, StoreWriter, load_relabel, pool\n"
-        "import relabel_store.cli.main, relabel_store.publish, relabel_store.pull\n"
+        "import relabel_store.cli.main, relabel_store.publish.push, relabel_store.read.pull\n"
         f"print(sorted(m for m in sys.modules if m.partition('.')[0] in {HEAVY!r}))\n"
     )
     assert _run(sys.executable, "-c", code, cwd=tmp_path).strip() == "[]"
-
-
-def test_batch_pooling_keeps_its_old_import_paths():
-    import relabel_store
-    from relabel_store import pooling, torch_pooling
-
-    assert relabel_store.BatchPooler is pooling.BatchPooler is torch_pooling.BatchPooler
-    assert pooling.stack_boxes is torch_pooling.stack_boxes
-    with pytest.raises(AttributeError, match="no attribute 'Pooler'"):
-        pooling.Pooler  # noqa: B018
 
 
 def test_core_only_script_with_the_extras_refused(tmp_path):
@@ -128,7 +118,7 @@ def test_lazy_imports_of_optional_packages_name_their_extra(monkeypatch, tmp_pat
     from click.testing import CliRunner
 
     from relabel_store.cli.main import main
-    from relabel_store.samples import sample_photo
+    from relabel_store.write.samples import sample_photo
 
     _refuse(monkeypatch, "datasets")
     result = CliRunner().invoke(main, ["generate", "--hf-dataset", "x", "-o", str(tmp_path / "o")])

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from relabel_store import FormatError, UnsafePathError, load_relabel, verify_store
 from relabel_store.cli.main import main
-from relabel_store.manifest import Manifest, safe_relpath
+from relabel_store.format.manifest import Manifest, safe_relpath
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torchvision.ops import roi_align
 
-from relabel_store._roialign import sampling_window
 from relabel_store.errors import (
     ArgumentTypeError,
     ConfigurationError,
@@ -26,7 +25,8 @@ from relabel_store.errors import (
     RelabelStoreError,
 )
 from relabel_store.pooling import VARIANTS, CropBox, PoolingSpec, pool
-from relabel_store.torch_pooling import BatchPooler, _axis_weights_torch, stack_boxes
+from relabel_store.pooling._roialign import sampling_window
+from relabel_store.pooling.batched import BatchPooler, _axis_weights_torch, stack_boxes
 
 ATOL, RTOL = 1e-6, 1e-5
 DEFAULT = PoolingSpec()

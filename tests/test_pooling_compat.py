@@ -17,7 +17,7 @@ from torchvision.transforms import RandomResizedCrop
 
 from relabel_store.errors import ConfigurationError
 from relabel_store.pooling import CropBox, PoolingSpec, pool
-from relabel_store.torch_pooling import BatchPooler, stack_boxes
+from relabel_store.pooling.batched import BatchPooler, stack_boxes
 
 C = 200
 ATOL, RTOL = 1e-6, 1e-5

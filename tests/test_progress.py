@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from relabel_store._progress import INTERVAL_VARIABLE, Progress
 from relabel_store.cli.main import main
-from relabel_store.samples import write_sample_photos
+from relabel_store.write.samples import write_sample_photos
 
 SIZE = r"[\d.]+ [kMG]?B"
 BYTES_LINE = rf": {SIZE} of {SIZE} \([\d.]+%\), {SIZE}/s"

@@ -92,7 +92,7 @@ def test_a_sample_of_a_store_and_the_cli(tmp_path):
 
 def test_a_plot_into_a_missing_folder_is_refused_before_any_work(tmp_path, monkeypatch):
     path = _store(tmp_path / "s.zarr", 8.0, labels=list(range(40)), dataset_classes=CLASSES)
-    monkeypatch.setattr("relabel_store.quality.quality_report", _never_called)
+    monkeypatch.setattr("relabel_store.report.quality.quality_report", _never_called)
     for args in (
         ["quality", str(path), "--plot", str(tmp_path / "nope" / "q.png")],
         ["show", str(path), "img_00000", "-o", str(tmp_path / "nope" / "m.png")],

@@ -22,8 +22,7 @@ from _fake_hub import HTTPX2_DATA_DEPRECATION_FILTER, iter_fake_hub, set_offline
 from _stores import write_store
 from click.testing import CliRunner
 
-from relabel_store import load_relabel, registry
-from relabel_store.card import dataset_card, size_category
+from relabel_store import load_relabel
 from relabel_store.cli.main import main
 from relabel_store.errors import (
     ConfigurationError,
@@ -33,11 +32,13 @@ from relabel_store.errors import (
     StoreNotFoundError,
     UnsafePathError,
 )
-from relabel_store.hub_names import parse_hf_url
-from relabel_store.manifest import Manifest, ManifestEntry, verify_store
-from relabel_store.publish import push
-from relabel_store.resolve import resolve
-from relabel_store.samples import write_sample_photos
+from relabel_store.format.manifest import Manifest, ManifestEntry, verify_store
+from relabel_store.publish.card import dataset_card, size_category
+from relabel_store.publish.push import push
+from relabel_store.read import registry
+from relabel_store.read.hub_names import parse_hf_url
+from relabel_store.read.resolve import resolve
+from relabel_store.write.samples import write_sample_photos
 
 pytestmark = pytest.mark.filterwarnings(HTTPX2_DATA_DEPRECATION_FILTER)
 

@@ -27,12 +27,12 @@ from _stores import write_store
 from click.testing import CliRunner
 
 from relabel_store import load_relabel
-from relabel_store._io import sha256_file
 from relabel_store.cli.main import main
 from relabel_store.errors import CorruptDataError, RemoteError, UnsafePathError
-from relabel_store.publish import push
-from relabel_store.pull import pull
-from relabel_store.sources import hub as hub_source
+from relabel_store.format._io import sha256_file
+from relabel_store.publish.push import push
+from relabel_store.read.pull import pull
+from relabel_store.read.sources import hub as hub_source
 
 pytestmark = pytest.mark.filterwarnings(HTTPX2_DATA_DEPRECATION_FILTER)
 
@@ -392,7 +392,7 @@ def test_token_never_sent_to_the_cdn(hub, store_dir, tmp_path, outside):
 _CHILD = """
 import sys
 from relabel_store import load_relabel
-from relabel_store._io import sha256_file
+from relabel_store.format._io import sha256_file
 load_relabel(sys.argv[1], revision=sys.argv[2], cache_dir=sys.argv[3]).get(sys.argv[4])
 """
 

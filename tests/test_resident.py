@@ -15,9 +15,9 @@ from torchvision.transforms import v2
 from relabel_store import InsufficientMemoryError, load_relabel
 from relabel_store.errors import ConfigurationError
 from relabel_store.loaders import DeviceMaps, LabelPooler, RelabelDataset, ResidentPooler
-from relabel_store.loaders import resident as resident_module
+from relabel_store.loaders import maps as maps_module
 from relabel_store.pooling import CropBox, PoolingSpec, pool
-from relabel_store.samples import write_sample_photos
+from relabel_store.write.samples import write_sample_photos
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_maps_of_another_store_are_refused(store, written, tmp_path):
 
 
 def test_a_device_without_room_is_refused_before_allocating(store, monkeypatch):
-    monkeypatch.setattr(resident_module, "_free_bytes", lambda device: 1000)
+    monkeypatch.setattr(maps_module, "_free_bytes", lambda device: 1000)
     with pytest.raises(InsufficientMemoryError, match=r"take 0\.00 GiB, and cpu has"):
         DeviceMaps.load(store)
     assert len(DeviceMaps.load(store, check_memory=False)) == len(store)

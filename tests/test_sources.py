@@ -25,15 +25,15 @@ from _fake_hub import HTTPX2_DATA_DEPRECATION_FILTER, iter_fake_hub, set_offline
 from _stores import write_store
 
 from relabel_store.errors import CorruptDataError, RemoteError, UnsafePathError
-from relabel_store.reader import RelabelStore
-from relabel_store.remote import open_remote
-from relabel_store.resolve import resolve
-from relabel_store.sources import Remote, Source
-from relabel_store.sources.cached import ShardCacheSource
-from relabel_store.sources.fsspec import FsspecRemote
-from relabel_store.sources.hub import HubRemote
-from relabel_store.sources.local import LocalSource
-from relabel_store.sources.ranged import RangeBlob, RangeSource
+from relabel_store.read.reader import RelabelStore
+from relabel_store.read.remote import open_remote
+from relabel_store.read.resolve import resolve
+from relabel_store.read.sources import Remote, Source
+from relabel_store.read.sources.cached import ShardCacheSource
+from relabel_store.read.sources.fsspec import FsspecRemote
+from relabel_store.read.sources.hub import HubRemote
+from relabel_store.read.sources.local import LocalSource
+from relabel_store.read.sources.ranged import RangeBlob, RangeSource
 
 pytestmark = pytest.mark.filterwarnings(HTTPX2_DATA_DEPRECATION_FILTER)
 

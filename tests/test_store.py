@@ -26,7 +26,7 @@ from relabel_store import (
     load_relabel,
 )
 from relabel_store.errors import InputError
-from relabel_store.manifest import build_manifest, write_manifest
+from relabel_store.format.manifest import build_manifest, write_manifest
 
 
 @settings(
@@ -272,7 +272,7 @@ def test_copying_a_store_keeps_it_readable(tmp_path):
 def test_own_blosc_decoder_matches_numcodecs(data, dtype, cname, shuffle, level):
     from numcodecs import Blosc
 
-    from relabel_store._layout import _blosc_decompress
+    from relabel_store.format._layout import _blosc_decompress
 
     item = np.dtype(dtype).itemsize
     array = np.frombuffer(data[: len(data) // item * item] or bytes(item), dtype)

@@ -23,9 +23,9 @@ from relabel_store.errors import (
     UnsupportedTransformError,
 )
 from relabel_store.loaders import LabelPooler, RelabelStream
-from relabel_store.loaders._samples import KeyTally
+from relabel_store.loaders._core import KeyTally
 from relabel_store.pooling import CropBox, PoolingSpec, pool
-from relabel_store.samples import sample_photo, write_sample_photos
+from relabel_store.write.samples import sample_photo, write_sample_photos
 
 # The store covers these; "flower" is in the shards but has no record.
 IN_STORE = ["astronaut", "chelsea", "china", "coffee", "rocket"]

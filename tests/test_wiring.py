@@ -34,8 +34,7 @@ from relabel_store import (
     load_relabel,
 )
 from relabel_store.errors import InputError
-from relabel_store.inputs import open_inputs
-from relabel_store.keys import key_from_path
+from relabel_store.format.keys import key_from_path
 from relabel_store.loaders import (
     LabelPooler,
     RelabelDataset,
@@ -46,6 +45,7 @@ from relabel_store.loaders import (
     track_crops,
 )
 from relabel_store.pooling import CropBox, PoolingSpec, pool
+from relabel_store.write.inputs import open_inputs
 
 H, W, S = 160, 200, 32
 INFO = ImageNetInfo("imagenet-1k")

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from relabel_store import StoreMetadata, StoreWriter, load_relabel
-from relabel_store._shards import ShardEncoder
-from relabel_store.format import INDICES, VALUES
+from relabel_store.format._shards import ShardEncoder
+from relabel_store.format.metadata import INDICES, VALUES
 
 _SEP = {"name": "default", "configuration": {"separator": "."}}
 
