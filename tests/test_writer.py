@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from relabel_store import StoreMetadata, StoreWriter, load_relabel
+from relabel_store import ConfigurationError, StoreMetadata, StoreWriter, load_relabel
 from relabel_store.format._shards import ShardEncoder
 from relabel_store.format.metadata import INDICES, VALUES
 
@@ -170,5 +170,5 @@ def test_an_error_in_the_block_still_writes_the_queued_shards(tmp_path):
         release.set()
         raise KeyError("annotating failed")
     assert w.completed_shards() == {0, 1}
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ConfigurationError, match="closed"):
         bg.submit(2, **_shard_data(w, 2))

@@ -7,6 +7,30 @@ Messages say what went wrong and what to do about it.
 
 from __future__ import annotations
 
+__all__ = [
+    "AnnotatorError",
+    "ArgumentTypeError",
+    "ColumnNotFoundError",
+    "ConfigurationError",
+    "CorruptDataError",
+    "FormatError",
+    "IncompleteStoreError",
+    "InputError",
+    "InputSizeWarning",
+    "InsufficientMemoryError",
+    "InvalidBoxError",
+    "LabelSpaceError",
+    "MissingExtraError",
+    "RecordNotFoundError",
+    "RelabelStoreError",
+    "RemoteError",
+    "RowOutOfRangeError",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "UnsafePathError",
+    "UnsupportedTransformError",
+]
+
 
 class RelabelStoreError(Exception):
     """Root of every error raised by relabel-store."""
@@ -73,6 +97,13 @@ class ConfigurationError(RelabelStoreError, ValueError):
     that do not parse (a Hub URL), and settings that would train on wrong targets (a transform
     on the base dataset, a mixing setup that breaks soft targets).
     """
+
+
+class ColumnNotFoundError(ConfigurationError, KeyError):
+    """A column a loader was told to read is not in the dataset's batch."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
 
 
 class LabelSpaceError(ConfigurationError):

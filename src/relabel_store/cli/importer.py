@@ -11,6 +11,8 @@ from relabel_store.cli._options import check_resume, store_writing_options
 from relabel_store.cli.quality import echo_headline
 from relabel_store.write._run import OnError
 
+__all__ = ["import_"]
+
 
 @click.command(name="import")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))

@@ -24,6 +24,8 @@ from relabel_store.write._run import OnError
 if TYPE_CHECKING:
     from relabel_store.pooling import CropBox
 
+__all__ = ["generate", "info", "main", "show", "verify"]
+
 
 class _Group(click.Group):
     """Turns every error a user can act on into one ``error:`` line and exit status 2 (130 for

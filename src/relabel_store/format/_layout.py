@@ -220,14 +220,14 @@ def _zstd_decompress(data: bytes, nbytes: int) -> bytes:
     if claimed == -1:  # size not in the header: let the decoder stop at the limit
         return _zstd().decompress(data, max_output_size=nbytes)
     if claimed != nbytes:
-        raise ValueError(f"zstd frame holds {claimed} bytes, expected {nbytes}")
+        raise FormatError(f"zstd frame holds {claimed} bytes, expected {nbytes}")
     return _zstd().decompress(data)
 
 
 def _gzip_decompress(data: bytes, nbytes: int) -> bytes:
     out = zlib.decompressobj(wbits=31).decompress(data, nbytes + 1)
     if len(out) > nbytes:
-        raise ValueError(f"gzip stream holds more than the expected {nbytes} bytes")
+        raise FormatError(f"gzip stream holds more than the expected {nbytes} bytes")
     return out
 
 
@@ -243,11 +243,11 @@ def _blosc_decompress(data: bytes, expected: int) -> Decoded:
     Any other frame goes to numcodecs. A header claiming another size is refused first.
     """
     if len(data) < 16:
-        raise ValueError(f"blosc frame of {len(data)} bytes is shorter than its header")
+        raise FormatError(f"blosc frame of {len(data)} bytes is shorter than its header")
     flags, typesize = data[2], data[3]
     nbytes, blocksize = struct.unpack_from("<ii", data, 4)
     if nbytes != expected:
-        raise ValueError(f"blosc frame holds {nbytes} bytes, expected {expected}")
+        raise FormatError(f"blosc frame holds {nbytes} bytes, expected {expected}")
     fast = (
         data[0] == 2
         and flags & 0x16 == 0x10
@@ -262,7 +262,7 @@ def _blosc_decompress(data: bytes, expected: int) -> Decoded:
     block = data[24 : 24 + csize]
     raw = block if csize == nbytes else _zstd_decompress(block, nbytes)
     if len(raw) != nbytes:
-        raise ValueError(f"blosc block decoded to {len(raw)} bytes, expected {nbytes}")
+        raise FormatError(f"blosc block decoded to {len(raw)} bytes, expected {nbytes}")
     if flags & 0x01 and typesize > 1:  # byte shuffle: planes of byte 0, byte 1, ... -> elements
         planes = np.frombuffer(raw, np.uint8)
         out = np.empty(nbytes, np.uint8)

@@ -100,21 +100,21 @@ class ShardEncoder:
                 and inner[0].get("configuration", {}).get("endian", "little") == "little"
             )
             if not ok:
-                raise ValueError("not a layout relabel-store writes")
+                raise FormatError("not a layout relabel-store writes")
             dtype = np.dtype(meta["data_type"]).newbyteorder("<")
             steps = [c["name"] for c in inner[1:]]
             checksum = steps[-1:] == ["crc32c"]
             if checksum:
                 steps = steps[:-1]
             if len(steps) != 1:
-                raise ValueError(f"expected one compressor, got {steps}")
+                raise FormatError(f"expected one compressor, got {steps}")
             compressor = inner[1]
             if compressor["name"] == "zstd":
                 encode = _zstd_slices(compressor["configuration"])
             elif compressor["name"] == "blosc":
                 encode = _blosc_slices(compressor["configuration"], dtype, record_shape)
             else:
-                raise ValueError(f"unsupported compressor {compressor['name']!r}")
+                raise FormatError(f"unsupported compressor {compressor['name']!r}")
             return cls(
                 name=name,
                 dtype=dtype,
@@ -145,7 +145,7 @@ class ShardEncoder:
         records = np.ascontiguousarray(records, dtype=self.dtype)
         n = len(records)
         if records.shape[1:] != self.record_shape or not 0 < n <= self.shard_records:
-            raise ValueError(
+            raise FormatError(
                 f"{self.name}: a shard holds 1..{self.shard_records} records of shape "
                 f"{self.record_shape}, got {records.shape}"
             )

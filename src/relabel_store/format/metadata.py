@@ -15,6 +15,33 @@ from typing import Any
 
 from relabel_store.errors import FormatError
 
+__all__ = [
+    "ATTRS_KEY",
+    "DEFAULT_SHARD_RECORDS",
+    "DEFAULT_ZSTD_LEVEL",
+    "ERRORS_NAME",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "INDICES",
+    "INDICES_ZSTD_LEVEL",
+    "KEYS",
+    "KEY_CHUNK_ROWS",
+    "LABELS",
+    "MANIFEST_NAME",
+    "MAX_INDEX_CHUNK_ROWS",
+    "MAX_KEY_BYTES",
+    "PROGRESS_DIR",
+    "ROWS",
+    "SIZES",
+    "VALUES",
+    "VALUES_BLOSC_LEVEL",
+    "VALUES_DTYPES",
+    "VALUE_KINDS",
+    "StoreMetadata",
+    "read_group_attribute",
+    "software_version",
+]
+
 FORMAT_NAME = "relabel-store"
 # 1.1 added `label_space` and `class_identifiers` (optional fields: 1.0 readers ignore them).
 # 1.2 added `values_dtype`: logits may be stored as float32 (lossless imports of float32 maps).

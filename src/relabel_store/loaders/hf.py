@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from relabel_store.errors import ConfigurationError
+from relabel_store.errors import ColumnNotFoundError, ConfigurationError
 from relabel_store.format.keys import KeyMode, key_from_path
 from relabel_store.format.label_space import ClassMap, match_labels
 from relabel_store.images import decode_cell
@@ -169,7 +169,7 @@ class RelabelTransform:
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         if self.image_column not in batch:
-            raise KeyError(
+            raise ColumnNotFoundError(
                 f"image column {self.image_column!r} is not in the batch (columns: "
                 f"{list(batch)}); pass image_column=..."
             )
@@ -202,7 +202,9 @@ class RelabelTransform:
         elif self.keep_columns:
             for name in self.keep_columns:
                 if name not in batch:
-                    raise KeyError(f"keep_columns: {name!r} is not in the batch ({list(batch)})")
+                    raise ColumnNotFoundError(
+                        f"keep_columns: {name!r} is not in the batch ({list(batch)})"
+                    )
                 out[name] = batch[name]
         out[self.pixel_values_column] = pixels
         out[self.target_column] = targets
@@ -216,7 +218,7 @@ class RelabelTransform:
         """Store rows of a batch (-1: no record, only with ``missing="original"``) and keys."""
         if self.key_column is not None:
             if self.key_column not in batch:
-                raise KeyError(
+                raise ColumnNotFoundError(
                     f"key column {self.key_column!r} is not in the batch (columns: {list(batch)})"
                 )
             keys = [as_key(k) for k in batch[self.key_column]]

@@ -36,6 +36,7 @@ workers; this module needs numpy only) and :class:`~relabel_store.pooling.batche
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -192,14 +193,14 @@ class PoolingSpec:
                 f"variant {self.variant!r} pools the whole image into one target; "
                 f"output_size must be 1, got {size!r}"
             )
-        try:  # any real number: a float, numpy or torch scalar; not a string or a bool
-            if isinstance(self.original_weight, str | bytes | bool):
-                raise TypeError
-            weight = float(self.original_weight)
-        except (TypeError, ValueError):
+        weight = None  # any real number: a float, numpy or torch scalar; not a string or a bool
+        if not isinstance(self.original_weight, str | bytes | bool):
+            with contextlib.suppress(TypeError, ValueError):
+                weight = float(self.original_weight)
+        if weight is None:
             raise ConfigurationError(
                 f"original_weight must be a number in [0, 1], got {self.original_weight!r}"
-            ) from None
+            )
         if not 0.0 <= weight <= 1.0:  # also rejects NaN
             raise ConfigurationError(
                 f"original_weight must be in [0, 1], got {self.original_weight!r}"

@@ -46,6 +46,8 @@ from relabel_store.format.metadata import (
 from relabel_store.read.sources import Blob, Source
 from relabel_store.read.sources.local import LocalSource
 
+__all__ = ["Record", "RecordBatch", "RelabelStore"]
+
 _MAX_OPEN_SHARDS = 512
 _NO_INDEX = np.zeros((0, 2), np.uint64)
 

@@ -478,12 +478,12 @@ class HFDatasetInputs(InputSource):
         if isinstance(value, str):
             return value
         if value is None:
-            raise ValueError("the image cell is empty")
+            raise InputError("the image cell is empty")
         if value.get("bytes") is not None:
             return value["bytes"]
         if value.get("path"):
             return value["path"]
-        raise ValueError("the image cell has neither bytes nor a path")
+        raise InputError("the image cell has neither bytes nor a path")
 
     def _where(self) -> str:
         return f"dataset {self.name or ''} split {self.split or ''}".strip()

@@ -68,6 +68,8 @@ from relabel_store.format.metadata import (
     read_group_attribute,
 )
 
+__all__ = ["BackgroundWriter", "StoreWriter", "read_group_attrs", "settings_diff"]
+
 # Fields that may differ between the run that created a store and the run that resumes it.
 _VOLATILE = {"created_at", "software_version", "complete", "record_count"}
 #: Descriptive dataset fields that later versions record: a store begun before a field was
@@ -582,7 +584,7 @@ class BackgroundWriter:
         waiting for a device-to-host copy to land), then write it."""
         self._raise_error()
         if not self._thread.is_alive():
-            raise RuntimeError("this BackgroundWriter is closed")
+            raise ConfigurationError("this BackgroundWriter is closed")
         self._queue.put((shard, prepare))
 
     def close(self) -> None:
