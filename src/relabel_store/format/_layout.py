@@ -206,11 +206,10 @@ _local = threading.local()
 
 def _zstd() -> zstandard.ZstdDecompressor:
     """This thread's reusable zstd context: ~3x faster than a fresh one per call."""
-    try:
-        return _local.zstd
-    except AttributeError:
-        _local.zstd = zstandard.ZstdDecompressor()
-        return _local.zstd
+    context: zstandard.ZstdDecompressor | None = getattr(_local, "zstd", None)
+    if context is None:
+        context = _local.zstd = zstandard.ZstdDecompressor()
+    return context
 
 
 def _zstd_decompress(data: bytes, nbytes: int) -> bytes:
@@ -257,7 +256,8 @@ def _blosc_decompress(data: bytes, expected: int) -> Decoded:
         and nbytes % typesize == 0
     )  # version 2, not memcpyed, no bitshuffle, unsplit blocks, zstd, one whole-element block
     if not fast:
-        return _BLOSC_FALLBACK.decode(data)
+        decoded: bytes | np.ndarray = _BLOSC_FALLBACK.decode(data)
+        return decoded
     (csize,) = struct.unpack_from("<i", data, 20)
     block = data[24 : 24 + csize]
     raw = block if csize == nbytes else _zstd_decompress(block, nbytes)

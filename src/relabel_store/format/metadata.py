@@ -169,7 +169,8 @@ class StoreMetadata:
         out["annotator"] = dict(self.annotator)
         out["dataset"] = dict(self.dataset)
         # Round-trip through json to reject anything that would not survive serialisation.
-        return json.loads(json.dumps(out, allow_nan=False))
+        checked: dict[str, Any] = json.loads(json.dumps(out, allow_nan=False))
+        return checked
 
     @classmethod
     def from_json(cls, data: Any, *, where: str = "store") -> StoreMetadata:

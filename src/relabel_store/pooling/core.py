@@ -40,7 +40,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -167,7 +167,7 @@ class PoolingSpec:
             )
         size = self.output_size
         if isinstance(size, int | np.integer):
-            pair: tuple = (size, size)
+            pair: tuple[Any, ...] = (size, size)
         else:
             try:
                 pair = tuple(size)
@@ -313,7 +313,8 @@ def _axis_weights(
     starts = np.cumsum(counts) - counts
     # each bin: the sum over its points of the tent 1 - min(|d|, 1), over its sampling count
     tents = counts[:, None] - np.add.reduceat(dist, starts, axis=0)
-    return tents / grids[:, None]
+    weights: np.ndarray = tents / grids[:, None]
+    return weights
 
 
 _EDGE_TOLERANCE = 1e-4  # cells; far above the float32 rounding of sampling points
