@@ -13,7 +13,7 @@ import math
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,12 @@ _ARRAY_FIELDS = {
     "dimension_names",
     "storage_transformers",
 }
+
+
+def chunk_key(separator: str, coords: Sequence[int]) -> str:
+    """A chunk's file name inside its array's folder, by Zarr v3's default chunk key encoding
+    (``c.12.0.0.0`` with the ``.`` separator): the one rule the reader and the writer share."""
+    return separator.join(["c", *map(str, coords)])
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,8 @@ class ArrayLayout:
             raise FormatError(f"{where} is malformed: {exc!r}") from None
 
     def chunk_key(self, coords: tuple[int, ...]) -> str:
-        return f"{self.name}/c{self.separator}" + self.separator.join(map(str, coords))
+        """The chunk's key from the store root (``indices/c.12.0.0.0``)."""
+        return f"{self.name}/{chunk_key(self.separator, coords)}"
 
     def decode_array(self, data: bytes, shape: tuple[int, ...], where: str) -> np.ndarray:
         raw = self.decode(data, where)

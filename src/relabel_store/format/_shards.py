@@ -38,6 +38,7 @@ import zstandard
 from numcodecs.blosc import Blosc
 
 from relabel_store.errors import FormatError
+from relabel_store.format._layout import chunk_key
 
 MISSING = 2**64 - 1
 #: Records per task: large enough that thread hand-off is noise, small enough to spread a shard
@@ -137,7 +138,7 @@ class ShardEncoder:
 
     def chunk_key(self, shard: int) -> str:
         """The shard's file name inside the array's folder (``c.12.0.0.0``)."""
-        return self.separator.join(["c", str(shard), *("0" * len(self.record_shape))])
+        return chunk_key(self.separator, (shard, *[0] * len(self.record_shape)))
 
     def start(self, records: np.ndarray, pool: Executor) -> Callable[[], bytes | None]:
         """Queue the encoding of one shard's records on ``pool``; the returned function waits

@@ -90,7 +90,6 @@ class _ShardedArray:
         self.record_shape = tuple(layout.shape[1:])
         self.nbytes = int(np.prod(self.record_shape)) * layout.dtype.itemsize
         self.tail = 16 * self.per_shard + 4
-        self.suffix = layout.separator + layout.separator.join("0" * len(self.record_shape))
         # shard -> (file, its (offset, nbytes) index, where): the index is a view into the
         # memory-mapped file where the source maps files (no per-worker copy), else 16 B a chunk.
         self._shards: OrderedDict[int, tuple[Blob | None, np.ndarray, str]] = OrderedDict()
@@ -101,7 +100,7 @@ class _ShardedArray:
         if entry is not None:
             return entry
         with self._lock:
-            key = f"{self.layout.name}/c{self.layout.separator}{s}{self.suffix}"
+            key = self.layout.chunk_key((s, *[0] * len(self.record_shape)))
             where = f"{self.source.location}/{key}"
             listed = None if self.listed is None else self.listed.get(key)
             blob = None
