@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import sys
 import warnings
 from collections.abc import Mapping
@@ -186,7 +185,6 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     from relabel_store.write.refinery import parent_of
 
     with requires_extra("generate", "relabel-store generate"):
-        import torch
 
         from relabel_store.write.annotator import load_annotator
         from relabel_store.write.generate import generate as run
@@ -202,13 +200,6 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
             f"--hf-dataset {input}."
         )
     check_resume(output, resume=resume, overwrite=overwrite)
-    if device == "auto":
-        local = os.environ.get("LOCAL_RANK", "0")
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        # This process only feeds the GPU; torch's intra-op threads would spin on the cores
-        # the decoding workers use (a stand-in annotator ran 8x slower with them, measured).
-        torch.set_num_threads(1)
     source = open_inputs(
         source_arg,
         kind="hf" if hf_dataset else kind,
