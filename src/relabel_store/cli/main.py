@@ -185,7 +185,6 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     from relabel_store.write.refinery import parent_of
 
     with requires_extra("generate", "relabel-store generate"):
-
         from relabel_store.write.annotator import load_annotator
         from relabel_store.write.generate import generate as run
         from relabel_store.write.inputs import open_inputs

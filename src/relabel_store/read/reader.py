@@ -27,8 +27,9 @@ from relabel_store.errors import (
     RowOutOfRangeError,
     StoreNotFoundError,
 )
+from relabel_store.format._codecs import Decoded
 from relabel_store.format._io import sha256_bytes
-from relabel_store.format._layout import MISSING, ArrayLayout, Decoded, parse_shard_index
+from relabel_store.format._layout import MISSING, ArrayLayout, parse_shard_index
 from relabel_store.format.manifest import Manifest, ManifestEntry
 from relabel_store.format.metadata import (
     INDICES,
@@ -134,7 +135,7 @@ class _ShardedArray:
         off, size = index[j].tolist()
         if off == MISSING:
             return None
-        return self.layout.decode(blob[off : off + size], where)
+        return self.layout.codecs.decode(blob[off : off + size], where)
 
     def _bad_size(self, row: int, raw: Decoded) -> CorruptDataError:
         return CorruptDataError(
