@@ -435,7 +435,7 @@ def test_a_run_killed_while_finalizing_resumes(tmp_path, monkeypatch):
     assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
     assert verify_store(out).ok
     again = import_maps(tar, out, workers=0, progress=False)  # a requeued job: nothing to do
-    assert again.already_complete and again.imported_now == 0 and again.records == 6
+    assert again.already_complete and again.done_now == 0 and again.records == 6
     assert again.source["sha256"] and "already complete" in again.summary()
     assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
 
@@ -512,7 +512,7 @@ def test_stores_of_an_earlier_version_still_resume_and_rerun(tmp_path, monkeypat
             import_maps(tar, out, workers=0, shard_records=2, progress=False)
     _as_written_before_class_names(out)
     resumed = import_maps(tar, out, workers=0, shard_records=2, progress=False)
-    assert resumed.imported_now == 4 and verify_store(out).ok
+    assert resumed.done_now == 4 and verify_store(out).ok
 
 
 def test_progress_lines_when_not_on_a_terminal():

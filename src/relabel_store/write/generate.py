@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from relabel_store._progress import Progress, resumed
 from relabel_store.errors import ConfigurationError
 from relabel_store.format._shards import cores_per_process
 from relabel_store.format.metadata import DEFAULT_SHARD_RECORDS, StoreMetadata
-from relabel_store.write._run import OnError, check_run_options, input_failed, run_summary
+from relabel_store.write._run import OnError, RunResult, check_run_options, input_failed
 from relabel_store.write.writer import StoreWriter
 
 with requires_extra("generate", "relabel_store.write.generate"):
@@ -43,32 +43,11 @@ with requires_extra("generate", "relabel_store.write.generate"):
 __all__ = ["GenerateResult", "generate", "writer_threads"]
 
 
-@dataclass(frozen=True)
-class GenerateResult:
-    """What a ``generate`` run did (``records``/``skipped`` count the whole store)."""
+@dataclass(frozen=True, kw_only=True)
+class GenerateResult(RunResult):
+    """What a ``generate`` run did (see :class:`~relabel_store.write._run.RunResult`)."""
 
-    path: Path
-    records: int
-    skipped: int
-    annotated_now: int
-    seconds: float
-    store_bytes: int
-    digest: str | None  # None on ranks other than 0
-    already_complete: bool = False  # the store was finished before this run: nothing was done
-
-    def summary(self) -> str:
-        """What ``relabel-store generate`` prints when it is done."""
-        return run_summary(
-            self.path,
-            records=self.records,
-            skipped=self.skipped,
-            done_now=self.annotated_now,
-            unit="images",
-            seconds=self.seconds,
-            store_bytes=self.store_bytes,
-            digest=self.digest,
-            already_complete=self.already_complete,
-        )
+    unit: ClassVar[str] = "images"
 
 
 class _ShardMaps:
@@ -253,7 +232,7 @@ def generate(
             path=path,
             records=old.record_count,
             skipped=old.rows - old.record_count,
-            annotated_now=0,
+            done_now=0,
             seconds=time.perf_counter() - started,
             store_bytes=manifest.total_bytes,
             digest=manifest.digest if rank == 0 else None,
@@ -344,7 +323,7 @@ def _annotate(
         path=path,
         records=records,
         skipped=meta.rows - records if rank == 0 else 0,
-        annotated_now=len(rows),
+        done_now=len(rows),
         seconds=time.perf_counter() - started,
         store_bytes=size,
         digest=digest,

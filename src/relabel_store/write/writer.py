@@ -275,12 +275,15 @@ class StoreWriter:
         indices: np.ndarray,
         values: np.ndarray,
         errors: Sequence[dict[str, str] | None] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Write every record of one shard, then mark it done.
 
         ``errors[i]`` (a dict with at least ``reason``) marks row i as failed: its data is
         written as zeros and its key is left out of the finished store and listed in
-        ``errors.jsonl``.
+        ``errors.jsonl``. ``extra``: the caller's own JSON record of the shard (what it was made
+        from, a measurement), kept with the shard's progress until the store is finalized and
+        read back with :meth:`shard_extra`: it exists exactly when the shard does.
         """
         if not 0 <= shard < self.num_shards:
             raise ConfigurationError(f"shard {shard} out of range 0..{self.num_shards - 1}")
@@ -334,7 +337,19 @@ class StoreWriter:
             "sizes": sizes_list,
             "errors": errors,
         }
+        if extra is not None:
+            progress["extra"] = dict(extra)
         atomic_write_bytes(self._progress_path(shard), json.dumps(progress).encode())
+
+    def shard_extra(self, shard: int) -> dict[str, Any] | None:
+        """The ``extra`` record :meth:`write_shard` kept for a written shard (None: none given,
+        or the shard is not written)."""
+        try:
+            progress = json.loads(self._progress_path(shard).read_bytes())
+        except FileNotFoundError:
+            return None
+        extra = progress.get("extra")
+        return dict(extra) if isinstance(extra, dict) else None
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -352,8 +367,12 @@ class StoreWriter:
 
     # -- sealing --------------------------------------------------------------------------------
 
-    def finalize(self) -> Manifest:
-        """Index the keys, write errors.jsonl, mark the store complete, write the manifest."""
+    def finalize(self, dataset: Mapping[str, Any] | None = None) -> Manifest:
+        """Index the keys, write errors.jsonl, mark the store complete, write the manifest.
+
+        ``dataset``: fields of the metadata's ``dataset`` known only once every shard is written
+        (a source's digest, a measurement over all shards), recorded with the rest.
+        """
         self._stop_threads()
         missing = sorted(set(range(self.num_shards)) - self.completed_shards())
         if missing:
@@ -361,6 +380,8 @@ class StoreWriter:
                 f"cannot finalize {self.root}: {len(missing)} of {self.num_shards} shards are not "
                 f"written yet (first: {missing[:5]}). Resume generation to write them."
             )
+        if dataset:
+            self.metadata = replace(self.metadata, dataset={**self.metadata.dataset, **dataset})
         keys: list[bytes] = []
         rows: list[int] = []
         labels: list[int] = []
