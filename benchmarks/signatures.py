@@ -26,10 +26,28 @@ from PIL import Image, ImageEnhance
 
 import relabel_store.images as images
 
-_SKIMAGE = (
-    "astronaut brick camera chelsea clock coffee coins colorwheel grass gravel horse "
-    "hubble_deep_field immunohistochemistry logo microaneurysms moon page retina rocket text"
-).split()
+_SKIMAGE = [
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+]
 
 
 def photos() -> dict[str, Image.Image]:
@@ -117,10 +135,18 @@ def main() -> None:
         for b in names[i + 1 :]:
             add("other photo", float(images.signature_distance(sig[a], sig[b])))
         for what, variant in same(pics[a]).items():
-            add(f"same: {what}", float(images.signature_distance(sig[a], images.image_signature(variant))))
+            add(
+                f"same: {what}",
+                float(images.signature_distance(sig[a], images.image_signature(variant))),
+            )
         for what, variant in different(pics[a]).items():
-            add(f"refuse: {what}", float(images.signature_distance(sig[a], images.image_signature(variant))))
-    print(f"{len(pics)} photos, {args.grid}x{args.grid} signature ({args.grid**2} bytes), threshold {threshold}")
+            add(
+                f"refuse: {what}",
+                float(images.signature_distance(sig[a], images.image_signature(variant))),
+            )
+    print(
+        f"{len(pics)} photos, {args.grid}x{args.grid} signature ({args.grid**2} bytes), threshold {threshold}"
+    )
     print(f"{'group':34} {'n':>4} {'min':>6} {'p10':>6} {'median':>6} {'max':>6}  beyond threshold")
     for group, ds in sorted(groups.items(), key=lambda kv: (not kv[0].startswith("same"), kv[0])):
         a = np.array(ds)

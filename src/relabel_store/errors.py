@@ -75,6 +75,11 @@ class ConfigurationError(RelabelStoreError, ValueError):
     """
 
 
+class ImageMismatchError(ConfigurationError):
+    """A loader's image is not the image its record was made from (its content signature is
+    another image's): other photos, an EXIF turn, a crop before the library, wrong keys."""
+
+
 class LabelSpaceError(ConfigurationError):
     """A dataset's labels cannot be matched to the store's classes."""
 
@@ -103,3 +108,7 @@ class MissingExtraError(RelabelStoreError, ImportError):
 
 class InputSizeWarning(UserWarning):
     """An annotator runs at an input size far from the one its weights were trained at."""
+
+
+class NoSignaturesWarning(UserWarning):
+    """A store holds no image signatures, so loaders cannot check images by content."""

@@ -186,7 +186,11 @@ def image_signature(image: Any) -> np.ndarray:
         cells = np.asarray(small, np.float64)
     else:
         cells = _box_cells(_channels_last(image))
-    gray = cells @ _LUMA[: cells.shape[-1]] / _LUMA[: cells.shape[-1]].sum() if cells.ndim == 3 else cells
+    gray = (
+        cells @ _LUMA[: cells.shape[-1]] / _LUMA[: cells.shape[-1]].sum()
+        if cells.ndim == 3
+        else cells
+    )
     return _quantise(gray)
 
 

@@ -685,6 +685,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _stack_signatures(items: Sequence[InputItem]) -> torch.Tensor | None:
+    signatures = [it.signature for it in items if it.signature is not None]
+    if not items or len(signatures) != len(items):
+        return None
+    return torch.from_numpy(np.stack(signatures))
+
+
 def collate_inputs(items: Sequence[InputItem]) -> InputBatch:
     """``collate_fn`` for :class:`InputDataset`: stacks good items, lists failures apart."""
     good = [it for it in items if it.error is None]
@@ -708,9 +715,5 @@ def collate_inputs(items: Sequence[InputItem]) -> InputBatch:
         images=images,
         sizes=torch.tensor([it.size for it in good], dtype=torch.int32).reshape(-1, 2),
         failures=failures,
-        signatures=(
-            torch.from_numpy(np.stack([it.signature for it in good]))
-            if good and all(it.signature is not None for it in good)
-            else None
-        ),
+        signatures=_stack_signatures(good),
     )
