@@ -150,9 +150,7 @@ def test_re_encoded_and_resized_copies_pass_every_check(store, photos, tmp_path)
             )
     for base in (
         Photos(small),
-        Photos(
-            photos, load=lambda p: torch.from_numpy(np.array(rgb(p))).permute(2, 0, 1)
-        ),  # fmt: skip
+        Photos(photos, load=lambda p: torch.from_numpy(np.array(rgb(p))).permute(2, 0, 1)),
     ):
         ds = dataset(base, store, check_images="all")
         targets = torch.stack([ds[i][1] for i in range(len(ds))])
@@ -222,7 +220,7 @@ def test_numpy_and_tensor_images_get_the_size_check(store, photos):
     )
     for base in (numpy_crop, tensor_crop):
         ds = dataset(base, store, check_images="off")
-        with pytest.raises(ConfigurationError, match="300 x 300 pixels .* 300 x 451 image"):
+        with pytest.raises(ConfigurationError, match=r"300 x 300 pixels .* 300 x 451 image"):
             ds[0]
 
 
@@ -338,7 +336,7 @@ def test_signatures_of_an_unknown_kind_are_refused_politely(store, tmp_path):
     meta["attributes"][SIGNATURE_ATTR]["kind"] = "gray-box16-z32"
     meta_path.write_text(json.dumps(meta))
     write_manifest(path, build_manifest(path))
-    with pytest.raises(FormatError, match="Upgrade relabel-store .* check_images='off'"):
+    with pytest.raises(FormatError, match=r"Upgrade relabel-store .* check_images='off'"):
         RelabelStream(path)
     assert RelabelStream(path, check_images="off").image_check.signatures is None
 
