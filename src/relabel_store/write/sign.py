@@ -70,11 +70,11 @@ def signatures_of(
     *,
     workers: int = 0,
     progress: bool | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
     """The signature of every record of ``store`` (key order) from the image folder ``images``
-    (ImageNet layout or plain, keyed as the store was: its ``key_mode``, default ``stem``).
-    A record without an image, or an image that cannot be decoded, is an :class:`InputError`;
-    images without a record are ignored."""
+    (ImageNet layout or plain, keyed as the store was: its ``key_mode``, default ``stem``),
+    and the number of images without a record (ignored). A record without an image, or an
+    image that cannot be decoded, is an :class:`InputError`."""
     key_mode = check_key_mode(store.metadata.dataset.get("key_mode") or "stem")
     inputs = open_inputs(images, key_mode=key_mode)
     keys = inputs.keys
@@ -108,7 +108,7 @@ def signatures_of(
             out[rows[item.row]] = item.signature
         bar.update(len(batch))
     bar.close()
-    return out
+    return out, len(keys) - len(present)
 
 
 def sign_store(
@@ -124,9 +124,7 @@ def sign_store(
     started = time.perf_counter()
     root = Path(path)
     store = RelabelStore.open(root)
-    signatures = signatures_of(store, images, workers=workers, progress=progress)
-    key_mode = check_key_mode(store.metadata.dataset.get("key_mode") or "stem")
-    unused = len(open_inputs(images, key_mode=key_mode))
+    signatures, unused = signatures_of(store, images, workers=workers, progress=progress)
     (root / PROGRESS_DIR).mkdir(exist_ok=True)
     lock = WriteLock.acquire(root)
     try:
@@ -141,7 +139,7 @@ def sign_store(
     return SignResult(
         path=root,
         records=len(store),
-        unused_images=unused - len(store),
+        unused_images=unused,
         seconds=time.perf_counter() - started,
         digest=manifest.digest,
     )
