@@ -14,6 +14,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptDataError",
     "FormatError",
+    "ImageMismatchError",
     "IncompleteStoreError",
     "InputError",
     "InputSizeWarning",
@@ -21,6 +22,7 @@ __all__ = [
     "InvalidBoxError",
     "LabelSpaceError",
     "MissingExtraError",
+    "NoSignaturesWarning",
     "RecordNotFoundError",
     "RelabelStoreError",
     "RemoteError",
@@ -106,6 +108,11 @@ class ColumnNotFoundError(ConfigurationError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ImageMismatchError(ConfigurationError):
+    """A loader's image is not the image its record was made from (its content signature is
+    another image's): other photos, an EXIF turn, a crop before the library, wrong keys."""
+
+
 class LabelSpaceError(ConfigurationError):
     """A dataset's labels cannot be matched to the store's classes."""
 
@@ -134,3 +141,7 @@ class MissingExtraError(RelabelStoreError, ImportError):
 
 class InputSizeWarning(UserWarning):
     """An annotator runs at an input size far from the one its weights were trained at."""
+
+
+class NoSignaturesWarning(UserWarning):
+    """A store holds no image signatures, so loaders cannot check images by content."""

@@ -268,6 +268,12 @@ def info(store: str) -> None:
         f"size:        {format_count(size, 'B')} "
         f"({format_count(size / max(len(s), 1), 'B')} per record)",
         f"digest:      {s.manifest.digest if s.manifest else '-'}",
+        "signatures:  "
+        + (
+            "yes (loaders check images against their records)"
+            if s.has_signatures
+            else "none (images are not checked by content; add them: relabel-store sign)"
+        ),
     ]
     if m.parent:
         lines.append(
@@ -330,6 +336,33 @@ def show(store: str, key: str, image: Path | None, box: str | None, flip: bool, 
         crop = replace(crop, flipped=True)
     out = render_label_map(load_relabel(store), key, output, image=image, box=crop, top=top)
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("images", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Processes decoding the images (0: in this process).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def sign(store: Path, images: Path, workers: int, quiet: bool) -> None:
+    """Add image signatures to STORE from IMAGES, the images its maps were made from.
+
+    Loaders compare each training image with its record's signature (another copy of the
+    photos, an EXIF turn, a crop before the library, wrong keys are refused); stores written
+    before format 1.3 and imported stores have none. IMAGES is keyed as the store was (its
+    key mode). The manifest is rewritten last, so `verify` passes after.
+    """
+    with requires_extra("generate", "relabel-store sign"):
+        from relabel_store.write.sign import sign_store
+
+    result = sign_store(store, images, workers=workers, progress=False if quiet else None)
+    if not quiet:
+        click.echo(result.summary())
 
 
 @main.command()

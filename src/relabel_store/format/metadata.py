@@ -45,7 +45,9 @@ __all__ = [
 FORMAT_NAME = "relabel-store"
 # 1.1 added `label_space` and `class_identifiers` (optional fields: 1.0 readers ignore them).
 # 1.2 added `values_dtype`: logits may be stored as float32 (lossless imports of float32 maps).
-FORMAT_VERSION = "1.2"
+# 1.3 added the optional `signatures` array (a content signature of each record's image, for the
+# loaders' image check); 1.2 readers ignore it and load such stores without the check.
+FORMAT_VERSION = "1.3"
 ATTRS_KEY = "relabel"
 MANIFEST_NAME = "manifest.json"
 ERRORS_NAME = "errors.jsonl"
@@ -61,6 +63,15 @@ ROWS = "rows"
 LABELS = "labels"
 SIZES = "sizes"
 KEY_CHUNK_ROWS = 1 << 18
+# Optional (format 1.3), in key order like `sizes`: (N, SIGNATURE_BYTES) uint8, the content
+# signature of each record's whole image as the annotator read it (relabel_store.images
+# .image_signature). Its zarr.json attribute SIGNATURE_ATTR = {"kind": SIGNATURE_KIND} names the
+# recipe; a reader refuses signatures of a kind it does not know. Written by finalize() when
+# every record has one, or added to a finalized store by `relabel-store sign`.
+SIGNATURES = "signatures"
+SIGNATURE_ATTR = "relabel_signature"
+SIGNATURE_KIND = "gray-box8-z32"
+SIGNATURE_BYTES = 64
 # Limits every reader enforces before allocating (docs/format.md): a key's UTF-8 bytes (keys are
 # stored fixed-width, so one long key widens all N), and the rows of one key-index chunk.
 MAX_KEY_BYTES = 1024

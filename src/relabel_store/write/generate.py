@@ -23,7 +23,7 @@ from relabel_store._extras import requires_extra
 from relabel_store._progress import Progress, resumed
 from relabel_store.errors import ConfigurationError
 from relabel_store.format._shards import cores_per_process
-from relabel_store.format.metadata import DEFAULT_SHARD_RECORDS, StoreMetadata
+from relabel_store.format.metadata import DEFAULT_SHARD_RECORDS, SIGNATURE_BYTES, StoreMetadata
 from relabel_store.write._run import OnError, RunResult, check_run_options, input_failed
 from relabel_store.write.writer import StoreWriter
 
@@ -71,6 +71,7 @@ class _ShardMaps:
         self.filled = 0
         self.labels = np.full(n, -1, np.int32)
         self.sizes = np.zeros((n, 2), np.int32)
+        self.signatures = np.zeros((n, SIGNATURE_BYTES), np.uint8)
         self.keys = [""] * n  # every slot is filled (the writer rejects an empty key)
         self.errors: list[dict[str, str] | None] = [None] * n
         self._copied: torch.cuda.Event | None = None
@@ -93,6 +94,8 @@ class _ShardMaps:
         self.filled += len(local)
         self.labels[local] = batch.labels.numpy()
         self.sizes[local] = batch.sizes.numpy()
+        if batch.signatures is not None:
+            self.signatures[local] = batch.signatures.numpy()
         for i, key in zip(local.tolist(), batch.keys, strict=True):
             self.keys[i] = key
 
@@ -113,6 +116,7 @@ class _ShardMaps:
             "indices": indices,
             "values": values,
             "errors": self.errors,
+            "signatures": self.signatures,
         }
 
 
@@ -270,7 +274,8 @@ def _annotate(
 
     device = annotator.device
     loader = DataLoader(
-        InputDataset(inputs, annotator.transform.resized, rows),  # uint8: normalised on device
+        # uint8: normalised on device; each image's content signature taken before the resize
+        InputDataset(inputs, annotator.transform.resized, rows, signatures=True),
         batch_sampler=_ShardBatches([len(r) for r in shard_rows], batch_size),
         num_workers=workers,
         collate_fn=collate_inputs,

@@ -52,6 +52,7 @@ from relabel_store.format.metadata import (
     ATTRS_KEY,
     DEFAULT_ZSTD_LEVEL,
     ERRORS_NAME,
+    FORMAT_VERSION,
     INDICES,
     INDICES_ZSTD_LEVEL,
     KEY_CHUNK_ROWS,
@@ -61,6 +62,10 @@ from relabel_store.format.metadata import (
     MAX_KEY_BYTES,
     PROGRESS_DIR,
     ROWS,
+    SIGNATURE_ATTR,
+    SIGNATURE_BYTES,
+    SIGNATURE_KIND,
+    SIGNATURES,
     SIZES,
     VALUES,
     VALUES_BLOSC_LEVEL,
@@ -71,7 +76,8 @@ from relabel_store.format.metadata import (
 __all__ = ["BackgroundWriter", "StoreWriter", "read_group_attrs", "settings_diff"]
 
 # Fields that may differ between the run that created a store and the run that resumes it.
-_VOLATILE = {"created_at", "software_version", "complete", "record_count"}
+# A store begun by an older version resumes (it keeps its format version).
+_VOLATILE = {"created_at", "software_version", "complete", "record_count", "format_version"}
 #: Descriptive dataset fields that later versions record: a store begun before a field was
 #: recorded (it has none) still resumes, and a requeued run of a finished one still ends at once.
 _RECORDED_LATER = {"dataset.class_names", "dataset.key_column"}
@@ -276,6 +282,7 @@ class StoreWriter:
         values: np.ndarray,
         errors: Sequence[dict[str, str] | None] | None = None,
         extra: Mapping[str, Any] | None = None,
+        signatures: np.ndarray | None = None,
     ) -> None:
         """Write every record of one shard, then mark it done.
 
@@ -284,6 +291,9 @@ class StoreWriter:
         ``errors.jsonl``. ``extra``: the caller's own JSON record of the shard (what it was made
         from, a measurement), kept with the shard's progress until the store is finalized and
         read back with :meth:`shard_extra`: it exists exactly when the shard does.
+        ``signatures`` (n, SIGNATURE_BYTES) uint8: each image's content
+        signature (:func:`relabel_store.images.image_signature`); a store gets the
+        ``signatures`` array when every shard gave them.
         """
         if not 0 <= shard < self.num_shards:
             raise ConfigurationError(f"shard {shard} out of range 0..{self.num_shards - 1}")
@@ -311,6 +321,15 @@ class StoreWriter:
                 f"values must be finite and within {m.values_dtype} range"
                 + (" (|logit| < 65504)" if m.values_dtype == "float16" else "")
             )
+        signature_list = None
+        if signatures is not None:
+            signatures = np.asarray(signatures)
+            if signatures.shape != (n, SIGNATURE_BYTES) or signatures.dtype != np.uint8:
+                raise ConfigurationError(
+                    f"shard {shard} needs signatures of shape {(n, SIGNATURE_BYTES)} and dtype "
+                    f"uint8, got {signatures.shape} {signatures.dtype}"
+                )
+            signature_list = [bytes(row).hex() for row in signatures]
         labels_list = np.asarray(labels, dtype=np.int32).reshape(n).tolist()
         sizes_list = np.asarray(sizes, dtype=np.int32).reshape(n, 2).tolist()
         failed = np.array([e is not None for e in errors], dtype=bool)
@@ -336,6 +355,7 @@ class StoreWriter:
             "labels": labels_list,
             "sizes": sizes_list,
             "errors": errors,
+            "signatures": signature_list,
         }
         if extra is not None:
             progress["extra"] = dict(extra)
@@ -386,16 +406,22 @@ class StoreWriter:
         rows: list[int] = []
         labels: list[int] = []
         sizes: list[list[int]] = []
+        signatures: list[str] | None = []
         failures: list[dict[str, Any]] = []
         for shard in range(self.num_shards):
             p = json.loads(self._progress_path(shard).read_bytes())
             entries = zip(p["keys"], p["labels"], p["sizes"], p["errors"], strict=True)
+            signed = p.get("signatures")  # absent: written before signatures, or without them
+            if signed is None:
+                signatures = None
             for row, (key, label, size, err) in zip(self.shard_rows(shard), entries, strict=True):
                 if err is None:
                     keys.append(key.encode())
                     rows.append(row)
                     labels.append(label)
                     sizes.append(size)
+                    if signatures is not None:
+                        signatures.append(signed[row - self.shard_rows(shard).start])
                 else:
                     failures.append({"key": key, **err})
         if not keys and self.metadata.rows:
@@ -437,6 +463,10 @@ class StoreWriter:
             )
             if n:
                 arr[...] = data
+        if signatures is not None:  # every record has one (else the store gets none)
+            data = np.frombuffer(bytes.fromhex("".join(signatures[i] for i in order)), np.uint8)
+            write_signatures(group, data.reshape(n, SIGNATURE_BYTES))
+            self.metadata = replace(self.metadata, format_version=FORMAT_VERSION)
         failures.sort(key=lambda f: f["key"])
         lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures)
         atomic_write_bytes(self.root / ERRORS_NAME, lines.encode())
@@ -467,6 +497,26 @@ class StoreWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_signatures(group: zarr.Group, signatures: np.ndarray) -> None:
+    """Write the ``signatures`` array (N, SIGNATURE_BYTES) uint8, in key order, into ``group``
+    (replacing one already there), with the attribute naming its recipe."""
+    n = len(signatures)
+    arr = group.create_array(
+        SIGNATURES,
+        shape=signatures.shape,
+        dtype=np.uint8,
+        chunks=(max(1, min(n, KEY_CHUNK_ROWS)), SIGNATURE_BYTES),
+        compressors=_compressors(),
+        fill_value=0,
+        chunk_key_encoding=_SEP,
+        dimension_names=("key", "cell"),
+        attributes={SIGNATURE_ATTR: {"kind": SIGNATURE_KIND}},
+        overwrite=True,
+    )
+    if n:
+        arr[...] = signatures
 
 
 def _write_group_attrs(root: Path, metadata: StoreMetadata) -> None:
