@@ -246,6 +246,37 @@ def test_a_stream_checks_the_first_samples_of_every_worker(store, photos, tmp_pa
     assert good[1].shape == (1000,)
 
 
+class Shards(torch.utils.data.IterableDataset):
+    """A WebDataset-like pipeline: each DataLoader worker reads its share of the files and maps
+    its (key, image, label) samples through the RelabelStream."""
+
+    def __init__(self, files: list[Path], stream: RelabelStream) -> None:
+        self.files, self.stream = files, stream
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        mine = self.files[info.id :: info.num_workers] if info else self.files
+        for path in mine:
+            image, target = self.stream((path.stem, rgb(path), -1))
+            yield torch.from_numpy(np.array(image.resize((32, 32)))), target
+
+
+def test_stream_workers_each_check_their_first_samples(store, photos, tmp_path):
+    good = sorted(photos.glob("*.jpg"))
+    batches = list(torch.utils.data.DataLoader(Shards(good, RelabelStream(store)), num_workers=2))
+    assert len(batches) == len(good)
+    # one worker's share is another copy of the photos: that worker refuses its first sample
+    copy = other_photos(tmp_path / "copy", photos)
+    mixed = [good[0], copy / good[1].name, *good[2:]]
+    stream = RelabelStream(store)
+    for _ in range(ImageCheck.FIRST + 4):  # the main process is past its first samples ...
+        stream((good[1].stem, rgb(good[1]), -1))
+    assert not stream.image_check.due()
+    loader = torch.utils.data.DataLoader(Shards(mixed, stream), num_workers=2)  # ... workers not
+    with pytest.raises(ImageMismatchError, match=f"store key '{good[1].stem}'"):
+        list(loader)
+
+
 def test_the_hugging_face_transform_shares_the_check(store, photos, tmp_path):
     datasets = pytest.importorskip("datasets")
     from relabel_store.loaders import relabel_transform
