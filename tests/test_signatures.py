@@ -377,3 +377,15 @@ def test_distance_is_zero_for_the_same_pixels_and_large_for_a_negative():
     signature = image_signature(image)
     assert float(signature_distance(signature, image_signature(Image.fromarray(image)))) == 0
     assert float(signature_distance(signature, image_signature(255 - image))) > 1.9
+
+
+def test_an_image_too_dark_to_sign_gets_no_signature_and_is_not_checked(store, photos):
+    """A record whose thumbnail spreads less than 2 gray levels is stored unsigned (all 128),
+    and loaders skip it rather than raise on its own re-encoded copy."""
+    dark = (np.asarray(rgb(photos / "coffee.jpg"), np.float64) * 0.02).round().astype(np.uint8)
+    record = image_signature(dark)
+    assert (record == 128).all()
+    assert not (image_signature(dark, record=False) == 128).all()  # the loader's side
+    check = ImageCheck(load_relabel(store), "all")
+    check.signatures = np.repeat(record[None], len(NAMES), axis=0)  # as a store of dark photos
+    check.check(np.array([0]), [np.asarray(rgb(photos / "chelsea.jpg"))])  # skipped, not raised
