@@ -246,6 +246,37 @@ def test_a_stream_checks_the_first_samples_of_every_worker(store, photos, tmp_pa
     assert good[1].shape == (1000,)
 
 
+class Shards(torch.utils.data.IterableDataset):
+    """A WebDataset-like pipeline: each DataLoader worker reads its share of the files and maps
+    its (key, image, label) samples through the RelabelStream."""
+
+    def __init__(self, files: list[Path], stream: RelabelStream) -> None:
+        self.files, self.stream = files, stream
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        mine = self.files[info.id :: info.num_workers] if info else self.files
+        for path in mine:
+            image, target = self.stream((path.stem, rgb(path), -1))
+            yield torch.from_numpy(np.array(image.resize((32, 32)))), target
+
+
+def test_stream_workers_each_check_their_first_samples(store, photos, tmp_path):
+    good = sorted(photos.glob("*.jpg"))
+    batches = list(torch.utils.data.DataLoader(Shards(good, RelabelStream(store)), num_workers=2))
+    assert len(batches) == len(good)
+    # one worker's share is another copy of the photos: that worker refuses its first sample
+    copy = other_photos(tmp_path / "copy", photos)
+    mixed = [good[0], copy / good[1].name, *good[2:]]
+    stream = RelabelStream(store)
+    for _ in range(ImageCheck.FIRST + 4):  # the main process is past its first samples ...
+        stream((good[1].stem, rgb(good[1]), -1))
+    assert not stream.image_check.due()
+    loader = torch.utils.data.DataLoader(Shards(mixed, stream), num_workers=2)  # ... workers not
+    with pytest.raises(ImageMismatchError, match=f"store key '{good[1].stem}'"):
+        list(loader)
+
+
 def test_the_hugging_face_transform_shares_the_check(store, photos, tmp_path):
     datasets = pytest.importorskip("datasets")
     from relabel_store.loaders import relabel_transform
@@ -346,3 +377,15 @@ def test_distance_is_zero_for_the_same_pixels_and_large_for_a_negative():
     signature = image_signature(image)
     assert float(signature_distance(signature, image_signature(Image.fromarray(image)))) == 0
     assert float(signature_distance(signature, image_signature(255 - image))) > 1.9
+
+
+def test_an_image_too_dark_to_sign_gets_no_signature_and_is_not_checked(store, photos):
+    """A record whose thumbnail spreads less than 2 gray levels is stored unsigned (all 128),
+    and loaders skip it rather than raise on its own re-encoded copy."""
+    dark = (np.asarray(rgb(photos / "coffee.jpg"), np.float64) * 0.02).round().astype(np.uint8)
+    record = image_signature(dark)
+    assert (record == 128).all()
+    assert not (image_signature(dark, record=False) == 128).all()  # the loader's side
+    check = ImageCheck(load_relabel(store), "all")
+    check.signatures = np.repeat(record[None], len(NAMES), axis=0)  # as a store of dark photos
+    check.check(np.array([0]), [np.asarray(rgb(photos / "chelsea.jpg"))])  # skipped, not raised

@@ -162,10 +162,14 @@ SIGNATURE_KIND = f"gray-box{SIGNATURE_GRID}-z32"
 SIGNATURE_THRESHOLD = 0.5
 _Z_SCALE = 32.0  # one standard deviation = 32 steps; +-4 sigma fills 0..255
 _LUMA = np.array([0.299, 0.587, 0.114])
-_FLAT = 1e-3  # a thumbnail this uniform (relative to its mean level) has no signature: all 128
+_FLAT = 1e-6  # a thumbnail this uniform (relative to its mean level) is uniform
+# An 8-bit thumbnail whose cells spread less than this (standard deviation, of 0..255) has none
+# either: JPEG re-encoding moved such dark or flat images' signatures past the threshold
+# (benchmarks/signatures.py; a photo darkened to 2% of its levels: std 0.5-1.1, moved 0.3-1.0).
+_FLAT_LEVELS = 2.0
 
 
-def image_signature(image: Any) -> np.ndarray:
+def image_signature(image: Any, *, record: bool = True) -> np.ndarray:
     """The content signature of a whole image: ``SIGNATURE_BYTES`` uint8.
 
     The image is area-averaged to a ``SIGNATURE_GRID`` square thumbnail (whatever its aspect
@@ -174,7 +178,13 @@ def image_signature(image: Any) -> np.ndarray:
     move it; another photo, a 90 or 180 degree turn, a flip or a crop move it far
     (:func:`signature_distance`). Takes a PIL image, a numpy array (H, W) or (H, W, C) or a
     torch tensor (C, H, W) or (H, W), any dtype and value range (float tensors normalised with
-    a mean and std included). About 0.1 ms for an ImageNet-sized PIL image.
+    a mean and std included). 0.3-1 ms for an ImageNet-sized PIL image.
+
+    ``record``: the signature a store keeps, all 128 (no signature: loaders skip the record)
+    for an 8-bit image whose cells spread less than 2 of 255 levels, too dark or flat to tell
+    from its own re-encoded copy. ``record=False`` (what loaders compare) z-scores any image
+    that is not perfectly uniform, so an image near that floor never loses its signature on
+    one side only.
     """
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and _is_rgb_or_gray(image):
         image = Image.fromarray(image)  # PIL's area average is 10x faster than numpy's
@@ -184,14 +194,13 @@ def image_signature(image: Any) -> np.ndarray:
         g = SIGNATURE_GRID  # an exact area average (reducing_gap's shortcut moved it 2x more)
         small = image.resize((g, g), Image.Resampling.BOX)
         cells = np.asarray(small, np.float64)
+        levels = record
     else:
-        cells = _box_cells(_channels_last(image))
-    gray = (
-        cells @ _LUMA[: cells.shape[-1]] / _LUMA[: cells.shape[-1]].sum()
-        if cells.ndim == 3
-        else cells
-    )
-    return _quantise(gray)
+        array = _channels_last(image)
+        levels = record and array.dtype == np.uint8
+        cells = _box_cells(array)
+    gray = cells @ _LUMA if cells.ndim == 3 else cells
+    return _quantise(gray, levels)
 
 
 def _is_rgb_or_gray(array: np.ndarray) -> bool:
@@ -234,11 +243,16 @@ def _box_cells(array: np.ndarray) -> np.ndarray:
     return sums / (counts[..., None] if sums.ndim == 3 else counts)
 
 
-def _quantise(gray: np.ndarray) -> np.ndarray:
+def _quantise(gray: np.ndarray, levels: bool) -> np.ndarray:
+    """``gray`` (the cells' gray levels) z-scored and quantised; all 128 when the cells are too
+    uniform to tell the image apart from its re-encoded copy: a spread under
+    :data:`_FLAT_LEVELS` of 0..255 when ``levels`` (a record's 8-bit image), else under a
+    millionth of the mean level (numerically uniform)."""
     flat = gray.reshape(-1)
     mean = flat.mean()
     std = flat.std()
-    if not np.isfinite(std) or std <= _FLAT * max(abs(mean), 1.0) or std == 0:
+    floor = _FLAT_LEVELS if levels else _FLAT * max(abs(mean), 1e-6)
+    if not np.isfinite(std) or std <= floor:
         return np.full(SIGNATURE_BYTES, 128, np.uint8)
     z = (flat - mean) / std
     return np.clip(np.rint(128.0 + _Z_SCALE * z), 0, 255).astype(np.uint8)

@@ -508,7 +508,7 @@ class ImageCheck:
             recorded = self.signatures[row]
             if recorded.min() == recorded.max():  # a uniform image: nothing to compare
                 continue
-            seen = image_signature(image)
+            seen = image_signature(image, record=False)
             distance = float(signature_distance(seen, recorded))
             if distance > SIGNATURE_THRESHOLD:
                 name = None if names is None else names(j) if callable(names) else names[j]
