@@ -312,6 +312,8 @@ class _V2Probe:
             try:
                 if kind == "probe":
                     image, probe = step(image, probe)
+                elif kind == "centre":
+                    image, probe = _centre_crop_probe(step, image, probe)
                 elif kind == "image":
                     image = step(image)
                 else:  # a user function on images: it must keep the image's size
@@ -332,14 +334,17 @@ class _V2Probe:
 
 
 def _probe_kind(step: Any, position: int) -> str:
-    """How the probe runs a step: ``"probe"`` (image and boxes), ``"image"`` (pixel-only), or
-    ``"user-image"`` (a user function restricted to images: its output size is checked)."""
+    """How the probe runs a step: ``"probe"`` (image and boxes), ``"image"`` (pixel-only),
+    ``"centre"`` (a centre crop, see :func:`_centre_crop_probe`) or ``"user-image"`` (a user
+    function restricted to images: its output size is checked)."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
     name = type(step).__name__
     if name in _PHOTOMETRIC:
         return "image"
+    if type(step) is v2.CenterCrop:
+        return "centre"
     if isinstance(step, v2.Lambda):
         if any(issubclass(tv_tensors.BoundingBoxes, t) for t in step.types):
             raise UnsupportedTransformError(
@@ -368,6 +373,22 @@ def _probe_kind(step: Any, position: int) -> str:
         f"step {position} ({name}) is not a torchvision.transforms.v2 transform, so it cannot "
         f"carry the crop-box probe through the other v2 steps; use its v2 version. {_FIX}"
     )
+
+
+def _centre_crop_probe(step: Any, image: Any, probe: Any) -> tuple[Any, Any]:
+    """``v2.CenterCrop`` on the image, and the probe moved by the offset the image's crop
+    took. torchvision's box kernel rounds a crop larger than the image by an odd number of
+    pixels the other way than its image kernel pads it (torchvision 0.29: the box lands a
+    pixel off the pixels), so the probe does not go through it."""
+    from torchvision import tv_tensors
+
+    h, w = image_size(image)
+    image = step(image)
+    ch, cw = image_size(image)
+    top, left = _centre_offset(h, ch), _centre_offset(w, cw)
+    shift = torch.tensor([left, top, left, top], dtype=probe.dtype)
+    moved = probe.as_subclass(torch.Tensor) - shift
+    return image, tv_tensors.wrap(moved, like=probe, canvas_size=(ch, cw))
 
 
 # Tolerance of the probe's consistency checks, in output pixels per output pixel of the box.
@@ -458,7 +479,7 @@ class _StepWalker:
             return "flip", step
         if name in ("Resize", "ResizeKeepRatio"):
             return "resize", step
-        if name == "CenterCrop":
+        if name in ("CenterCrop", "CenterCropOrPad"):  # torchvision's, timm's
             return "center", step
         if name == "RandomApply" and all(
             type(t).__name__ in _PHOTOMETRIC for t in _flatten(step.transforms)
@@ -495,9 +516,9 @@ class _StepWalker:
                 top, left, ch, cw = step.get_params.window()
             elif kind == "crop_v2":
                 top, left, ch, cw = step.make_params.window()
-            else:  # center crop: torchvision rounds the offset the same way
+            else:
                 ch, cw = image_size(image)
-                top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
+                top, left = _centre_offset(h, ch), _centre_offset(w, cw)
             sx, sy = (x1 - x0) / w, (y1 - y0) / h
             if flipped:
                 x0, x1 = x1 - (left + cw) * sx, x1 - left * sx
@@ -505,6 +526,15 @@ class _StepWalker:
                 x0, x1 = x0 + left * sx, x0 + (left + cw) * sx
             y0, y1 = y0 + top * sy, y0 + (top + ch) * sy
         return image, CropBox(x0, y0, x1, y1, flipped=flipped)
+
+
+def _centre_offset(size: int, crop: int) -> int:
+    """Where torchvision's and timm's centre crops start, in pixels of the input: a crop
+    larger than the image pads it first, the smaller half of the padding before it (an odd
+    difference puts the extra pixel after); a smaller one rounds the offset half to even."""
+    if crop > size:
+        return -((crop - size) // 2)
+    return round((size - crop) / 2.0)
 
 
 def _flatten(transforms: Sequence[Any]) -> list[Any]:
