@@ -32,6 +32,7 @@ construction instead.
 from __future__ import annotations
 
 import copy
+import os
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -93,39 +94,91 @@ class ReturnsCropBox:
         return out, box
 
 
-def track_crops(transform: Any, *, sample: Any = None) -> CropTracker:
+#: How many samples each process confirms from their pixels by default (``check_crops``).
+CONFIRMED_SAMPLES = 8
+
+
+def track_crops(
+    transform: Any, *, sample: Any = None, check_crops: bool | int = True
+) -> CropTracker:
     """Wrap ``transform`` so that it also returns the crop box it applied (see module docs).
 
     The tracker is checked before it is returned: ``sample`` (an untransformed image from the
     dataset; by default a synthetic 512 x 384 RGB image) goes through it a few times. A
     transform that cannot be tracked raises :class:`UnsupportedTransformError` here, and one
     that is no transform at all an :class:`ArgumentTypeError`.
+
+    ``check_crops``: the first samples of every process (each DataLoader worker) are
+    confirmed from their pixels: after each tracked geometric step, the image must show the
+    source image under the box tracked so far, and pixel-only steps must keep the image's
+    size; a step the tracker misreads is refused by name (see :class:`_Confirmation`). True
+    confirms :data:`CONFIRMED_SAMPLES` samples, an int that many, False (or 0) none.
     """
     if transform is not None and not callable(transform) and not isinstance(transform, tuple):
         raise ArgumentTypeError(
             f"transform must be callable (an image transform), got {type(transform).__name__}"
         )
-    tracker = _build(transform)
+    if not isinstance(check_crops, bool | int) or check_crops < 0:
+        raise ArgumentTypeError(
+            f"check_crops must be True, False or a number of samples, got {check_crops!r}"
+        )
+    samples = CONFIRMED_SAMPLES if check_crops is True else int(check_crops)
+    tracker = _build(transform, samples)
     _dry_run(tracker, sample, transform)
     return tracker
 
 
-def _build(transform: Any) -> CropTracker:
+def _build(transform: Any, confirm: int = CONFIRMED_SAMPLES) -> CropTracker:
     if transform is None:
         return _Untransformed()
     if isinstance(transform, ReturnsCropBox):
         return transform
+    adapted = _adapt_foreign(transform, confirm)
+    if adapted is not None:
+        return adapted
     steps = list(transform) if isinstance(transform, tuple | list) else [transform]
     for position, step in enumerate(_flatten(steps), start=1):
+        _refuse_foreign(step, position)
         _refuse_untrackable(step, position)
     from torchvision.transforms import v2
 
     try:
-        return _StepWalker(steps)
+        return _StepWalker(steps, confirm)
     except UnsupportedTransformError:
         if isinstance(transform, v2.Transform):
-            return _V2Probe(transform)
+            return _V2Probe(transform, confirm)
         raise
+
+
+def _adapt_foreign(transform: Any, confirm: int) -> CropTracker | None:
+    """The tracker of another library's whole pipeline (albumentations), or None."""
+    if type(transform).__module__.split(".")[0] == "albumentations":
+        from relabel_store.loaders.albumentations import AlbumentationsTracker
+
+        return AlbumentationsTracker(transform, confirm)
+    return None
+
+
+def _refuse_foreign(step: Any, position: int) -> None:
+    """Name albumentations and kornia steps inside torchvision/timm pipelines: neither carries
+    the probe, and kornia's augmentations work on batches after the loader."""
+    library = type(step).__module__.split(".")[0]
+    if library == "albumentations":
+        raise UnsupportedTransformError(
+            f"step {position} ({type(step).__name__}) is an albumentations transform inside a "
+            "torchvision/timm pipeline; relabel-store tracks albumentations pipelines whole. "
+            "Pass the albumentations pipeline itself (A.Compose([...])) as the transform, with "
+            "the image as a numpy array (the dataset's images are converted for it), and keep "
+            "conversions such as ToTensorV2 inside it."
+        )
+    if library == "kornia":
+        raise UnsupportedTransformError(
+            f"step {position} ({type(step).__name__}) is a kornia augmentation: kornia "
+            "augments batches of tensors, usually on the GPU after the DataLoader, where no "
+            "per-sample crop can be tracked. Crop in the loader with a torchvision/timm/"
+            "albumentations transform, or run kornia's crop on the batch and pool its boxes "
+            "with BatchPooler (docs/pipelines.md, 'kornia')."
+        )
 
 
 class _Untransformed:
@@ -270,6 +323,9 @@ def _dry_run(tracker: CropTracker, sample: Any, transform: Any) -> None:
                     f"the training transform failed on a test image when the loader was built "
                     f"({where}): {type(exc).__name__}: {exc}. {_FIX}"
                 ) from exc
+    confirm = getattr(tracker, "confirm", None)
+    if confirm is not None:  # the training samples are confirmed afresh
+        confirm.reset()
 
 
 def _check_output(result: Any) -> None:
@@ -284,11 +340,207 @@ def _failed_step(exc: BaseException, step: Any, position: int) -> None:
     exc.add_note(f"raised by step {position} ({_name(step)}) of the training transform")
 
 
+# -- confirming boxes from the pixels ------------------------------------------------------------
+
+# Agreement (|normalised cross-correlation| of 12 x 12 block means) at which a tracked step's
+# image is taken to show the source under its box. Measured on the sample photos through
+# RandomResizedCrop pipelines (ColorJitter, grayscale, inversion included): right boxes 0.96
+# to 1.0; the whole image where a crop was taken, or the mirror image: median 0.2-0.4.
+_AGREEMENT = 0.8
+_GRID = 12
+# Pixel steps that also rotate, shear and translate now and then (ignored by the target, see
+# the module docs): after one, a sample's images are no evidence about the later steps.
+_SOMETIMES_MOVE = {"AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "AugMixAugment"}
+
+
+class _Confirmation:
+    """Confirms the first samples of each process from their pixels (``check_crops``).
+
+    A tracker calls :meth:`due` once a sample; while it says True, the tracker hands each
+    tracked geometric step's image and box so far to :meth:`look`, then calls :meth:`done`.
+    A sample whose image disagrees with its box at some step counts against that step;
+    a sample with no decidable look (flat images, unknown image types) does not count. Two
+    disagreeing samples, more than agree, are refused with the step's name: a misread is
+    systematic, while a rare disagreement (a heavy augmentation before the crop) is not.
+    Per process: DataLoader workers inherit the counts at fork, and reset them here by pid.
+    """
+
+    def __init__(self, samples: int, geometry: Callable[[], str]) -> None:
+        self.samples = samples
+        self.geometry = geometry
+        self.reset()
+
+    def reset(self) -> None:
+        self.pid = os.getpid()
+        self.calls = self.fits = self.misfits = 0
+        self.blamed: dict[str, list[float]] = {}
+        self._sample_blame: tuple[str, float] | None = None
+        self._sample_looked = False
+
+    def due(self) -> bool:
+        if not self.samples:
+            return False
+        if os.getpid() != self.pid:
+            self.reset()
+        # Undecidable samples still use the budget, twice over: never check forever.
+        return self.calls < 2 * self.samples and self.fits + self.misfits < self.samples
+
+    def blind(self, step: Any) -> bool:
+        """Whether ``step`` (pixel-only, just run) ends this sample's looks: the AutoAugment
+        family moves pixels now and then, which the target ignores by design."""
+        if type(step).__name__ in _SOMETIMES_MOVE or (
+            type(step).__name__ in _CONTAINERS
+            and any(type(t).__name__ in _SOMETIMES_MOVE for t in _flatten(step.transforms))
+        ):
+            self._sample_looked, self._sample_blame = False, None
+            return True
+        return False
+
+    def look(self, source: Any, image: Any, box: Any, step: str) -> None:
+        """Compare ``image`` (after ``step``) with ``source`` under ``box`` (a CropBox, or
+        the box's (x0, y0, x1, y1, flipped))."""
+        if isinstance(box, tuple):
+            x0, y0, x1, y1, flipped = box
+            box = _LooseBox(x0, y0, x1, y1, flipped)
+        score = _agreement(source, image, box)
+        if score is None:
+            return
+        self._sample_looked = True
+        if abs(score) < _AGREEMENT and self._sample_blame is None:
+            self._sample_blame = (step, score)
+
+    def done(self) -> None:
+        self.calls += 1
+        blame, looked = self._sample_blame, self._sample_looked
+        self._sample_blame, self._sample_looked = None, False
+        if blame is not None:
+            self.misfits += 1
+            self.blamed.setdefault(blame[0], []).append(blame[1])
+        elif looked:
+            self.fits += 1
+        if self.misfits >= 2 and self.misfits > self.fits:
+            step, scores = max(self.blamed.items(), key=lambda item: len(item[1]))
+            raise UnsupportedTransformError(
+                f"the crop box tracked through {step} does not match the image it produced: "
+                f"on {self.misfits} of the first {self.fits + self.misfits} samples, the "
+                "transformed image does not show the source image under the tracked box "
+                f"(agreement {', '.join(f'{abs(x):.2f}' for x in scores[:4])}; right boxes "
+                f"score above {_AGREEMENT}). The step moves pixels in a way relabel-store "
+                "misreads (a subclass or a re-implementation that crops, flips or resizes "
+                "differently from the step it is named after, or one that transforms images "
+                f"but not bounding boxes); geometric steps: {self.geometry()}. Replace it with "
+                "the torchvision step it imitates, make it transform tv_tensors.BoundingBoxes "
+                "too, or wrap a callable that returns (image, CropBox) in "
+                "relabel_store.loaders.ReturnsCropBox. (If the images are really shown right "
+                "and only look different, e.g. heavy augmentation before the crop, pass "
+                "check_crops=False to the loader.)"
+            )
+
+
+class _LooseBox:
+    """A box that may still be degenerate or inverted mid-pipeline (no CropBox checks)."""
+
+    __slots__ = ("flipped", "x0", "x1", "y0", "y1")
+
+    def __init__(self, x0: float, y0: float, x1: float, y1: float, flipped: bool) -> None:
+        self.x0, self.y0, self.x1, self.y1, self.flipped = x0, y0, x1, y1, flipped
+
+
+def _plane(image: Any) -> Image.Image | None:
+    """The image as one PIL plane (``"L"``, or ``"F"``: the mean of its channels), or None
+    for what is not one image (a batch, a list of crops, a type this does not know)."""
+    if isinstance(image, Image.Image):
+        if image.mode in ("L", "F"):
+            return image
+        return image.convert("F" if image.mode.startswith("I") else "L")
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu().numpy()
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        return None
+    if array.ndim == 3 and array.shape[0] <= 4 < array.shape[-1]:  # (C, H, W)
+        array = array.mean(0, dtype=np.float32)
+    elif array.ndim == 3 and array.shape[-1] <= 4:  # (H, W, C): numpy images
+        array = array.mean(-1, dtype=np.float32)
+    elif array.ndim != 2:
+        return None
+    return Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), "F")
+
+
+def _agreement(source: Any, image: Any, box: Any) -> float | None:
+    """How well ``image`` shows ``source`` under ``box``: the normalised cross-correlation of
+    a 12 x 12 grid of block means of both (PIL's exact BOX resampling, sub-pixel box
+    edges). Robust to whatever acts on values (colour jitter, normalisation, grayscale;
+    inversion gives -1: callers take the magnitude). None when undecidable: an image type
+    this does not read, a box mostly outside the source, too few pixels, a flat source."""
+    src, out = _plane(source), _plane(image)
+    if src is None or out is None:
+        return None
+    width, height = src.size
+    out_w, out_h = out.size
+    bw, bh = box.x1 - box.x0, box.y1 - box.y0
+    if not bw > 0 or not bh > 0:
+        return None
+    # The part of the box inside the source (zoom-out and padding lie outside), and where it
+    # lands in the image.
+    ix0, ix1 = max(box.x0, 0.0), min(box.x1, 1.0)
+    iy0, iy1 = max(box.y0, 0.0), min(box.y1, 1.0)
+    if ix1 - ix0 < 0.25 * bw or iy1 - iy0 < 0.25 * bh:
+        return None
+    u0, u1 = (ix0 - box.x0) / bw, (ix1 - box.x0) / bw
+    if box.flipped:
+        u0, u1 = 1 - u1, 1 - u0
+    v0, v1 = (iy0 - box.y0) / bh, (iy1 - box.y0) / bh
+    gx = min(_GRID, int((u1 - u0) * out_w), int((ix1 - ix0) * width))
+    gy = min(_GRID, int((v1 - v0) * out_h), int((iy1 - iy0) * height))
+    if gx < 4 or gy < 4:
+        return None
+    a = np.asarray(
+        src.resize(
+            (gx, gy), Image.Resampling.BOX, (ix0 * width, iy0 * height, ix1 * width, iy1 * height)
+        ),
+        np.float64,
+    )
+    b = np.asarray(
+        out.resize(
+            (gx, gy), Image.Resampling.BOX, (u0 * out_w, v0 * out_h, u1 * out_w, v1 * out_h)
+        ),
+        np.float64,
+    )
+    if box.flipped:
+        b = b[:, ::-1]
+    scale = float(np.abs(a).max())
+    a, b = a - a.mean(), b - b.mean()
+    na, nb = float(np.sqrt((a * a).sum())), float(np.sqrt((b * b).sum()))
+    if na <= 2e-3 * scale * np.sqrt(a.size) or nb == 0.0:  # a flat source: nothing to see
+        return None
+    return float((a * b).sum() / (na * nb))
+
+
+def _size_or_none(image: Any) -> tuple[int, int] | None:
+    try:
+        return image_size(image)
+    except Exception:
+        return None
+
+
+def _pixels_kept_size(step: Any, position: int, before: Any, image: Any) -> None:
+    """Refuse a step taken to change pixel values only that changed the image's size."""
+    after = _size_or_none(image)
+    if before is not None and after is not None and after != before:
+        raise UnsupportedTransformError(
+            f"step {position} ({_name(step)}) is taken to change pixel values only, but it "
+            f"changed the image's size from {before} to {after} (height, width): it moves "
+            f"pixels, and the crop box would miss what it did. {_FIX}"
+        )
+
+
 # -- torchvision v2: the box probe ----------------------------------------------------------------
 
 
 class _V2Probe:
-    def __init__(self, transform: Any) -> None:
+    def __init__(self, transform: Any, confirm: int = CONFIRMED_SAMPLES) -> None:
         steps = _flatten([transform])
         # Steps that leave pixel positions alone run on the image alone: cheaper than carrying
         # the probe, and ToPureTensor would strip the probe's canvas_size.
@@ -296,7 +548,8 @@ class _V2Probe:
             (step, position, _probe_kind(step, position))
             for position, step in enumerate(steps, start=1)
         ]
-        self.geometry = [_name(s) for s, _, kind in self.steps if kind == "probe"]
+        self.geometry = [_name(s) for s, _, kind in self.steps if kind in ("probe", "centre")]
+        self.confirm = _Confirmation(confirm, lambda: ", ".join(self.geometry) or "none")
 
     def __call__(self, image: Any) -> tuple[Any, CropBox]:
         from torchvision import tv_tensors
@@ -308,14 +561,25 @@ class _V2Probe:
             canvas_size=(h, w),
             clamping_mode=None,
         )
+        source, checking = image, self.confirm.due()
         for step, position, kind in self.steps:
             try:
-                if kind == "probe":
-                    image, probe = step(image, probe)
-                elif kind == "centre":
-                    image, probe = _centre_crop_probe(step, image, probe)
+                if kind == "probe" or kind == "centre":
+                    if kind == "probe":
+                        image, probe = step(image, probe)
+                    else:
+                        image, probe = _centre_crop_probe(step, image, probe)
+                    _probe_kept_up(step, position, image, probe)
+                    if checking:
+                        self.confirm.look(source, image, _loose_box(probe), _where(step, position))
                 elif kind == "image":
+                    before = _size_or_none(image) if checking else None
                     image = step(image)
+                    if checking:
+                        _pixels_kept_size(step, position, before, image)
+                        if self.confirm.blind(step):
+                            checking = False
+                            self.confirm.done()
                 else:  # a user function on images: it must keep the image's size
                     before = image_size(image)
                     image = step(image)
@@ -330,7 +594,39 @@ class _V2Probe:
             except Exception as exc:
                 _failed_step(exc, step, position)
                 raise
+        if checking:
+            self.confirm.done()
         return image, _box_from_probe(probe, self.geometry)
+
+
+def _probe_kept_up(step: Any, position: int, image: Any, probe: Any) -> None:
+    """Refuse a step after which the image and the probe's canvas differ in size: it
+    transformed the image and not the boxes (a v2.Transform whose ``transform`` or
+    ``_transformed_types`` handles images only), so the probe missed what it did."""
+    size = _size_or_none(image)
+    canvas = tuple(int(v) for v in probe.canvas_size)
+    if size is not None and size != canvas:
+        raise UnsupportedTransformError(
+            f"step {position} ({_name(step)}) made the image {size[0]} x {size[1]} pixels "
+            f"(height x width) but left the crop-box probe on a {canvas[0]} x {canvas[1]} "
+            "canvas: it transforms images and not bounding boxes (a v2.Transform whose "
+            "transform() or _transformed_types handles images only), so relabel-store cannot "
+            "see the crop it took. Make it transform tv_tensors.BoundingBoxes too (apply the "
+            "same v2.functional call to every input), or wrap a callable that returns "
+            "(image, CropBox) in relabel_store.loaders.ReturnsCropBox."
+        )
+
+
+def _loose_box(probe: Any) -> _LooseBox:
+    """The box a probe shows so far (as :func:`_box_from_probe`, without its checks)."""
+    (a, b, c, d), (e, _, g, _), _ = probe.tolist()
+    oh, ow = probe.canvas_size
+    if not (c - a > 0 and d - b > 0):
+        return _LooseBox(0.0, 0.0, 0.0, 0.0, False)
+    flipped = (e + g) / 2 > (a + c) / 2
+    x0 = (c - ow) / (c - a) if flipped else -a / (c - a)
+    y0 = -b / (d - b)
+    return _LooseBox(x0, y0, x0 + ow / (c - a), y0 + oh / (d - b), flipped)
 
 
 def _probe_kind(step: Any, position: int) -> str:
@@ -457,11 +753,13 @@ class _RecordParams:
 
 
 class _StepWalker:
-    def __init__(self, transforms: Sequence[Any]) -> None:
+    def __init__(self, transforms: Sequence[Any], confirm: int = CONFIRMED_SAMPLES) -> None:
         self.steps = [
             (*self._classify(t, position), position)
             for position, t in enumerate(_flatten(transforms), start=1)
         ]
+        geometry = [_where(s, p) for kind, s, p in self.steps if kind != "pixels"]
+        self.confirm = _Confirmation(confirm, lambda: ", ".join(geometry) or "none")
 
     @staticmethod
     def _classify(step: Any, position: int) -> tuple[str, Any]:
@@ -495,6 +793,7 @@ class _StepWalker:
 
     def __call__(self, image: Any) -> tuple[Any, CropBox]:
         x0, y0, x1, y1, flipped = 0.0, 0.0, 1.0, 1.0, False
+        source, checking = image, self.confirm.due()
         for kind, step, position in self.steps:
             try:
                 if kind == "flip":
@@ -503,9 +802,21 @@ class _StepWalker:
 
                         image = F.horizontal_flip(image)
                         flipped = not flipped
+                        if checking:
+                            box = (x0, y0, x1, y1, flipped)
+                            self.confirm.look(source, image, box, _where(step, position))
                     continue
                 if kind == "pixels" or kind == "resize":
+                    before = _size_or_none(image) if checking else None
                     image = step(image)
+                    if checking and kind == "pixels":
+                        _pixels_kept_size(step, position, before, image)
+                        if self.confirm.blind(step):
+                            checking = False
+                            self.confirm.done()
+                    elif checking:
+                        box = (x0, y0, x1, y1, flipped)
+                        self.confirm.look(source, image, box, _where(step, position))
                     continue
                 h, w = image_size(image)
                 image = step(image)
@@ -525,6 +836,10 @@ class _StepWalker:
             else:
                 x0, x1 = x0 + left * sx, x0 + (left + cw) * sx
             y0, y1 = y0 + top * sy, y0 + (top + ch) * sy
+            if checking:
+                self.confirm.look(source, image, (x0, y0, x1, y1, flipped), _where(step, position))
+        if checking:
+            self.confirm.done()
         return image, CropBox(x0, y0, x1, y1, flipped=flipped)
 
 
