@@ -153,9 +153,7 @@ def _build(transform: Any, confirm: int = CONFIRMED_SAMPLES) -> CropTracker:
 def _adapt_foreign(transform: Any, confirm: int) -> CropTracker | None:
     """The tracker of another library's whole pipeline (albumentations), or None."""
     if type(transform).__module__.split(".")[0] == "albumentations":
-        from relabel_store.loaders.albumentations import AlbumentationsTracker
-
-        return AlbumentationsTracker(transform, confirm)
+        return _Albumentations(transform, confirm)
     return None
 
 
@@ -365,7 +363,7 @@ class _Confirmation:
     Per process: DataLoader workers inherit the counts at fork, and reset them here by pid.
     """
 
-    def __init__(self, samples: int, geometry: Callable[[], str]) -> None:
+    def __init__(self, samples: int, geometry: str) -> None:
         self.samples = samples
         self.geometry = geometry
         self.reset()
@@ -387,14 +385,13 @@ class _Confirmation:
 
     def blind(self, step: Any) -> bool:
         """Whether ``step`` (pixel-only, just run) ends this sample's looks: the AutoAugment
-        family moves pixels now and then, which the target ignores by design."""
-        if type(step).__name__ in _SOMETIMES_MOVE or (
-            type(step).__name__ in _CONTAINERS
+        family moves pixels now and then, which the target ignores by design; the looks
+        before it stand."""
+        name = type(step).__name__
+        return name in _SOMETIMES_MOVE or (
+            name in _CONTAINERS
             and any(type(t).__name__ in _SOMETIMES_MOVE for t in _flatten(step.transforms))
-        ):
-            self._sample_looked, self._sample_blame = False, None
-            return True
-        return False
+        )
 
     def look(self, source: Any, image: Any, box: Any, step: str) -> None:
         """Compare ``image`` (after ``step``) with ``source`` under ``box`` (a CropBox, or
@@ -428,7 +425,7 @@ class _Confirmation:
                 f"score above {_AGREEMENT}). The step moves pixels in a way relabel-store "
                 "misreads (a subclass or a re-implementation that crops, flips or resizes "
                 "differently from the step it is named after, or one that transforms images "
-                f"but not bounding boxes); geometric steps: {self.geometry()}. Replace it with "
+                f"but not bounding boxes); geometric steps: {self.geometry}. Replace it with "
                 "the torchvision step it imitates, make it transform tv_tensors.BoundingBoxes "
                 "too, or wrap a callable that returns (image, CropBox) in "
                 "relabel_store.loaders.ReturnsCropBox. (If the images are really shown right "
@@ -549,7 +546,7 @@ class _V2Probe:
             for position, step in enumerate(steps, start=1)
         ]
         self.geometry = [_name(s) for s, _, kind in self.steps if kind in ("probe", "centre")]
-        self.confirm = _Confirmation(confirm, lambda: ", ".join(self.geometry) or "none")
+        self.confirm = _Confirmation(confirm, ", ".join(self.geometry) or "none")
 
     def __call__(self, image: Any) -> tuple[Any, CropBox]:
         from torchvision import tv_tensors
@@ -759,7 +756,7 @@ class _StepWalker:
             for position, t in enumerate(_flatten(transforms), start=1)
         ]
         geometry = [_where(s, p) for kind, s, p in self.steps if kind != "pixels"]
-        self.confirm = _Confirmation(confirm, lambda: ", ".join(geometry) or "none")
+        self.confirm = _Confirmation(confirm, ", ".join(geometry) or "none")
 
     @staticmethod
     def _classify(step: Any, position: int) -> tuple[str, Any]:
@@ -862,3 +859,187 @@ def _flatten(transforms: Sequence[Any]) -> list[Any]:
         else:
             out.append(t)
     return out
+
+
+# -- albumentations: a keypoint probe -------------------------------------------------------------
+
+# albumentations steps whose geometry no crop box describes (or that flip vertically).
+_ALBU_WARPS = {
+    "VerticalFlip", "Transpose", "RandomRotate90", "Rotate", "SafeRotate", "ShiftScaleRotate",
+    "Perspective", "ElasticTransform", "GridDistortion", "OpticalDistortion", "PiecewiseAffine",
+    "D4", "RandomGridShuffle", "GridElasticDeform", "ThinPlateSpline", "Morphological",
+}  # fmt: skip
+_ALBU_MULTI = {"Mosaic", "OverlayElements"}
+
+
+class _Albumentations:
+    """Tracks an albumentations pipeline (``A.Compose``, or one transform) from its own
+    geometry: a copy of it runs with three keypoints riding along (the image's corners
+    (0, 0), (W, 0) and (0, H), kept when they leave the image), whose positions in the output
+    pin the crop window, the scale and a horizontal flip, as the v2 box probe does. Crops,
+    resizes, padding, flips, and Affine without rotation or shear are tracked; steps that
+    only change pixel values (``ImageOnlyTransform``) are free. Images go in as numpy arrays
+    (PIL images and (C, H, W) tensors are converted); the output is the pipeline's image.
+
+    albumentations moves keypoints with a horizontal flip to ``W - 1 - x`` (pixel indices),
+    and with a crop or a resize as continuous coordinates; in the copy, flips move them to
+    ``W - x``, so that the box is the one the pixels show.
+    """
+
+    def __init__(self, transform: Any, confirm: int) -> None:
+        import albumentations as A
+
+        pipeline = transform if isinstance(transform, A.Compose) else A.Compose([transform])
+        if pipeline.processors:
+            raise UnsupportedTransformError(
+                "this albumentations pipeline already takes bounding boxes or keypoints "
+                f"({', '.join(pipeline.processors)}): relabel-store tracks the crop with "
+                "keypoints of its own. Pass a classification pipeline (A.Compose(transforms) "
+                "without bbox_params or keypoint_params)."
+            )
+        steps = copy.deepcopy(list(pipeline.transforms))
+        leaves = list(_albu_leaves(steps))
+        for position, step in enumerate(leaves, start=1):
+            _refuse_albu(step, position)
+            exact = _EXACT_KEYPOINTS.get(type(step).__name__)
+            if exact is not None and type(step).__module__.startswith("albumentations."):
+                step._key2func["keypoints"] = exact  # module-level functions: picklable
+        self.geometry = [
+            type(s).__name__ for s in leaves if not isinstance(s, A.ImageOnlyTransform)
+        ]
+        self.pipeline = A.Compose(
+            steps,
+            keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+            p=pipeline.p,
+            is_check_shapes=pipeline.is_check_shapes,
+        )
+        self.confirm = _Confirmation(confirm, ", ".join(self.geometry) or "none")
+
+    def __call__(self, image: Any) -> tuple[Any, CropBox]:
+        array = _albu_array(image)
+        h, w = array.shape[:2]
+        corners = np.array([[0.0, 0.0], [w, 0.0], [0.0, h]], np.float32)
+        try:
+            result = self.pipeline(image=array, keypoints=corners)
+        except Exception as exc:
+            exc.add_note("raised by the albumentations pipeline")
+            raise
+        out = result["image"]
+        (a, b), (c, b1), (a1, d) = np.asarray(result["keypoints"], np.float64)[:, :2].tolist()
+        oh, ow = _albu_size(out)
+        steps = ", ".join(self.geometry) or "none"
+        tol_x, tol_y = _PROBE_TOLERANCE * abs(c - a) + 1e-3, _PROBE_TOLERANCE * abs(d - b) + 1e-3
+        if abs(c - a) < 1e-6 or not d - b > 0 or abs(b1 - b) > tol_y or abs(a1 - a) > tol_x:
+            raise UnsupportedTransformError(
+                "the albumentations pipeline moved the image in a way no crop box describes "
+                f"(a rotation, shear, warp or vertical flip; geometric steps: {steps}). "
+                "Remove that step from the training transform, or wrap a callable that returns "
+                "(image, CropBox) in relabel_store.loaders.ReturnsCropBox."
+            )
+        flipped = c < a
+        left, right = -a / (c - a), (ow - a) / (c - a)
+        x0, x1 = (right, left) if flipped else (left, right)
+        y0, y1 = -b / (d - b), (oh - b) / (d - b)
+        box = CropBox(x0, y0, x1, y1, flipped=flipped)
+        if self.confirm.due():
+            self.confirm.look(array, out, box, "the albumentations pipeline")
+            self.confirm.done()
+        return out, box
+
+
+def _albu_leaves(steps: Sequence[Any]) -> Iterator[Any]:
+    """The transforms inside (nested) albumentations compositions (OneOf, SomeOf, ...)."""
+    for step in steps:
+        inner = getattr(step, "transforms", None)
+        if inner is not None and not hasattr(step, "apply"):
+            yield from _albu_leaves(inner)
+        else:
+            yield step
+
+
+def _refuse_albu(step: Any, position: int) -> None:
+    name = type(step).__name__
+    if name in _ALBU_WARPS or (name == "Affine" and not _albu_axis_aligned(step)):
+        raise UnsupportedTransformError(
+            f"albumentations step {position} ({name}) rotates, shears, warps or flips the "
+            "image vertically; no crop box describes what such a crop shows, and relabel-store "
+            "does not approximate it. Remove it from the training transform (Affine with "
+            "rotate=0 and shear=0, scale and translate only, is tracked), or wrap a callable "
+            "that returns (image, CropBox) in relabel_store.loaders.ReturnsCropBox."
+        )
+    if name in _ALBU_MULTI:
+        raise UnsupportedTransformError(
+            f"albumentations step {position} ({name}) pastes other images into the sample; "
+            "one record's label map cannot describe them. Remove it from the training "
+            "transform (mix samples after the loader with relabel-store's mixing instead)."
+        )
+
+
+def _albu_axis_aligned(step: Any) -> bool:
+    """Whether an albumentations Affine is configured without rotation or shear."""
+    rotate = getattr(step, "rotate", None)
+    shear = getattr(step, "shear", None)
+    if rotate is None or shear is None:
+        return False
+    shears = list(shear.values()) if isinstance(shear, dict) else [shear]
+    values = [*_as_list(rotate), *(v for s in shears for v in _as_list(s))]
+    return all(float(v) == 0.0 for v in values)
+
+
+def _albu_array(image: Any) -> np.ndarray:
+    """An image as albumentations takes it: a (H, W[, C]) numpy array."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image)
+    if isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] <= 4:
+        return image.permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return image
+    raise UnsupportedTransformError(
+        f"an albumentations pipeline takes images as numpy arrays; got {type(image).__name__} "
+        f"{tuple(getattr(image, 'shape', ()))}"
+    )
+
+
+def _albu_size(image: Any) -> tuple[int, int]:
+    """(height, width) of an albumentations output: (H, W, C) arrays, (C, H, W) tensors
+    (ToTensorV2)."""
+    if isinstance(image, torch.Tensor):
+        return int(image.shape[-2]), int(image.shape[-1])
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def _exact_flip_keypoints(keypoints: np.ndarray, **params: Any) -> np.ndarray:
+    """albumentations' HorizontalFlip for keypoints, as continuous coordinates (``W - x``)."""
+    out = np.array(keypoints, copy=True)
+    out[:, 0] = params["shape"][1] - out[:, 0]
+    return out
+
+
+def _scaled_keypoints(keypoints: np.ndarray, new_h: int, new_w: int, shape: Any) -> np.ndarray:
+    out = np.array(keypoints, copy=True)
+    out[:, 0] *= new_w / shape[1]
+    out[:, 1] *= new_h / shape[0]
+    return out
+
+
+def _exact_max_size_keypoints(keypoints: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+    """LongestMaxSize/SmallestMaxSize for keypoints: by the sides' rounded sizes, as the
+    image (albumentations scales keypoints by the unrounded factor)."""
+    h, w = params["shape"][:2]
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    return _scaled_keypoints(keypoints, new_h, new_w, params["shape"])
+
+
+def _exact_scale_keypoints(keypoints: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+    """RandomScale for keypoints: by the truncated sizes the image gets."""
+    h, w = params["shape"][:2]
+    return _scaled_keypoints(keypoints, int(h * scale), int(w * scale), params["shape"])
+
+
+# Steps whose keypoint arithmetic differs from what they do to the pixels, and the fix.
+_EXACT_KEYPOINTS = {
+    "HorizontalFlip": _exact_flip_keypoints,
+    "LongestMaxSize": _exact_max_size_keypoints,
+    "SmallestMaxSize": _exact_max_size_keypoints,
+    "RandomScale": _exact_scale_keypoints,
+}

@@ -89,6 +89,8 @@ class RelabelTransform:
       refuses keys of which none is in the store: derived another way than the store's).
     - ``check_sizes``: as for :class:`~relabel_store.loaders.RelabelDataset` (True: refuse an
       image whose shape is not its record's).
+    - ``check_crops``: as for :class:`~relabel_store.loaders.RelabelDataset` (True: confirm
+      the first samples of every process from their pixels).
 
     Calling it with a batch (a mapping of column name -> list of values, as ``datasets`` passes
     it) returns a dict with ``pixel_values_column`` (a list of transformed images),
@@ -113,6 +115,7 @@ class RelabelTransform:
         class_names: Sequence[str] | None = None,
         class_map: ClassMap | None = None,
         check_sizes: bool = True,
+        check_crops: bool | int = True,
     ) -> None:
         if pixel_values_column == target_column:
             raise ConfigurationError(
@@ -141,7 +144,7 @@ class RelabelTransform:
         self.key_mode = opened.key_mode
         self._keys_from = opened.keys_from
         self._tally = KeyTally()
-        self.track = track_crops(transform)
+        self.track = track_crops(transform, check_crops=check_crops)
         self.image_column = image_column
         self.key_column = key_column
         self.label_column = label_column

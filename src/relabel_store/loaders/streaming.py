@@ -77,6 +77,8 @@ class RelabelStream:
     - ``maps``: the store's maps in host memory (:class:`~relabel_store.loaders.DeviceMaps`),
       to copy records from instead of decoding them, as for ``RelabelDataset``.
     - ``check_sizes``: as for ``RelabelDataset`` (True: refuse an image not its record's).
+    - ``check_crops``: as for ``RelabelDataset`` (True: confirm the first samples of every
+      worker from their pixels).
 
     A sample is a tuple ``(key, image)`` or ``(key, image, label)``, the image a PIL image or
     a tensor as the pipeline decoded it, whole (resized with its aspect ratio kept is fine);
@@ -99,6 +101,7 @@ class RelabelStream:
         sample: Any = None,
         maps: DeviceMaps | None = None,
         check_sizes: bool = True,
+        check_crops: bool | int = True,
     ) -> None:
         opened = open_loader(
             store,
@@ -129,7 +132,7 @@ class RelabelStream:
             unnamed="the names of the stream's classes were not given (class_names=...)",
         )
         require_labels(self.label_map, self.spec, missing, None)
-        self.track = track_crops(transform, sample=sample)
+        self.track = track_crops(transform, sample=sample, check_crops=check_crops)
         self._transform = transform
 
     @property
