@@ -46,7 +46,7 @@ from PIL import Image
 from relabel_store.errors import ArgumentTypeError, InvalidBoxError, UnsupportedTransformError
 from relabel_store.pooling import CropBox
 
-__all__ = ["CropTracker", "ReturnsCropBox", "track_crops"]
+__all__ = ["CropTracker", "ReturnsCropBox", "kornia_refs", "track_crops"]
 
 CropTracker = Callable[[Any], tuple[Any, CropBox]]
 
@@ -1043,3 +1043,87 @@ _EXACT_KEYPOINTS = {
     "SmallestMaxSize": _exact_max_size_keypoints,
     "RandomScale": _exact_scale_keypoints,
 }
+
+
+# -- kornia: batch crops after the loader ---------------------------------------------------------
+
+_KORNIA_CROPS = {"RandomResizedCrop", "RandomCrop", "CenterCrop"}
+
+
+def kornia_refs(refs: dict[str, Any], *augmentations: Any) -> dict[str, Any]:
+    """The ``pooling="batch"`` references of a batch after kornia augmented it, for
+    :class:`~relabel_store.loaders.LabelPooler`.
+
+    ``refs`` come from the loader (their boxes: what each loader image shows of its source
+    image); ``augmentations`` are the kornia augmentations that then ran on the batch, in
+    the order they ran (or one ``AugmentationSequential``): ``RandomResizedCrop``,
+    ``RandomCrop`` (without padding) and ``CenterCrop`` move the boxes by the windows they
+    drew, ``RandomHorizontalFlip`` flips them, intensity augmentations change nothing. Other
+    geometry is refused by name (:class:`UnsupportedTransformError`). Each augmentation's
+    parameters are read from its last call: call this right after the batch went through.
+    kornia samples a crop's pixel centres from the window's first to its last pixel centre;
+    the boxes are those the pixels show (exact to float precision).
+    """
+    box = torch.as_tensor(refs["box"]).to(torch.float64).clone()
+    flipped = torch.as_tensor(refs["flipped"]).to(torch.bool).clone()
+    for aug in _kornia_steps(augmentations):
+        name = type(aug).__name__
+        params = getattr(aug, "_params", None) or {}
+        if name == "RandomHorizontalFlip":
+            flipped ^= torch.as_tensor(params["batch_prob"]).cpu() > 0.5
+        elif name in _KORNIA_CROPS:
+            box = _kornia_crop(aug, params, box, flipped)
+        elif not _kornia_intensity(aug):
+            raise UnsupportedTransformError(
+                f"kornia {name} moves pixels in a way relabel-store does not track on batches "
+                f"(tracked: {', '.join(sorted(_KORNIA_CROPS))}, RandomHorizontalFlip, and "
+                "intensity augmentations). Remove it, or crop in the loader's transform."
+            )
+    return {**refs, "box": box, "flipped": flipped}
+
+
+def _kornia_steps(augmentations: Sequence[Any]) -> Iterator[Any]:
+    for aug in augmentations:
+        if type(aug).__name__ in ("AugmentationSequential", "ImageSequential"):
+            yield from _kornia_steps(list(aug.children()))
+        else:
+            yield aug
+
+
+def _kornia_intensity(aug: Any) -> bool:
+    from kornia.augmentation import IntensityAugmentationBase2D
+
+    return isinstance(aug, IntensityAugmentationBase2D)
+
+
+def _kornia_crop(aug: Any, params: dict[str, Any], box: torch.Tensor, flipped: torch.Tensor) -> Any:
+    name = type(aug).__name__
+    if "src" not in params:
+        raise UnsupportedTransformError(
+            f"kornia {name} has not run yet: call kornia_refs right after the batch went through it"
+        )
+    padding = params.get("padding_size")
+    if padding is not None and bool(torch.as_tensor(padding).ne(0).any()):
+        raise UnsupportedTransformError(
+            f"kornia {name} with padding is not tracked on batches; crop without padding"
+        )
+    if bool((torch.as_tensor(params["batch_prob"]) < 0.5).any()):
+        raise UnsupportedTransformError(
+            f"kornia {name} skipped some samples (p < 1): use p=1.0 for crops on batches"
+        )
+    src = torch.as_tensor(params["src"]).to(torch.float64).cpu()  # (B, 4, 2) corners, (x, y)
+    in_h, in_w = (int(v) for v in torch.as_tensor(params["forward_input_shape"])[-2:])
+    out = torch.as_tensor(params["output_size"]).to(torch.float64).cpu()  # (B, 2): (h, w)
+    edges = []
+    for axis, size, n_out in ((0, in_w, out[:, 1]), (1, in_h, out[:, 0])):
+        first, last = src[:, 0, axis], src[:, 2, axis]
+        step = (last - first) / (n_out - 1).clamp_min(1)  # source pixels per output pixel
+        edges.append(
+            ((first + 0.5 - 0.5 * step) / size, (first + 0.5 + (n_out - 0.5) * step) / size)
+        )
+    (u0, u1), (v0, v1) = edges
+    x0, y0, x1, y1 = box.unbind(1)
+    width, height = x1 - x0, y1 - y0
+    nx0 = torch.where(flipped, x1 - u1 * width, x0 + u0 * width)
+    nx1 = torch.where(flipped, x1 - u0 * width, x0 + u1 * width)
+    return torch.stack([nx0, y0 + v0 * height, nx1, y0 + v1 * height], 1)
