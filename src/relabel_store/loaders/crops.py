@@ -175,7 +175,7 @@ def _refuse_foreign(step: Any, position: int) -> None:
             "augments batches of tensors, usually on the GPU after the DataLoader, where no "
             "per-sample crop can be tracked. Crop in the loader with a torchvision/timm/"
             "albumentations transform, or run kornia's crop on the batch and pool its boxes "
-            "with BatchPooler (docs/pipelines.md, 'kornia')."
+            "with relabel_store.loaders.kornia_refs and LabelPooler (docs/loaders.md, 'kornia')."
         )
 
 
