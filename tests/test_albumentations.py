@@ -4,6 +4,7 @@ and what cannot be tracked refused by name."""
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import numpy as np
@@ -79,6 +80,7 @@ def test_an_albumentations_pipeline_gets_the_targets_of_its_crops(photos):
         ]
     )
     ds = RelabelDataset(ImageFolder(photos.train), photos.store, tf)
+    pickle.loads(pickle.dumps(ds.track))  # spawned DataLoader workers get it pickled
     store = load_relabel(photos.store)
     flips = set()
     for i in range(6):

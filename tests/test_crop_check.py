@@ -10,6 +10,7 @@ crop), a real ImageFolder, a real store, DataLoader workers.
 
 from __future__ import annotations
 
+import pickle
 import random
 from types import SimpleNamespace
 
@@ -233,6 +234,11 @@ def test_only_the_first_samples_are_confirmed(photos):
         ds[i % 6]
     confirm = ds.track.confirm
     assert confirm.fits == CONFIRMED_SAMPLES and not confirm.due()
+    # A worker started by spawn gets the tracker pickled, with this process's counts: its
+    # pid differs, so it confirms its own first samples again.
+    copy = pickle.loads(pickle.dumps(ds.track))
+    copy.confirm.pid = -1
+    assert copy.confirm.due() and copy.confirm.fits == 0
 
 
 # -- kornia -----------------------------------------------------------------------------------------
