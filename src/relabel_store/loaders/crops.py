@@ -793,10 +793,15 @@ class _StepWalker:
             return "pixels", step
         if name in _PHOTOMETRIC:
             return "pixels", step
+        library = type(step).__module__.split(".")[0]
+        what = (
+            "a torchvision v1 or timm step"
+            if library in ("torchvision", "timm")
+            else f"a step from {type(step).__module__} (not torchvision, timm or albumentations)"
+        )
         raise UnsupportedTransformError(
-            f"cannot recover the crop box through step {position} ({_name(step)}), a "
-            "torchvision v1 or timm step that relabel-store does not know to move pixels or "
-            f"not. {_FIX}"
+            f"cannot recover the crop box through step {position} ({_name(step)}), {what} "
+            f"that relabel-store does not know to move pixels or not. {_FIX}"
         )
 
     def __call__(self, image: Any) -> tuple[Any, CropBox]:
