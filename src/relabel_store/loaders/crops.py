@@ -1007,7 +1007,7 @@ def _albu_array(image: Any) -> np.ndarray:
     if isinstance(image, Image.Image):
         return np.asarray(image)
     if isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] <= 4:
-        return image.permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
+        return np.ascontiguousarray(image.permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C)
     if isinstance(image, np.ndarray) and image.ndim in (2, 3):
         return image
     raise UnsupportedTransformError(
