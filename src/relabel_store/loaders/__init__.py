@@ -3,7 +3,7 @@
 from relabel_store._extras import requires_extra
 
 with requires_extra("torch", "relabel_store.loaders"):
-    from relabel_store.loaders.crops import ReturnsCropBox, track_crops
+    from relabel_store.loaders.crops import ReturnsCropBox, kornia_refs, track_crops
     from relabel_store.loaders.hf import relabel_transform
     from relabel_store.loaders.maps import DeviceMaps
     from relabel_store.loaders.mixing import check_mixing, timm_mixup
@@ -19,6 +19,7 @@ __all__ = [
     "ResidentPooler",
     "ReturnsCropBox",
     "check_mixing",
+    "kornia_refs",
     "relabel_transform",
     "timm_mixup",
     "track_crops",

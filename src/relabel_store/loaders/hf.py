@@ -92,6 +92,8 @@ class RelabelTransform:
       image whose shape is not its record's).
     - ``check_images``: as for ``RelabelDataset`` (``"sample"``: the first 16 images of every
       process, then one in 1000; ``"all"``, ``"off"``, or a rate in (0, 1]).
+    - ``check_crops``: as for :class:`~relabel_store.loaders.RelabelDataset` (True: confirm
+      the first samples of every process from their pixels).
 
     Calling it with a batch (a mapping of column name -> list of values, as ``datasets`` passes
     it) returns a dict with ``pixel_values_column`` (a list of transformed images),
@@ -117,6 +119,7 @@ class RelabelTransform:
         class_map: ClassMap | None = None,
         check_sizes: bool = True,
         check_images: ImageChecks = "sample",
+        check_crops: bool | int = True,
     ) -> None:
         if pixel_values_column == target_column:
             raise ConfigurationError(
@@ -147,7 +150,7 @@ class RelabelTransform:
         self.key_mode = opened.key_mode
         self._keys_from = opened.keys_from
         self._tally = KeyTally()
-        self.track = track_crops(transform)
+        self.track = track_crops(transform, check_crops=check_crops)
         self.image_column = image_column
         self.key_column = key_column
         self.label_column = label_column

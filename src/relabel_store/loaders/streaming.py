@@ -80,6 +80,8 @@ class RelabelStream:
     - ``check_sizes``: as for ``RelabelDataset`` (True: refuse an image not its record's).
     - ``check_images``: as for ``RelabelDataset`` (``"sample"``: the first 16 samples of every
       worker, then one in 1000; ``"all"``, ``"off"``, or a rate in (0, 1]).
+    - ``check_crops``: as for ``RelabelDataset`` (True: confirm the first samples of every
+      worker from their pixels).
 
     A sample is a tuple ``(key, image)`` or ``(key, image, label)``, the image a PIL image or
     a tensor as the pipeline decoded it, whole (resized with its aspect ratio kept is fine);
@@ -103,6 +105,7 @@ class RelabelStream:
         maps: DeviceMaps | None = None,
         check_sizes: bool = True,
         check_images: ImageChecks = "sample",
+        check_crops: bool | int = True,
     ) -> None:
         opened = open_loader(
             store,
@@ -135,7 +138,7 @@ class RelabelStream:
             unnamed="the names of the stream's classes were not given (class_names=...)",
         )
         require_labels(self.label_map, self.spec, missing, None)
-        self.track = track_crops(transform, sample=sample)
+        self.track = track_crops(transform, sample=sample, check_crops=check_crops)
         self._transform = transform
 
     @property
