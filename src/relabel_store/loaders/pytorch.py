@@ -40,6 +40,7 @@ from relabel_store.loaders._core import (
     resolve_rows,
 )
 from relabel_store.loaders.crops import track_crops
+from relabel_store.loaders.mixing import check_collate, collate_of_caller
 from relabel_store.pooling import CropBox, PoolingSpec
 from relabel_store.read.reader import RelabelStore
 
@@ -136,6 +137,7 @@ class RelabelDataset(Dataset):
         )
         self._check_labels(missing, class_map)
         self.transform = transform
+        self._collate_checked: tuple[int, int] | None = None
 
     def _keys(
         self, key_fn: Callable[[int], str] | None, key_mode: KeyMode
@@ -259,6 +261,8 @@ class RelabelDataset(Dataset):
             spec=self.spec,
             maps=self.maps,
         )
+        if images:
+            self._check_collate(images[0], targets[0])
         return list(zip(images, targets, strict=True))
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
@@ -269,7 +273,23 @@ class RelabelDataset(Dataset):
         store_label = self._store_label(label)
         if self.pooling == "batch":
             return image, reference(row, box, store_label)
-        return image, torch.from_numpy(self.target(row, box, store_label))
+        target = torch.from_numpy(self.target(row, box, store_label))
+        self._check_collate(image, target)
+        return image, target
+
+    def _check_collate(self, image: Any, target: torch.Tensor) -> None:
+        """On the first batch a DataLoader builds in this process with a given collate_fn:
+        refuse a collate_fn that would destroy the soft targets (timm's FastCollateMixup, the
+        collate of its train.py with the prefetcher, makes every target class 0), by collating
+        a probe batch with it (:func:`~.mixing.check_collate`)."""
+        collate = collate_of_caller()
+        if collate is None or collate is torch.utils.data.default_collate:
+            return
+        done = (os.getpid(), id(collate))
+        if getattr(self, "_collate_checked", None) == done:
+            return
+        check_collate(collate, image, target)
+        self._collate_checked = done
 
     def _check_image(self, rows: np.ndarray, image: Any) -> None:
         """Refuse an image that is not (a resized copy of) the one its record was made from."""
