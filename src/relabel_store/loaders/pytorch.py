@@ -262,7 +262,7 @@ class RelabelDataset(Dataset):
             maps=self.maps,
         )
         if images:
-            self._check_collate(images[0], targets[0])
+            self._check_collate(images[0], targets[0], every_batch=True)
         return list(zip(images, targets, strict=True))
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
@@ -274,21 +274,30 @@ class RelabelDataset(Dataset):
         if self.pooling == "batch":
             return image, reference(row, box, store_label)
         target = torch.from_numpy(self.target(row, box, store_label))
-        self._check_collate(image, target)
+        self._check_collate(image, target, every_batch=False)
         return image, target
 
-    def _check_collate(self, image: Any, target: torch.Tensor) -> None:
+    def _check_collate(self, image: Any, target: torch.Tensor, *, every_batch: bool) -> None:
         """On the first batch a DataLoader builds in this process with a given collate_fn:
         refuse a collate_fn that would destroy the soft targets (timm's FastCollateMixup, the
         collate of its train.py with the prefetcher, makes every target class 0), by collating
-        a probe batch with it (:func:`~.mixing.check_collate`)."""
+        a probe batch with it (:func:`~.mixing.check_collate`).
+
+        Finding the collate_fn walks a few stack frames: on every batch from ``__getitems__``
+        (a few µs a batch), but from ``__getitem__`` (one sample at a time: a wrapping
+        dataset's, or batch_size=None) only until one was checked in this process."""
+        checked = getattr(self, "_collate_checked", None)
+        pid = os.getpid()
+        if not every_batch and checked is not None and checked[0] == pid:
+            return
         collate = collate_of_caller()
-        if collate is None or collate is torch.utils.data.default_collate:
+        if collate is None:
             return
-        done = (os.getpid(), id(collate))
-        if getattr(self, "_collate_checked", None) == done:
+        done = (pid, id(collate))
+        if checked == done:
             return
-        check_collate(collate, image, target)
+        if collate is not torch.utils.data.default_collate:
+            check_collate(collate, image, target)
         self._collate_checked = done
 
     def _check_image(self, rows: np.ndarray, image: Any) -> None:
