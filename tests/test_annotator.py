@@ -509,3 +509,18 @@ def test_the_recorded_test_annotator_is_what_describe_writes():
         k: v for k, v in live.items() if k not in versions
     }
     assert set(recorded) == set(live)
+
+
+def test_auto_device_is_the_ranks_gpu_else_the_cpu(monkeypatch):
+    """The API chooses the device as the CLI does (--device auto): Python callers of
+    load_annotator/generate get the same placement under torchrun."""
+    import torch
+
+    from relabel_store.write.annotator import resolve_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda:3")
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -435,7 +435,7 @@ def test_a_run_killed_while_finalizing_resumes(tmp_path, monkeypatch):
     assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
     assert verify_store(out).ok
     again = import_maps(tar, out, workers=0, progress=False)  # a requeued job: nothing to do
-    assert again.already_complete and again.imported_now == 0 and again.records == 6
+    assert again.already_complete and again.done_now == 0 and again.records == 6
     assert again.source["sha256"] and "already complete" in again.summary()
     assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
 
@@ -512,7 +512,7 @@ def test_stores_of_an_earlier_version_still_resume_and_rerun(tmp_path, monkeypat
             import_maps(tar, out, workers=0, shard_records=2, progress=False)
     _as_written_before_class_names(out)
     resumed = import_maps(tar, out, workers=0, shard_records=2, progress=False)
-    assert resumed.imported_now == 4 and verify_store(out).ok
+    assert resumed.done_now == 4 and verify_store(out).ok
 
 
 def test_progress_lines_when_not_on_a_terminal():
@@ -693,3 +693,40 @@ def test_maps_under_no_wnid_folder_are_imported_unlabelled_and_counted(tmp_path)
     assert result.exit_code == 0, result.output
     assert "1 map under no ImageNet-1k wnid folder: label -1" in result.output
     assert load_relabel(out)["n99999999_1"].label == -1
+
+
+def test_import_with_images_adds_their_signatures_and_loaders_check_them(tmp_path):
+    """The release has no images; given ImageNet's folder, import signs every record, and a
+    loader over another copy of the photos (same names) is refused, while the real ones pass."""
+    from PIL import Image
+
+    from relabel_store.errors import ImageMismatchError
+    from relabel_store.images import image_signature
+    from relabel_store.loaders import RelabelStream
+    from relabel_store.write.samples import SAMPLE_PHOTOS, sample_photo
+
+    files = official_files(n_per_class=2)
+    tar = write_tar(tmp_path / "relabel_imagenet.tar", serialized(files))
+    images = tmp_path / "train"
+    for i, name in enumerate(sorted(files)):
+        path = images / Path(name).with_suffix(".JPEG")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sample_photo(SAMPLE_PHOTOS[i % len(SAMPLE_PHOTOS)]).save(path, quality=90)
+    out = tmp_path / "imported.zarr"
+    args = ["import", str(tar), "-o", str(out), "--workers", "0", "--images", str(images)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"signed {len(files)} records" in result.output
+    assert verify_store(out).ok
+    store = load_relabel(out)
+    key = "n01440764_10026"
+    with Image.open(images / "n01440764" / f"{key}.JPEG") as photo:
+        rgb = photo.convert("RGB")
+    assert (store.signatures[store.index_of(key)] == image_signature(rgb)).all()
+    stream = RelabelStream(store)
+    assert stream((key, rgb, -1))[1].shape == (1000,)
+    import skimage.data  # another photo than any of the store's, of the same size
+
+    other = Image.fromarray(skimage.data.camera()).convert("RGB").resize(rgb.size)
+    with pytest.raises(ImageMismatchError, match="another copy or version"):
+        RelabelStream(store, check_images="all")((key, other, -1))

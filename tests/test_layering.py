@@ -128,3 +128,59 @@ def test_no_import_cycles_between_modules():
     for module in sorted(graph):
         if module not in seen and (cycle := visit(module)):
             pytest.fail(" -> ".join(cycle))
+
+
+def _builtin_exceptions() -> set[str]:
+    import builtins
+
+    return {
+        name
+        for name, value in vars(builtins).items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    }
+
+
+def test_library_code_raises_only_relabel_store_errors():
+    """Every error a caller can catch derives from RelabelStoreError (and a builtin): a bare
+    ``raise ValueError(...)`` from library code breaks ``except RelabelStoreError``. Allowed:
+    ``NotImplementedError`` in abstract methods, ``AttributeError`` from a module's
+    ``__getattr__`` (the protocol asks for it), and re-raising a caught exception."""
+    builtin = _builtin_exceptions() - {"NotImplementedError"}
+    bare = []
+
+    class Raises(ast.NodeVisitor):
+        def __init__(self) -> None:
+            self.function = ""
+
+        def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+            outer, self.function = self.function, node.name
+            self.generic_visit(node)
+            self.function = outer
+
+        def visit_Raise(self, node: ast.Raise) -> None:
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            name = exc.id if isinstance(exc, ast.Name) else None
+            allowed = name == "AttributeError" and self.function == "__getattr__"
+            if name in builtin and not allowed:
+                bare.append(f"{path.relative_to(REPO)}:{node.lineno} raises {name}")
+
+    for _, path in _modules():
+        Raises().visit(ast.parse(path.read_text(), str(path)))
+    assert not bare, "\n".join(bare)
+
+
+def test_every_public_module_declares_all():
+    missing = [
+        str(path.relative_to(REPO))
+        for module, path in _modules()
+        if not module.rsplit(".", 1)[-1].startswith("_")
+        and not any(
+            isinstance(node, ast.Assign | ast.AnnAssign)
+            and any(
+                isinstance(t, ast.Name) and t.id == "__all__"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            )
+            for node in ast.parse(path.read_text()).body
+        )
+    ]
+    assert not missing, f"public modules without __all__: {missing}"

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from relabel_store import StoreMetadata, StoreWriter, load_relabel
+from relabel_store import ConfigurationError, StoreMetadata, StoreWriter, load_relabel
 from relabel_store.format._shards import ShardEncoder
 from relabel_store.format.metadata import INDICES, VALUES
 
@@ -170,5 +170,24 @@ def test_an_error_in_the_block_still_writes_the_queued_shards(tmp_path):
         release.set()
         raise KeyError("annotating failed")
     assert w.completed_shards() == {0, 1}
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ConfigurationError, match="closed"):
         bg.submit(2, **_shard_data(w, 2))
+
+
+def test_a_shards_extra_record_lives_and_dies_with_the_shard(tmp_path):
+    """What a command records of a shard (the importer: its source's fingerprint) is kept with
+    the shard itself, survives a reopen (a resume), and is gone with the finished store's
+    progress; fields known only at the end go in with finalize(dataset=...)."""
+    w = StoreWriter.open(tmp_path / "s.zarr", _meta(16))
+    w.write_shard(0, **_shard_data(w, 0), extra={"source": "abc", "maps": 3})
+    assert w.shard_extra(0) == {"source": "abc", "maps": 3}
+    assert w.shard_extra(1) is None  # not written
+    w.close()
+    resumed = StoreWriter.open(tmp_path / "s.zarr", _meta(16))
+    assert resumed.shard_extra(0) == {"source": "abc", "maps": 3}
+    resumed.write_shard(1, **_shard_data(resumed, 1))
+    assert resumed.shard_extra(1) is None  # written without one
+    resumed.finalize(dataset={"source": {"sha256": "f" * 64}})
+    store = load_relabel(tmp_path / "s.zarr")
+    assert store.metadata.dataset["source"] == {"sha256": "f" * 64}
+    assert not (tmp_path / "s.zarr" / "_progress").exists()

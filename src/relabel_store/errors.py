@@ -7,6 +7,32 @@ Messages say what went wrong and what to do about it.
 
 from __future__ import annotations
 
+__all__ = [
+    "AnnotatorError",
+    "ArgumentTypeError",
+    "ColumnNotFoundError",
+    "ConfigurationError",
+    "CorruptDataError",
+    "FormatError",
+    "ImageMismatchError",
+    "IncompleteStoreError",
+    "InputError",
+    "InputSizeWarning",
+    "InsufficientMemoryError",
+    "InvalidBoxError",
+    "LabelSpaceError",
+    "MissingExtraError",
+    "NoSignaturesWarning",
+    "RecordNotFoundError",
+    "RelabelStoreError",
+    "RemoteError",
+    "RowOutOfRangeError",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "UnsafePathError",
+    "UnsupportedTransformError",
+]
+
 
 class RelabelStoreError(Exception):
     """Root of every error raised by relabel-store."""
@@ -75,6 +101,18 @@ class ConfigurationError(RelabelStoreError, ValueError):
     """
 
 
+class ColumnNotFoundError(ConfigurationError, KeyError):
+    """A column a loader was told to read is not in the dataset's batch."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ImageMismatchError(ConfigurationError):
+    """A loader's image is not the image its record was made from (its content signature is
+    another image's): other photos, an EXIF turn, a crop before the library, wrong keys."""
+
+
 class LabelSpaceError(ConfigurationError):
     """A dataset's labels cannot be matched to the store's classes."""
 
@@ -103,3 +141,7 @@ class MissingExtraError(RelabelStoreError, ImportError):
 
 class InputSizeWarning(UserWarning):
     """An annotator runs at an input size far from the one its weights were trained at."""
+
+
+class NoSignaturesWarning(UserWarning):
+    """A store holds no image signatures, so loaders cannot check images by content."""

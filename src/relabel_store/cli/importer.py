@@ -11,6 +11,8 @@ from relabel_store.cli._options import check_resume, store_writing_options
 from relabel_store.cli.quality import echo_headline
 from relabel_store.write._run import OnError
 
+__all__ = ["import_"]
+
 
 @click.command(name="import")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
@@ -31,10 +33,18 @@ from relabel_store.write._run import OnError
     help="How logits are stored: float16 (half the size) or float32 (exact for ReLabel's "
     "float32 maps). The summary prints what float16 changes in pooled targets.",
 )
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The images the maps were made from (ImageNet's train folder): adds each record's "
+    "image signature, which loaders check training images against. The published maps come "
+    "without; add them later with `relabel-store sign`.",
+)
 @store_writing_options
-def import_(source: Path, output: Path, format_: str, values: str, workers: int | None,
-            shard_records: int, on_error: OnError, resume: bool, overwrite: bool,
-            quiet: bool) -> None:  # fmt: skip
+def import_(source: Path, output: Path, format_: str, values: str, images: Path | None,
+            workers: int | None, shard_records: int, on_error: OnError, resume: bool,
+            overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Convert published label maps (SOURCE: the release's tar, or its extracted folder).
 
     The official ReLabel release (relabel_imagenet.tar, EfficientNet-L2 maps of ImageNet's
@@ -60,5 +70,11 @@ def import_(source: Path, output: Path, format_: str, values: str, workers: int 
     )
     if not quiet:
         click.echo(result.summary())
-        if result.records:
-            echo_headline(output)
+    if images is not None and result.records:
+        from relabel_store.write.sign import sign_store
+
+        signed = sign_store(output, images, workers=workers or 0, progress=False if quiet else None)
+        if not quiet:
+            click.echo(signed.summary())
+    if not quiet and result.records:
+        echo_headline(output)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import sys
 import warnings
 from collections.abc import Mapping
@@ -23,6 +22,8 @@ from relabel_store.write._run import OnError
 
 if TYPE_CHECKING:
     from relabel_store.pooling import CropBox
+
+__all__ = ["generate", "info", "main", "show", "verify"]
 
 
 class _Group(click.Group):
@@ -184,8 +185,6 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
     from relabel_store.write.refinery import parent_of
 
     with requires_extra("generate", "relabel-store generate"):
-        import torch
-
         from relabel_store.write.annotator import load_annotator
         from relabel_store.write.generate import generate as run
         from relabel_store.write.inputs import open_inputs
@@ -200,13 +199,6 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
             f"--hf-dataset {input}."
         )
     check_resume(output, resume=resume, overwrite=overwrite)
-    if device == "auto":
-        local = os.environ.get("LOCAL_RANK", "0")
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        # This process only feeds the GPU; torch's intra-op threads would spin on the cores
-        # the decoding workers use (a stand-in annotator ran 8x slower with them, measured).
-        torch.set_num_threads(1)
     source = open_inputs(
         source_arg,
         kind="hf" if hf_dataset else kind,
@@ -316,6 +308,12 @@ def info(store: str) -> None:
         f"size:        {format_count(size, 'B')} "
         f"({format_count(size / max(len(s), 1), 'B')} per record)",
         f"digest:      {s.manifest.digest if s.manifest else '-'}",
+        "signatures:  "
+        + (
+            "yes (loaders check images against their records)"
+            if s.has_signatures
+            else "none (images are not checked by content; add them: relabel-store sign)"
+        ),
     ]
     if m.parent:
         lines.append(
@@ -378,6 +376,33 @@ def show(store: str, key: str, image: Path | None, box: str | None, flip: bool, 
         crop = replace(crop, flipped=True)
     out = render_label_map(load_relabel(store), key, output, image=image, box=crop, top=top)
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("images", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Processes decoding the images (0: in this process).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def sign(store: Path, images: Path, workers: int, quiet: bool) -> None:
+    """Add image signatures to STORE from IMAGES, the images its maps were made from.
+
+    Loaders compare each training image with its record's signature (another copy of the
+    photos, an EXIF turn, a crop before the library, wrong keys are refused); stores written
+    before format 1.3 and imported stores have none. IMAGES is keyed as the store was (its
+    key mode). The manifest is rewritten last, so `verify` passes after.
+    """
+    with requires_extra("generate", "relabel-store sign"):
+        from relabel_store.write.sign import sign_store
+
+    result = sign_store(store, images, workers=workers, progress=False if quiet else None)
+    if not quiet:
+        click.echo(result.summary())
 
 
 @main.command()

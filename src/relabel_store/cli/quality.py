@@ -8,6 +8,8 @@ import click
 
 from relabel_store.cli._options import in_existing_folder
 
+__all__ = ["echo_headline", "quality"]
+
 
 @click.command()
 @click.argument("store")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+__all__ = ["pull", "push"]
+
 
 def _echo_err(message: str) -> None:
     click.echo(message, err=True)

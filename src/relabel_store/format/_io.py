@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from relabel_store.errors import UnsafePathError
+from relabel_store.errors import StoreNotFoundError, UnsafePathError
 
 _CHUNK = 1 << 20
 #: ``.<name>.<host>.<pid>.<thread>.tmp``: what :func:`temp_path` names a file being written.
@@ -116,7 +116,7 @@ def open_regular(root: str | os.PathLike[str], relpath: str) -> BinaryIO:
             last = i == len(parts) - 1
             kind = _kind_at(fd, name)
             if kind is None or (kind == "file" and not last):
-                raise FileNotFoundError(errno.ENOENT, "no such file", relpath)
+                raise StoreNotFoundError(errno.ENOENT, "no such file", relpath)
             if kind != ("file" if last else "folder"):
                 raise _not_regular(root, parts[: i + 1], kind)
             # O_NOFOLLOW again: a file swapped for a link since the check fails to open

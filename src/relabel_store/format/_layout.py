@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-import threading
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import google_crc32c
 import numpy as np
-import zstandard
-from numcodecs.blosc import Blosc
 
 from relabel_store.errors import CorruptDataError, FormatError
+from relabel_store.format._codecs import CodecChain, _require, codec_chain
 
 _DTYPES = {"uint8", "uint16", "uint32", "int32", "int64", "float16", "float32"}
 MISSING = 2**64 - 1
-#: A decoded chunk: bytes, or the uint8 array the Blosc fast path unshuffles into (no copy).
-Decoded = bytes | np.ndarray
 #: No chunk relabel-store writes decodes to more than this; a larger claim is refused before
 #: anything is allocated (a damaged or hostile ``zarr.json`` must not exhaust memory).
 MAX_CHUNK_BYTES = 1 << 30
@@ -46,6 +40,12 @@ _ARRAY_FIELDS = {
 }
 
 
+def chunk_key(separator: str, coords: Sequence[int]) -> str:
+    """A chunk's file name inside its array's folder, by Zarr v3's default chunk key encoding
+    (``c.12.0.0.0`` with the ``.`` separator): the one rule the reader and the writer share."""
+    return separator.join(["c", *map(str, coords)])
+
+
 @dataclass(frozen=True)
 class ArrayLayout:
     """Shape, dtype, chunking and codecs of one array, parsed from its ``zarr.json``."""
@@ -57,7 +57,7 @@ class ArrayLayout:
     inner_shape: tuple[int, ...] | None  # inner chunk when sharded
     separator: str
     fill_value: Any
-    decode: Callable[[bytes, str], Decoded]  # chunk bytes -> raw little/big-endian array bytes
+    codecs: CodecChain  # chunk bytes <-> raw little/big-endian array bytes
 
     @classmethod
     def parse(cls, name: str, raw: bytes, where: str) -> ArrayLayout:
@@ -117,7 +117,7 @@ class ArrayLayout:
                 where,
                 f"has chunks of {nbytes} bytes (at most {MAX_CHUNK_BYTES} are read)",
             )
-            endian, decode = _codec_chain(codecs, dtype, nbytes, where)
+            chain = codec_chain(codecs, dtype, nbytes, where)
             fill = meta.get("fill_value", 0)
             _require(
                 isinstance(fill, int | float) and not isinstance(fill, bool),
@@ -127,12 +127,12 @@ class ArrayLayout:
             return cls(
                 name=name,
                 shape=shape,
-                dtype=dtype.newbyteorder("<" if endian == "little" else ">"),
+                dtype=dtype.newbyteorder("<" if chain.endian == "little" else ">"),
                 chunk_shape=chunk_shape,
                 inner_shape=inner_shape,
                 separator=separator,
                 fill_value=fill,
-                decode=decode,
+                codecs=chain,
             )
         except FormatError:
             raise
@@ -140,10 +140,11 @@ class ArrayLayout:
             raise FormatError(f"{where} is malformed: {exc!r}") from None
 
     def chunk_key(self, coords: tuple[int, ...]) -> str:
-        return f"{self.name}/c{self.separator}" + self.separator.join(map(str, coords))
+        """The chunk's key from the store root (``indices/c.12.0.0.0``)."""
+        return f"{self.name}/{chunk_key(self.separator, coords)}"
 
     def decode_array(self, data: bytes, shape: tuple[int, ...], where: str) -> np.ndarray:
-        raw = self.decode(data, where)
+        raw = self.codecs.decode(data, where)
         expected = int(np.prod(shape)) * self.dtype.itemsize
         if len(raw) != expected:
             raise CorruptDataError(
@@ -201,78 +202,6 @@ def parse_shard_index(tail: bytes | memoryview, n: int, where: str) -> np.ndarra
     return np.frombuffer(body, dtype="<u8").reshape(n, 2)
 
 
-_local = threading.local()
-
-
-def _zstd() -> zstandard.ZstdDecompressor:
-    """This thread's reusable zstd context: ~3x faster than a fresh one per call."""
-    try:
-        return _local.zstd
-    except AttributeError:
-        _local.zstd = zstandard.ZstdDecompressor()
-        return _local.zstd
-
-
-def _zstd_decompress(data: bytes, nbytes: int) -> bytes:
-    """Decode one zstd frame that must hold ``nbytes``: a frame claiming any other size is
-    refused before its output is allocated."""
-    claimed = zstandard.frame_content_size(data)
-    if claimed == -1:  # size not in the header: let the decoder stop at the limit
-        return _zstd().decompress(data, max_output_size=nbytes)
-    if claimed != nbytes:
-        raise ValueError(f"zstd frame holds {claimed} bytes, expected {nbytes}")
-    return _zstd().decompress(data)
-
-
-def _gzip_decompress(data: bytes, nbytes: int) -> bytes:
-    out = zlib.decompressobj(wbits=31).decompress(data, nbytes + 1)
-    if len(out) > nbytes:
-        raise ValueError(f"gzip stream holds more than the expected {nbytes} bytes")
-    return out
-
-
-_BLOSC_FALLBACK = Blosc()
-
-
-def _blosc_decompress(data: bytes, expected: int) -> Decoded:
-    """Decode a Blosc 1 frame holding ``expected`` bytes; the frames relabel-store writes take a
-    fast path.
-
-    Those are one block, zstd, byte shuffle. The fast path reuses this thread's zstd context and
-    unshuffles with numpy (~3 µs); numcodecs' Blosc creates a zstd context per call (~15 µs).
-    Any other frame goes to numcodecs. A header claiming another size is refused first.
-    """
-    if len(data) < 16:
-        raise ValueError(f"blosc frame of {len(data)} bytes is shorter than its header")
-    flags, typesize = data[2], data[3]
-    nbytes, blocksize = struct.unpack_from("<ii", data, 4)
-    if nbytes != expected:
-        raise ValueError(f"blosc frame holds {nbytes} bytes, expected {expected}")
-    fast = (
-        data[0] == 2
-        and flags & 0x16 == 0x10
-        and flags >> 5 == 4
-        and nbytes == blocksize > 0
-        and typesize > 0
-        and nbytes % typesize == 0
-    )  # version 2, not memcpyed, no bitshuffle, unsplit blocks, zstd, one whole-element block
-    if not fast:
-        return _BLOSC_FALLBACK.decode(data)
-    (csize,) = struct.unpack_from("<i", data, 20)
-    block = data[24 : 24 + csize]
-    raw = block if csize == nbytes else _zstd_decompress(block, nbytes)
-    if len(raw) != nbytes:
-        raise ValueError(f"blosc block decoded to {len(raw)} bytes, expected {nbytes}")
-    if flags & 0x01 and typesize > 1:  # byte shuffle: planes of byte 0, byte 1, ... -> elements
-        planes = np.frombuffer(raw, np.uint8)
-        out = np.empty(nbytes, np.uint8)
-        step = nbytes // typesize
-        for b in range(typesize):  # strided copies: ~3x faster than a transposed copy here
-            out[b::typesize] = planes[b * step : (b + 1) * step]
-        return out
-    return bytes(raw)
-
-
 def _check_index_codecs(conf: dict[str, Any], where: str) -> None:
     index_codecs = conf.get("index_codecs", [])
     names = [c["name"] for c in index_codecs]
@@ -284,67 +213,6 @@ def _check_index_codecs(conf: dict[str, Any], where: str) -> None:
         f"has a shard index encoded as {names} ({endian} endian) at {location!r}; only "
         "little-endian bytes + crc32c at the end is supported",
     )
-
-
-_DECOMPRESSORS: dict[str, Callable[[bytes, int], Decoded]] = {
-    "zstd": _zstd_decompress,
-    "gzip": _gzip_decompress,
-    "blosc": _blosc_decompress,
-}
-
-
-def _codec_chain(
-    codecs: list[dict[str, Any]], dtype: np.dtype, nbytes: int, where: str
-) -> tuple[str, Callable[[bytes, str], Decoded]]:
-    """The byte order and the decoder of an inner codec chain whose chunks hold ``nbytes``."""
-    _require(
-        bool(codecs) and codecs[0]["name"] == "bytes",
-        where,
-        f"must start its codecs with 'bytes', got {codecs[:1]}",
-    )
-    endian = (codecs[0].get("configuration") or {}).get("endian")
-    if endian is None and dtype.itemsize == 1:
-        endian = "little"  # single bytes have no order; the spec lets writers omit it
-    _require(endian in ("little", "big"), where, f"has unknown endian {endian!r}")
-    names = [c["name"] for c in codecs[1:]]
-    checksum = names[-1:] == ["crc32c"]
-    compressors = names[:-1] if checksum else names
-    _require(
-        len(compressors) <= 1 and all(n in _DECOMPRESSORS for n in compressors),
-        where,
-        f"has codecs {names}; supported: at most one of {sorted(_DECOMPRESSORS)}, then "
-        "optionally crc32c",
-    )
-    decompress = _DECOMPRESSORS[compressors[0]] if compressors else None
-
-    def decode(data: bytes, file: str) -> Decoded:
-        try:
-            if checksum:
-                body, crc = data[:-4], data[-4:]
-                if google_crc32c.value(bytes(body)) != int.from_bytes(crc, "little"):
-                    raise CorruptDataError(
-                        f"{file}: chunk checksum mismatch; the file is damaged. Run "
-                        "`relabel-store verify`, then re-download or regenerate the store."
-                    )
-                data = body
-            return decompress(data, nbytes) if decompress is not None else bytes(data)
-        except CorruptDataError:
-            raise
-        except Exception as exc:  # the compressor saw damaged bytes
-            raise CorruptDataError(
-                f"{file}: cannot decode chunk ({exc}); the file is damaged. Run "
-                "`relabel-store verify`, then re-download or regenerate the store."
-            ) from None
-
-    return str(endian), decode
-
-
-def _require(ok: bool, where: str, problem: str) -> None:
-    if not ok:
-        raise FormatError(
-            f"{where} {problem}: relabel-store refuses what it could misread. The store is "
-            "damaged or was not written by relabel-store; re-download or regenerate it."
-        )
 
 
 def _ints(value: Any, low: int, where: str, what: str) -> tuple[int, ...]:

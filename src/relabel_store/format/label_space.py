@@ -184,7 +184,9 @@ def _as_int(value: Any, what: str) -> int:
 
 
 def _store_id(value: Any, n: int) -> int:
-    value = _as_int(value, "a class_map value")
-    if not 0 <= value < n:
-        raise LabelSpaceError(f"class_map maps to class id {value}, outside the store's 0..{n - 1}")
-    return value
+    class_id = _as_int(value, "a class_map value")
+    if not 0 <= class_id < n:
+        raise LabelSpaceError(
+            f"class_map maps to class id {class_id}, outside the store's 0..{n - 1}"
+        )
+    return class_id

@@ -25,6 +25,23 @@ from relabel_store.errors import (
 from relabel_store.format._io import atomic_write_bytes, file_kind, open_regular, sha256_stream
 from relabel_store.format.metadata import MANIFEST_NAME, PROGRESS_DIR
 
+__all__ = [
+    "MANIFEST_VERSION",
+    "Manifest",
+    "ManifestEntry",
+    "VerifyReport",
+    "build_manifest",
+    "compare_files",
+    "entries_digest",
+    "read_manifest",
+    "safe_relpath",
+    "scan_store",
+    "store_files",
+    "verify_dir",
+    "verify_store",
+    "write_manifest",
+]
+
 MANIFEST_VERSION = 1
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 

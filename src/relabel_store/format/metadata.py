@@ -15,10 +15,39 @@ from typing import Any
 
 from relabel_store.errors import FormatError
 
+__all__ = [
+    "ATTRS_KEY",
+    "DEFAULT_SHARD_RECORDS",
+    "DEFAULT_ZSTD_LEVEL",
+    "ERRORS_NAME",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "INDICES",
+    "INDICES_ZSTD_LEVEL",
+    "KEYS",
+    "KEY_CHUNK_ROWS",
+    "LABELS",
+    "MANIFEST_NAME",
+    "MAX_INDEX_CHUNK_ROWS",
+    "MAX_KEY_BYTES",
+    "PROGRESS_DIR",
+    "ROWS",
+    "SIZES",
+    "VALUES",
+    "VALUES_BLOSC_LEVEL",
+    "VALUES_DTYPES",
+    "VALUE_KINDS",
+    "StoreMetadata",
+    "read_group_attribute",
+    "software_version",
+]
+
 FORMAT_NAME = "relabel-store"
 # 1.1 added `label_space` and `class_identifiers` (optional fields: 1.0 readers ignore them).
 # 1.2 added `values_dtype`: logits may be stored as float32 (lossless imports of float32 maps).
-FORMAT_VERSION = "1.2"
+# 1.3 added the optional `signatures` array (a content signature of each record's image, for the
+# loaders' image check); 1.2 readers ignore it and load such stores without the check.
+FORMAT_VERSION = "1.3"
 ATTRS_KEY = "relabel"
 MANIFEST_NAME = "manifest.json"
 ERRORS_NAME = "errors.jsonl"
@@ -34,6 +63,15 @@ ROWS = "rows"
 LABELS = "labels"
 SIZES = "sizes"
 KEY_CHUNK_ROWS = 1 << 18
+# Optional (format 1.3), in key order like `sizes`: (N, SIGNATURE_BYTES) uint8, the content
+# signature of each record's whole image as the annotator read it (relabel_store.images
+# .image_signature). Its zarr.json attribute SIGNATURE_ATTR = {"kind": SIGNATURE_KIND} names the
+# recipe; a reader refuses signatures of a kind it does not know. Written by finalize() when
+# every record has one, or added to a finalized store by `relabel-store sign`.
+SIGNATURES = "signatures"
+SIGNATURE_ATTR = "relabel_signature"
+SIGNATURE_KIND = "gray-box8-z32"
+SIGNATURE_BYTES = 64
 # Limits every reader enforces before allocating (docs/format.md): a key's UTF-8 bytes (keys are
 # stored fixed-width, so one long key widens all N), and the rows of one key-index chunk.
 MAX_KEY_BYTES = 1024
@@ -142,7 +180,8 @@ class StoreMetadata:
         out["annotator"] = dict(self.annotator)
         out["dataset"] = dict(self.dataset)
         # Round-trip through json to reject anything that would not survive serialisation.
-        return json.loads(json.dumps(out, allow_nan=False))
+        checked: dict[str, Any] = json.loads(json.dumps(out, allow_nan=False))
+        return checked
 
     @classmethod
     def from_json(cls, data: Any, *, where: str = "store") -> StoreMetadata:

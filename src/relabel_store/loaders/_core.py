@@ -14,7 +14,8 @@ reference that :class:`~relabel_store.loaders.LabelPooler` pools later, batched
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,9 +26,17 @@ from PIL import Image
 from relabel_store.errors import (
     ArgumentTypeError,
     ConfigurationError,
+    ImageMismatchError,
+    NoSignaturesWarning,
     RecordNotFoundError,
 )
 from relabel_store.format.keys import KeyMode, check_key_mode, legacy_key
+from relabel_store.images import (
+    SIGNATURE_GRID,
+    SIGNATURE_THRESHOLD,
+    image_signature,
+    signature_distance,
+)
 from relabel_store.loaders.maps import DeviceMaps
 from relabel_store.pooling import CropBox, PoolingSpec, pool
 from relabel_store.read.api import load_relabel
@@ -37,13 +46,15 @@ if TYPE_CHECKING:
     from relabel_store.format.label_space import LabelMap
 
 __all__ = [
+    "ImageCheck",
+    "ImageChecks",
     "KeyTally",
     "Missing",
     "Opened",
     "Pooling",
     "check_image_sizes",
-    "check_images",
     "check_maps",
+    "check_shapes",
     "check_unique_keys",
     "dataset_label",
     "find_rows",
@@ -60,6 +71,9 @@ __all__ = [
 Missing = Literal["error", "original"]
 #: Where targets are pooled: in the loader (``"sample"``) or later, batched, by a LabelPooler.
 Pooling = Literal["sample", "batch"]
+#: How loaders compare images with their records' content signatures (:class:`ImageCheck`):
+#: ``"sample"`` (default), ``"all"``, ``"off"``, or a steady rate in (0, 1].
+ImageChecks = Literal["sample", "all", "off"] | float
 
 
 # -- opening a loader -----------------------------------------------------------------------------
@@ -77,6 +91,7 @@ class Opened:
     key_mode: KeyMode
     keys_from: str
     check_sizes: bool
+    images: ImageCheck
 
 
 def open_loader(
@@ -92,6 +107,7 @@ def open_loader(
     key_column: str | None = None,
     other_keys: str = "key_fn=...",
     check_sizes: Any = True,
+    check_images: Any = "sample",
 ) -> Opened:
     """The opening every loader shares: its common arguments checked, the store opened with
     :func:`relabel_store.load_relabel`, ``maps`` checked to be the store's, and how keys come
@@ -132,7 +148,8 @@ def open_loader(
                 f"key the store has: {other_keys}"
             )
     maps = check_maps(maps, opened)
-    return Opened(opened, spec or PoolingSpec(), maps, mode, keys_from, check_sizes)
+    images = ImageCheck(opened, check_images, keys_from)
+    return Opened(opened, spec or PoolingSpec(), maps, mode, keys_from, check_sizes, images)
 
 
 def _store_key_column(dataset: Any) -> str | None:
@@ -311,21 +328,36 @@ def check_unique_keys(keys: Sequence[str], paths: Sequence[str] | None, key_mode
 # -- images ---------------------------------------------------------------------------------------
 
 
-def check_images(
+def image_hw(image: Any) -> tuple[int, int] | None:
+    """(height, width) of a decoded image: a PIL image, a numpy array (H, W) or (H, W, C) with
+    up to 4 channels (what numpy pipelines such as albumentations hold), or a torch tensor
+    (..., H, W) (torchvision's layout); None for anything else (paths, bytes)."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    if isinstance(image, torch.Tensor) and image.dim() >= 2:
+        return int(image.shape[-2]), int(image.shape[-1])
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] <= 4):
+            return int(image.shape[0]), int(image.shape[1])
+        if image.ndim == 3 and image.shape[0] <= 4:  # (C, H, W) arrays, as from a tensor
+            return int(image.shape[1]), int(image.shape[2])
+    return None
+
+
+def check_shapes(
     store: RelabelStore, rows: np.ndarray, images: Sequence[Any], names: Any = None
 ) -> None:
-    """:func:`check_image_sizes` for decoded images: PIL images and tensors (``(..., H, W)``);
-    images of other types (arrays, paths) carry no size this can trust and are not checked.
+    """:func:`check_image_sizes` for decoded images: PIL images, numpy arrays and tensors
+    (:func:`image_hw`); images of other types (paths, bytes) carry no size and are not checked.
     Image by image in plain Python (~2 us an image: loaders call it for every sample)."""
     recorded = store.sizes
     sizes: list[tuple[int, int]] = []
     checked: list[int] = []
     misfit = False
     for row, image in zip(np.asarray(rows).tolist(), images, strict=True):
-        if isinstance(image, Image.Image):
-            h, w = image.height, image.width
-        elif isinstance(image, torch.Tensor) and image.dim() >= 2:
-            h, w = int(image.shape[-2]), int(image.shape[-1])
+        hw = image_hw(image)
+        if hw is not None:
+            h, w = hw
         else:
             h, w, row = 0, 0, -1
         sizes.append((h, w))
@@ -386,6 +418,190 @@ def check_image_sizes(
         "image resized to another aspect ratio on purpose (a squashed copy, as downsampled "
         "ImageNet 64x64 is), crop fractions still mean the same: then pass check_sizes=False."
     )
+
+
+class ImageCheck:
+    """Whether each image is its record's image, by content: the image's signature
+    (:func:`relabel_store.images.image_signature`, ~0.3 ms) against the one the store holds for
+    its record, before the user's transform. A size check cannot see another photo of the same
+    size (another copy or version of the dataset), a 180-degree turn (an EXIF orientation
+    applied by the loader) or a crop of a square image that stays square; this can.
+
+    ``how``: ``"sample"`` (default) checks the first :attr:`FIRST` samples of every process
+    (each DataLoader worker) and then one sample in :attr:`EVERY`; ``"all"`` every sample;
+    ``"off"`` none; a number in (0, 1] the steady rate instead of 1/EVERY. Loaders that can
+    read their dataset when they are built also check :attr:`AT_START` samples then. Stores
+    without signatures (written before format 1.3, imported without ``--images``) turn the
+    check off with one :class:`~relabel_store.errors.NoSignaturesWarning`.
+    """
+
+    #: Samples every process checks before going over to the steady rate.
+    FIRST = 16
+    #: The default steady rate: one sample in EVERY.
+    EVERY = 1000
+    #: Samples a loader that holds its dataset checks when it is built.
+    AT_START = 8
+
+    def __init__(self, store: RelabelStore, how: Any, keys_from: str = "") -> None:
+        if isinstance(how, bool) or not (
+            how in ("sample", "all", "off")
+            or (isinstance(how, int | float) and 0 < float(how) <= 1)
+        ):
+            raise ConfigurationError(
+                "check_images must be 'sample' (the default: the first samples of every "
+                f"worker, then one in {self.EVERY}), 'all', 'off' or a rate in (0, 1], got "
+                f"{how!r}"
+            )
+        self.store = store
+        self.how = how
+        self.keys_from = keys_from
+        self.signatures: np.ndarray | None = None
+        if how != "off":
+            if store.has_signatures:
+                self.signatures = store.signatures  # read now: forked workers share it
+            else:
+                warnings.warn(
+                    f"store {store.source.location} holds no image signatures (written before "
+                    "relabel-store format 1.3, or imported without --images), so images are not "
+                    "checked against their records by content (their shapes still are). Add "
+                    "them with `relabel-store sign STORE IMAGES`, or pass check_images='off' "
+                    "to say you know.",
+                    NoSignaturesWarning,
+                    stacklevel=4,
+                )
+        self.every = 1 if how == "all" else self.EVERY if how == "sample" else 0
+        if isinstance(how, int | float) and not isinstance(how, bool):
+            self.every = max(1, round(1 / float(how)))
+        self._pid = -1
+        self._seen = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether any image will be checked (the store has signatures and checks are on)."""
+        return self.signatures is not None
+
+    def due(self, n: int = 1) -> bool:
+        """Whether the next ``n`` samples include one to check (counted per process)."""
+        if self.signatures is None:
+            return False
+        pid = os.getpid()
+        if pid != self._pid:  # a new DataLoader worker: its first samples are checked
+            self._pid, self._seen = pid, 0
+        start = self._seen
+        self._seen += n
+        if start < self.FIRST:
+            return True
+        return -(-start // self.every) * self.every < self._seen  # a multiple of every among them
+
+    def check(
+        self, rows: np.ndarray, images: Sequence[Any], names: Any = None, *, force: bool = False
+    ) -> None:
+        """Check those of ``images`` (before any transform) that are :meth:`due` (all with
+        ``force``) against the signatures of store ``rows`` (-1: no record, skipped); an
+        :class:`~relabel_store.errors.ImageMismatchError` naming the likely cause on the
+        first that is another image."""
+        if self.signatures is None:
+            return
+        for j, (row, image) in enumerate(zip(np.asarray(rows).tolist(), images, strict=True)):
+            if not (self.due() or force) or row < 0 or image_hw(image) is None:
+                continue
+            recorded = self.signatures[row]
+            if recorded.min() == recorded.max():  # a uniform image: nothing to compare
+                continue
+            seen = image_signature(image)
+            distance = float(signature_distance(seen, recorded))
+            if distance > SIGNATURE_THRESHOLD:
+                name = None if names is None else names(j) if callable(names) else names[j]
+                raise self._mismatch(row, seen, distance, name)
+
+    def _mismatch(
+        self, row: int, seen: np.ndarray, distance: float, name: Any
+    ) -> ImageMismatchError:
+        """The error for an image that is not its record's, with the likeliest cause."""
+        store = self.store
+        key = store.keys[row].decode()
+        what = f"image {name!r}" if name is not None and str(name) != key else "the image"
+        head = (
+            f"{what} (store key {key!r}) is not the image its record in store "
+            f"{store.source.location} was made from: their content signatures are "
+            f"{distance:.2f} apart (the same photo re-encoded or resized stays under "
+            f"{SIGNATURE_THRESHOLD})."
+        )
+        assert self.signatures is not None
+        turned = _turn_of(seen, self.signatures[row])
+        if turned is not None:
+            cause = (
+                f" It is the record's image {turned}. Likely cause: the image was turned by "
+                "its EXIF orientation (ImageOps.exif_transpose, or a decoder that applies it: "
+                "Hugging Face datasets' decoded Image column, DALI with "
+                "adjust_orientation=True), while the annotator read the pixels as stored; or a "
+                "flip or turn applied before the library saw the image. Fix: decode without "
+                "applying EXIF orientation (drop exif_transpose; cast a datasets column to "
+                "datasets.Image(decode=False)), and put every augmentation in the transform "
+                "given to the loader."
+            )
+            return ImageMismatchError(head + cause)
+        distances = signature_distance(self.signatures, seen)
+        best = int(np.argmin(distances))
+        if best != row and float(distances[best]) <= SIGNATURE_THRESHOLD:
+            cause = (
+                f" It matches the record of key {store.keys[best].decode()!r} instead. Likely "
+                f"cause: keys derived wrongly ({self.keys_from or 'the key function'}), or "
+                "files renamed or moved after the store was generated. Fix: derive each "
+                "sample's key as generate derived it (key_fn=, key_mode=), or regenerate the "
+                "store for these files."
+            )
+        else:
+            cause = (
+                " Likely causes: another copy or version of the dataset whose files share the "
+                "store's names and sizes (other photos), or an image cropped, padded or edited "
+                "before the library saw it (a Dataset that crops in __getitem__, with "
+                "albumentations or numpy). Fix: use the store generated from these very "
+                "images (relabel-store generate), and give every crop to the loader's "
+                "transform so its box is tracked. If the images are their records' images "
+                "altered on purpose, pass check_images='off'."
+            )
+        return ImageMismatchError(head + cause)
+
+
+def _turn_of(seen: np.ndarray, recorded: np.ndarray) -> str | None:
+    """How ``seen`` is ``recorded`` turned or flipped (a phrase), or None when it is not."""
+    g = SIGNATURE_GRID
+    grid = recorded.reshape(g, g)
+    turns = {
+        "turned 180 degrees": np.rot90(grid, 2),
+        "turned 90 degrees counterclockwise": np.rot90(grid, 1),
+        "turned 90 degrees clockwise": np.rot90(grid, 3),
+        "flipped left to right": grid[:, ::-1],
+        "flipped top to bottom": grid[::-1],
+        "transposed": grid.T,
+        "transversed": np.rot90(grid, 2).T,
+    }
+    best = min(turns, key=lambda k: float(signature_distance(seen, turns[k].reshape(-1))))
+    if float(signature_distance(seen, turns[best].reshape(-1))) <= SIGNATURE_THRESHOLD:
+        return best
+    return None
+
+
+def check_sources(
+    check: ImageCheck, rows: np.ndarray, load: Callable[[int], Any], names: Any = None
+) -> None:
+    """The check a loader that holds its dataset makes when it is built: up to
+    :attr:`ImageCheck.AT_START` samples with a record, spread over the dataset, loaded with
+    ``load(position)`` (the image before the user's transform) and checked."""
+    if not check.active:
+        return
+    present = np.flatnonzero(np.asarray(rows) >= 0)
+    if not len(present):
+        return
+    picks = present[np.unique(np.linspace(0, len(present) - 1, ImageCheck.AT_START).astype(int))]
+    for i in picks.tolist():
+        check.check(
+            np.asarray(rows)[i : i + 1],
+            [load(i)],
+            None if names is None else [names(i) if callable(names) else names[i]],
+            force=True,
+        )
 
 
 # -- targets --------------------------------------------------------------------------------------

@@ -30,10 +30,13 @@ from relabel_store._extras import requires_extra
 from relabel_store.errors import ArgumentTypeError, ConfigurationError
 from relabel_store.format.keys import KeyMode, key_from_path
 from relabel_store.format.label_space import ClassMap, match_labels
+from relabel_store.images import decode_image
 from relabel_store.loaders import _bases
 from relabel_store.loaders._core import (
+    ImageChecks,
     Missing,
     check_image_sizes,
+    check_sources,
     check_unique_keys,
     open_loader,
     require_labels,
@@ -135,6 +138,10 @@ class DaliFiles:
       without a record fails here with ``missing="error"``.
     - ``check_sizes``: as for ``RelabelDataset`` (True: refuse an image whose shape is not
       its record's).
+    - ``check_images``: ``"sample"`` (default) or ``"all"`` decode 8 of the files here, spread
+      over the list, and compare them with their records by content (another copy of the
+      photos, wrong keys); ``"off"`` does not. DALI decodes the training images on its own,
+      so they are not checked while training (their shapes are, in :meth:`references`).
 
     Give the reader ``files=dali_files.files, labels=dali_files.indices`` (each sample's
     position in this list) and return the indices and :func:`random_resized_crop`'s windows
@@ -157,6 +164,7 @@ class DaliFiles:
         class_names: Sequence[str] | None = None,
         class_map: ClassMap | None = None,
         check_sizes: bool = True,
+        check_images: ImageChecks = "sample",
     ) -> None:
         if isinstance(files, str | bytes | os.PathLike):
             raise ArgumentTypeError(
@@ -172,6 +180,7 @@ class DaliFiles:
             key_mode=key_mode,
             other_keys="key_fn=path -> key",
             check_sizes=check_sizes,
+            check_images=check_images,
         )
         self.check_sizes = opened.check_sizes
         self.store, self.spec = opened.store, opened.spec
@@ -190,6 +199,10 @@ class DaliFiles:
         check_unique_keys(keys, paths, mode)
         self.keys = keys
         self.rows = resolve_rows(self.store, keys, missing, opened.keys_from, paths)
+        # The pixels as DALI decodes them here (adjust_orientation=False): as stored.
+        check_sources(
+            opened.images, self.rows, lambda i: decode_image(self.files[i])[0], self.files
+        )
         self.indices = list(range(len(self.files)))
         self.label_map = match_labels(
             self.store.metadata, class_names, class_map, dataset="the files' labels"

@@ -33,15 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from relabel_store.errors import ConfigurationError
+from relabel_store.errors import ColumnNotFoundError, ConfigurationError
 from relabel_store.format.keys import KeyMode, key_from_path
 from relabel_store.format.label_space import ClassMap, match_labels
 from relabel_store.images import decode_cell
 from relabel_store.loaders._bases import as_key, check_path_key_mode
 from relabel_store.loaders._core import (
+    ImageChecks,
     KeyTally,
     Missing,
-    check_images,
+    check_shapes,
     open_loader,
     pool_rows,
     require_labels,
@@ -89,6 +90,8 @@ class RelabelTransform:
       refuses keys of which none is in the store: derived another way than the store's).
     - ``check_sizes``: as for :class:`~relabel_store.loaders.RelabelDataset` (True: refuse an
       image whose shape is not its record's).
+    - ``check_images``: as for ``RelabelDataset`` (``"sample"``: the first 16 images of every
+      process, then one in 1000; ``"all"``, ``"off"``, or a rate in (0, 1]).
 
     Calling it with a batch (a mapping of column name -> list of values, as ``datasets`` passes
     it) returns a dict with ``pixel_values_column`` (a list of transformed images),
@@ -113,6 +116,7 @@ class RelabelTransform:
         class_names: Sequence[str] | None = None,
         class_map: ClassMap | None = None,
         check_sizes: bool = True,
+        check_images: ImageChecks = "sample",
     ) -> None:
         if pixel_values_column == target_column:
             raise ConfigurationError(
@@ -133,8 +137,10 @@ class RelabelTransform:
             key_column=key_column,
             other_keys="key_column= (the column holding them)",
             check_sizes=check_sizes,
+            check_images=check_images,
         )
         self.check_sizes = opened.check_sizes
+        self.image_check = opened.images
         if key_column is None:
             check_path_key_mode(opened.key_mode)
         self.store, self.spec = opened.store, opened.spec
@@ -169,7 +175,7 @@ class RelabelTransform:
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         if self.image_column not in batch:
-            raise KeyError(
+            raise ColumnNotFoundError(
                 f"image column {self.image_column!r} is not in the batch (columns: "
                 f"{list(batch)}); pass image_column=..."
             )
@@ -188,7 +194,8 @@ class RelabelTransform:
             paths.append(path)
         rows, keys = self._rows(batch, paths)
         if self.check_sizes:
-            check_images(self.store, rows, images, keys)
+            check_shapes(self.store, rows, images, keys)
+        self.image_check.check(rows, images, keys)
         labels = self._labels(batch, len(images))
         pixels, boxes = [], []
         for image in images:
@@ -202,7 +209,9 @@ class RelabelTransform:
         elif self.keep_columns:
             for name in self.keep_columns:
                 if name not in batch:
-                    raise KeyError(f"keep_columns: {name!r} is not in the batch ({list(batch)})")
+                    raise ColumnNotFoundError(
+                        f"keep_columns: {name!r} is not in the batch ({list(batch)})"
+                    )
                 out[name] = batch[name]
         out[self.pixel_values_column] = pixels
         out[self.target_column] = targets
@@ -216,7 +225,7 @@ class RelabelTransform:
         """Store rows of a batch (-1: no record, only with ``missing="original"``) and keys."""
         if self.key_column is not None:
             if self.key_column not in batch:
-                raise KeyError(
+                raise ColumnNotFoundError(
                     f"key column {self.key_column!r} is not in the batch (columns: {list(batch)})"
                 )
             keys = [as_key(k) for k in batch[self.key_column]]

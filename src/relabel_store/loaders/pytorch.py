@@ -28,9 +28,11 @@ from relabel_store.format.keys import KeyMode
 from relabel_store.format.label_space import ClassMap, match_labels
 from relabel_store.loaders import _bases
 from relabel_store.loaders._core import (
+    ImageChecks,
     Missing,
     Pooling,
-    check_images,
+    check_shapes,
+    check_sources,
     check_unique_keys,
     dataset_label,
     open_loader,
@@ -82,6 +84,12 @@ class RelabelDataset(Dataset):
     - ``check_sizes``: True (default) refuses an image whose shape is not its record's image
       (another image, a center crop, an EXIF turn); False only for images that are their
       records' whole images squashed to another aspect ratio (downsampled ImageNet 64x64).
+    - ``check_images``: compare images with their records by content (the store's image
+      signatures), before the transform: ``"sample"`` (default: 8 samples when the dataset is
+      built, the first 16 of every worker, then one in 1000), ``"all"``, ``"off"``, or a rate
+      in (0, 1]. Another photo, an EXIF turn, a crop made before the library or a wrong key
+      function is an :class:`~relabel_store.errors.ImageMismatchError`. See
+      :class:`~relabel_store.loaders._core.ImageCheck`.
 
     Every image is checked against the size its record was made from (another shape: a
     :class:`~relabel_store.errors.ConfigurationError`). ``label_map`` holds how the dataset's
@@ -106,6 +114,7 @@ class RelabelDataset(Dataset):
         key_column: str | None = None,
         maps: DeviceMaps | None = None,
         check_sizes: bool = True,
+        check_images: ImageChecks = "sample",
     ) -> None:
         opened = open_loader(
             store,
@@ -118,8 +127,10 @@ class RelabelDataset(Dataset):
             key_column=key_column,
             other_keys="key_fn=index -> key, or key_column= for a datasets.Dataset base",
             check_sizes=check_sizes,
+            check_images=check_images,
         )
         self.check_sizes = opened.check_sizes
+        self.image_check = opened.images
         self.store, self.spec, self.maps = opened.store, opened.spec, opened.maps
         self.pooling: Pooling = pooling
         self.num_classes = self.store.metadata.num_classes
@@ -136,6 +147,7 @@ class RelabelDataset(Dataset):
             dataset=f"the base dataset ({type(base).__name__})",
         )
         self._check_labels(missing, class_map)
+        check_sources(self.image_check, self.rows, lambda i: self.base[i][0], self._key_of)
         self.transform = transform
         self._collate_checked: tuple[int, int] | None = None
 
@@ -300,12 +312,18 @@ class RelabelDataset(Dataset):
             check_collate(collate, image, target)
         self._collate_checked = done
 
+    def _key_of(self, index: int) -> str | None:
+        row = int(self.rows[index])
+        return self.store.keys[row].decode() if row >= 0 else None
+
     def _check_image(self, rows: np.ndarray, image: Any) -> None:
-        """Refuse an image that is not (a resized copy of) the one its record was made from."""
+        """Refuse an image that is not (a resized copy of) the one its record was made from:
+        its shape (every sample), its content (:class:`ImageCheck`'s samples)."""
         if self.check_sizes:
-            check_images(
+            check_shapes(
                 self.store, rows, [image], lambda j: self.store.keys[int(rows[j])].decode()
             )
+        self.image_check.check(rows, [image])
 
     def target(self, row: int, box: CropBox, label: int) -> np.ndarray:
         """The soft target of store row ``row`` (or the one-hot of ``label``, a store class id,

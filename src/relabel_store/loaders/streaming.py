@@ -33,10 +33,11 @@ from relabel_store.errors import ArgumentTypeError
 from relabel_store.format.keys import KeyMode, key_from_path
 from relabel_store.format.label_space import ClassMap, match_labels
 from relabel_store.loaders._core import (
+    ImageChecks,
     KeyTally,
     Missing,
     Pooling,
-    check_images,
+    check_shapes,
     dataset_label,
     open_loader,
     pool_rows,
@@ -77,6 +78,8 @@ class RelabelStream:
     - ``maps``: the store's maps in host memory (:class:`~relabel_store.loaders.DeviceMaps`),
       to copy records from instead of decoding them, as for ``RelabelDataset``.
     - ``check_sizes``: as for ``RelabelDataset`` (True: refuse an image not its record's).
+    - ``check_images``: as for ``RelabelDataset`` (``"sample"``: the first 16 samples of every
+      worker, then one in 1000; ``"all"``, ``"off"``, or a rate in (0, 1]).
 
     A sample is a tuple ``(key, image)`` or ``(key, image, label)``, the image a PIL image or
     a tensor as the pipeline decoded it, whole (resized with its aspect ratio kept is fine);
@@ -99,6 +102,7 @@ class RelabelStream:
         sample: Any = None,
         maps: DeviceMaps | None = None,
         check_sizes: bool = True,
+        check_images: ImageChecks = "sample",
     ) -> None:
         opened = open_loader(
             store,
@@ -111,8 +115,10 @@ class RelabelStream:
             key_mode=key_mode,
             other_keys="key_fn=key -> store key",
             check_sizes=check_sizes,
+            check_images=check_images,
         )
         self.check_sizes = opened.check_sizes
+        self.image_check = opened.images
         self.store, self.spec, self.maps = opened.store, opened.spec, opened.maps
         self.missing: Missing = missing
         self.pooling: Pooling = pooling
@@ -193,7 +199,8 @@ class RelabelStream:
         rows, store_keys = self._resolve(keys, whole=False)
         self._tally.add(self.store, rows, store_keys, self._keys_from)
         if self.check_sizes:
-            check_images(self.store, rows, [image], keys)
+            check_shapes(self.store, rows, [image], keys)
+        self.image_check.check(rows, [image], keys)
         store_label = self.label_map.to_store(np.array([label]))
         image, box = self.track(image)
         if self.pooling == "batch":

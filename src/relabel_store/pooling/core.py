@@ -36,10 +36,11 @@ workers; this module needs numpy only) and :class:`~relabel_store.pooling.batche
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -166,7 +167,7 @@ class PoolingSpec:
             )
         size = self.output_size
         if isinstance(size, int | np.integer):
-            pair: tuple = (size, size)
+            pair: tuple[Any, ...] = (size, size)
         else:
             try:
                 pair = tuple(size)
@@ -192,14 +193,14 @@ class PoolingSpec:
                 f"variant {self.variant!r} pools the whole image into one target; "
                 f"output_size must be 1, got {size!r}"
             )
-        try:  # any real number: a float, numpy or torch scalar; not a string or a bool
-            if isinstance(self.original_weight, str | bytes | bool):
-                raise TypeError
-            weight = float(self.original_weight)
-        except (TypeError, ValueError):
+        weight = None  # any real number: a float, numpy or torch scalar; not a string or a bool
+        if not isinstance(self.original_weight, str | bytes | bool):
+            with contextlib.suppress(TypeError, ValueError):
+                weight = float(self.original_weight)
+        if weight is None:
             raise ConfigurationError(
                 f"original_weight must be a number in [0, 1], got {self.original_weight!r}"
-            ) from None
+            )
         if not 0.0 <= weight <= 1.0:  # also rejects NaN
             raise ConfigurationError(
                 f"original_weight must be in [0, 1], got {self.original_weight!r}"
@@ -312,7 +313,8 @@ def _axis_weights(
     starts = np.cumsum(counts) - counts
     # each bin: the sum over its points of the tent 1 - min(|d|, 1), over its sampling count
     tents = counts[:, None] - np.add.reduceat(dist, starts, axis=0)
-    return tents / grids[:, None]
+    weights: np.ndarray = tents / grids[:, None]
+    return weights
 
 
 _EDGE_TOLERANCE = 1e-4  # cells; far above the float32 rounding of sampling points

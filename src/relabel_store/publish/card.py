@@ -15,6 +15,8 @@ from relabel_store.format.manifest import Manifest
 from relabel_store.format.metadata import StoreMetadata
 from relabel_store.read.hub_names import HF_PREFIX, HubTarget
 
+__all__ = ["CARD_NAME", "PAPER", "dataset_card", "size_category"]
+
 CARD_NAME = "README.md"
 PAPER = "https://arxiv.org/abs/2101.05022"
 

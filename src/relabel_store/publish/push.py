@@ -46,6 +46,15 @@ from relabel_store.publish.card import dataset_card
 from relabel_store.publish.destinations import Destination, RemoteFile
 from relabel_store.read.resolve import UrlTarget, resolve_destination
 
+__all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_FILES",
+    "PushResult",
+    "check_publishable",
+    "publish",
+    "push",
+]
+
 DEFAULT_BATCH_FILES = 256
 DEFAULT_BATCH_BYTES = 1 << 30
 

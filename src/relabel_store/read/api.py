@@ -16,6 +16,8 @@ from relabel_store.read.reader import RelabelStore
 from relabel_store.read.remote import Mode, open_remote
 from relabel_store.read.resolve import LocalTarget, resolve
 
+__all__ = ["load_relabel"]
+
 
 def load_relabel(
     name_or_path: str | os.PathLike[str] | RelabelStore,

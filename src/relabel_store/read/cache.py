@@ -24,6 +24,18 @@ from urllib.parse import quote, urlsplit
 
 from relabel_store.format._io import atomic_write_bytes, regular_file_stat, remove_abandoned_temps
 
+__all__ = [
+    "CACHE_ENV",
+    "FILES_DIR",
+    "LOCKS_DIR",
+    "RANGES_DIR",
+    "CacheDir",
+    "CacheEntry",
+    "default_cache_dir",
+    "read_ref",
+    "write_ref",
+]
+
 CACHE_ENV = "RELABEL_STORE_CACHE"
 FILES_DIR = "files"
 LOCKS_DIR = "locks"

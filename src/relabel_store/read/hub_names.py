@@ -13,6 +13,15 @@ from urllib.parse import quote, unquote
 from relabel_store.errors import ConfigurationError
 from relabel_store.format.manifest import safe_relpath
 
+__all__ = [
+    "HF_PREFIX",
+    "HubTarget",
+    "is_commit_sha",
+    "is_repo_id",
+    "parse_hf_url",
+    "parse_repo_path",
+]
+
 HF_PREFIX = "hf://"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")

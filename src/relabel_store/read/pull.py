@@ -26,6 +26,8 @@ from relabel_store.read.remote import open_remote
 from relabel_store.read.resolve import LocalTarget, resolve
 from relabel_store.read.sources.cached import ShardCacheSource, write_verified
 
+__all__ = ["PullResult", "pull"]
+
 
 @dataclass
 class PullResult:
@@ -104,15 +106,15 @@ def _pull_into(
             for e in manifest.entries:  # a finished pull of the same store: verify_dir checks it
                 done(e)
             return 0
-        raise FileExistsError(
+        raise ConfigurationError(
             f"{dest} already holds a different store (its manifest differs); choose another --to"
         )
     if dest.exists():
         if not dest.is_dir():
-            raise FileExistsError(f"{dest} exists and is not a directory")
+            raise ConfigurationError(f"{dest} exists and is not a directory")
         foreign = sorted(set(store_files(dest)) - set(manifest.by_path()))
         if foreign:
-            raise FileExistsError(
+            raise ConfigurationError(
                 f"{dest} is not empty and is not an interrupted pull of this store (it has "
                 f"{foreign[0]!r}); choose another --to"
             )

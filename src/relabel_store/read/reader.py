@@ -9,6 +9,7 @@ DataLoader workers) and looked up by binary search, never through a Python dict.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -28,8 +29,9 @@ from relabel_store.errors import (
     RowOutOfRangeError,
     StoreNotFoundError,
 )
+from relabel_store.format._codecs import Decoded
 from relabel_store.format._io import sha256_bytes
-from relabel_store.format._layout import MISSING, ArrayLayout, Decoded, parse_shard_index
+from relabel_store.format._layout import MISSING, ArrayLayout, parse_shard_index
 from relabel_store.format.manifest import Manifest, ManifestEntry
 from relabel_store.format.metadata import (
     INDICES,
@@ -39,6 +41,10 @@ from relabel_store.format.metadata import (
     MAX_INDEX_CHUNK_ROWS,
     MAX_KEY_BYTES,
     ROWS,
+    SIGNATURE_ATTR,
+    SIGNATURE_BYTES,
+    SIGNATURE_KIND,
+    SIGNATURES,
     SIZES,
     VALUES,
     StoreMetadata,
@@ -46,6 +52,8 @@ from relabel_store.format.metadata import (
 )
 from relabel_store.read.sources import Blob, Source
 from relabel_store.read.sources.local import LocalSource
+
+__all__ = ["Record", "RecordBatch", "RelabelStore"]
 
 _MAX_OPEN_SHARDS = 512
 _NO_INDEX = np.zeros((0, 2), np.uint64)
@@ -89,7 +97,6 @@ class _ShardedArray:
         self.record_shape = tuple(layout.shape[1:])
         self.nbytes = int(np.prod(self.record_shape)) * layout.dtype.itemsize
         self.tail = 16 * self.per_shard + 4
-        self.suffix = layout.separator + layout.separator.join("0" * len(self.record_shape))
         # shard -> (file, its (offset, nbytes) index, where): the index is a view into the
         # memory-mapped file where the source maps files (no per-worker copy), else 16 B a chunk.
         self._shards: OrderedDict[int, tuple[Blob | None, np.ndarray, str]] = OrderedDict()
@@ -100,7 +107,7 @@ class _ShardedArray:
         if entry is not None:
             return entry
         with self._lock:
-            key = f"{self.layout.name}/c{self.layout.separator}{s}{self.suffix}"
+            key = self.layout.chunk_key((s, *[0] * len(self.record_shape)))
             where = f"{self.source.location}/{key}"
             listed = None if self.listed is None else self.listed.get(key)
             blob = None
@@ -134,7 +141,7 @@ class _ShardedArray:
         off, size = index[j].tolist()
         if off == MISSING:
             return None
-        return self.layout.decode(blob[off : off + size], where)
+        return self.layout.codecs.decode(blob[off : off + size], where)
 
     def _bad_size(self, row: int, raw: Decoded) -> CorruptDataError:
         return CorruptDataError(
@@ -235,6 +242,8 @@ class RelabelStore:
             self._rows = np.zeros(0, np.int64)
             self._labels = np.zeros(0, np.int32)
             self._sizes = np.zeros((0, 2), np.int32)
+        self._signatures: np.ndarray | None = None
+        self._signatures_read = False
 
     def _check_listed(self, path: str, data: bytes | None) -> bytes | None:
         """``data`` (the bytes of ``path``; None when it is absent) if they are what the
@@ -347,6 +356,51 @@ class RelabelStore:
         view = self._sizes.view()
         view.flags.writeable = False
         return view
+
+    @property
+    def has_signatures(self) -> bool:
+        """Whether the store holds a content signature of every record's image (format 1.3:
+        written by ``generate``, ``import --images`` or ``relabel-store sign``)."""
+        if self._signatures_read:
+            return self._signatures is not None
+        path = f"{SIGNATURES}/zarr.json"
+        if self._listed is not None:
+            return path in self._listed
+        return self.source.read(path) is not None
+
+    @property
+    def signatures(self) -> np.ndarray | None:
+        """(N, SIGNATURE_BYTES) uint8 content signatures in key order (read-only), or None when
+        the store has none. Read on first use (64 bytes a record: 82 MB for ImageNet; read it
+        before forking DataLoader workers and they share it). A signature recipe this version
+        does not know is refused (:class:`FormatError`)."""
+        if not self._signatures_read:
+            self._signatures = self._read_signatures()
+            self._signatures_read = True
+        if self._signatures is None:
+            return None
+        view = self._signatures.view()
+        view.flags.writeable = False
+        return view
+
+    def _read_signatures(self) -> np.ndarray | None:
+        if not self.metadata.complete or not self.has_signatures:
+            return None
+        where = f"{self.source.location}/{SIGNATURES}"
+        raw = self._read_listed(f"{SIGNATURES}/zarr.json")
+        try:
+            attrs = json.loads(raw or b"{}").get("attributes") or {}
+            kind = (attrs.get(SIGNATURE_ATTR) or {}).get("kind")
+        except (ValueError, AttributeError):
+            raise _damaged(f"{where}/zarr.json", "it is not a JSON object") from None
+        if kind != SIGNATURE_KIND:
+            raise FormatError(
+                f"{where} holds image signatures of kind {kind!r}; this relabel-store reads "
+                f"{SIGNATURE_KIND!r} only. Upgrade "
+                "relabel-store (pip install -U relabel-store), or pass check_images='off' to "
+                "the loader to train without the image check."
+            )
+        return self._index(SIGNATURES, (self.metadata.record_count, SIGNATURE_BYTES), "u", 1)
 
     def rows_of(self, keys: Sequence[str | bytes]) -> np.ndarray:
         """The position in key order (what :meth:`get_rows` takes) of every key, int64, by one

@@ -31,6 +31,18 @@ from relabel_store.errors import FormatError, StoreNotFoundError
 from relabel_store.format.manifest import safe_relpath
 from relabel_store.read.hub_names import HubTarget, is_repo_id
 
+__all__ = [
+    "REGISTRY_ENV",
+    "REGISTRY_VERSION",
+    "RegistryEntry",
+    "known",
+    "lookup",
+    "packaged",
+    "register",
+    "unregister",
+    "user_registry_path",
+]
+
 REGISTRY_ENV = "RELABEL_STORE_REGISTRY"
 REGISTRY_VERSION = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")

@@ -39,6 +39,8 @@ from relabel_store.read.sources.fsspec import FsspecRemote
 from relabel_store.read.sources.hub import HubRemote, endpoint_url, resolve_hub_revision
 from relabel_store.read.sources.ranged import RangeSource
 
+__all__ = ["MODES", "open_remote"]
+
 Mode = Literal["cache", "range"]
 MODES = ("cache", "range")
 

@@ -22,6 +22,8 @@ from relabel_store.read.hub_names import (
     parse_repo_path,
 )
 
+__all__ = ["LocalTarget", "Resolved", "UrlTarget", "resolve", "resolve_destination"]
+
 
 @dataclass(frozen=True)
 class UrlTarget:

@@ -9,8 +9,9 @@ the store they wrote.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from relabel_store._progress import format_count, format_duration
 from relabel_store.errors import ConfigurationError, InputError
@@ -20,6 +21,8 @@ OnError = Literal["skip", "fail"]
 """``"skip"``: list an unusable input in ``errors.jsonl`` and go on; ``"fail"``: stop there."""
 
 ON_ERROR: tuple[str, ...] = get_args(OnError)
+
+__all__ = ["ON_ERROR", "OnError", "RunResult", "check_run_options", "input_failed", "run_summary"]
 
 
 def check_run_options(*, on_error: object, workers: int | None, shard_records: int) -> None:
@@ -82,3 +85,45 @@ def run_summary(
     lines += [("size", size), ("digest", f"{digest}"), *after]
     width = max(len(label) for label, _ in lines) + 3
     return "\n".join(f"{label + ':':<{width}}{text}" for label, text in lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """What a store-writing run did (``generate``, ``import``): ``records``/``skipped`` count the
+    whole store, ``done_now`` what this run wrote (0 when the store was already complete)."""
+
+    path: Path
+    records: int
+    skipped: int
+    done_now: int
+    seconds: float
+    store_bytes: int
+    digest: str | None  # None on ranks other than 0
+    already_complete: bool = False  # the store was finished before this run: nothing was done
+
+    #: What the run's inputs are called in its summary.
+    unit: ClassVar[str] = "records"
+
+    def summary(self) -> str:
+        """What the command prints when it is done."""
+        return run_summary(
+            self.path,
+            records=self.records,
+            skipped=self.skipped,
+            done_now=self.done_now,
+            unit=self.unit,
+            seconds=self.seconds,
+            store_bytes=self.store_bytes,
+            digest=self.digest,
+            already_complete=self.already_complete,
+            before=self.lines_before(),
+            after=self.lines_after(),
+        )
+
+    def lines_before(self) -> list[tuple[str, str]]:
+        """``(label, text)`` lines of the command's own, after the store line."""
+        return []
+
+    def lines_after(self) -> list[tuple[str, str]]:
+        """``(label, text)`` lines of the command's own, at the end."""
+        return []

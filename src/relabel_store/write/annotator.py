@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ __all__ = [
     "label_space_of",
     "load_annotator",
     "resample_dense",
+    "resolve_device",
 ]
 
 #: The paper's annotator: EfficientNet-L2 (Noisy Student, JFT) at 475x475, 15x15 features.
@@ -302,7 +304,7 @@ class DenseAnnotator(nn.Module):
         self._layout: str | None = None  # NCHW / NHWC / NLC, settled by the first features seen
         self._linearity: dict[str, bool] = {}
 
-        device = torch.device(device)
+        device = resolve_device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise AnnotatorError(
                 "CUDA was requested but is not available here; use the CPU (--device cpu, or "
@@ -568,6 +570,15 @@ def _model_name(model: nn.Module) -> str:
 FAR_FROM_TRAINED = 1.5
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: this process's GPU when there is one (``cuda:$LOCAL_RANK`` under torchrun),
+    else the CPU; anything else as torch reads it."""
+    if device == "auto":
+        local = os.environ.get("LOCAL_RANK", "0")
+        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def load_annotator(
     model_name: str | None = None,
     checkpoint: str | None = None,
@@ -576,7 +587,7 @@ def load_annotator(
     k: int = 5,
     input_size: int | tuple[int, int] | None = None,
     num_classes: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     amp: str | None = "auto",
     compile: bool = False,
 ) -> DenseAnnotator:
@@ -593,6 +604,8 @@ def load_annotator(
     the size the weights were trained at (see the module docstring), else the model's
     pretrained config; a size far from the trained one warns (:data:`FAR_FROM_TRAINED`).
     ``compile``: run the model's backbone through ``torch.compile`` (see :class:`DenseAnnotator`).
+    ``device``: ``"auto"`` (this process's GPU, else the CPU: :func:`resolve_device`), or a torch
+    device.
     """
     training = None if checkpoint in (None, LITE0_CHECKPOINT) else read_training_record(checkpoint)
     recorded = training["model"] if training else None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
-import json
 import math
 import multiprocessing
 import os
@@ -28,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -40,18 +39,16 @@ from relabel_store.errors import (
     InsufficientMemoryError,
     UnsafePathError,
 )
-from relabel_store.format._io import atomic_write_bytes
 from relabel_store.format._shards import cores_per_process
 from relabel_store.format.keys import key_from_path
 from relabel_store.format.label_space import imagenet_label_space
 from relabel_store.format.manifest import Manifest, safe_relpath
 from relabel_store.format.metadata import (
     DEFAULT_SHARD_RECORDS,
-    PROGRESS_DIR,
     VALUES_DTYPES,
     StoreMetadata,
 )
-from relabel_store.write._run import OnError, check_run_options, input_failed, run_summary
+from relabel_store.write._run import OnError, RunResult, check_run_options, input_failed
 from relabel_store.write.writer import StoreWriter, read_group_attrs, settings_diff
 
 # torch reads the published .pt files.
@@ -81,52 +78,30 @@ MEASURE_EVERY = 64
 MEASURE_CROPS = 8
 
 
-@dataclass(frozen=True)
-class ImportResult:
-    """What an import did (``records``/``skipped`` count the whole store)."""
+@dataclass(frozen=True, kw_only=True)
+class ImportResult(RunResult):
+    """What an import did (see :class:`~relabel_store.write._run.RunResult`), with the source
+    it read and what storing its logits did to pooled targets."""
 
-    path: Path
     format: str
-    records: int
-    skipped: int
-    imported_now: int
-    seconds: float
-    store_bytes: int
-    digest: str
     source: dict[str, Any]
     rounding: dict[str, Any]
-    already_complete: bool = False  # the store was finished before: nothing was done
     unlabelled: int = 0  # usable members under no ImageNet-1k wnid folder: label -1
 
-    def summary(self) -> str:
-        """What ``relabel-store import`` prints when it is done."""
+    unit: ClassVar[str] = "maps"
+
+    def lines_before(self) -> list[tuple[str, str]]:
         src = self.source
         where = src.get("file") or src.get("folder")
         digest = f", sha256 {src['sha256']}" if src.get("sha256") else ""
-        return run_summary(
-            self.path,
-            records=self.records,
-            skipped=self.skipped,
-            done_now=self.imported_now,
-            unit="maps",
-            seconds=self.seconds,
-            store_bytes=self.store_bytes,
-            digest=self.digest,
-            already_complete=self.already_complete,
-            before=[("source", f"{where} ({src['kind']}, {self.format} format{digest})")],
-            after=[("float16", _rounding_line(self.rounding))]
-            + (
-                [
-                    (
-                        "labels",
-                        f"{self.unlabelled} map{'s' if self.unlabelled > 1 else ''} under no "
-                        "ImageNet-1k wnid folder: label -1",
-                    )
-                ]
-                if self.unlabelled
-                else []
-            ),
-        )
+        return [("source", f"{where} ({src['kind']}, {self.format} format{digest})")]
+
+    def lines_after(self) -> list[tuple[str, str]]:
+        lines = [("float16", _rounding_line(self.rounding))]
+        if self.unlabelled:
+            maps = f"{self.unlabelled} map{'s' if self.unlabelled > 1 else ''}"
+            lines.append(("labels", f"{maps} under no ImageNet-1k wnid folder: label -1"))
+        return lines
 
 
 def _rounding_line(rounding: dict[str, Any]) -> str:
@@ -239,9 +214,7 @@ def _import(
         if archive.sha256 is not None:
             source_info["sha256"] = archive.sha256
         rounding = _rounding(writer, fmt.dtype_name, values)
-        dataset = {**meta.dataset, "source": source_info, "values": rounding}
-        writer.metadata = replace(writer.metadata, dataset=dataset)  # see _as_resumed
-        manifest = writer.finalize()
+        manifest = writer.finalize(dataset={"source": source_info, "values": rounding})
     return _result(path, fmt.name, writer.metadata, manifest, imported_now, started, unlabelled)
 
 
@@ -292,7 +265,7 @@ def _result(
         format=format,
         records=meta.record_count,
         skipped=meta.rows - meta.record_count,
-        imported_now=imported_now,
+        done_now=imported_now,
         seconds=time.perf_counter() - started,
         store_bytes=manifest.total_bytes,
         digest=manifest.digest,
@@ -602,10 +575,6 @@ def decode_chunks(
 # --------------------------------------------------------------------------------------------
 
 
-def _rounding_path(writer: StoreWriter, shard: int) -> Path:
-    return writer.root / PROGRESS_DIR / f"import-shard-{shard:06d}.json"
-
-
 class _ShardAssembler:
     """Collects decoded chunks into whole shards and writes each as soon as it is complete."""
 
@@ -644,7 +613,7 @@ class _ShardAssembler:
         fingerprint = self._fingerprint(shard, rows, decoded)
         if fingerprint is None:
             return
-        recorded = json.loads(_rounding_path(self.writer, shard).read_bytes()).get("source")
+        recorded = (self.writer.shard_extra(shard) or {}).get("source")
         if recorded is not None and recorded != fingerprint:
             shard_rows = self.writer.shard_rows(shard)
             raise InputError(
@@ -686,10 +655,6 @@ class _ShardAssembler:
         if self.filled < n:
             return 0
         worst, maps = self.rounding
-        atomic_write_bytes(  # before the shard: a shard on disk always has its record
-            _rounding_path(self.writer, shard),
-            json.dumps({"max": worst, "maps": maps, "source": fingerprint}).encode(),
-        )
         shard_rows = self.writer.shard_rows(shard)
         self.writer.write_shard(
             shard,
@@ -699,6 +664,7 @@ class _ShardAssembler:
             indices=self.indices,
             values=self.values,
             errors=self.errors,
+            extra={"max": worst, "maps": maps, "source": fingerprint},
         )
         return n
 
@@ -714,7 +680,7 @@ def _rounding(writer: StoreWriter, source: str, stored: str) -> dict[str, Any]:
         return {**out, "max_pooled_target_difference": None}
     worst, maps = 0.0, 0
     for shard in range(writer.num_shards):
-        entry = json.loads(_rounding_path(writer, shard).read_bytes())
+        entry = writer.shard_extra(shard) or {"max": 0.0, "maps": 0}  # written before 0.2: none
         worst, maps = max(worst, entry["max"]), maps + entry["maps"]
     return {
         **out,

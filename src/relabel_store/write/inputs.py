@@ -43,7 +43,7 @@ with requires_extra("generate", "relabel_store.write.inputs"):
     from PIL import Image
     from torch.utils.data import Dataset
 
-    from relabel_store.images import IMAGE_EXTENSIONS, decode_image, image_paths
+    from relabel_store.images import IMAGE_EXTENSIONS, decode_image, image_paths, image_signature
 from relabel_store.format.keys import KeyMode, check_key_mode, key_from_path
 
 __all__ = [
@@ -478,12 +478,12 @@ class HFDatasetInputs(InputSource):
         if isinstance(value, str):
             return value
         if value is None:
-            raise ValueError("the image cell is empty")
+            raise InputError("the image cell is empty")
         if value.get("bytes") is not None:
             return value["bytes"]
         if value.get("path"):
             return value["path"]
-        raise ValueError("the image cell has neither bytes nor a path")
+        raise InputError("the image cell has neither bytes nor a path")
 
     def _where(self) -> str:
         return f"dataset {self.name or ''} split {self.split or ''}".strip()
@@ -589,6 +589,8 @@ class InputItem:
     image: Any
     size: tuple[int, int] | None
     error: str | None = None
+    #: The whole decoded image's content signature (``InputDataset(signatures=True)``).
+    signature: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -611,6 +613,8 @@ class InputBatch:
     images: torch.Tensor | None  # (B, 3, S, S), None when every item failed
     sizes: torch.Tensor  # int32 (B, 2): original (height, width)
     failures: list[InputFailure] = field(default_factory=list)
+    #: uint8 (B, SIGNATURE_BYTES) content signatures, when the dataset computed them.
+    signatures: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -627,6 +631,8 @@ class InputDataset(Dataset):
     ``dataset[i]`` decodes row ``rows[i]`` (all rows when ``rows`` is None) into an
     :class:`InputItem` with ``image = transform(rgb_pil_image)``. Decode and transform failures
     are returned as items with ``image=None`` and the reason in ``error``; they never raise.
+    ``signatures``: also the content signature of the whole decoded image, before the transform
+    (:func:`relabel_store.images.image_signature`, what loaders check images against).
     """
 
     def __init__(
@@ -634,9 +640,12 @@ class InputDataset(Dataset):
         source: InputSource,
         transform: Callable[[Image.Image], Any] | None = None,
         rows: Iterable[int] | None = None,
+        *,
+        signatures: bool = False,
     ) -> None:
         self.source = source
         self.transform = transform
+        self.signatures = signatures
         if rows is None:
             self.rows = np.arange(len(source), dtype=np.int64)
         else:
@@ -660,6 +669,7 @@ class InputDataset(Dataset):
             image, size = decode_image(source.read(row))
         except Exception as exc:  # any decoder failure is data, not a crash
             return InputItem(row, key, location, label, None, None, _reason(exc))
+        signature = image_signature(image) if self.signatures else None
         if self.transform is not None:
             try:
                 image = self.transform(image)
@@ -667,12 +677,19 @@ class InputDataset(Dataset):
                 return InputItem(
                     row, key, location, label, None, size, "transform: " + _reason(exc)
                 )
-        return InputItem(row, key, location, label, image, size)
+        return InputItem(row, key, location, label, image, size, signature=signature)
 
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _stack_signatures(items: Sequence[InputItem]) -> torch.Tensor | None:
+    signatures = [it.signature for it in items if it.signature is not None]
+    if not items or len(signatures) != len(items):
+        return None
+    return torch.from_numpy(np.stack(signatures))
 
 
 def collate_inputs(items: Sequence[InputItem]) -> InputBatch:
@@ -698,4 +715,5 @@ def collate_inputs(items: Sequence[InputItem]) -> InputBatch:
         images=images,
         sizes=torch.tensor([it.size for it in good], dtype=torch.int32).reshape(-1, 2),
         failures=failures,
+        signatures=_stack_signatures(good),
     )

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from relabel_store._extras import requires_extra
+from relabel_store.errors import ConfigurationError
 
 with requires_extra("photos", "relabel_store.write.samples"):
     from PIL import Image
@@ -37,7 +38,9 @@ SYNSETS = {"chelsea": "n02124075", "coffee": "n07920052"}
 def sample_photo(name: str) -> Image.Image:
     """One of :data:`SAMPLE_PHOTOS` as an RGB PIL image."""
     if name not in _SOURCES:
-        raise KeyError(f"no sample photo {name!r}; choose from {', '.join(SAMPLE_PHOTOS)}")
+        raise ConfigurationError(
+            f"no sample photo {name!r}; choose from {', '.join(SAMPLE_PHOTOS)}"
+        )
     package, item = _SOURCES[name]
     with requires_extra("photos", f"the sample photo {name!r}"):
         if package == "skimage":

@@ -369,7 +369,7 @@ def _fetch_pretrained(cfg: PretrainedCfg) -> Path:
         return target
     if cfg.file:
         return Path(cfg.file)
-    raise ValueError(f"no usable weights source in timm's config: {cfg.url or cfg.file!r}")
+    raise AnnotatorError(f"no usable weights source in timm's config: {cfg.url or cfg.file!r}")
 
 
 def _hub_file_names(filename: str) -> Iterator[str]:

@@ -52,6 +52,7 @@ from relabel_store.format.metadata import (
     ATTRS_KEY,
     DEFAULT_ZSTD_LEVEL,
     ERRORS_NAME,
+    FORMAT_VERSION,
     INDICES,
     INDICES_ZSTD_LEVEL,
     KEY_CHUNK_ROWS,
@@ -61,6 +62,10 @@ from relabel_store.format.metadata import (
     MAX_KEY_BYTES,
     PROGRESS_DIR,
     ROWS,
+    SIGNATURE_ATTR,
+    SIGNATURE_BYTES,
+    SIGNATURE_KIND,
+    SIGNATURES,
     SIZES,
     VALUES,
     VALUES_BLOSC_LEVEL,
@@ -68,8 +73,11 @@ from relabel_store.format.metadata import (
     read_group_attribute,
 )
 
+__all__ = ["BackgroundWriter", "StoreWriter", "read_group_attrs", "settings_diff"]
+
 # Fields that may differ between the run that created a store and the run that resumes it.
-_VOLATILE = {"created_at", "software_version", "complete", "record_count"}
+# A store begun by an older version resumes (it keeps its format version).
+_VOLATILE = {"created_at", "software_version", "complete", "record_count", "format_version"}
 #: Descriptive dataset fields that later versions record: a store begun before a field was
 #: recorded (it has none) still resumes, and a requeued run of a finished one still ends at once.
 _RECORDED_LATER = {"dataset.class_names", "dataset.key_column"}
@@ -273,12 +281,19 @@ class StoreWriter:
         indices: np.ndarray,
         values: np.ndarray,
         errors: Sequence[dict[str, str] | None] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        signatures: np.ndarray | None = None,
     ) -> None:
         """Write every record of one shard, then mark it done.
 
         ``errors[i]`` (a dict with at least ``reason``) marks row i as failed: its data is
         written as zeros and its key is left out of the finished store and listed in
-        ``errors.jsonl``.
+        ``errors.jsonl``. ``extra``: the caller's own JSON record of the shard (what it was made
+        from, a measurement), kept with the shard's progress until the store is finalized and
+        read back with :meth:`shard_extra`: it exists exactly when the shard does.
+        ``signatures`` (n, SIGNATURE_BYTES) uint8: each image's content
+        signature (:func:`relabel_store.images.image_signature`); a store gets the
+        ``signatures`` array when every shard gave them.
         """
         if not 0 <= shard < self.num_shards:
             raise ConfigurationError(f"shard {shard} out of range 0..{self.num_shards - 1}")
@@ -306,6 +321,15 @@ class StoreWriter:
                 f"values must be finite and within {m.values_dtype} range"
                 + (" (|logit| < 65504)" if m.values_dtype == "float16" else "")
             )
+        signature_list = None
+        if signatures is not None:
+            signatures = np.asarray(signatures)
+            if signatures.shape != (n, SIGNATURE_BYTES) or signatures.dtype != np.uint8:
+                raise ConfigurationError(
+                    f"shard {shard} needs signatures of shape {(n, SIGNATURE_BYTES)} and dtype "
+                    f"uint8, got {signatures.shape} {signatures.dtype}"
+                )
+            signature_list = [bytes(row).hex() for row in signatures]
         labels_list = np.asarray(labels, dtype=np.int32).reshape(n).tolist()
         sizes_list = np.asarray(sizes, dtype=np.int32).reshape(n, 2).tolist()
         failed = np.array([e is not None for e in errors], dtype=bool)
@@ -331,8 +355,21 @@ class StoreWriter:
             "labels": labels_list,
             "sizes": sizes_list,
             "errors": errors,
+            "signatures": signature_list,
         }
+        if extra is not None:
+            progress["extra"] = dict(extra)
         atomic_write_bytes(self._progress_path(shard), json.dumps(progress).encode())
+
+    def shard_extra(self, shard: int) -> dict[str, Any] | None:
+        """The ``extra`` record :meth:`write_shard` kept for a written shard (None: none given,
+        or the shard is not written)."""
+        try:
+            progress = json.loads(self._progress_path(shard).read_bytes())
+        except FileNotFoundError:
+            return None
+        extra = progress.get("extra")
+        return dict(extra) if isinstance(extra, dict) else None
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -350,8 +387,12 @@ class StoreWriter:
 
     # -- sealing --------------------------------------------------------------------------------
 
-    def finalize(self) -> Manifest:
-        """Index the keys, write errors.jsonl, mark the store complete, write the manifest."""
+    def finalize(self, dataset: Mapping[str, Any] | None = None) -> Manifest:
+        """Index the keys, write errors.jsonl, mark the store complete, write the manifest.
+
+        ``dataset``: fields of the metadata's ``dataset`` known only once every shard is written
+        (a source's digest, a measurement over all shards), recorded with the rest.
+        """
         self._stop_threads()
         missing = sorted(set(range(self.num_shards)) - self.completed_shards())
         if missing:
@@ -359,20 +400,28 @@ class StoreWriter:
                 f"cannot finalize {self.root}: {len(missing)} of {self.num_shards} shards are not "
                 f"written yet (first: {missing[:5]}). Resume generation to write them."
             )
+        if dataset:
+            self.metadata = replace(self.metadata, dataset={**self.metadata.dataset, **dataset})
         keys: list[bytes] = []
         rows: list[int] = []
         labels: list[int] = []
         sizes: list[list[int]] = []
+        signatures: list[str] | None = []
         failures: list[dict[str, Any]] = []
         for shard in range(self.num_shards):
             p = json.loads(self._progress_path(shard).read_bytes())
             entries = zip(p["keys"], p["labels"], p["sizes"], p["errors"], strict=True)
+            signed = p.get("signatures")  # absent: written before signatures, or without them
+            if signed is None:
+                signatures = None
             for row, (key, label, size, err) in zip(self.shard_rows(shard), entries, strict=True):
                 if err is None:
                     keys.append(key.encode())
                     rows.append(row)
                     labels.append(label)
                     sizes.append(size)
+                    if signatures is not None:
+                        signatures.append(signed[row - self.shard_rows(shard).start])
                 else:
                     failures.append({"key": key, **err})
         if not keys and self.metadata.rows:
@@ -414,6 +463,10 @@ class StoreWriter:
             )
             if n:
                 arr[...] = data
+        if signatures is not None:  # every record has one (else the store gets none)
+            data = np.frombuffer(bytes.fromhex("".join(signatures[i] for i in order)), np.uint8)
+            write_signatures(group, data.reshape(n, SIGNATURE_BYTES))
+            self.metadata = replace(self.metadata, format_version=FORMAT_VERSION)
         failures.sort(key=lambda f: f["key"])
         lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures)
         atomic_write_bytes(self.root / ERRORS_NAME, lines.encode())
@@ -444,6 +497,26 @@ class StoreWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_signatures(group: zarr.Group, signatures: np.ndarray) -> None:
+    """Write the ``signatures`` array (N, SIGNATURE_BYTES) uint8, in key order, into ``group``
+    (replacing one already there), with the attribute naming its recipe."""
+    n = len(signatures)
+    arr = group.create_array(
+        SIGNATURES,
+        shape=signatures.shape,
+        dtype=np.uint8,
+        chunks=(max(1, min(n, KEY_CHUNK_ROWS)), SIGNATURE_BYTES),
+        compressors=_compressors(),
+        fill_value=0,
+        chunk_key_encoding=_SEP,
+        dimension_names=("key", "cell"),
+        attributes={SIGNATURE_ATTR: {"kind": SIGNATURE_KIND}},
+        overwrite=True,
+    )
+    if n:
+        arr[...] = signatures
 
 
 def _write_group_attrs(root: Path, metadata: StoreMetadata) -> None:
@@ -582,7 +655,7 @@ class BackgroundWriter:
         waiting for a device-to-host copy to land), then write it."""
         self._raise_error()
         if not self._thread.is_alive():
-            raise RuntimeError("this BackgroundWriter is closed")
+            raise ConfigurationError("this BackgroundWriter is closed")
         self._queue.put((shard, prepare))
 
     def close(self) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from relabel_store.format.manifest import ManifestEntry
 
+__all__ = ["Destination", "RemoteFile"]
+
 
 @dataclass(frozen=True)
 class RemoteFile:

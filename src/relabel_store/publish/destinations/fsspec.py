@@ -14,6 +14,8 @@ from relabel_store.format._io import regular_file_stat, sha256_stream
 from relabel_store.format.manifest import ManifestEntry
 from relabel_store.publish.destinations import Destination, RemoteFile, Upload
 
+__all__ = ["FsspecDestination"]
+
 _CHUNK = 1 << 20
 
 

@@ -21,6 +21,8 @@ from relabel_store.publish.destinations import Destination, RemoteFile, Upload
 from relabel_store.read.hub_names import HubTarget
 from relabel_store.read.sources.hub import endpoint_url, hub_errors
 
+__all__ = ["HubDestination", "git_blob_id"]
+
 # huggingface_hub 2.4's non-Xet LFS upload passes a file object as `data=` to httpx2, which
 # deprecates that; the warning is the client library's business, not our users'.
 _HTTPX2_DATA_WARNING = r"Use 'content=<\.\.\.>' to upload raw bytes/text content\."

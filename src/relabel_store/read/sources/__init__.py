@@ -20,6 +20,8 @@ from typing import BinaryIO, Protocol
 
 from relabel_store.errors import RemoteError
 
+__all__ = ["Blob", "Remote", "Source", "is_offline", "offline_error"]
+
 
 class Blob(Protocol):
     """A file the reader slices: ``len(blob)`` is its size, ``blob[a:b]`` its bytes."""

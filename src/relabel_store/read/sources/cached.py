@@ -38,6 +38,8 @@ from relabel_store.read.cache import CacheEntry
 from relabel_store.read.sources import Blob, Remote, Source
 from relabel_store.read.sources.local import map_file
 
+__all__ = ["ShardCacheSource", "write_verified"]
+
 _PREFETCH_THREADS = 8
 
 

@@ -16,6 +16,8 @@ from relabel_store.format._io import regular_file_stat
 from relabel_store.format.manifest import safe_relpath
 from relabel_store.read.sources import Remote, is_offline, offline_error
 
+__all__ = ["FsspecRemote"]
+
 _DOWNLOAD_CHUNK = 1 << 20
 
 

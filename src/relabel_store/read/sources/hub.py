@@ -29,6 +29,15 @@ from relabel_store.format.manifest import safe_relpath
 from relabel_store.read.hub_names import HF_PREFIX, is_commit_sha
 from relabel_store.read.sources import Remote, offline_error
 
+__all__ = [
+    "RESUME_DELAYS_S",
+    "HubRemote",
+    "check_content_range",
+    "endpoint_url",
+    "hub_errors",
+    "resolve_hub_revision",
+]
+
 #: Waits before resuming a download whose connection dropped mid-file. huggingface_hub retries
 #: failures before a response starts; a drop inside the body is resumed here, by a Range request
 #: from the last byte received.

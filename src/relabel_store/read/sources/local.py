@@ -11,6 +11,8 @@ from relabel_store.format._io import open_regular
 from relabel_store.format.manifest import safe_relpath, store_files
 from relabel_store.read.sources import Blob, Source
 
+__all__ = ["LocalSource", "map_file", "map_open_file"]
+
 
 class LocalSource(Source):
     """Files of a store folder. Symlinks and other non-regular files inside it are refused

@@ -26,6 +26,8 @@ from relabel_store.read.sources import Blob
 from relabel_store.read.sources.cached import ShardCacheSource
 from relabel_store.read.sources.local import map_file
 
+__all__ = ["MAX_CACHED_TAIL", "RangeBlob", "RangeSource"]
+
 #: Suffix reads up to this size (shard indexes: 16 bytes per record + 4) are kept on disk.
 MAX_CACHED_TAIL = 1 << 20
 
