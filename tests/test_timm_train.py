@@ -219,6 +219,11 @@ def test_soft_mixers_leave_class_index_targets_to_timm():
 # -- any collate_fn ------------------------------------------------------------------------------
 
 
+def half_precision(batch):
+    images, targets = default_collate(batch)
+    return images, targets.half()
+
+
 def test_any_collate_that_casts_targets_is_refused(imagenet):
     ds = RelabelDataset(
         timm.data.ImageDataset(str(imagenet.train)),
@@ -232,6 +237,8 @@ def test_any_collate_that_casts_targets_is_refused(imagenet):
 
     with pytest.raises(ConfigurationError, match=r"\(to_indices\).*torch.int64 targets"):
         next(iter(DataLoader(ds, batch_size=4, collate_fn=to_indices)))
+    half = next(iter(DataLoader(ds, batch_size=4, collate_fn=lambda b: half_precision(b))))
+    assert half[1].dtype == torch.float16  # rounded, still soft targets: accepted
     cutmix = v2.CutMix(alpha=1.0)
     _images, targets = next(
         iter(DataLoader(ds, batch_size=4, collate_fn=lambda b: cutmix(*default_collate(b))))

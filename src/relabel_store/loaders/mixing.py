@@ -23,8 +23,10 @@ first batch of every process).
 
 from __future__ import annotations
 
+import os
 import random
 import sys
+import weakref
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,7 @@ __all__ = [
     "SoftCollateMixup",
     "SoftMixup",
     "check_collate",
+    "check_collate_once",
     "check_mixing",
     "collate_of_caller",
     "timm_mixup",
@@ -205,6 +208,48 @@ def collate_of_caller() -> Any:
     return None
 
 
+class _Checked:
+    """The collate functions checked in this process: a weak set (an id could be reused by a
+    collate made after a checked one is freed), reset in a forked child (its own first batch
+    is checked again)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.weak: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.ids: set[int] = set()  # collates that take no weak reference: held alive below
+        self.held: list[Any] = []
+
+    def _here(self) -> None:
+        if self.pid != os.getpid():
+            self.__init__()  # type: ignore[misc]
+
+    def __contains__(self, collate: Any) -> bool:
+        self._here()
+        try:
+            return collate in self.weak
+        except TypeError:
+            return id(collate) in self.ids
+
+    def add(self, collate: Any) -> None:
+        self._here()
+        try:
+            self.weak.add(collate)
+        except TypeError:
+            self.ids.add(id(collate))
+            self.held.append(collate)  # its id stays its own
+
+
+_CHECKED = _Checked()
+
+
+def check_collate_once(collate_fn: Any, image: Any, target: torch.Tensor) -> None:
+    """:func:`check_collate`, once per process for each collate function that passes."""
+    if collate_fn in _CHECKED:
+        return
+    check_collate(collate_fn, image, target)
+    _CHECKED.add(collate_fn)
+
+
 def _probe_targets(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Two soft targets of ``shape`` (classes last) that neither a uniform distribution nor the
     other can make: an int cast makes both zeros, a one-hot encoding of them is no mixture."""
@@ -268,6 +313,7 @@ def _mixture_problem(
         return f"it returns targets of shape {tuple(collated.shape)} for two of shape " + str(
             tuple(probes[0].shape)
         )
+    eps = torch.finfo(collated.dtype).eps  # a float16 or bfloat16 collate rounds the targets
     rows = collated.detach().cpu().double().reshape(-1, count)
     basis = torch.stack(
         [
@@ -280,14 +326,14 @@ def _mixture_problem(
     weights = torch.linalg.lstsq(basis, rows.T).solution  # (3, rows)
     residual = (basis @ weights - rows.T).abs().max().item()
     sums = rows.sum(1)
-    if residual > 1e-4 / count or (weights < -1e-4).any():
+    if residual > 1e-4 / count + 4 * eps * rows.abs().max().item() or (weights < -1e-4).any():
         top = rows.argmax(1).tolist()
         return (
             "its targets are not mixtures of the samples' targets (they put their mass on "
             f"class{'es' if len(set(top)) > 1 else ''} {sorted(set(top))}: the soft targets were "
             "read as class indices and one-hot encoded)"
         )
-    if (sums - 1).abs().max().item() > 1e-3:
+    if (sums - 1).abs().max().item() > max(1e-3, 8 * eps):
         return (
             f"its targets sum to {sums.max().item():.3g} instead of 1 (label smoothing towards "
             "0.5, as timm's multi_label=True does)"

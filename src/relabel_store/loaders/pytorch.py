@@ -42,7 +42,7 @@ from relabel_store.loaders._core import (
     resolve_rows,
 )
 from relabel_store.loaders.crops import track_crops
-from relabel_store.loaders.mixing import check_collate, collate_of_caller
+from relabel_store.loaders.mixing import check_collate_once, collate_of_caller
 from relabel_store.pooling import CropBox, PoolingSpec
 from relabel_store.read.reader import RelabelStore
 
@@ -149,7 +149,7 @@ class RelabelDataset(Dataset):
         self._check_labels(missing, class_map)
         check_sources(self.image_check, self.rows, lambda i: self.base[i][0], self._key_of)
         self.transform = transform
-        self._collate_checked: tuple[int, int] | None = None
+        self._collate_checked: int | None = None  # the process that checked a collate_fn
 
     def _keys(
         self, key_fn: Callable[[int], str] | None, key_mode: KeyMode
@@ -298,19 +298,15 @@ class RelabelDataset(Dataset):
         Finding the collate_fn walks a few stack frames: on every batch from ``__getitems__``
         (a few µs a batch), but from ``__getitem__`` (one sample at a time: a wrapping
         dataset's, or batch_size=None) only until one was checked in this process."""
-        checked = getattr(self, "_collate_checked", None)
         pid = os.getpid()
-        if not every_batch and checked is not None and checked[0] == pid:
+        if not every_batch and getattr(self, "_collate_checked", None) == pid:
             return
         collate = collate_of_caller()
         if collate is None:
             return
-        done = (pid, id(collate))
-        if checked == done:
-            return
         if collate is not torch.utils.data.default_collate:
-            check_collate(collate, image, target)
-        self._collate_checked = done
+            check_collate_once(collate, image, target)
+        self._collate_checked = pid
 
     def _key_of(self, index: int) -> str | None:
         row = int(self.rows[index])
