@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mix",
         choices=["cutmix", "timm", "none"],
         default="cutmix",
-        help="torchvision v2 CutMix, timm Mixup for soft targets (timm_mixup), or none",
+        help="torchvision v2 CutMix, timm Mixup for soft targets (timm_mixup: SoftMixup), or none",
     )
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -110,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     if args.mix == "cutmix":
         mix = v2.CutMix(alpha=1.0)  # (B, C) soft targets are mixed like one-hot ones
     elif args.mix == "timm":
-        # timm's Mixup set up for soft targets: multi_label=True (dense (B, C) targets) and no
-        # label smoothing (timm smooths multi-label targets towards 0.5).
+        # timm's Mixup for soft targets: SoftMixup (timm's draws and image mixing, the (B, C)
+        # targets mixed exactly; timm's own Mixup would read them as class indices), no smoothing.
         mix = timm_mixup(store, mixup_alpha=0.0, cutmix_alpha=1.0)
     else:
         mix = None

@@ -245,10 +245,49 @@ def _annotator_line(ann: Mapping[str, Any]) -> str:
     return f"{ann.get('model', '?')} at {size}" + (f", weights sha256 {sha[:16]}…" if sha else "")
 
 
+def _skipped(count: int) -> str:
+    if count <= 0:
+        return "0 skipped"
+    return f"{count} skipped: inputs that could not be read, listed in errors.jsonl"
+
+
+def _values_line(dtype: str, rounding: Any) -> str:
+    """The stored dtype of the logits, and what storing an import's float32 maps as float16
+    changed (the import's own measurement)."""
+    line = f"{dtype} logits"
+    worst = rounding.get("max_pooled_target_difference") if isinstance(rounding, Mapping) else None
+    if isinstance(worst, int | float):
+        line += (
+            f" (the source's {rounding.get('source', '?')} rounded: pooled targets change by at"
+            f" most {worst:.2g})"
+        )
+    elif isinstance(rounding, Mapping) and rounding.get("source"):
+        line += f" (as the source holds them: {rounding['source']}, exact)"
+    return line
+
+
+def _source_line(source: Any) -> str:
+    """Where an imported store's maps came from: file or folder, kind, format, size, sha256."""
+    if not isinstance(source, Mapping):
+        return str(source)
+    where = source.get("file") or source.get("folder") or "?"
+    parts = [str(source.get("kind", "?"))]
+    if source.get("format"):
+        parts.append(f"{source['format']} format")
+    if isinstance(source.get("size"), int):
+        parts.append(format_count(source["size"], "B"))
+    if isinstance(source.get("members"), int):
+        parts.append(f"{source['members']} members")
+    line = f"{where} ({', '.join(parts)})"
+    sha = source.get("sha256")
+    return line + (f", sha256 {sha}" if sha else ", sha256 not recorded (a folder)")
+
+
 @main.command()
 @click.argument("store")
 def info(store: str) -> None:
-    """Summarise a store: records, grid, k, classes, annotator, size on disk, digest."""
+    """Summarise a store: records (and how many inputs were skipped), grid, k, classes, the
+    stored values' dtype, annotator, the source of an imported store, size on disk, digest."""
     from relabel_store import load_relabel
 
     s = load_relabel(store)
@@ -257,13 +296,14 @@ def info(store: str) -> None:
     lines = [
         f"store:       {s.source.location}",
         f"format:      {m.format} {m.format_version} (written by relabel-store {m.software_version})",
-        f"records:     {len(s)}"
-        + (f" ({m.rows - len(s)} failed, see errors.jsonl)" if m.rows > len(s) else ""),
+        f"records:     {len(s)} ({_skipped(m.rows - len(s))})",
         f"grid:        {m.grid[0]}x{m.grid[1]}, top-{m.k} of {m.num_classes} classes ({m.value_kind})",
+        f"values:      {_values_line(m.values_dtype, m.dataset.get('values'))}",
         f"labels:      {m.label_space or 'unknown label space'}"
         + ("" if m.class_identifiers else " (no class identifiers)"),
         f"dataset:     {m.dataset.get('name') or '?'} / {m.dataset.get('split') or '-'}",
         f"annotator:   {_annotator_line(m.annotator)}",
+        *([f"source:      {_source_line(src)}"] if (src := m.dataset.get("source")) else []),
         f"created:     {m.created_at}",
         f"size:        {format_count(size, 'B')} "
         f"({format_count(size / max(len(s), 1), 'B')} per record)",

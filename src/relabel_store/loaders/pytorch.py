@@ -42,6 +42,7 @@ from relabel_store.loaders._core import (
     resolve_rows,
 )
 from relabel_store.loaders.crops import track_crops
+from relabel_store.loaders.mixing import check_collate_once, collate_of_caller
 from relabel_store.pooling import CropBox, PoolingSpec
 from relabel_store.read.reader import RelabelStore
 
@@ -154,6 +155,7 @@ class RelabelDataset(Dataset):
         self._check_labels(missing, class_map)
         check_sources(self.image_check, self.rows, lambda i: self.base[i][0], self._key_of)
         self.transform = transform
+        self._collate_checked: int | None = None  # the process that checked a collate_fn
 
     def _keys(
         self, key_fn: Callable[[int], str] | None, key_mode: KeyMode
@@ -277,6 +279,8 @@ class RelabelDataset(Dataset):
             spec=self.spec,
             maps=self.maps,
         )
+        if images:
+            self._check_collate(images[0], targets[0], every_batch=True)
         return list(zip(images, targets, strict=True))
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
@@ -287,7 +291,28 @@ class RelabelDataset(Dataset):
         store_label = self._store_label(label)
         if self.pooling == "batch":
             return image, reference(row, box, store_label)
-        return image, torch.from_numpy(self.target(row, box, store_label))
+        target = torch.from_numpy(self.target(row, box, store_label))
+        self._check_collate(image, target, every_batch=False)
+        return image, target
+
+    def _check_collate(self, image: Any, target: torch.Tensor, *, every_batch: bool) -> None:
+        """On the first batch a DataLoader builds in this process with a given collate_fn:
+        refuse a collate_fn that would destroy the soft targets (timm's FastCollateMixup, the
+        collate of its train.py with the prefetcher, makes every target class 0), by collating
+        a probe batch with it (:func:`~.mixing.check_collate`).
+
+        Finding the collate_fn walks a few stack frames: on every batch from ``__getitems__``
+        (a few µs a batch), but from ``__getitem__`` (one sample at a time: a wrapping
+        dataset's, or batch_size=None) only until one was checked in this process."""
+        pid = os.getpid()
+        if not every_batch and getattr(self, "_collate_checked", None) == pid:
+            return
+        collate = collate_of_caller()
+        if collate is None:
+            return
+        if collate is not torch.utils.data.default_collate:
+            check_collate_once(collate, image, target)
+        self._collate_checked = pid
 
     def _key_of(self, index: int) -> str | None:
         row = int(self.rows[index])

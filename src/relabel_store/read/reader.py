@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from relabel_store.errors import (
+    ArgumentTypeError,
     CorruptDataError,
     FormatError,
     IncompleteStoreError,
@@ -343,7 +344,8 @@ class RelabelStore:
 
     @property
     def keys(self) -> np.ndarray:
-        """All keys, sorted, as a read-only fixed-width bytes array (decode with ``.decode()``)."""
+        """All keys, sorted, as a read-only fixed-width bytes array (decode with ``.decode()``);
+        :meth:`get`, :meth:`get_many`, :meth:`rows_of` and ``in`` take its entries as they are."""
         view = self._keys.view()
         view.flags.writeable = False
         return view
@@ -400,12 +402,13 @@ class RelabelStore:
             )
         return self._index(SIGNATURES, (self.metadata.record_count, SIGNATURE_BYTES), "u", 1)
 
-    def rows_of(self, keys: Sequence[str]) -> np.ndarray:
+    def rows_of(self, keys: Sequence[str | bytes]) -> np.ndarray:
         """The position in key order (what :meth:`get_rows` takes) of every key, int64, by one
-        vectorised binary search of the sorted key table; -1 where a key has no record."""
+        vectorised binary search of the sorted key table; -1 where a key has no record. Keys
+        are ``str``, or ``bytes`` as :attr:`keys` holds them (UTF-8)."""
         if not len(keys):
             return np.zeros(0, np.int64)
-        encoded = np.array([k.encode() for k in keys])
+        encoded = np.array([_key_bytes(k) for k in keys])
         table = self._keys
         too_long = None
         if encoded.itemsize > table.itemsize:
@@ -423,13 +426,14 @@ class RelabelStore:
         return pos
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.rows_of([key])[0] >= 0
+        return isinstance(key, str | bytes) and self.rows_of([key])[0] >= 0
 
-    def index_of(self, key: str) -> int:
-        """The position of ``key`` in key order (what :meth:`get_row` takes)."""
+    def index_of(self, key: str | bytes) -> int:
+        """The position of ``key`` (``str``, or ``bytes`` from :attr:`keys`) in key order (what
+        :meth:`get_row` takes)."""
         i = int(self.rows_of([key])[0])
         if i < 0:
-            raise self.missing_keys([key], 1)
+            raise self.missing_keys([_key_text(key)], 1)
         return i
 
     def missing_keys(
@@ -457,7 +461,8 @@ class RelabelStore:
 
     # -- records --------------------------------------------------------------------------------
 
-    def get(self, key: str) -> Record:
+    def get(self, key: str | bytes) -> Record:
+        """The record of ``key``: a ``str``, or an entry of :attr:`keys` as it is (``bytes``)."""
         return self._record(self.index_of(key))
 
     __getitem__ = get
@@ -476,12 +481,14 @@ class RelabelStore:
             (int(h), int(w)),
         )
 
-    def get_many(self, keys: Iterable[str]) -> RecordBatch:
-        """Records for many keys at once (one allocation per array)."""
+    def get_many(self, keys: Iterable[str | bytes]) -> RecordBatch:
+        """Records for many keys at once (one allocation per array); keys as :meth:`get` takes
+        them (a slice of :attr:`keys` too)."""
         keys = list(keys)
         rows = self.rows_of(keys)
         if (rows < 0).any():
-            raise self.missing_keys([keys[i] for i in np.flatnonzero(rows < 0)], len(keys))
+            absent = [_key_text(keys[i]) for i in np.flatnonzero(rows < 0)]
+            raise self.missing_keys(absent, len(keys))
         return self.get_rows(rows)
 
     def get_rows(self, rows: Iterable[int]) -> RecordBatch:
@@ -539,6 +546,23 @@ class RelabelStore:
             f"RelabelStore({self.source.location!r}, records={len(self)}, grid={m.grid}, "
             f"k={m.k}, classes={m.num_classes})"
         )
+
+
+def _key_bytes(key: object) -> bytes:
+    """A key as the key table holds it: UTF-8 bytes (``bytes`` and ``numpy.bytes_`` from
+    :attr:`RelabelStore.keys` are taken as they are)."""
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):  # numpy.bytes_ too
+        return bytes(key)
+    raise ArgumentTypeError(
+        f"a key is a str (or bytes, as RelabelStore.keys holds them), got {type(key).__name__}"
+        f" {key!r}"
+    )
+
+
+def _key_text(key: str | bytes) -> str:
+    return key.decode(errors="replace") if isinstance(key, bytes) else key
 
 
 def _narrowed(values: np.ndarray, dtype: type[np.integer]) -> np.ndarray:

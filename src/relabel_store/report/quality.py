@@ -10,7 +10,9 @@ in a small store; a few thousand of ImageNet's 1.28M take seconds):
   match them); ``None`` when the store knows no labels or no class names to map them by;
 * **crop confidence**: the top-1 probability of the pooled target of random crops (torchvision's
   ``RandomResizedCrop`` defaults on each image's own size), what training sees; and of the whole
-  image;
+  image. A record without an image size (stores imported from the published maps, which record
+  none) gets the same crops drawn on a square image, and the report says how many records that
+  was: the crop fractions of an image depend on its aspect, which such a store does not know;
 * **mass outside the map**: the share of each crop target on classes that no cell lists in its
   top-k (they keep logit 0 and share what the listed classes leave over);
 * **classes per map**: distinct top-1 classes over a map's cells, and distinct class ids stored.
@@ -37,6 +39,9 @@ __all__ = ["QualityReport", "quality_report"]
 #: Records sampled by default: enough for two-digit percentages, seconds even on ImageNet.
 DEFAULT_SAMPLE = 2000
 _BATCH = 256
+#: The side, in pixels, of the square image assumed for a record without an image size: large
+#: enough that RandomResizedCrop's pixel rounding does not show in the crop fractions.
+_UNSIZED_SIDE = 10_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,19 @@ class QualityReport:
     outside_mass: np.ndarray  # (sampled * crops,) probability on classes absent from the map
     distinct_top1: np.ndarray  # (sampled,) distinct top-1 classes over the cells
     distinct_ids: np.ndarray  # (sampled,) distinct class ids stored in the map
+    unsized: int = 0  # sampled records without an image size: their crops assume a square image
+
+    @property
+    def crop_note(self) -> str | None:
+        """What was assumed for records without an image size, if any was sampled."""
+        if not self.unsized:
+            return None
+        which = "all" if self.unsized == self.sampled else f"{self.unsized} of"
+        return (
+            f"{which} {self.sampled} sampled records record no image size (maps imported from a "
+            "release that has none): their random crops are RandomResizedCrop's scale and "
+            "aspect ratio drawn on a square image"
+        )
 
     def headline(self) -> list[str]:
         """The few lines ``generate`` prints: is this annotator worth training on?"""
@@ -66,7 +84,10 @@ class QualityReport:
         return [
             f"agreement with the dataset's labels (whole-image top-1): {agree}",
             f"top-1 confidence of random-crop targets: median {np.median(self.crop_top1):.2f}"
-            f" (whole image {np.median(self.whole_top1):.2f})",
+            f" (whole image {np.median(self.whole_top1):.2f}"
+            + (
+                "; crops drawn on a square image: no image sizes recorded)" if self.unsized else ")"
+            ),
             f"probability outside the stored classes: median {np.median(self.outside_mass):.2f}",
             f"distinct top-1 classes per map: median {np.median(self.distinct_top1):.0f}",
         ]
@@ -96,6 +117,7 @@ class QualityReport:
         out += [
             f"whole-image top-1 conf.:     {spread(self.whole_top1, '.2f')}",
             f"random-crop top-1 conf.:     {spread(self.crop_top1, '.2f')}",
+            *([f"  note: {self.crop_note}"] if self.crop_note else []),
             f"crops with top-1 >= 0.5:     {(self.crop_top1 >= 0.5).mean():.1%}",
             f"mass outside stored classes: {spread(self.outside_mass, '.2f')}",
             f"distinct top-1 per map:      {spread(self.distinct_top1, '.1f')}",
@@ -164,9 +186,14 @@ def quality_report(
     )
     c = meta.num_classes
     whole, crop, outside, distinct_top1, distinct_ids, agree, labelled = [], [], [], [], [], 0, 0
+    unsized = 0
     for start in range(0, len(rows), _BATCH):
         batch = opened.get_rows(rows[start : start + _BATCH])
-        boxes = _random_crops(rng, batch.sizes, crops).tolist()
+        sizes = batch.sizes.copy()
+        unknown = (sizes <= 0).any(axis=1)
+        sizes[unknown] = _UNSIZED_SIDE
+        unsized += int(unknown.sum())
+        boxes = _random_crops(rng, sizes, crops).tolist()
         truth = label_map.to_store(batch.labels)
         for i, (ids, logits) in enumerate(zip(batch.indices, batch.values, strict=True)):
             full = pool(ids, logits, CropBox.full(), num_classes=c)
@@ -198,6 +225,7 @@ def quality_report(
         outside_mass=np.asarray(outside),
         distinct_top1=np.asarray(distinct_top1),
         distinct_ids=np.asarray(distinct_ids),
+        unsized=unsized,
     )
 
 
