@@ -755,12 +755,7 @@ class DenseAnnotator(nn.Module):
             "feature_grid": list(native),
             "grid": list(self.grid),
             "k": self.k,
-            "resample": (
-                _resample_name(native, self.grid)
-                if self.input_mode == "squash"
-                else "per image: adaptive_avg_pool along a shrinking axis, bilinear "
-                "(align_corners=False) along a growing one, on all logits before top-k"
-            ),
+            "resample": _resample_name(native, self.grid),
             "input_mode": self.input_mode,
             "input_mode_reason": self.input_mode_reason,
             "tta": self.tta,
@@ -768,6 +763,16 @@ class DenseAnnotator(nn.Module):
             "dense_mean_equals_logits": self.dense_mean_equals_logits,
             "value_kind": "logits",
             "preprocess": self.transform.describe(),
+            **(
+                {
+                    "resample_per_image": "the feature grid follows each image's shape; "
+                    "adaptive_avg_pool along a shrinking axis, bilinear (align_corners=False) "
+                    "along a growing one, on all logits before top-k (feature_grid and resample: "
+                    "a square image's)"
+                }
+                if self.input_mode == "aspect"
+                else {}
+            ),
             "weights": dict(self.weights),
             "timm_version": timm.__version__,
             "torch_version": torch.__version__,
