@@ -97,10 +97,10 @@ __all__ = [
     "DEFAULT_MAX_ASPECT",
     "DEFAULT_MODEL",
     "INPUT_MODES",
-    "TTA_MODES",
-    "AspectTransform",
     "LITE0_CHECKPOINT",
     "LITE0_MODEL",
+    "TTA_MODES",
+    "AspectTransform",
     "DenseAnnotator",
     "WholeImageTransform",
     "build_transform",
@@ -437,7 +437,7 @@ class DenseAnnotator(nn.Module):
         self._set_model_input_size(self.transform.size)
         self.input_mode, self.input_mode_reason = self._resolve_input_mode(input_mode)
         if self.input_mode == "aspect":
-            square = cast(WholeImageTransform, self.transform)
+            square = self.transform
             self.transform = AspectTransform(
                 square.size[0],
                 multiple=self._feature_stride(),
@@ -487,7 +487,8 @@ class DenseAnnotator(nn.Module):
         if why and square:
             return "aspect", why
         problem = (
-            "its input size is not square" if why
+            "its input size is not square"
+            if why
             else "it has a fixed position grid or fixed windows (not a convolutional model, and "
             "no timm dynamic_img_size)"
         )
@@ -672,14 +673,15 @@ class DenseAnnotator(nn.Module):
             groups.setdefault(tuple(image.shape), []).append(i)
         if not groups:
             raise AnnotatorError("no images to annotate")
-        values = indices = None
-        for shape, members in groups.items():
-            v, i = self._top_k(torch.stack([images[m] for m in members]), grid, k)
+        values: torch.Tensor | None = None
+        indices: torch.Tensor | None = None
+        for members in groups.values():
+            v, ids = self._top_k(torch.stack([images[m] for m in members]), grid, k)
             if values is None or indices is None:
                 values = v.new_empty((len(images), *v.shape[1:]))
-                indices = i.new_empty((len(images), *i.shape[1:]))
+                indices = ids.new_empty((len(images), *ids.shape[1:]))
             where = torch.tensor(members, device=v.device)
-            values[where], indices[where] = v, i
+            values[where], indices[where] = v, ids
         assert values is not None and indices is not None
         return values, indices
 

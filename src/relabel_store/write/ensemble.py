@@ -145,11 +145,7 @@ def _check_members(stores: Sequence[RelabelStore], names: Sequence[str]) -> None
             ("value_kind", m0.value_kind, m.value_kind),
         ):
             if a != b:
-                shown = (
-                    f"{len(a or ())} vs {len(b or ())} identifiers, or they differ"
-                    if what == "class_identifiers"
-                    else f"{a} vs {b}"
-                )
+                shown = "they differ" if what == "class_identifiers" else f"{a} vs {b}"
                 raise InputError(
                     f"{name} differs from {names[0]} in {what} ({shown}); an ensemble needs "
                     "stores of the same grid and classes (regenerate one with --grid to match)"
@@ -225,7 +221,7 @@ def _ensemble_metadata(
     }
     dtypes = {s.metadata.values_dtype for s in stores}
     return StoreMetadata(
-        grid=tuple(m0.grid),
+        grid=m0.grid,
         k=k,
         num_classes=m0.num_classes,
         rows=len(stores[0]),
