@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from _stores import data_files, described_annotator, random_maps
@@ -165,3 +167,18 @@ def test_merge_ensemble_from_the_command_line(tmp_path, members):
     bad = runner.invoke(main, ["merge", "--ensemble", str(a), str(b), "-o", str(tmp_path / "m"),
                                "--weights", "1,x"])  # fmt: skip
     assert bad.exit_code == 2 and "comma-separated numbers" in bad.output
+
+
+def test_the_dataset_card_lists_the_members(tmp_path, members):
+    from relabel_store.publish.card import dataset_card
+
+    (a, b), _ = members
+    out = tmp_path / "ens.relabel.zarr"
+    ensemble_stores([a, b], out, weights=[1, 3], progress=False)
+    store = load_relabel(out)
+    card = dataset_card(store.metadata, store.manifest, repo_id="org/ensemble")
+    rows = dict(re.findall(r"^\| ([^|]+?) \| (.+) \|$", card, re.M))
+    assert rows["annotator"].startswith("ensemble of 2 stores (`relabel-store merge --ensemble`)")
+    member = rows["ensemble member 2"]
+    assert member.startswith("weight 0.75: `teacher-b`") and "b.relabel.zarr" in member
+    assert load_relabel(b).manifest.digest in member
