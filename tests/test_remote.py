@@ -231,12 +231,18 @@ def test_dataset_card_of_a_generated_store(hub, generated):
     assert (
         rows["records"] == "2" and rows["grid"] == "15 x 15 cells, top-5 of 1000 classes per cell"
     )
-    assert rows["annotator"] == "`tf_efficientnet_lite0`, 7 x 7 feature grid (bilinear to the store's grid)"  # fmt: skip
+    assert rows["annotator"] == (
+        "`tf_efficientnet_lite0`, 7 x 7 feature grid (bilinear to the store's grid) for a square "
+        "image; wider or taller images get wider or taller grids, each resampled to the store's grid"
+    )
     assert rows["annotator weights"] == (
         f"{weights['source']} (`efficientnet-lite0-57934424.pth`), sha256 `{weights['sha256']}`"
     )
     assert len(weights["sha256"]) == 64
-    assert rows["annotator input"] == "224 x 224 px, whole image resized, no crop, bicubic"
+    assert rows["annotator input"] == (
+        "short side 224 px, aspect ratio kept (long side a multiple of 32, at most 2.0x the short "
+        "side), no crop, bicubic"
+    )
     assert rows["label space"] == "`imagenet-1k` (class identifiers `n01440764` ... `n15075141`)"
     assert rows["manifest digest"] == f"`{pushed.digest}`"
     assert "unknown" not in readme and "?" not in "".join(rows.values())

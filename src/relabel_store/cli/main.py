@@ -15,6 +15,7 @@ from relabel_store._extras import requires_extra
 from relabel_store._progress import format_count
 from relabel_store.cli._options import check_resume, in_existing_folder, store_writing_options
 from relabel_store.cli.importer import import_
+from relabel_store.cli.merge import merge
 from relabel_store.cli.quality import echo_headline, quality
 from relabel_store.cli.remote import pull, push
 from relabel_store.errors import RelabelStoreError
@@ -75,6 +76,7 @@ main.add_command(push)
 main.add_command(pull)
 main.add_command(import_)
 main.add_command(quality)
+main.add_command(merge)
 
 
 @main.command()
@@ -115,6 +117,30 @@ main.add_command(quality)
     help="Square annotator input size. Default: the size the weights were trained or fine-tuned "
     "at (timm's pretrained config, lite0: 224, or what a --checkpoint records); the grid is "
     "reached by resampling the feature map.",
+)
+@click.option(
+    "--input-mode",
+    type=click.Choice(["auto", "aspect", "squash"]),
+    default="auto",
+    show_default=True,
+    help="aspect: keep each image's aspect ratio (short side at the input size, long side capped "
+    "by --max-aspect); squash: resize the whole image to the square input (the paper's recipe, "
+    "byte-identical to stores made before input modes). auto: aspect for models that take any "
+    "input shape (CNNs), squash for fixed-grid transformers.",
+)
+@click.option(
+    "--max-aspect",
+    type=click.FloatRange(min=1.0),
+    default=2.0,
+    show_default=True,
+    help="With --input-mode aspect: the long side is at most this many times the short side.",
+)
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flip"]),
+    default="none",
+    show_default=True,
+    help="flip: average the logits of each image and of its mirror (twice the compute).",
 )
 @click.option(
     "--hf-dataset",
@@ -166,7 +192,8 @@ main.add_command(quality)
 )
 @store_writing_options
 def generate(input: str | None, output: Path, model: str, checkpoint: str | None, grid: int,
-             k: int, input_size: int | None, hf_dataset: str | None, split: str | None,
+             k: int, input_size: int | None, input_mode: str, max_aspect: float, tta: str,
+             hf_dataset: str | None, split: str | None,
              image_column: str, key_column: str | None, key_mode: str, label_column: str,
              kind: str,
              dataset_name: str | None, parent: str | None, batch_size: int,
@@ -213,6 +240,7 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
         annotator = load_annotator(
             model, checkpoint, grid=(grid, grid), k=k, input_size=input_size, device=device,
             amp=None if amp == "none" else amp, compile=compile_model,
+            input_mode=input_mode, tta=tta, max_aspect=max_aspect,
         )  # fmt: skip
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
@@ -238,11 +266,45 @@ def generate(input: str | None, output: Path, model: str, checkpoint: str | None
 
 
 def _annotator_line(ann: Mapping[str, Any]) -> str:
+    if ann.get("kind") == "ensemble":
+        members = ann.get("members") or []
+        return (
+            f"ensemble of {len(members)} stores (weighted mean of logits per cell, a class a "
+            f"member does not list counts as {ann.get('missing', 'zero')})"
+        )
     size = ann.get("preprocess", {}).get("input_size", "?")
     if isinstance(size, list | tuple):
         size = "x".join(map(str, size))
     sha = (ann.get("weights") or {}).get("sha256")
-    return f"{ann.get('model', '?')} at {size}" + (f", weights sha256 {sha[:16]}…" if sha else "")
+    line = f"{ann.get('model', '?')} at {size}" + (f", weights sha256 {sha[:16]}…" if sha else "")
+    return line + _input_line(ann)
+
+
+def _input_line(ann: Mapping[str, Any]) -> str:
+    """How images were fed (input mode, TTA); stores from before input modes say nothing."""
+    mode = ann.get("input_mode")
+    if mode is None:
+        return ""
+    if mode == "aspect":
+        cap = (ann.get("preprocess") or {}).get("max_aspect")
+        mode += f" (long side <= {cap}x short)" if cap else ""
+    tta = ann.get("tta")
+    return f"; input {mode}" + (f", tta {tta}" if tta and tta != "none" else "")
+
+
+def _ensemble_lines(ann: Mapping[str, Any]) -> list[str]:
+    """One line per member of an ensemble store (``relabel-store merge --ensemble``)."""
+    members = ann.get("members") or []
+    lines = []
+    for member in members:
+        inner = member.get("annotator") or {}
+        where = member.get("location") or "?"
+        digest = str(member.get("digest") or "?")[:16]
+        lines.append(
+            f"  member:    weight {member.get('weight', '?'):.3g}, {_annotator_line(inner)} "
+            f"[{where}, digest {digest}…]"
+        )
+    return lines
 
 
 def _skipped(count: int) -> str:
@@ -304,6 +366,7 @@ def info(store: str) -> None:
         f"dataset:     {m.dataset.get('name') or '?'} / {m.dataset.get('split') or '-'}",
         f"annotator:   {_annotator_line(m.annotator)}",
         *([f"source:      {_source_line(src)}"] if (src := m.dataset.get("source")) else []),
+        *_ensemble_lines(m.annotator),
         f"created:     {m.created_at}",
         f"size:        {format_count(size, 'B')} "
         f"({format_count(size / max(len(s), 1), 'B')} per record)",

@@ -85,12 +85,14 @@ def dataset_card(
         ("label space", _label_space(meta)),
         ("annotator", _annotator(ann)),
         ("annotator weights", _weights(ann.get("weights"))),
-        ("annotator input", _preprocess(ann.get("preprocess"))),
+        ("annotator input", _preprocess(ann.get("preprocess"), ann)),
         ("source dataset", (ds_name or "unknown") + (f" / {split}" if split else "")),
         ("manifest digest", f"`{manifest.digest}`"),
         ("size", f"{format_count(manifest.total_bytes, 'B')} in {len(manifest.entries) + 1} files"),
         ("format", f"relabel-store {meta.format_version} (Zarr v3), written by relabel-store {meta.software_version} on {meta.created_at}"),
     ]  # fmt: skip
+    for i, member in enumerate(ann.get("members") or [], start=1):
+        rows.append((f"ensemble member {i}", _member(member)))
     if meta.parent:
         rows.append(("parent store", f"`{meta.parent.get('digest', '?')}` ({meta.parent.get('location', '?')})"))  # fmt: skip
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -161,12 +163,21 @@ def _label_space(meta: StoreMetadata) -> str:
 
 def _annotator(ann: Mapping[str, Any]) -> str:
     """``describe()``'s model, and how its feature grid became the store's grid."""
+    if ann.get("kind") == "ensemble":
+        return (
+            f"ensemble of {len(ann.get('members') or [])} stores (`relabel-store merge "
+            f"--ensemble`): {ann.get('combine', '?')}; a class a member does not list counts as "
+            f"{ann.get('missing_means', ann.get('missing', '?'))}"
+        )
     out = f"`{ann.get('model') or 'unknown'}`"
     features, resample = ann.get("feature_grid"), ann.get("resample")
     if isinstance(features, list | tuple) and len(features) == 2:
         out += f", {features[0]} x {features[1]} feature grid"
         if resample and resample != "none":
             out += f" ({resample} to the store's grid)"
+        if ann.get("input_mode") == "aspect":
+            out += " for a square image; wider or taller images get wider or taller grids, each"
+            out += " resampled to the store's grid"
     return out
 
 
@@ -179,13 +190,36 @@ def _weights(weights: Any) -> str:
     return out + (f", sha256 `{sha}`" if sha else ", sha256 not recorded")
 
 
-def _preprocess(preprocess: Any) -> str:
-    """``describe()``'s ``preprocess``: input size, resizing and interpolation."""
+def _member(member: Mapping[str, Any]) -> str:
+    """One ensemble member: its weight, annotator, input and store."""
+    ann = member.get("annotator") or {}
+    weight = member.get("weight")
+    shown = f"{weight:.3g}" if isinstance(weight, int | float) else "?"
+    return (
+        f"weight {shown}: {_annotator(ann)}, {_preprocess(ann.get('preprocess'), ann)}; store "
+        f"{member.get('location', '?')} (digest `{member.get('digest', '?')}`)"
+    )
+
+
+def _preprocess(preprocess: Any, ann: Mapping[str, Any] | None = None) -> str:
+    """``describe()``'s ``preprocess``: input size, resizing and interpolation, and the
+    annotator's test-time augmentation."""
     if not isinstance(preprocess, Mapping) or not preprocess.get("input_size"):
         return "unknown"
     size = preprocess["input_size"]
     px = " x ".join(str(v) for v in size) if isinstance(size, list | tuple) else str(size)
     mode = preprocess.get("resize_mode")
-    how = "whole image resized, no crop" if mode == "whole-image" else (mode or "resize unknown")
+    if mode == "whole-image":
+        how = "whole image resized, no crop"
+    elif mode == "aspect":
+        px = f"short side {preprocess.get('short_side', '?')}"
+        how = (
+            f"aspect ratio kept (long side a multiple of {preprocess.get('long_side_multiple')}, "
+            f"at most {preprocess.get('max_aspect')}x the short side), no crop"
+        )
+    else:
+        how = mode or "resize unknown"
     interp = preprocess.get("interpolation")
-    return f"{px} px, {how}" + (f", {interp}" if interp else "")
+    tta = (ann or {}).get("tta")
+    flip = ", logits averaged with the mirrored image's (TTA flip)" if tta == "flip" else ""
+    return f"{px} px, {how}" + (f", {interp}" if interp else "") + flip

@@ -33,9 +33,25 @@ preserved exactly), bilinear interpolation (``align_corners=False``) when enlarg
 pooling then bilinear when one axis shrinks and the other grows. ``describe()["resample"]`` names
 the method used.
 
-Preprocessing follows the paper: the whole image is resized to the (square) annotator input size
-without cropping, with the model's pretrained interpolation, and normalised with its pretrained
-mean / std (:class:`WholeImageTransform`).
+Input modes
+-----------
+The whole image is always seen, never cropped, with the model's pretrained interpolation, mean
+and std. How it is resized is the input mode (``describe()["input_mode"]``):
+
+* ``aspect`` (the default for models that take any input shape: convolutional nets, and timm
+  ViTs built with ``dynamic_img_size``): the image keeps its aspect ratio, its short side at the
+  input size the model was trained at, its long side rounded to the model's feature stride and
+  capped at ``max_aspect`` (2) times the short side (:class:`AspectTransform`). The feature grid
+  then follows the image (lite0 at 224: 7x9 for a 4:3 photo) and is resampled to the store's
+  grid per image, in normalised coordinates, on all logits before top-k. A batch of mixed shapes
+  is annotated in groups of one shape each (few: the long side has a handful of possible values).
+* ``squash``: the paper's recipe, the whole image resized to the square input
+  (:class:`WholeImageTransform`); models with fixed position grids or windows (ViT, Swin) get it
+  under ``auto``, and the stores it makes are the same, byte for byte, as before input modes
+  existed.
+
+``tta="flip"`` also runs the mirrored image and averages its logits, mirrored back, with the
+image's (at the native grid, before resampling and top-k).
 
 Input size
 ----------
@@ -53,7 +69,7 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -79,9 +95,13 @@ with requires_extra("generate", "relabel_store.write.annotator"):
     )
 
 __all__ = [
+    "DEFAULT_MAX_ASPECT",
     "DEFAULT_MODEL",
+    "INPUT_MODES",
     "LITE0_CHECKPOINT",
     "LITE0_MODEL",
+    "TTA_MODES",
+    "AspectTransform",
     "DenseAnnotator",
     "WholeImageTransform",
     "build_transform",
@@ -206,6 +226,94 @@ def build_transform(
     )
 
 
+#: Input modes: ``aspect`` keeps each image's aspect ratio, ``squash`` resizes it whole to the
+#: square input (the paper's recipe), ``auto`` is ``aspect`` where the model allows it.
+INPUT_MODES = ("auto", "aspect", "squash")
+#: Test-time augmentations: ``flip`` averages the logits of the image and of its mirror.
+TTA_MODES = ("none", "flip")
+#: Default cap of ``aspect`` mode: the long side is at most this many times the short side.
+DEFAULT_MAX_ASPECT = 2.0
+
+
+@dataclass(frozen=True)
+class AspectTransform:
+    """PIL image -> (3, h, w) tensor keeping the image's aspect ratio (``--input-mode aspect``).
+
+    The short side becomes ``short_side`` (the size the model was trained at); the long side
+    becomes ``short_side`` plus the image's extra length rounded to a multiple of ``multiple``
+    (the model's feature stride, so every feature cell covers whole pixels and a batch holds few
+    distinct shapes), capped at ``max_aspect`` times the short side (a longer image is squeezed
+    along its long side down to the cap). A square image gets exactly the square input of
+    ``squash`` mode. Picklable (DataLoader workers).
+    """
+
+    short_side: int
+    multiple: int = 32
+    max_aspect: float = DEFAULT_MAX_ASPECT
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = timm.data.IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = timm.data.IMAGENET_DEFAULT_STD
+
+    def __post_init__(self) -> None:
+        if self.short_side < 1 or self.multiple < 1:
+            raise AnnotatorError(
+                f"short side and multiple must be >= 1, got {self.short_side} / {self.multiple}"
+            )
+        if not self.max_aspect >= 1.0:
+            raise AnnotatorError(f"max_aspect must be >= 1, got {self.max_aspect}")
+        # Interpolation, mean and std are checked (and normalised) as WholeImageTransform does.
+        square = WholeImageTransform(
+            (self.short_side, self.short_side), self.interpolation, self.mean, self.std
+        )
+        object.__setattr__(self, "interpolation", square.interpolation)
+        object.__setattr__(self, "mean", square.mean)
+        object.__setattr__(self, "std", square.std)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The input of a square image (the reference size; others are wider or taller)."""
+        return (self.short_side, self.short_side)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) that an image of ``width`` x ``height`` pixels is resized to."""
+        short, long = sorted((max(1, width), max(1, height)))
+        side, step = self.short_side, self.multiple
+        extra = round((side * long / short - side) / step) * step
+        cap = math.floor((side * self.max_aspect - side) / step) * step
+        out_long = side + max(0, min(extra, cap))
+        return (side, out_long) if width >= height else (out_long, side)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.resized(image))
+
+    def resized(self, image: Image.Image) -> torch.Tensor:
+        """The resized image as uint8 (3, h, w); :meth:`normalize` finishes it on the device."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        height, width = self.output_size(*image.size)
+        if image.size != (width, height):
+            image = image.resize((width, height), resample=_INTERPOLATIONS[self.interpolation])
+        return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (..., 3, h, w) -> float32 ``(x / 255 - mean) / std``, on their device."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=images.device)
+        return (images.float() / 255.0 - mean[:, None, None]) / std[:, None, None]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.size),
+            "resize_mode": "aspect",
+            "short_side": self.short_side,
+            "long_side_multiple": self.multiple,
+            "max_aspect": self.max_aspect,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
 # --------------------------------------------------------------------------------------------
 # Dense annotation
 # --------------------------------------------------------------------------------------------
@@ -244,8 +352,9 @@ def _format_name(fmt: Any) -> str:
 class DenseAnnotator(nn.Module):
     """A timm classifier producing top-k dense label maps.
 
-    ``forward(images)`` takes normalised images (B, 3, S, S) (see :attr:`transform`), or uint8
-    ones from ``transform.resized`` that it normalises on its device, and returns
+    ``forward(images)`` takes normalised images (B, 3, h, w) (see :attr:`transform`), or uint8
+    ones from ``transform.resized`` that it normalises on its device, or a list of images of
+    different shapes, and returns
     ``(values, indices)``, both (B, H, W, K) for the requested ``grid`` (H, W) and ``k``:
     float32 logits sorted descending and int64 class ids. Row index = y (down), column = x.
 
@@ -255,7 +364,13 @@ class DenseAnnotator(nn.Module):
     ``"fp16"``, or ``None`` for float32) and CNNs use channels_last; on CPU everything is
     float32. ``compile=True`` runs the backbone through ``torch.compile``: the first batch waits
     for the compilation (82 s for EfficientNet-L2 at 475 on an H200), then every batch is faster
-    (+21% images/s there), which pays on long runs of big models on a GPU only.
+    (+21% images/s there), which pays on long runs of big models on a GPU only; in ``aspect``
+    mode each distinct input shape compiles once.
+
+    ``input_mode``: ``"auto"`` (``aspect`` when the model takes any input shape, else
+    ``squash``), ``"aspect"`` or ``"squash"`` (see the module docstring); :attr:`transform` is
+    the matching :class:`AspectTransform` or :class:`WholeImageTransform`. ``max_aspect`` caps
+    the long side in ``aspect`` mode. ``tta``: ``"none"`` or ``"flip"``.
     """
 
     def __init__(
@@ -270,6 +385,9 @@ class DenseAnnotator(nn.Module):
         device: str | torch.device = "cpu",
         amp: str | None = "auto",
         compile: bool = False,
+        input_mode: str = "auto",
+        tta: str = "none",
+        max_aspect: float = DEFAULT_MAX_ASPECT,
     ) -> None:
         super().__init__()
         for name in ("forward_features", "forward_head"):
@@ -294,7 +412,12 @@ class DenseAnnotator(nn.Module):
         self.k = int(k)
         self.model_name = model_name or _model_name(model)
         self.weights = dict(weights or {"source": "unspecified", "sha256": None})
-        self.transform = build_transform(model, input_size=input_size)
+        self.transform: WholeImageTransform | AspectTransform = build_transform(
+            model, input_size=input_size
+        )
+        if tta not in TTA_MODES:
+            raise AnnotatorError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+        self.tta = tta
         if amp not in (None, "none", "auto", "bf16", "fp16"):
             raise AnnotatorError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {amp!r}")
         self.amp = None if amp == "none" else amp
@@ -314,6 +437,17 @@ class DenseAnnotator(nn.Module):
         model.eval()
         model.requires_grad_(False)
         self._set_model_input_size(self.transform.size)
+        self.input_mode, self.input_mode_reason = self._resolve_input_mode(input_mode)
+        if self.input_mode == "aspect":
+            square = self.transform
+            self.transform = AspectTransform(
+                square.size[0],
+                multiple=self._feature_stride(),
+                max_aspect=float(max_aspect),
+                interpolation=square.interpolation,
+                mean=square.mean,
+                std=square.std,
+            )
         self.to(device)
 
     # -- nn.Module plumbing ------------------------------------------------------------------
@@ -336,6 +470,47 @@ class DenseAnnotator(nn.Module):
     def _is_cnn(self) -> bool:
         declared = _format_name(getattr(self.model, "output_fmt", "NCHW"))
         return declared == "NCHW" and not hasattr(self.model, "patch_embed")
+
+    def _resolve_input_mode(self, requested: str) -> tuple[str, str]:
+        """(mode, why): ``aspect`` needs a model that takes any input shape."""
+        if requested not in INPUT_MODES:
+            raise AnnotatorError(
+                f"input mode must be one of {', '.join(INPUT_MODES)}, got {requested!r}"
+            )
+        if requested == "squash":
+            return "squash", "requested"
+        square = self.transform.size[0] == self.transform.size[1]
+        if self._is_cnn():
+            why = "convolutional: any input shape"
+        elif getattr(self.model, "dynamic_img_size", False):
+            why = "dynamic image size: position embeddings interpolated per input shape"
+        else:
+            why = ""
+        if why and square:
+            return "aspect", why
+        problem = (
+            "its input size is not square"
+            if why
+            else "it has a fixed position grid or fixed windows (not a convolutional model, and "
+            "no timm dynamic_img_size)"
+        )
+        if requested == "aspect":
+            raise AnnotatorError(
+                f"{self.model_name} cannot keep the images' aspect ratio: {problem}. Use "
+                "--input-mode squash (input_mode='squash'), or for a timm ViT create it with "
+                "dynamic_img_size=True"
+            )
+        return "squash", f"auto: {problem}"
+
+    def _feature_stride(self) -> int:
+        """Pixels per feature cell (timm's ``feature_info`` reduction, a ViT's patch size)."""
+        patch = getattr(getattr(self.model, "patch_embed", None), "patch_size", None)
+        if patch is not None:
+            return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        info = getattr(self.model, "feature_info", None)
+        with contextlib.suppress(Exception):
+            return int(info[-1]["reduction"])  # type: ignore[index]
+        return 32
 
     def _set_model_input_size(self, size: tuple[int, int]) -> None:
         # ViT / Swin style models with fixed positional embeddings or windows must be told the
@@ -458,26 +633,63 @@ class DenseAnnotator(nn.Module):
 
     @torch.inference_mode()
     def dense_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Dense logits (B, num_classes, h, w), float32, at the model's native feature grid."""
+        """Dense logits (B, num_classes, h, w), float32, at the model's native feature grid.
+
+        With ``tta="flip"`` the image and its mirror go through the model in one batch, and the
+        mirror's logits, mirrored back, are averaged with the image's.
+        """
         images = self._prepare(images)
+        if self.tta == "flip":
+            images = torch.cat([images, images.flip(-1)])
         with self._autocast(images.device):
             features, layout, grid = self._features(images)
             dense = self._per_position(features, layout, grid)
-        return dense.float()
+        dense = dense.float()
+        if self.tta == "flip":
+            half = dense.shape[0] // 2
+            dense = (dense[:half] + dense[half:].flip(-1)) * 0.5
+        return dense
 
     @torch.inference_mode()
     def forward(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | Sequence[torch.Tensor],
         *,
         grid: tuple[int, int] | None = None,
         k: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k dense label maps: ``(values, indices)``, each (B, H, W, K)."""
+        """Top-k dense label maps: ``(values, indices)``, each (B, H, W, K).
+
+        ``images``: a batch (B, 3, h, w), or a sequence of (3, h_i, w_i) images of different
+        shapes (``aspect`` mode), which are annotated in groups of one shape each and returned
+        in their order.
+        """
         grid = self.grid if grid is None else _pair(grid)
         k = self.k if k is None else int(k)
         if not 1 <= k <= self.num_classes:
             raise AnnotatorError(f"k must be in 1..{self.num_classes}, got {k}")
+        if isinstance(images, torch.Tensor):
+            return self._top_k(images, grid, k)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(tuple(image.shape), []).append(i)
+        if not groups:
+            raise AnnotatorError("no images to annotate")
+        values: torch.Tensor | None = None
+        indices: torch.Tensor | None = None
+        for members in groups.values():
+            v, ids = self._top_k(torch.stack([images[m] for m in members]), grid, k)
+            if values is None or indices is None:
+                values = v.new_empty((len(images), *v.shape[1:]))
+                indices = ids.new_empty((len(images), *ids.shape[1:]))
+            where = torch.tensor(members, device=v.device)
+            values[where], indices[where] = v, ids
+        assert values is not None and indices is not None
+        return values, indices
+
+    def _top_k(
+        self, images: torch.Tensor, grid: tuple[int, int], k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         dense, _ = resample_dense(self.dense_logits(images), grid)
         values, indices = torch.topk(dense, k, dim=1, largest=True, sorted=True)
         return (
@@ -548,10 +760,23 @@ class DenseAnnotator(nn.Module):
             "grid": list(self.grid),
             "k": self.k,
             "resample": _resample_name(native, self.grid),
+            "input_mode": self.input_mode,
+            "input_mode_reason": self.input_mode_reason,
+            "tta": self.tta,
             "dense_head": "timm forward_head applied at every feature position (1x1)",
             "dense_mean_equals_logits": self.dense_mean_equals_logits,
             "value_kind": "logits",
             "preprocess": self.transform.describe(),
+            **(
+                {
+                    "resample_per_image": "the feature grid follows each image's shape; "
+                    "adaptive_avg_pool along a shrinking axis, bilinear (align_corners=False) "
+                    "along a growing one, on all logits before top-k (feature_grid and resample: "
+                    "a square image's)"
+                }
+                if self.input_mode == "aspect"
+                else {}
+            ),
             "weights": dict(self.weights),
             "timm_version": timm.__version__,
             "torch_version": torch.__version__,
@@ -590,6 +815,9 @@ def load_annotator(
     device: str | torch.device = "auto",
     amp: str | None = "auto",
     compile: bool = False,
+    input_mode: str = "auto",
+    tta: str = "none",
+    max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> DenseAnnotator:
     """Build a :class:`DenseAnnotator` for timm model ``model_name`` with real weights.
 
@@ -606,6 +834,8 @@ def load_annotator(
     ``compile``: run the model's backbone through ``torch.compile`` (see :class:`DenseAnnotator`).
     ``device``: ``"auto"`` (this process's GPU, else the CPU: :func:`resolve_device`), or a torch
     device.
+    ``input_mode``, ``tta``, ``max_aspect``: how images are fed to the model (see
+    :class:`DenseAnnotator`).
     """
     training = None if checkpoint in (None, LITE0_CHECKPOINT) else read_training_record(checkpoint)
     recorded = training["model"] if training else None
@@ -631,6 +861,9 @@ def load_annotator(
         device=device,
         amp=amp,
         compile=compile,
+        input_mode=input_mode,
+        tta=tta,
+        max_aspect=max_aspect,
     )
 
 

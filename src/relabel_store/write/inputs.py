@@ -610,7 +610,9 @@ class InputBatch:
     rows: torch.Tensor  # int64 (B,)
     keys: list[str]
     labels: torch.Tensor  # int64 (B,)
-    images: torch.Tensor | None  # (B, 3, S, S), None when every item failed
+    # (B, 3, h, w) when every image has one shape; else a list of (3, h_i, w_i) images (aspect-
+    # preserving annotation: the annotator groups them by shape); None when every item failed
+    images: torch.Tensor | list[torch.Tensor] | None
     sizes: torch.Tensor  # int32 (B, 2): original (height, width)
     failures: list[InputFailure] = field(default_factory=list)
     #: uint8 (B, SIGNATURE_BYTES) content signatures, when the dataset computed them.
@@ -622,6 +624,8 @@ class InputBatch:
     def pin_memory(self) -> InputBatch:  # called by DataLoader(pin_memory=True)
         if self.images is None:
             return self
+        if isinstance(self.images, list):
+            return replace(self, images=[image.pin_memory() for image in self.images])
         return replace(self, images=self.images.pin_memory())
 
 
@@ -693,16 +697,20 @@ def _stack_signatures(items: Sequence[InputItem]) -> torch.Tensor | None:
 
 
 def collate_inputs(items: Sequence[InputItem]) -> InputBatch:
-    """``collate_fn`` for :class:`InputDataset`: stacks good items, lists failures apart."""
+    """``collate_fn`` for :class:`InputDataset`: stacks good items (keeps them as a list when
+    their shapes differ), lists failures apart."""
     good = [it for it in items if it.error is None]
     failures = [
         InputFailure(it.row, it.key, it.location, it.error or "") for it in items if it.error
     ]
-    images = None
+    images: torch.Tensor | list[torch.Tensor] | None = None
     if good:
         first = good[0].image
         if isinstance(first, torch.Tensor):
-            images = torch.stack([it.image for it in good])
+            if all(it.image.shape == first.shape for it in good):
+                images = torch.stack([it.image for it in good])
+            else:
+                images = [it.image for it in good]
         else:
             raise InputError(
                 "collate_inputs needs tensor images: give InputDataset a transform "

@@ -20,7 +20,7 @@ from relabel_store.errors import ConfigurationError
 with requires_extra("photos", "relabel_store.write.samples"):
     from PIL import Image
 
-__all__ = ["SAMPLE_PHOTOS", "sample_photo", "write_sample_photos"]
+__all__ = ["SAMPLE_PHOTOS", "SYNSETS", "sample_photo", "side_by_side", "write_sample_photos"]
 
 _SOURCES = {
     "chelsea": ("skimage", "chelsea"),
@@ -52,6 +52,29 @@ def sample_photo(name: str) -> Image.Image:
 
             array = load_sample_image(item)
     return Image.fromarray(np.asarray(array, dtype=np.uint8), "RGB")
+
+
+def side_by_side(
+    left: Image.Image, right: Image.Image, *, half_aspect: float = 1.0, height: int = 480
+) -> Image.Image:
+    """Two photos side by side: each centre-cropped to ``half_aspect`` (width / height) and
+    resized to ``height``, so the composite is ``2 * half_aspect`` times as wide as it is tall.
+    A test of where a label map puts each photo's class: each half should get its own."""
+    width = max(1, round(height * half_aspect))
+    halves = []
+    for photo in (left, right):
+        w, h = photo.size
+        if w / h > half_aspect:  # too wide: crop the sides
+            cw, ch = round(h * half_aspect), h
+        else:
+            cw, ch = w, round(w / half_aspect)
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        box = (x0, y0, x0 + cw, y0 + ch)
+        halves.append(photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC, box))
+    out = Image.new("RGB", (2 * width, height))
+    out.paste(halves[0], (0, 0))
+    out.paste(halves[1], (width, 0))
+    return out
 
 
 def write_sample_photos(
