@@ -278,3 +278,71 @@ def test_own_blosc_decoder_matches_numcodecs(data, dtype, cname, shuffle, level)
     array = np.frombuffer(data[: len(data) // item * item] or bytes(item), dtype)
     frame = Blosc(cname=cname, clevel=level, shuffle=shuffle).encode(array)
     assert bytes(_blosc_decompress(frame, array.nbytes)) == array.tobytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    records=st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=40),
+    dtype=st.sampled_from(["<u2", "<f2", "<f4", "u1"]),
+    cname=st.sampled_from(["zstd", "lz4"]),
+    shuffle=st.sampled_from([0, 1]),
+    level=st.integers(1, 9),
+    crc=st.booleans(),
+)
+def test_batch_decoder_matches_the_single_one(records, dtype, cname, shuffle, level, crc):
+    """Blosc frames of every kind, with and without a trailing crc32c: the batch path decodes
+    exactly what the single decoder does, or refuses the batch (never a different answer)."""
+    import google_crc32c
+    from numcodecs import Blosc
+
+    from relabel_store.format._layout import BatchRefused, _blosc_decompress, decode_plans
+    from relabel_store.format._layout import _blosc_plan as plan
+
+    width = 16 * 8  # eight copies of each 16 bytes: records above Blosc's minimum size
+    arrays = [np.frombuffer(r * 8, dtype) for r in records]
+    frames = [Blosc(cname=cname, clevel=level, shuffle=shuffle).encode(a) for a in arrays]
+    if crc:
+        frames = [f + google_crc32c.value(f).to_bytes(4, "little") for f in frames]
+    try:
+        (got,) = decode_plans([plan(frames, width, 4 if crc else 0)], threads=2)
+    except BatchRefused:  # only frames of another compressor go the slow way
+        assert cname != "zstd"
+        got = None
+    else:
+        assert cname == "zstd"
+    for i, (a, f) in enumerate(zip(arrays, frames, strict=True)):
+        single = bytes(_blosc_decompress(f[:-4] if crc else f, width))
+        assert single == a.tobytes()
+        if got is not None:
+            assert got[i].tobytes() == single
+    if crc and len(frames[0]) > 30:  # one flipped byte: the batch is refused, not misread
+        bad = bytearray(frames[-1])
+        bad[26] ^= 0x40
+        with pytest.raises(BatchRefused):
+            decode_plans([plan([*frames[:-1], bytes(bad)], width, 4)], threads=2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_reads_match_single_reads(tmp_path, monkeypatch, threads):
+    """get_rows over many shards, in random order, repeated rows, failed (fill-value) rows
+    present in the arrays: the same records single reads give, on one thread or on a pool."""
+    import relabel_store.read.reader as reader
+
+    monkeypatch.setattr(reader, "cores_per_process", lambda: threads)
+    monkeypatch.setattr(reader, "_BATCH", 96)  # several batches per call
+    w = write_store(tmp_path / "s.zarr", 300, grid=(6, 5), k=3, shard_records=64)
+    store = load_relabel(w.path)
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, len(store), 500)
+    batch = store.get_rows(rows)
+    for i, row in enumerate(rows.tolist()):
+        rec = store.get_row(row)
+        assert batch.keys[i] == rec.key
+        np.testing.assert_array_equal(batch.indices[i], rec.indices)
+        assert batch.values[i].tobytes() == rec.values.tobytes()
+    # the physical rows of failed images hold only fill values: read as zeros
+    failed = write_store(tmp_path / "f.zarr", 130, shard_records=64, failed=frozenset(range(64)))
+    opened = load_relabel(failed.path)
+    zeros = opened._indices.get_many(np.arange(130))
+    assert not zeros[:64].any() and zeros[64:].any()
+    np.testing.assert_array_equal(zeros[64:], failed.indices[64:])
