@@ -32,7 +32,7 @@ from relabel_store.write._run import OnError
     "float32 maps). The summary prints what float16 changes in pooled targets.",
 )
 @store_writing_options
-def import_(source: Path, output: Path, format_: str, values: str, workers: int | None,
+def import_(source: Path, output: Path | str, format_: str, values: str, workers: int | None,
             shard_records: int, on_error: OnError, resume: bool, overwrite: bool,
             quiet: bool) -> None:  # fmt: skip
     """Convert published label maps (SOURCE: the release's tar, or its extracted folder).
@@ -46,6 +46,10 @@ def import_(source: Path, output: Path, format_: str, values: str, workers: int 
     with requires_extra("generate", "relabel-store import"):
         from relabel_store.write.importer import import_maps
 
+    if isinstance(output, str):
+        raise click.UsageError(
+            f"import writes a local folder, not {output}; publish it with `relabel-store push`"
+        )
     check_resume(output, resume=resume, overwrite=overwrite)
     result = import_maps(
         source,

@@ -129,6 +129,8 @@ class StoreWriter:
         self._zstore = LocalStore(root)
         self._encoders = {name: ShardEncoder.read(root, name) for name in (INDICES, VALUES)}
         self._pool: ThreadPoolExecutor | None = None
+        #: Called with each shard once it is safely written (``generate --slice`` uploads it).
+        self.after_shard: Callable[[int], None] | None = None
 
     @classmethod
     def open(
@@ -333,6 +335,8 @@ class StoreWriter:
             "errors": errors,
         }
         atomic_write_bytes(self._progress_path(shard), json.dumps(progress).encode())
+        if self.after_shard is not None:
+            self.after_shard(shard)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
