@@ -346,3 +346,35 @@ def test_batch_reads_match_single_reads(tmp_path, monkeypatch, threads):
     zeros = opened._indices.get_many(np.arange(130))
     assert not zeros[:64].any() and zeros[64:].any()
     np.testing.assert_array_equal(zeros[64:], failed.indices[64:])
+
+
+def test_a_large_stores_key_index_is_mapped_from_the_cache(tmp_path, monkeypatch):
+    """Above MIN_RECORDS the key index is decoded once into the cache and memory-mapped by every
+    later open (shared pages, not a private copy per process); a damaged or foreign cache file
+    is written anew, never trusted."""
+    from relabel_store.read import _key_index
+
+    monkeypatch.setenv("RELABEL_STORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_key_index, "MIN_RECORDS", 50)
+    w = write_store(tmp_path / "s.zarr", 90, shard_records=32, failed=frozenset({4}))
+    monkeypatch.setenv(_key_index.ENV, "0")
+    held = load_relabel(w.path)
+    monkeypatch.delenv(_key_index.ENV)
+    first, again = load_relabel(w.path), load_relabel(w.path)
+    (cached,) = (tmp_path / "cache" / "key-index").iterdir()
+    assert cached.name == f"{first.manifest.digest}.keyindex"
+    for store in (first, again):
+        assert isinstance(store._keys, np.memmap) and isinstance(store._rows, np.memmap)
+        np.testing.assert_array_equal(store.keys, held.keys)
+        np.testing.assert_array_equal(store.sizes, held.sizes)
+        np.testing.assert_array_equal(store._labels, held._labels)
+        np.testing.assert_array_equal(store._rows, held._rows)
+        batch, expected = store.get_rows(range(len(store))), held.get_rows(range(len(held)))
+        assert batch.keys == expected.keys and (batch.labels == expected.labels).all()
+    for damage in (b"", b"RLKEYIX1" + b"\xff" * 8, cached.read_bytes()[:-4096]):
+        cached.write_bytes(damage)
+        store = load_relabel(w.path)
+        np.testing.assert_array_equal(store.keys, held.keys)
+        assert cached.stat().st_size > 4096 * 4
+    small = write_store(tmp_path / "small.zarr", 20)
+    assert not isinstance(load_relabel(small.path)._keys, np.memmap)

@@ -8,6 +8,7 @@ DataLoader workers) and looked up by binary search, never through a Python dict.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -24,6 +25,7 @@ from relabel_store.errors import (
     FormatError,
     IncompleteStoreError,
     RecordNotFoundError,
+    RelabelStoreError,
     RowOutOfRangeError,
     StoreNotFoundError,
 )
@@ -52,6 +54,8 @@ from relabel_store.format.metadata import (
     StoreMetadata,
     read_group_attribute,
 )
+from relabel_store.read import _key_index
+from relabel_store.read.cache import default_cache_dir
 from relabel_store.read.sources import Blob, Source
 from relabel_store.read.sources.local import LocalSource
 
@@ -296,13 +300,7 @@ class RelabelStore:
         # The per-key index (written by finalize): sorted keys, their physical rows, labels, sizes.
         if m.complete:
             n = m.record_count
-            keys = self._index(KEYS, (n, None), "u", 1)
-            self._keys = np.ascontiguousarray(keys).view(f"S{keys.shape[1]}").reshape(-1)
-            # Held in the narrowest exact dtype: ImageNet's index takes ~32 MB, not ~50.
-            self._rows = _narrowed(self._index(ROWS, (n,), "i", 8), np.int32)
-            self._labels = _narrowed(self._index(LABELS, (n,), "i", 4), np.int16)
-            self._sizes = _narrowed(self._index(SIZES, (n, 2), "i", 4), np.uint16)
-            _release_freed_memory()
+            self._keys, self._rows, self._labels, self._sizes = self._key_index(n)
             _check_key_order(self._keys, f"{where}/{KEYS}")
             if n and not (self._rows.min() >= 0 and self._rows.max() < m.rows):
                 raise _damaged(
@@ -313,6 +311,35 @@ class RelabelStore:
             self._rows = np.zeros(0, np.int64)
             self._labels = np.zeros(0, np.int32)
             self._sizes = np.zeros((0, 2), np.int32)
+
+    def _key_index(self, n: int) -> _key_index.Index:
+        """Keys, physical rows, labels and sizes in key order: memory-mapped from the cache for
+        a large store (see :mod:`relabel_store.read._key_index`), else decoded into memory."""
+        cached = None
+        if _key_index.wanted(n) and self.manifest is not None:
+            with contextlib.suppress(OSError, RelabelStoreError, ImportError):
+                cached = _key_index.index_path(default_cache_dir(), self.manifest.digest)
+        if cached is not None:
+            index = _key_index.load(cached, n)
+            if index is not None:
+                return index
+        keys = self._index(KEYS, (n, None), "u", 1)
+        index = (
+            np.ascontiguousarray(keys).view(f"S{keys.shape[1]}").reshape(-1),
+            # Held in the narrowest exact dtype: ImageNet's index takes ~32 MB, not ~50.
+            _narrowed(self._index(ROWS, (n,), "i", 8), np.int32),
+            _narrowed(self._index(LABELS, (n,), "i", 4), np.int16),
+            _narrowed(self._index(SIZES, (n, 2), "i", 4), np.uint16),
+        )
+        del keys
+        if cached is not None:
+            try:  # shared by every process from now on: map the file just written
+                _key_index.save(cached, index)
+                index = _key_index.load(cached, n) or index
+            except OSError:  # a read-only cache: this process holds its own copy
+                pass
+        _release_freed_memory()
+        return index
 
     def _check_listed(self, path: str, data: bytes | None) -> bytes | None:
         """``data`` (the bytes of ``path``; None when it is absent) if they are what the
