@@ -376,5 +376,13 @@ def test_a_large_stores_key_index_is_mapped_from_the_cache(tmp_path, monkeypatch
         store = load_relabel(w.path)
         np.testing.assert_array_equal(store.keys, held.keys)
         assert cached.stat().st_size > 4096 * 4
+    # keys out of order in the cached file (header intact): refused at open, not misread
+    data = bytearray(cached.read_bytes())
+    width = held.keys.dtype.itemsize
+    first, second = data[4096 : 4096 + width], data[4096 + width : 4096 + 2 * width]
+    data[4096 : 4096 + 2 * width] = second + first
+    cached.write_bytes(bytes(data))
+    with pytest.raises(CorruptDataError, match="sorted and unique"):
+        load_relabel(w.path)
     small = write_store(tmp_path / "small.zarr", 20)
     assert not isinstance(load_relabel(small.path)._keys, np.memmap)
