@@ -386,3 +386,30 @@ def test_a_large_stores_key_index_is_mapped_from_the_cache(tmp_path, monkeypatch
         load_relabel(w.path)
     small = write_store(tmp_path / "small.zarr", 20)
     assert not isinstance(load_relabel(small.path)._keys, np.memmap)
+
+
+def _read_in_child(store, rows, out) -> None:
+    out.put(store.get_rows(rows).indices.tobytes())
+
+
+def test_batch_reads_in_a_forked_child_after_the_parent_made_its_pool(tmp_path, monkeypatch):
+    """A forked DataLoader worker has none of its parent's decoding threads: it makes its own
+    pool instead of waiting forever on threads that do not exist in it."""
+    import multiprocessing
+
+    import relabel_store.read.reader as reader
+
+    monkeypatch.setattr(reader, "cores_per_process", lambda: 2)
+    store = load_relabel(write_store(tmp_path / "s.zarr", 200, grid=(4, 4), k=2).path)
+    rows = np.arange(0, 200, 1)
+    expected = store.get_rows(rows).indices.tobytes()  # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(store, rows, queue))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == expected
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
