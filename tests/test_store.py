@@ -283,3 +283,140 @@ def test_own_blosc_decoder_matches_numcodecs(data, dtype, cname, shuffle, level)
         return
     # and our encoder writes what numcodecs writes, for the records it takes a fast path on
     assert ours.encode(array[None]) == [bytes(frame)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    records=st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=40),
+    dtype=st.sampled_from(["<u2", "<f2", "<f4", "u1"]),
+    cname=st.sampled_from(["zstd", "lz4"]),
+    shuffle=st.sampled_from([0, 1]),
+    level=st.integers(1, 9),
+    crc=st.booleans(),
+)
+def test_batch_decoder_matches_the_single_one(records, dtype, cname, shuffle, level, crc):
+    """Blosc frames of every kind, with and without a trailing crc32c: the batch path decodes
+    exactly what the single decoder does, or refuses the batch (never a different answer)."""
+    import google_crc32c
+    from numcodecs import Blosc
+
+    from relabel_store.format._codecs import BatchRefused, decode_plans
+    from relabel_store.format._codecs import Blosc as OurBlosc
+    from relabel_store.format._codecs import _blosc_plan as plan
+
+    width = 16 * 8  # eight copies of each 16 bytes: records above Blosc's minimum size
+    arrays = [np.frombuffer(r * 8, dtype) for r in records]
+    frames = [Blosc(cname=cname, clevel=level, shuffle=shuffle).encode(a) for a in arrays]
+    if crc:
+        frames = [f + google_crc32c.value(f).to_bytes(4, "little") for f in frames]
+    try:
+        (got,) = decode_plans([plan(frames, width, 4 if crc else 0)], threads=2)
+    except BatchRefused:  # only frames of another compressor go the slow way
+        assert cname != "zstd"
+        got = None
+    else:
+        assert cname == "zstd"
+    for i, (a, f) in enumerate(zip(arrays, frames, strict=True)):
+        ours = OurBlosc(cname, level, shuffle, np.dtype(dtype).itemsize, 0, width)
+        single = bytes(ours.decode(f[:-4] if crc else f, width))
+        assert single == a.tobytes()
+        if got is not None:
+            assert got[i].tobytes() == single
+    if crc and len(frames[0]) > 30:  # one flipped byte: the batch is refused, not misread
+        bad = bytearray(frames[-1])
+        bad[26] ^= 0x40
+        with pytest.raises(BatchRefused):
+            decode_plans([plan([*frames[:-1], bytes(bad)], width, 4)], threads=2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_reads_match_single_reads(tmp_path, monkeypatch, threads):
+    """get_rows over many shards, in random order, repeated rows, failed (fill-value) rows
+    present in the arrays: the same records single reads give, on one thread or on a pool."""
+    import relabel_store.read.reader as reader
+
+    monkeypatch.setattr(reader, "cores_per_process", lambda: threads)
+    monkeypatch.setattr(reader, "_BATCH", 96)  # several batches per call
+    w = write_store(tmp_path / "s.zarr", 300, grid=(6, 5), k=3, shard_records=64)
+    store = load_relabel(w.path)
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, len(store), 500)
+    batch = store.get_rows(rows)
+    for i, row in enumerate(rows.tolist()):
+        rec = store.get_row(row)
+        assert batch.keys[i] == rec.key
+        np.testing.assert_array_equal(batch.indices[i], rec.indices)
+        assert batch.values[i].tobytes() == rec.values.tobytes()
+    # the physical rows of failed images hold only fill values: read as zeros
+    failed = write_store(tmp_path / "f.zarr", 130, shard_records=64, failed=frozenset(range(64)))
+    opened = load_relabel(failed.path)
+    zeros = opened._indices.get_many(np.arange(130))
+    assert not zeros[:64].any() and zeros[64:].any()
+    np.testing.assert_array_equal(zeros[64:], failed.indices[64:])
+
+
+def test_a_large_stores_key_index_is_mapped_from_the_cache(tmp_path, monkeypatch):
+    """Above MIN_RECORDS the key index is decoded once into the cache and memory-mapped by every
+    later open (shared pages, not a private copy per process); a damaged or foreign cache file
+    is written anew, never trusted."""
+    from relabel_store.read import _key_index
+
+    monkeypatch.setenv("RELABEL_STORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_key_index, "MIN_RECORDS", 50)
+    w = write_store(tmp_path / "s.zarr", 90, shard_records=32, failed=frozenset({4}))
+    monkeypatch.setenv(_key_index.ENV, "0")
+    held = load_relabel(w.path)
+    monkeypatch.delenv(_key_index.ENV)
+    first, again = load_relabel(w.path), load_relabel(w.path)
+    (cached,) = (tmp_path / "cache" / "key-index").iterdir()
+    assert cached.name == f"{first.manifest.digest}.keyindex"
+    for store in (first, again):
+        assert isinstance(store._keys, np.memmap) and isinstance(store._rows, np.memmap)
+        np.testing.assert_array_equal(store.keys, held.keys)
+        np.testing.assert_array_equal(store.sizes, held.sizes)
+        np.testing.assert_array_equal(store._labels, held._labels)
+        np.testing.assert_array_equal(store._rows, held._rows)
+        batch, expected = store.get_rows(range(len(store))), held.get_rows(range(len(held)))
+        assert batch.keys == expected.keys and (batch.labels == expected.labels).all()
+    for damage in (b"", b"RLKEYIX1" + b"\xff" * 8, cached.read_bytes()[:-4096]):
+        cached.write_bytes(damage)
+        store = load_relabel(w.path)
+        np.testing.assert_array_equal(store.keys, held.keys)
+        assert cached.stat().st_size > 4096 * 4
+    # keys out of order in the cached file (header intact): refused at open, not misread
+    data = bytearray(cached.read_bytes())
+    width = held.keys.dtype.itemsize
+    first, second = data[4096 : 4096 + width], data[4096 + width : 4096 + 2 * width]
+    data[4096 : 4096 + 2 * width] = second + first
+    cached.write_bytes(bytes(data))
+    with pytest.raises(CorruptDataError, match="sorted and unique"):
+        load_relabel(w.path)
+    small = write_store(tmp_path / "small.zarr", 20)
+    assert not isinstance(load_relabel(small.path)._keys, np.memmap)
+
+
+def _read_in_child(store, rows, out) -> None:
+    out.put(store.get_rows(rows).indices.tobytes())
+
+
+def test_batch_reads_in_a_forked_child_after_the_parent_made_its_pool(tmp_path, monkeypatch):
+    """A forked DataLoader worker has none of its parent's decoding threads: it makes its own
+    pool instead of waiting forever on threads that do not exist in it."""
+    import multiprocessing
+
+    import relabel_store.read.reader as reader
+
+    monkeypatch.setattr(reader, "cores_per_process", lambda: 2)
+    store = load_relabel(write_store(tmp_path / "s.zarr", 200, grid=(4, 4), k=2).path)
+    rows = np.arange(0, 200, 1)
+    expected = store.get_rows(rows).indices.tobytes()  # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(store, rows, queue))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == expected
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()

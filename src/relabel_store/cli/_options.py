@@ -23,8 +23,9 @@ _OPTIONS = (
         "-o",
         "--output",
         required=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Store to write (a folder, e.g. train.relabel.zarr).",
+        callback=lambda ctx, param, value: _output(value),
+        help="Store to write (a folder, e.g. train.relabel.zarr; generate --slice also takes "
+        "an fsspec URL such as s3://bucket/train-0).",
     ),
     click.option(
         "--workers",
@@ -58,6 +59,16 @@ _OPTIONS = (
 )
 
 
+def _output(value: str) -> Path | str:
+    """A local folder as a Path; an fsspec URL (``s3://...``) kept as given (a Path would fold
+    its ``//``). Only ``generate --slice`` writes to URLs; the commands refuse them otherwise."""
+    if "://" in value:
+        return value
+    if Path(value).exists() and not Path(value).is_dir():
+        raise click.BadParameter(f"{value} is a file, not a folder", param_hint="'-o'")
+    return Path(value)
+
+
 def store_writing_options(command: F) -> F:
     """Add ``-o``, ``--workers``, ``--shard-records``, ``--on-error``, ``--resume``,
     ``--overwrite`` and ``-q`` to ``command``."""
@@ -66,12 +77,14 @@ def store_writing_options(command: F) -> F:
     return command
 
 
-def check_resume(output: Path, *, resume: bool, overwrite: bool) -> None:
+def check_resume(output: Path | str, *, resume: bool, overwrite: bool) -> None:
     """Refuse ``--resume`` with ``--overwrite``, and ``--resume`` where there is no store to
     resume. A finished store passes: the command reports it complete and exits 0 (a requeued
-    job reruns its command)."""
+    job reruns its command). A URL is checked by the command that writes there."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other")
+    if isinstance(output, str):
+        return
     if resume and not any((output / name).exists() for name in ("zarr.json", PROGRESS_DIR)):
         raise click.UsageError(f"--resume: there is no store at {output} to resume")
 

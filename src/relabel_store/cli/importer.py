@@ -42,7 +42,7 @@ __all__ = ["import_"]
     "without; add them later with `relabel-store sign`.",
 )
 @store_writing_options
-def import_(source: Path, output: Path, format_: str, values: str, images: Path | None,
+def import_(source: Path, output: Path | str, format_: str, values: str, images: Path | None,
             workers: int | None, shard_records: int, on_error: OnError, resume: bool,
             overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Convert published label maps (SOURCE: the release's tar, or its extracted folder).
@@ -56,6 +56,10 @@ def import_(source: Path, output: Path, format_: str, values: str, images: Path 
     with requires_extra("generate", "relabel-store import"):
         from relabel_store.write.importer import import_maps
 
+    if isinstance(output, str):
+        raise click.UsageError(
+            f"import writes a local folder, not {output}; publish it with `relabel-store push`"
+        )
     check_resume(output, resume=resume, overwrite=overwrite)
     result = import_maps(
         source,

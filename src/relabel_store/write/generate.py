@@ -25,6 +25,7 @@ from relabel_store.errors import ConfigurationError
 from relabel_store.format._shards import cores_per_process
 from relabel_store.format.metadata import DEFAULT_SHARD_RECORDS, SIGNATURE_BYTES, StoreMetadata
 from relabel_store.write._run import OnError, RunResult, check_run_options, input_failed
+from relabel_store.write.slices import Slice, SliceOutput, is_url
 from relabel_store.write.writer import StoreWriter
 
 with requires_extra("generate", "relabel_store.write.generate"):
@@ -47,7 +48,22 @@ __all__ = ["GenerateResult", "generate", "writer_threads"]
 class GenerateResult(RunResult):
     """What a ``generate`` run did (see :class:`~relabel_store.write._run.RunResult`)."""
 
+    slice: Slice | None = None  # the slice written (``generate --slice``), not a whole store
+    location: str | None = None  # where the slice is (its URL, or the folder)
+
     unit: ClassVar[str] = "images"
+
+    def summary(self) -> str:
+        """What ``relabel-store generate`` prints when it is done."""
+        if self.slice is None:
+            return super().summary()
+        done = "already complete: nothing to do" if self.already_complete else "complete"
+        return (
+            f"slice:     {self.slice} at {self.location} ({done})\n"
+            f"time:      {self.seconds:.1f} s for {self.done_now:,} images\n"
+            f"next:      when every slice is complete, run `relabel-store merge "
+            f"<the {self.slice.count} slices> -o STORE`"
+        )
 
 
 class _ShardMaps:
@@ -179,6 +195,9 @@ def generate(
     on_error: OnError = "skip",
     overwrite: bool = False,
     progress: bool | None = None,
+    slice: Slice | None = None,
+    staging: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> GenerateResult:
     """Annotate every image of ``inputs`` and write (or resume) the store at ``output``.
 
@@ -190,6 +209,11 @@ def generate(
     stops the run with its error. ``progress``: None draws a bar on a terminal and writes a
     line every ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds (30) elsewhere (a SLURM log); True
     always reports, False never.
+
+    ``slice``: annotate only this slice's shards into a partial store at ``output``, a folder or
+    an fsspec URL (written in ``staging``, by default a folder of the cache, and uploaded shard
+    by shard; ``storage_options`` go to fsspec); :func:`relabel_store.write.slices.merge`
+    assembles the slices. See :mod:`relabel_store.write.slices`.
     """
     check_run_options(on_error=on_error, workers=num_workers, shard_records=shard_records)
     if batch_size < 1:
@@ -215,9 +239,20 @@ def generate(
         dataset={**inputs.describe(), "class_names": inputs.class_names, **(dataset or {})},
         parent=parent,
     )
-    path = Path(output)
     workers = cores_per_process() if num_workers is None else num_workers
     threads = writer_threads(workers)
+    if slice is not None:
+        return _generate_slice(inputs, output, annotator, meta, slice, started, world,
+                               staging=staging, storage_options=storage_options,
+                               overwrite=overwrite, threads=threads, batch_size=batch_size,
+                               workers=workers, on_error=on_error, progress=progress)  # fmt: skip
+    if is_url(output):
+        raise ConfigurationError(
+            f"generate writes a whole store to a local folder, not {output}: write it locally "
+            "and publish it with `relabel-store push`, or write slices to URLs (--slice I/N) and "
+            "merge them"
+        )
+    path = Path(output)
     # Rank 0 creates the store and holds its write lock for every rank; a store that is already
     # finished with these settings is reported, not refused (requeued jobs rerun the command).
     finished = writer = None
@@ -251,6 +286,43 @@ def generate(
         writer.close()
 
 
+def _generate_slice(
+    inputs: InputSource,
+    output: str | os.PathLike[str],
+    annotator: DenseAnnotator,
+    meta: StoreMetadata,
+    part: Slice,
+    started: float,
+    world: int,
+    *,
+    staging: str | os.PathLike[str] | None,
+    storage_options: dict[str, Any] | None,
+    overwrite: bool,
+    threads: int,
+    **options: Any,
+) -> GenerateResult:
+    """Annotate one slice's shards into a partial store (see :mod:`relabel_store.write.slices`)."""
+    if world > 1:
+        raise ConfigurationError(
+            "--slice runs one process per slice (a SLURM array task, a Kubernetes Job); under "
+            "torchrun, write one whole store to a shared filesystem instead"
+        )
+    out = SliceOutput(output, part, staging=staging, storage_options=storage_options)
+    if overwrite and out.remote is not None:
+        raise ConfigurationError(
+            f"--overwrite deletes local stores only; remove {out.location} with your storage's "
+            "own tools, or write the slice to a new URL"
+        )
+    out.prepare(meta)
+    writer = StoreWriter.open(out.local, meta, overwrite=overwrite, threads=threads)
+    try:
+        out.started(writer)
+        return _annotate(writer, inputs, annotator, meta, 0, 1, started, part=part,
+                         location=out.location, **options)  # fmt: skip
+    finally:
+        writer.close()
+
+
 def _annotate(
     writer: StoreWriter,
     inputs: InputSource,
@@ -264,11 +336,15 @@ def _annotate(
     workers: int,
     on_error: OnError,
     progress: bool | None,
+    part: Slice | None = None,
+    location: str | None = None,
 ) -> GenerateResult:
-    """Annotate this rank's unfinished shards, then (rank 0) finalize the store."""
+    """Annotate this rank's unfinished shards (of ``part`` only, when given), then (rank 0)
+    finalize the store; a slice is left for ``merge`` to finalize."""
     path = writer.root
     done = writer.completed_shards()
-    todo = [s for s in range(writer.num_shards) if s % world == rank and s not in done]
+    mine = part.shards(writer.num_shards) if part else range(rank, writer.num_shards, world)
+    todo = [s for s in mine if s not in done]
     shard_rows = [writer.shard_rows(s) for s in todo]
     rows = [r for rng in shard_rows for r in rng]
 
@@ -314,6 +390,19 @@ def _annotate(
                 bar.update(step)
             background.submit_call(shard, maps.ready)
     bar.close()
+    if part is not None:
+        return GenerateResult(
+            path=path,
+            records=0,
+            skipped=0,
+            done_now=len(rows),
+            seconds=time.perf_counter() - started,
+            store_bytes=0,
+            digest=None,
+            already_complete=not todo,
+            slice=part,
+            location=location,
+        )
     _barrier(world)
     digest = None
     if rank == 0:

@@ -137,6 +137,8 @@ class StoreWriter:
         self._zstore = LocalStore(root)
         self._encoders = {name: ShardEncoder.read(root, name) for name in (INDICES, VALUES)}
         self._pool: ThreadPoolExecutor | None = None
+        #: Called with each shard once it is safely written (``generate --slice`` uploads it).
+        self.after_shard: Callable[[int], None] | None = None
 
     @classmethod
     def open(
@@ -360,6 +362,8 @@ class StoreWriter:
         if extra is not None:
             progress["extra"] = dict(extra)
         atomic_write_bytes(self._progress_path(shard), json.dumps(progress).encode())
+        if self.after_shard is not None:
+            self.after_shard(shard)
 
     def shard_extra(self, shard: int) -> dict[str, Any] | None:
         """The ``extra`` record :meth:`write_shard` kept for a written shard (None: none given,
