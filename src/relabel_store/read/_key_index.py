@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from relabel_store.errors import FormatError
 from relabel_store.format._io import atomic_write_stream
 from relabel_store.format.metadata import MAX_KEY_BYTES
 
@@ -115,7 +116,7 @@ def save(path: Path, index: Index) -> None:
         offset += -(-array.nbytes // _ALIGN) * _ALIGN
     header = json.dumps({"records": len(index[0]), "arrays": entries}).encode()
     if 16 + len(header) > _ALIGN:
-        raise ValueError("key index header too long")
+        raise FormatError(f"key index header of {len(header)} bytes does not fit {_ALIGN - 16}")
 
     def write(f: BinaryIO) -> None:
         f.write(_MAGIC + struct.pack("<Q", len(header)) + header)

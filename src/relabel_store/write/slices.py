@@ -301,7 +301,13 @@ def _open_part(location: str, storage_options: dict[str, Any] | None) -> _Part:
         what = "a finalized store" if metadata.complete else "an unfinished store of no slice"
         raise InputError(
             f"{location} is {what}, not a slice: merge takes the outputs of "
-            "`relabel-store generate --slice I/N`."
+            "`relabel-store generate --slice I/N`"
+            + (
+                "; to combine finished stores of the same images by several annotators, "
+                "add --ensemble (ensemble_stores in Python)."
+                if metadata.complete
+                else "."
+            )
         )
     arrays = {}
     for name in _RECORD_ARRAYS:
