@@ -1,0 +1,258 @@
+"""RoIAlign over a warped region: the sampling grid of a rotated, sheared or projected crop.
+
+A :class:`~relabel_store.pooling.Region` says which point of the original image every point of
+the output image shows: a 3 x 3 matrix ``M`` from normalised output coordinates ``(u, v, 1)``
+(0..1 over the output image, x right, y down) to normalised image coordinates (homogeneous). In
+the label map's cell coordinates (cell ``c`` has its centre at ``c``, RoIAlign's
+``aligned=False`` convention ``p = s * W - 0.5``) that is ``Mc = S @ M`` with
+``S = [[W, 0, -0.5], [0, H, -0.5], [0, 0, 1]]``.
+
+RoIAlign lays its sampling grid out along the box's edges; here the grid is laid out along the
+output image's edges and mapped through ``Mc``, which is the same thing for an axis-aligned
+box and the natural generalisation otherwise:
+
+- the output is split into ``oh x ow`` bins; the edge vectors of the region in cells are
+  ``Eu = Mc[:2, 0]`` and ``Ev = Mc[:2, 1]`` (the images of the output's unit x and y steps);
+- an edge shorter than one cell is stretched to one cell from its first corner (RoIAlign's
+  ``max(roi_size, 1)``, ``aligned=False``);
+- each bin gets ``ceil(|Eu| / ow) x ceil(|Ev| / oh)`` sampling points (RoIAlign's
+  ``sampling_ratio=-1``: ``ceil(bin_size)``), at the centres of equal sub-bins in output
+  space, mapped into the map;
+- a point outside ``[-1, W] x [-1, H]`` contributes zero (but counts in the mean); inside, it
+  is clamped into ``[0, W - 1] x [0, H - 1]`` and interpolated bilinearly.
+
+The sampling grid is symmetric within every bin, so a region traversed backwards (a mirrored
+crop) samples the same points and only the bins come out in reverse order: the region is first
+put in a canonical orientation (each edge's dominant component positive), as RoIAlign's box is
+``x0 < x1``, and the bins reversed afterwards. For a projective region the counts come from the
+longer of the two opposite edges and no edge is stretched.
+
+Axis-aligned regions never come here: :func:`relabel_store.pooling.pool` pools them as the
+:class:`~relabel_store.pooling.CropBox` they are, bit for bit RoIAlign's float32 arithmetic.
+This module computes in float64; numpy only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from relabel_store.errors import InvalidBoxError
+
+__all__ = ["MAX_SAMPLES", "canonical", "cell_matrix", "region_weights"]
+
+#: Most sampling points one sample may take (all bins together). A region needing more spans
+#: hundreds of map cells along an edge (a zoom-out by a factor ~50 on a 15 x 15 map): refused.
+MAX_SAMPLES = 1 << 20
+
+
+def cell_matrix(matrix: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``S @ M``: normalised output coordinates to the map's cell coordinates (float64)."""
+    m = np.array(matrix, dtype=np.float64).reshape(3, 3)
+    m[0] *= width
+    m[1] *= height
+    m[:2] -= 0.5 * m[2]
+    return m
+
+
+def _point(mc: np.ndarray, u: float, v: float) -> np.ndarray:
+    x, y, w = mc @ np.array([u, v, 1.0])
+    return np.array([x / w, y / w])
+
+
+def canonical(mc: np.ndarray, oh: int, ow: int) -> tuple[np.ndarray, bool, bool, int, int]:
+    """The region in canonical orientation, with its sampling counts.
+
+    Returns ``(mc, flip_u, flip_v, gx, gy)``: ``mc`` (modified in place) re-parameterised so
+    that each edge's dominant component is positive (``flip_u``/``flip_v``: bins must be
+    reversed along x/y afterwards), affine edges shorter than a cell stretched to one cell,
+    and the sampling points per bin along the output's x (``gx``) and y (``gy``).
+    """
+    projective = not (mc[2, 0] == 0.0 and mc[2, 1] == 0.0)
+    flips = []
+    for axis in (0, 1):
+        if projective:
+            ex, ey = _edge(mc, axis)
+        else:
+            ex, ey = float(mc[0, axis]), float(mc[1, axis])
+        flip = (ex if abs(ex) >= abs(ey) else ey) < 0.0
+        if flip:  # u -> 1 - u (or v -> 1 - v): column negated, its step added to the offset
+            mc[:, 2] += mc[:, axis]
+            mc[:, axis] = -mc[:, axis]
+        flips.append(flip)
+    counts = []
+    for axis, bins in ((0, ow), (1, oh)):
+        if projective:
+            length = max(_edge_lengths(mc, axis))
+        else:
+            length = math.hypot(mc[0, axis], mc[1, axis])
+            if length < 1.0:  # aligned=False: shorter than a cell becomes one cell
+                mc[:, axis] /= length
+                length = 1.0
+        counts.append(max(math.ceil(length / bins), 1))
+    gx, gy = counts
+    if gx * gy * oh * ow > MAX_SAMPLES:
+        raise InvalidBoxError(
+            f"the region spans {gx * ow} x {gy * oh} label-map cells along its edges, which "
+            f"would take {gx * gy * oh * ow} sampling points (at most {MAX_SAMPLES}); a crop of "
+            "a canvas this much larger than the image has no label to speak of. Check the "
+            "geometry (an axis-aligned CropBox has no such limit)."
+        )
+    return mc, flips[0], flips[1], gx, gy
+
+
+def _edge(mc: np.ndarray, axis: int) -> tuple[float, float]:
+    """The mean of a projective region's two edges along an output axis, in cells."""
+    if axis == 0:
+        e = (_point(mc, 1, 0) - _point(mc, 0, 0) + _point(mc, 1, 1) - _point(mc, 0, 1)) / 2
+    else:
+        e = (_point(mc, 0, 1) - _point(mc, 0, 0) + _point(mc, 1, 1) - _point(mc, 1, 0)) / 2
+    return float(e[0]), float(e[1])
+
+
+def _edge_lengths(mc: np.ndarray, axis: int) -> tuple[float, float]:
+    if axis == 0:
+        pairs = (((0, 0), (1, 0)), ((0, 1), (1, 1)))
+    else:
+        pairs = (((0, 0), (0, 1)), ((1, 0), (1, 1)))
+    lengths = [float(np.hypot(*(_point(mc, *b) - _point(mc, *a)))) for a, b in pairs]
+    return lengths[0], lengths[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(bins: int, count: int) -> np.ndarray:
+    """Sub-bin centres along one output axis, 0..1: ``bins * count`` of them, bin by bin."""
+    out = (np.arange(bins * count, dtype=np.float64) + 0.5) / (bins * count)
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _edge_rule(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The knots of RoIAlign's edge rule for ``np.interp``: a point within [-1, 0] reads as 0,
+    one within [size - 1, size] as size - 1; one outside [-1, size] becomes -2, which lands
+    in the padding (see :func:`region_weights`)."""
+    if size == 1:
+        return np.array([-1.0, 1.0]), np.array([0.0, 0.0])
+    return np.array([-1.0, 0.0, size - 1.0, float(size)]), np.array(
+        [0.0, 0.0, size - 1.0, size - 1.0]
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _bin_offsets(oh: int, gy: int, ow: int, gx: int, cells: int) -> np.ndarray:
+    """(oh*gy, ow*gx) offset of each point's bin in the flat (bins, cells) accumulator."""
+    rows = np.arange(oh * gy) // gy
+    cols = np.arange(ow * gx) // gx
+    out = (rows[:, None] * ow + cols[None, :]) * cells
+    out.flags.writeable = False
+    return out
+
+
+_FAR = -2.0
+_PAD = 2  # cells of padding before the map (where far points land) and one after
+
+
+def region_weights(matrix: np.ndarray, height: int, width: int, oh: int, ow: int) -> np.ndarray:
+    """(oh*ow, H*W) float64 weight of every map cell in every output bin's mean.
+
+    Bins in row-major (y, x) order of the output grid, cells in (y, x) order. ``matrix`` is a
+    :class:`~relabel_store.pooling.Region`'s 3 x 3 matrix (normalised output to normalised
+    image coordinates). See the module docstring for the rules. Every point adds its four
+    bilinear weights into a padded copy of the grid with one ``bincount``: a point outside
+    [-1, size] reads as -2 and only touches the padding, a point on the last cell gives its
+    zero weight to the padding after it, so no masks are needed; the padding is cut off.
+    """
+    mc, flip_u, flip_v, gx, gy = canonical(cell_matrix(matrix, height, width), oh, ow)
+    u = _positions(ow, gx)[None, :]
+    v = _positions(oh, gy)[:, None]
+    # Points on the (oh*gy, ow*gx) grid of output positions; bin (i, j) is rows i*gy..,
+    # columns j*gx..
+    xs = mc[0, 0] * u + (mc[0, 1] * v + mc[0, 2])
+    ys = mc[1, 0] * u + (mc[1, 1] * v + mc[1, 2])
+    if mc[2, 0] != 0.0 or mc[2, 1] != 0.0:
+        ws = mc[2, 0] * u + (mc[2, 1] * v + mc[2, 2])
+        xs /= ws
+        ys /= ws
+    xs = np.interp(xs, *_edge_rule(width), left=_FAR, right=_FAR)
+    ys = np.interp(ys, *_edge_rule(height), left=_FAR, right=_FAR)
+    x_lo, y_lo = np.floor(xs), np.floor(ys)
+    xs -= x_lo  # the fractional parts
+    ys -= y_lo
+    padded_w, padded_h = width + _PAD + 1, height + _PAD + 1
+    cells = padded_h * padded_w
+    corner = (y_lo + _PAD) * padded_w + (x_lo + _PAD)
+    index = corner.astype(np.int64).ravel()
+    if oh * ow > 1:
+        index += _bin_offsets(oh, gy, ow, gx, cells).ravel()
+    index = np.concatenate([index, index + 1, index + padded_w, index + (padded_w + 1)])
+    xs, ys = xs.ravel(), ys.ravel()
+    rest_x, rest_y = 1.0 - xs, 1.0 - ys
+    weight = np.concatenate([rest_y * rest_x, rest_y * xs, ys * rest_x, ys * xs])
+    sums = np.bincount(index, weights=weight, minlength=oh * ow * cells)
+    sums = sums.reshape(oh, ow, padded_h, padded_w)[:, :, _PAD : _PAD + height, _PAD : _PAD + width]
+    out: np.ndarray = sums / float(gx * gy)
+    if flip_v:
+        out = out[::-1]
+    if flip_u:
+        out = out[:, ::-1]
+    return out.reshape(oh * ow, height * width)
+
+
+def canonical_batch(
+    matrices: np.ndarray, height: int, width: int, oh: int, ow: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`canonical` of :func:`cell_matrix` for a batch of (B, 3, 3) matrices, vectorised.
+
+    Returns ``(mc, flip_u, flip_v, gx, gy)``, each with a leading batch axis; the same
+    decisions as the one-sample functions (which :func:`relabel_store.pooling.pool` uses).
+    """
+    mc = np.array(matrices, dtype=np.float64).reshape(-1, 3, 3)
+    mc[:, 0] *= width
+    mc[:, 1] *= height
+    mc[:, :2] -= 0.5 * mc[:, 2:3]
+    projective = (mc[:, 2, 0] != 0.0) | (mc[:, 2, 1] != 0.0)
+    flips = []
+    for axis in (0, 1):
+        edge = mc[:, :2, axis].copy()
+        if projective.any():
+            edge[projective] = _edges_batch(mc[projective], axis).mean(axis=1)
+        ex, ey = edge[:, 0], edge[:, 1]
+        flip = np.where(np.abs(ex) >= np.abs(ey), ex, ey) < 0.0
+        mc[flip, :, 2] += mc[flip, :, axis]
+        mc[flip, :, axis] *= -1.0
+        flips.append(flip)
+    counts = []
+    for axis, bins in ((0, ow), (1, oh)):
+        length = np.hypot(mc[:, 0, axis], mc[:, 1, axis])
+        short = (length < 1.0) & ~projective
+        mc[short, :, axis] /= length[short, None]
+        length[short] = 1.0
+        if projective.any():
+            length[projective] = np.hypot(*_edges_batch(mc[projective], axis).T).max(axis=0)
+        counts.append(np.maximum(np.ceil(length / bins), 1.0).astype(np.int64))
+    gx, gy = counts
+    points = gx * gy * (oh * ow)
+    if points.size and int(points.max()) > MAX_SAMPLES:
+        row = int(np.argmax(points))
+        raise InvalidBoxError(
+            f"the region of row {row} spans {gx[row] * ow} x {gy[row] * oh} label-map cells "
+            f"along its edges, which would take {points[row]} sampling points (at most "
+            f"{MAX_SAMPLES}); a crop of a canvas this much larger than the image has no label "
+            "to speak of. Check the geometry (an axis-aligned box has no such limit)."
+        )
+    return mc, flips[0], flips[1], gx, gy
+
+
+def _edges_batch(mc: np.ndarray, axis: int) -> np.ndarray:
+    """(B, 2, 2): the two edges (in cells) of projective regions along an output axis."""
+
+    def point(u: float, v: float) -> np.ndarray:
+        h = mc @ np.array([u, v, 1.0])
+        return h[:, :2] / h[:, 2:3]
+
+    if axis == 0:
+        return np.stack([point(1, 0) - point(0, 0), point(1, 1) - point(0, 1)], axis=1)
+    return np.stack([point(0, 1) - point(0, 0), point(1, 1) - point(1, 0)], axis=1)
