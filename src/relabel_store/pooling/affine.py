@@ -151,6 +151,15 @@ def _bin_offsets(oh: int, gy: int, ow: int, gx: int, cells: int) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _corner_offsets(padded_w: int) -> np.ndarray:
+    """(4, 1) flat offsets of a point's four bilinear corners in the padded grid, in the order
+    (y low, x low), (y low, x high), (y high, x low), (y high, x high), shifted by the padding."""
+    out = np.array([0, 1, padded_w, padded_w + 1])[:, None] + _PAD * (padded_w + 1)
+    out.flags.writeable = False
+    return out
+
+
 _FAR = -2.0
 _PAD = 2  # cells of padding before the map (where far points land) and one after
 
@@ -166,32 +175,36 @@ def region_weights(matrix: np.ndarray, height: int, width: int, oh: int, ow: int
     zero weight to the padding after it, so no masks are needed; the padding is cut off.
     """
     mc, flip_u, flip_v, gx, gy = canonical(cell_matrix(matrix, height, width), oh, ow)
-    u = _positions(ow, gx)[None, :]
-    v = _positions(oh, gy)[:, None]
-    # Points on the (oh*gy, ow*gx) grid of output positions; bin (i, j) is rows i*gy..,
-    # columns j*gx..
-    xs = mc[0, 0] * u + (mc[0, 1] * v + mc[0, 2])
-    ys = mc[1, 0] * u + (mc[1, 1] * v + mc[1, 2])
-    if mc[2, 0] != 0.0 or mc[2, 1] != 0.0:
-        ws = mc[2, 0] * u + (mc[2, 1] * v + mc[2, 2])
-        xs /= ws
-        ys /= ws
-    xs = np.interp(xs, *_edge_rule(width), left=_FAR, right=_FAR)
-    ys = np.interp(ys, *_edge_rule(height), left=_FAR, right=_FAR)
-    x_lo, y_lo = np.floor(xs), np.floor(ys)
-    xs -= x_lo  # the fractional parts
-    ys -= y_lo
+    u = _positions(ow, gx)[None, None, :]
+    v = _positions(oh, gy)[None, :, None]
+    # Points on the (oh*gy, ow*gx) grid of output positions, x and y stacked; bin (i, j) is
+    # rows i*gy.., columns j*gx..
+    projective = mc[2, 0] != 0.0 or mc[2, 1] != 0.0
+    rows = mc if projective else mc[:2]  # the homogeneous coordinate only when it varies
+    points = rows[:, 0, None, None] * u + (rows[:, 1, None, None] * v + rows[:, 2, None, None])
+    if projective:
+        points = points[:2] / points[2]
+    if height == width:
+        points = np.interp(points, *_edge_rule(width), left=_FAR, right=_FAR)
+    else:
+        points = np.stack(
+            [
+                np.interp(points[0], *_edge_rule(width), left=_FAR, right=_FAR),
+                np.interp(points[1], *_edge_rule(height), left=_FAR, right=_FAR),
+            ]
+        )
+    low = np.floor(points)
+    shares = np.empty((2, *points.shape))  # [low corner, high corner][x, y]
+    np.subtract(points, low, out=shares[1])
+    np.subtract(1.0, shares[1], out=shares[0])
     padded_w, padded_h = width + _PAD + 1, height + _PAD + 1
     cells = padded_h * padded_w
-    corner = (y_lo + _PAD) * padded_w + (x_lo + _PAD)
-    index = corner.astype(np.int64).ravel()
+    corner = (low[1] * padded_w + low[0]).astype(np.int64)
     if oh * ow > 1:
-        index += _bin_offsets(oh, gy, ow, gx, cells).ravel()
-    index = np.concatenate([index, index + 1, index + padded_w, index + (padded_w + 1)])
-    xs, ys = xs.ravel(), ys.ravel()
-    rest_x, rest_y = 1.0 - xs, 1.0 - ys
-    weight = np.concatenate([rest_y * rest_x, rest_y * xs, ys * rest_x, ys * xs])
-    sums = np.bincount(index, weights=weight, minlength=oh * ow * cells)
+        corner += _bin_offsets(oh, gy, ow, gx, cells)
+    index = corner.reshape(1, -1) + _corner_offsets(padded_w)
+    weight = shares[:, None, 1] * shares[None, :, 0]  # (y corner, x corner, ...)
+    sums = np.bincount(index.ravel(), weights=weight.ravel(), minlength=oh * ow * cells)
     sums = sums.reshape(oh, ow, padded_h, padded_w)[:, :, _PAD : _PAD + height, _PAD : _PAD + width]
     out: np.ndarray = sums / float(gx * gy)
     if flip_v:
