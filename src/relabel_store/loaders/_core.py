@@ -29,7 +29,7 @@ from relabel_store.errors import (
 )
 from relabel_store.format.keys import KeyMode, check_key_mode, legacy_key
 from relabel_store.loaders.maps import DeviceMaps
-from relabel_store.pooling import CropBox, PoolingSpec, pool
+from relabel_store.pooling import CropBox, PoolingSpec, Region, pool
 from relabel_store.read.api import load_relabel
 from relabel_store.read.reader import RelabelStore
 
@@ -417,7 +417,7 @@ def one_hot(label: int, num_classes: int, spec: PoolingSpec, name: str | None = 
 def pool_rows(
     store: RelabelStore,
     rows: np.ndarray,
-    boxes: Sequence[CropBox],
+    boxes: Sequence[CropBox | Region],
     labels: np.ndarray,
     *,
     spec: PoolingSpec,
@@ -458,9 +458,17 @@ def pool_rows(
     return torch.from_numpy(out)
 
 
-def reference(row: int, box: CropBox, label: int) -> dict[str, Any]:
+def reference(row: int, box: CropBox | Region, label: int) -> dict[str, Any]:
     """What ``pooling="batch"`` returns in place of a target; DataLoader's default collation
-    turns a batch of them into the tensors :class:`~relabel_store.loaders.LabelPooler` takes."""
+    turns a batch of them into the tensors :class:`~relabel_store.loaders.LabelPooler` takes.
+    A :class:`~relabel_store.pooling.Region` (a rotating pipeline's) travels as its 3 x 3
+    matrix under ``"region"`` (every sample of such a pipeline gives one)."""
+    if isinstance(box, Region):
+        return {
+            "row": row,
+            "region": torch.tensor(box.matrix, dtype=torch.float64).reshape(3, 3),
+            "label": label,
+        }
     return {
         "row": row,
         "box": torch.tensor((box.x0, box.y0, box.x1, box.y1), dtype=torch.float64),

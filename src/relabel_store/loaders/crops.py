@@ -43,11 +43,12 @@ import torch
 from PIL import Image
 
 from relabel_store.errors import ArgumentTypeError, InvalidBoxError, UnsupportedTransformError
-from relabel_store.pooling import CropBox
+from relabel_store.pooling import CropBox, Region
 
 __all__ = ["CropTracker", "ReturnsCropBox", "track_crops"]
 
-CropTracker = Callable[[Any], tuple[Any, CropBox]]
+# A Region where the pipeline rotates, shears or flips vertically (loaders/geometry.py).
+CropTracker = Callable[[Any], tuple[Any, CropBox | Region]]
 
 _FIX = (
     "Use a torchvision.transforms.v2 pipeline of crops, resizes, padding and horizontal flips "
@@ -79,16 +80,18 @@ _DRY_RUNS = 4
 
 
 class ReturnsCropBox:
-    """Marks a callable that already returns ``(image, CropBox)``: the explicit escape hatch."""
+    """Marks a callable that already returns ``(image, CropBox)`` (or ``(image, Region)``):
+    the explicit escape hatch."""
 
-    def __init__(self, fn: Callable[[Any], tuple[Any, CropBox]]) -> None:
+    def __init__(self, fn: Callable[[Any], tuple[Any, CropBox | Region]]) -> None:
         self.fn = fn
 
-    def __call__(self, image: Any) -> tuple[Any, CropBox]:
+    def __call__(self, image: Any) -> tuple[Any, CropBox | Region]:
         out, box = self.fn(image)
-        if not isinstance(box, CropBox):
+        if not isinstance(box, CropBox | Region):
             raise UnsupportedTransformError(
-                f"ReturnsCropBox({self.fn!r}) returned {type(box).__name__}, not a CropBox"
+                f"ReturnsCropBox({self.fn!r}) returned {type(box).__name__}, not a CropBox or "
+                "a Region"
             )
         return out, box
 
@@ -116,6 +119,10 @@ def _build(transform: Any) -> CropTracker:
     if isinstance(transform, ReturnsCropBox):
         return transform
     steps = list(transform) if isinstance(transform, tuple | list) else [transform]
+    from relabel_store.loaders import geometry
+
+    if geometry.needs_geometry(steps):  # rotations, shears, vertical flips: a Region
+        return geometry.GeometryTracker(steps)
     for position, step in enumerate(_flatten(steps), start=1):
         _refuse_untrackable(step, position)
     from torchvision.transforms import v2
@@ -273,7 +280,9 @@ def _dry_run(tracker: CropTracker, sample: Any, transform: Any) -> None:
 
 
 def _check_output(result: Any) -> None:
-    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], CropBox)):
+    if not (
+        isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], CropBox | Region)
+    ):
         raise UnsupportedTransformError(
             f"the crop tracker returned {type(result).__name__}, not (image, CropBox)"
         )

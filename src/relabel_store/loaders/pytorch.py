@@ -40,7 +40,7 @@ from relabel_store.loaders._core import (
     resolve_rows,
 )
 from relabel_store.loaders.crops import track_crops
-from relabel_store.pooling import CropBox, PoolingSpec
+from relabel_store.pooling import CropBox, PoolingSpec, Region
 from relabel_store.read.reader import RelabelStore
 
 if TYPE_CHECKING:
@@ -278,7 +278,7 @@ class RelabelDataset(Dataset):
                 self.store, rows, [image], lambda j: self.store.keys[int(rows[j])].decode()
             )
 
-    def target(self, row: int, box: CropBox, label: int) -> np.ndarray:
+    def target(self, row: int, box: CropBox | Region, label: int) -> np.ndarray:
         """The soft target of store row ``row`` (or the one-hot of ``label``, a store class id,
         when row is -1)."""
         return pool_rows(

@@ -147,8 +147,7 @@ class BatchPooler(torch.nn.Module):
             _check_shape("regions", regions, (batch, 3, 3))
             if not spec.is_global:
                 host = regions.detach().to("cpu", torch.float64).numpy()
-                if self.validate:
-                    check_regions(host)
+                check_regions(host)  # on the host copy: no device sync, so always
                 aligned = _aligned(host, oh)
                 if aligned is None:  # rotated, sheared, projective or upside-down rows
                     if spec.compat is not None:
