@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from relabel_store.format.label_space import LabelMap
 
 __all__ = [
+    "REGION_CLIPS",
     "KeyTally",
     "Missing",
     "Opened",
@@ -58,6 +59,8 @@ __all__ = [
 
 #: What a sample without a record gets: an error, or the one-hot of its own label.
 Missing = Literal["error", "original"]
+#: Clips (intermediate canvases) a ``pooling="batch"`` reference carries for a Region.
+REGION_CLIPS = 8
 #: Where targets are pooled: in the loader (``"sample"``) or later, batched, by a LabelPooler.
 Pooling = Literal["sample", "batch"]
 
@@ -461,12 +464,21 @@ def pool_rows(
 def reference(row: int, box: CropBox | Region, label: int) -> dict[str, Any]:
     """What ``pooling="batch"`` returns in place of a target; DataLoader's default collation
     turns a batch of them into the tensors :class:`~relabel_store.loaders.LabelPooler` takes.
-    A :class:`~relabel_store.pooling.Region` (a rotating pipeline's) travels as its 3 x 3
-    matrix under ``"region"`` (every sample of such a pipeline gives one)."""
+    A :class:`~relabel_store.pooling.Region` (a rotating pipeline's) travels under ``"region"``
+    as (1 + REGION_CLIPS, 3, 3): its matrix, then its clips padded with identities (which clip
+    nothing), the same shape for every sample so that batches collate."""
     if isinstance(box, Region):
+        if len(box.clips) > REGION_CLIPS:
+            raise ConfigurationError(
+                f"the training transform hides parts of the image behind {len(box.clips)} "
+                f"intermediate canvases; pooling='batch' carries at most {REGION_CLIPS}. Use "
+                "pooling='sample', or fewer rotating steps."
+            )
+        identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+        rows = [box.matrix, *box.clips, *[identity] * (REGION_CLIPS - len(box.clips))]
         return {
             "row": row,
-            "region": torch.tensor(box.matrix, dtype=torch.float64).reshape(3, 3),
+            "region": torch.tensor(rows, dtype=torch.float64).reshape(1 + REGION_CLIPS, 3, 3),
             "label": label,
         }
     return {

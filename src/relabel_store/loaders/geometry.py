@@ -214,35 +214,42 @@ class _RecordV2Ops:
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self.matrices: list[np.ndarray] = []
+        self.matrices: list[tuple[np.ndarray, tuple[int, int], bool]] = []
 
     def __call__(self, image: Any, transform_id: str, magnitude: float, **kwargs: Any) -> Any:
         if transform_id in _GEOMETRIC_OPS_V2:
-            matrix = _auto_v2_op(transform_id, magnitude, image_size(image))
+            size = image_size(image)
+            matrix = _auto_v2_op(transform_id, magnitude, size)
             if matrix is not None:
-                self.matrices.append(matrix)
+                self.matrices.append((matrix, size, True))
         return self.fn(image, transform_id, magnitude, **kwargs)
 
 
 class _RecordTimmOp:
     """Stands in for a timm ``AugmentOp.aug_fn`` and records its geometry."""
 
-    def __init__(self, name: str, fn: Callable[..., Any], log: list[np.ndarray]) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        log: list[tuple[np.ndarray, tuple[int, int], bool]],
+    ) -> None:
         self.name = name
         self.fn = fn
         self.log = log
 
     def __call__(self, image: Any, *args: Any, **kwargs: Any) -> Any:
-        matrix = _timm_op(self.name, args, image_size(image))
+        size = image_size(image)
+        matrix = _timm_op(self.name, args, size)
         if matrix is not None:
-            self.log.append(matrix)
+            self.log.append((matrix, size, True))
         return self.fn(image, *args, **kwargs)
 
 
-def _recording_timm(step: Any) -> tuple[Any, list[np.ndarray]]:
+def _recording_timm(step: Any) -> tuple[Any, list[tuple[np.ndarray, tuple[int, int], bool]]]:
     """A copy of a timm RandAugment/AutoAugment whose geometric ops record their matrices
     (same op list, same order: the same random draws)."""
-    log: list[np.ndarray] = []
+    log: list[tuple[np.ndarray, tuple[int, int], bool]] = []
     step = copy.copy(step)
 
     def wrap(op: Any) -> Any:
@@ -259,6 +266,48 @@ def _recording_timm(step: Any) -> tuple[Any, list[np.ndarray]]:
     return step, log
 
 
+def _clips(
+    pieces: Sequence[tuple[np.ndarray, tuple[int, int], bool]],
+    original: tuple[int, int],
+    output: tuple[int, int],
+) -> tuple[tuple[float, ...], ...]:
+    """The canvases of the warping steps that hide part of the output (see :class:`Region`):
+    each a map from normalised output coordinates to normalised coordinates of the step's
+    input. Canvases that cut nothing, and those that are the whole original image (RoIAlign's
+    own out-of-map rule covers them), are left out."""
+    oh, ow = output
+    clips = []
+    suffix = np.eye(3)  # final output pixels to the current step's input pixels
+    prefixes = [np.eye(3)]
+    for matrix, _, _ in pieces:
+        prefixes.append(prefixes[-1] @ matrix)
+    corners = np.array([[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    for i in range(len(pieces) - 1, -1, -1):
+        matrix, (h, w), warps = pieces[i]
+        suffix = matrix @ suffix
+        if not warps or _is_whole_image(prefixes[i], (h, w), original):
+            continue
+        clip = np.diag([1.0 / w, 1.0 / h, 1.0]) @ suffix @ np.diag([ow, oh, 1.0])
+        mapped = clip @ corners
+        mapped = mapped[:2] / mapped[2]
+        if (mapped >= -1e-9).all() and (mapped <= 1 + 1e-9).all():
+            continue  # the whole output lies within this canvas
+        clips.append(tuple(float(x) for x in clip.ravel()))
+    return tuple(clips)
+
+
+def _is_whole_image(prefix: np.ndarray, size: tuple[int, int], original: tuple[int, int]) -> bool:
+    """Whether a canvas of ``size`` is the whole original image (maybe mirrored or resized):
+    ``prefix`` (its pixels to the original's) maps its corners onto the original's."""
+    h, w = size
+    if prefix[0, 1] != 0.0 or prefix[1, 0] != 0.0 or prefix[2, 0] != 0.0 or prefix[2, 1] != 0.0:
+        return False
+    x = sorted(prefix[0, 0] * np.array([0.0, w]) + prefix[0, 2])
+    y = sorted(prefix[1, 1] * np.array([0.0, h]) + prefix[1, 2])
+    oh, ow = original
+    return bool(np.allclose([x[0], x[1], y[0], y[1]], [0.0, ow, 0.0, oh], atol=1e-6))
+
+
 # -- the tracker ----------------------------------------------------------------------------------
 
 
@@ -266,9 +315,11 @@ class GeometryTracker:
     """``tracker(image) -> (transformed image, Region)`` for a pipeline of steps (see module)."""
 
     def __init__(self, transforms: Sequence[Any]) -> None:
+        flat = _flatten(list(transforms))
+        self.names = {position: _name(step) for position, step in enumerate(flat, start=1)}
         self.steps = [
             (*self._classify(step, position), position)
-            for position, step in enumerate(_flatten(list(transforms)), start=1)
+            for position, step in enumerate(flat, start=1)
         ]
 
     @classmethod
@@ -340,14 +391,23 @@ class GeometryTracker:
 
     def __call__(self, image: Any) -> tuple[Any, Region]:
         original = image_size(image)
-        image, matrix = self.apply(image)
-        return image, Region.from_pixels(matrix, original, image_size(image))
+        image, pieces = self.apply(image)
+        output = image_size(image)
+        total = np.eye(3)
+        for matrix, _, _ in pieces:
+            total = total @ matrix
+        return image, Region(
+            Region.from_pixels(total, original, output).matrix,
+            clips=_clips(pieces, original, output),
+        )
 
-    def apply(self, image: Any) -> tuple[Any, np.ndarray]:
-        """Run the steps; return the image and the output-to-input pixel matrix."""
+    def apply(self, image: Any) -> tuple[Any, list[tuple[np.ndarray, tuple[int, int], bool]]]:
+        """Run the steps; return the image and, step by step, ``(matrix, input size, warps)``:
+        the output-to-input pixel matrix, the size of the step's input, and whether the step
+        may show points outside its input (rotations, shears, translations, perspective)."""
         from torchvision.transforms.v2 import functional as F
 
-        total = np.eye(3)
+        pieces: list[tuple[np.ndarray, tuple[int, int], bool]] = []
         for kind, step, position in self.steps:
             try:
                 before = image_size(image)
@@ -367,18 +427,17 @@ class GeometryTracker:
                     p, inner, is_v2 = step
                     draw = torch.rand(1)
                     if (draw < p) if is_v2 else not (p < draw):
-                        image, matrix = inner.apply(image)
+                        image, inner_pieces = inner.apply(image)
+                        pieces.extend(inner_pieces)
                 elif kind == "auto_v2":
                     step._apply_image_or_video_transform.matrices = []
                     image = step(image)
-                    for m in step._apply_image_or_video_transform.matrices:
-                        total = total @ m
+                    pieces.extend(step._apply_image_or_video_transform.matrices)
                 elif kind == "auto_timm":
                     auto, log = step
                     log.clear()
                     image = auto(image)
-                    for m in log:
-                        total = total @ m
+                    pieces.extend(log)
                 else:
                     recorder = getattr(step, "make_params", None) or getattr(
                         step, "get_params", None
@@ -387,14 +446,18 @@ class GeometryTracker:
                         recorder.last = None
                     image = step(image)
                     matrix = self._matrix(kind, step, before, image_size(image))
+                    if matrix is not None and kind in _ROTATIONS:
+                        pieces.append((matrix, before, True))
+                        matrix = None
             except UnsupportedTransformError:
                 raise
             except Exception as exc:
-                exc.add_note(f"raised by step {position} ({_name(step)}) of the training transform")
+                name = self.names[position]
+                exc.add_note(f"raised by step {position} ({name}) of the training transform")
                 raise
             if matrix is not None:
-                total = total @ matrix
-        return image, total
+                pieces.append((matrix, before, False))
+        return image, pieces
 
     @staticmethod
     def _matrix(

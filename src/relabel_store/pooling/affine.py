@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -164,17 +166,43 @@ _FAR = -2.0
 _PAD = 2  # cells of padding before the map (where far points land) and one after
 
 
-def region_weights(matrix: np.ndarray, height: int, width: int, oh: int, ow: int) -> np.ndarray:
+def clip_mask(
+    clips: Sequence[Any], to_output: np.ndarray, u: np.ndarray, v: np.ndarray
+) -> np.ndarray:
+    """Where sampling positions ``(u, v)`` (canonical output coordinates, broadcast) show the
+    image: every clip (normalised output to a normalised intermediate canvas) maps them into
+    ``[0, 1] x [0, 1]``. ``to_output`` maps canonical to the region's own output coordinates."""
+    shown = np.ones(np.broadcast_shapes(u.shape, v.shape), dtype=bool)
+    for clip in clips:
+        c = np.asarray(clip, dtype=np.float64).reshape(3, 3) @ to_output
+        w = c[2, 0] * u + c[2, 1] * v + c[2, 2]
+        for row in (0, 1):
+            s = c[row, 0] * u + c[row, 1] * v + c[row, 2]
+            shown &= (s >= 0.0) & (s <= w)
+    return shown
+
+
+def region_weights(
+    matrix: np.ndarray,
+    height: int,
+    width: int,
+    oh: int,
+    ow: int,
+    clips: Sequence[Any] = (),
+) -> np.ndarray:
     """(oh*ow, H*W) float64 weight of every map cell in every output bin's mean.
 
     Bins in row-major (y, x) order of the output grid, cells in (y, x) order. ``matrix`` is a
     :class:`~relabel_store.pooling.Region`'s 3 x 3 matrix (normalised output to normalised
-    image coordinates). See the module docstring for the rules. Every point adds its four
+    image coordinates); ``clips`` its clips (sampling points outside any of them contribute
+    nothing, like points outside the map). See the module docstring for the rules. Every point
+    adds its four
     bilinear weights into a padded copy of the grid with one ``bincount``: a point outside
     [-1, size] reads as -2 and only touches the padding, a point on the last cell gives its
     zero weight to the padding after it, so no masks are needed; the padding is cut off.
     """
-    mc, flip_u, flip_v, gx, gy = canonical(cell_matrix(matrix, height, width), oh, ow)
+    original = cell_matrix(matrix, height, width)
+    mc, flip_u, flip_v, gx, gy = canonical(original.copy(), oh, ow)
     u = _positions(ow, gx)[None, None, :]
     v = _positions(oh, gy)[None, :, None]
     # Points on the (oh*gy, ow*gx) grid of output positions, x and y stacked; bin (i, j) is
@@ -193,6 +221,10 @@ def region_weights(matrix: np.ndarray, height: int, width: int, oh: int, ow: int
                 np.interp(points[1], *_edge_rule(height), left=_FAR, right=_FAR),
             ]
         )
+    if len(clips):
+        to_output = np.linalg.solve(original, mc)  # canonical to the region's own output
+        hidden = ~clip_mask(clips, to_output, u[0], v[0])
+        points[:, hidden] = _FAR  # lands in the padding: no weight anywhere
     low = np.floor(points)
     shares = np.empty((2, *points.shape))  # [low corner, high corner][x, y]
     np.subtract(points, low, out=shares[1])
@@ -216,16 +248,18 @@ def region_weights(matrix: np.ndarray, height: int, width: int, oh: int, ow: int
 
 def canonical_batch(
     matrices: np.ndarray, height: int, width: int, oh: int, ow: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`canonical` of :func:`cell_matrix` for a batch of (B, 3, 3) matrices, vectorised.
 
-    Returns ``(mc, flip_u, flip_v, gx, gy)``, each with a leading batch axis; the same
-    decisions as the one-sample functions (which :func:`relabel_store.pooling.pool` uses).
+    Returns ``(mc, flip_u, flip_v, gx, gy, to_output)``, each with a leading batch axis; the
+    same decisions as the one-sample functions (which :func:`relabel_store.pooling.pool`
+    uses). ``to_output`` maps canonical output coordinates to each region's own (for clips).
     """
     mc = np.array(matrices, dtype=np.float64).reshape(-1, 3, 3)
     mc[:, 0] *= width
     mc[:, 1] *= height
     mc[:, :2] -= 0.5 * mc[:, 2:3]
+    original = mc.copy()
     projective = (mc[:, 2, 0] != 0.0) | (mc[:, 2, 1] != 0.0)
     flips = []
     for axis in (0, 1):
@@ -256,7 +290,8 @@ def canonical_batch(
             f"{MAX_SAMPLES}); a crop of a canvas this much larger than the image has no label "
             "to speak of. Check the geometry (an axis-aligned box has no such limit)."
         )
-    return mc, flips[0], flips[1], gx, gy
+    to_output = np.linalg.solve(original, mc) if len(mc) else mc.copy()
+    return mc, flips[0], flips[1], gx, gy, to_output
 
 
 def _edges_batch(mc: np.ndarray, axis: int) -> np.ndarray:

@@ -36,11 +36,24 @@ def stack_boxes(boxes: Sequence[CropBox]) -> tuple[torch.Tensor, torch.Tensor]:
     return coords.reshape(len(boxes), 4), flipped
 
 
-def stack_regions(regions: Sequence[CropBox | Region]) -> torch.Tensor:
-    """Collate regions (and crop boxes, as the regions they are) into (B, 3, 3) float64
-    matrices for :meth:`BatchPooler.forward`'s ``regions``."""
-    rows = [(r if isinstance(r, Region) else Region.from_box(r)).matrix for r in regions]
-    return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 3, 3)
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def stack_regions(regions: Sequence[CropBox | Region], clips: int | None = None) -> torch.Tensor:
+    """Collate regions (and crop boxes, as the regions they are) for
+    :meth:`BatchPooler.forward`'s ``regions``: (B, 3, 3) float64 matrices, or (B, 1 + K, 3, 3)
+    when some region has clips (matrix first, then K clips, padded with identities, which clip
+    nothing). ``clips`` fixes K (at least the most clips of any region)."""
+    found = [r if isinstance(r, Region) else Region.from_box(r) for r in regions]
+    most = max((len(r.clips) for r in found), default=0)
+    if clips is None and most == 0:
+        rows = [r.matrix for r in found]
+        return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 3, 3)
+    count = most if clips is None else clips
+    if count < most:
+        raise ConfigurationError(f"stack_regions(clips={clips}): a region has {most} clips")
+    stacked = [[r.matrix, *r.clips, *[_IDENTITY] * (count - len(r.clips))] for r in found]
+    return torch.tensor(stacked, dtype=torch.float64).reshape(len(found), 1 + count, 3, 3)
 
 
 def _axis_weights_torch(
@@ -144,15 +157,24 @@ class BatchPooler(torch.nn.Module):
                 raise ConfigurationError(
                     "give either boxes (and flipped) or regions to BatchPooler, not both"
                 )
-            _check_shape("regions", regions, (batch, 3, 3))
+            if regions.dim() == 4:
+                _check_shape("regions", regions, (batch, regions.shape[1], 3, 3))
+            else:
+                _check_shape("regions", regions, (batch, 3, 3))
             if not spec.is_global:
-                host = regions.detach().to("cpu", torch.float64).numpy()
+                stacked = regions.detach().to("cpu", torch.float64).numpy()
+                if stacked.ndim == 3:
+                    stacked = stacked[:, None]
+                host, clips = stacked[:, 0], stacked[:, 1:]
                 check_regions(host)  # on the host copy: no device sync, so always
-                aligned = _aligned(host, oh)
+                if not np.isfinite(clips).all():
+                    raise InvalidBoxError("region clips must be finite")
+                unclipped = (clips == np.array(_IDENTITY).reshape(3, 3)).all(axis=(1, 2, 3))
+                aligned = _aligned(host, oh) if unclipped.all() else None
                 if aligned is None:  # rotated, sheared, projective or upside-down rows
                     if spec.compat is not None:
                         raise _compat_region_error(spec.compat)
-                    warped = host
+                    warped = stacked
                 else:
                     boxes, flipped = (t.to(device) for t in aligned)
         if boxes is not None and not spec.is_global:
@@ -309,7 +331,7 @@ def _aligned(matrices: np.ndarray, oh: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _region_cells(
-    matrices: np.ndarray, height: int, width: int, oh: int, ow: int, device: torch.device
+    stacked: np.ndarray, height: int, width: int, oh: int, ow: int, device: torch.device
 ) -> torch.Tensor:
     """(B, oh*ow, H*W) float32 weight of every map cell in every bin, for any regions.
 
@@ -317,11 +339,13 @@ def _region_cells(
     their matrix says); the others the sampling grid of :mod:`relabel_store.pooling.affine`,
     padded to the batch's largest counts and masked. float64 coordinates (float32 on MPS).
     """
-    batch = len(matrices)
+    batch = len(stacked)
     dtype = torch.float32 if device.type == "mps" else torch.float64
     out = torch.zeros(batch, oh, ow, height, width, dtype=torch.float32, device=device)
-    m = matrices
+    m, clips = stacked[:, 0], stacked[:, 1:]
+    unclipped = (clips == np.array(_IDENTITY).reshape(3, 3)).all(axis=(1, 2, 3))
     box_like = (m[:, 0, 1] == 0.0) & (m[:, 1, 0] == 0.0) & (m[:, 2, 0] == 0.0) & (m[:, 2, 1] == 0.0)
+    box_like &= unclipped
     rows = np.flatnonzero(box_like)
     if len(rows):
         a, c, e, f = m[rows, 0, 0], m[rows, 0, 2], m[rows, 1, 1], m[rows, 1, 2]
@@ -339,12 +363,13 @@ def _region_cells(
     rows = np.flatnonzero(~box_like)
     if len(rows):
         index = torch.from_numpy(rows).to(device)
-        out[index] = _warped_cells(m[rows], height, width, oh, ow, device, dtype)
+        out[index] = _warped_cells(m[rows], clips[rows], height, width, oh, ow, device, dtype)
     return out.reshape(batch, oh * ow, height * width)
 
 
 def _warped_cells(
     matrices: np.ndarray,
+    clips: np.ndarray,
     height: int,
     width: int,
     oh: int,
@@ -353,7 +378,9 @@ def _warped_cells(
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """(n, oh, ow, H, W) float32 cell weights of rotated, sheared or projective regions."""
-    mc_np, flip_u, flip_v, gx_np, gy_np = canonical_batch(matrices, height, width, oh, ow)
+    mc_np, flip_u, flip_v, gx_np, gy_np, to_output = canonical_batch(
+        matrices, height, width, oh, ow
+    )
     n = len(mc_np)
     big_x, big_y = int(gx_np.max()), int(gy_np.max())
     mc = torch.from_numpy(mc_np).to(device, dtype)
@@ -385,6 +412,14 @@ def _warped_cells(
         ws = torch.where(projective[:, None, None, None, None], coord(2), 1.0)
         xs, ys = xs / ws, ys / ws
     inside = used & (xs >= -1.0) & (xs <= width) & (ys >= -1.0) & (ys <= height)
+    if clips.shape[1]:  # (n, K, 3, 3): in canonical output coordinates
+        canon = torch.from_numpy(clips @ to_output[:, None]).to(device, dtype)
+        for k in range(canon.shape[1]):
+            c = canon[:, k, :, :, None, None, None, None]
+            w = c[:, 2, 0] * u5 + c[:, 2, 1] * v5 + c[:, 2, 2]
+            for row in (0, 1):
+                s = c[:, row, 0] * u5 + c[:, row, 1] * v5 + c[:, row, 2]
+                inside = inside & (s >= 0.0) & (s <= w)
     xs = xs.clamp(0.0, width - 1.0)
     ys = ys.clamp(0.0, height - 1.0)
     x_lo, y_lo = xs.floor(), ys.floor()

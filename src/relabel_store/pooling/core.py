@@ -158,11 +158,31 @@ class Region:
     (:mod:`relabel_store.pooling.affine` states the rules). Singular or non-finite matrices,
     and projective ones that send part of the output to infinity, raise
     :class:`~relabel_store.errors.InvalidBoxError`.
+
+    ``clips`` (optional, each 9 floats) are the canvases of intermediate steps: a matrix from
+    normalised output coordinates to normalised coordinates of an intermediate image. A point
+    of the output shows the original image only where every clip maps it into ``[0, 1]^2``
+    (elsewhere it shows an intermediate step's fill: a crop rotated after cropping has corners
+    of fill, not of the image around the crop); sampling points outside a clip contribute
+    nothing to the mean, as RoIAlign's points outside the map.
     """
 
     matrix: tuple[float, ...]
+    clips: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
+        clips = []
+        for clip in self.clips:
+            try:
+                c = np.asarray(clip, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                raise InvalidBoxError(
+                    f"Region.clips must be 3 x 3 matrices, got {clip!r}"
+                ) from None
+            if c.size != 9 or not np.isfinite(c).all():
+                raise InvalidBoxError(f"Region.clips must be finite 3 x 3 matrices, got {clip!r}")
+            clips.append(tuple(float(x) for x in c))
+        object.__setattr__(self, "clips", tuple(clips))
         try:
             values = np.asarray(self.matrix, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
@@ -245,7 +265,7 @@ class Region:
         """``(box, vertically_flipped)`` when the region is an axis-aligned box (no rotation,
         shear or perspective; mirrored along either axis or not), else None."""
         a, b, c, d, e, f, *_ = self.matrix
-        if b != 0.0 or d != 0.0 or not self.is_affine:
+        if b != 0.0 or d != 0.0 or not self.is_affine or self.clips:
             return None
         x0, x1 = (c + a, c) if a < 0 else (c, c + a)
         y0, y1 = (f + e, f) if e < 0 else (f, f + e)
@@ -608,7 +628,7 @@ def pool(
             if aligned is None:
                 if spec.compat is not None:
                     raise _compat_region_error(spec.compat)
-                cells = region_weights(box.array(), height, width, oh, ow)
+                cells = region_weights(box.array(), height, width, oh, ow, box.clips)
                 return _finish(
                     _region_logits(indices, values, cells, num_classes, spec),
                     spec,
