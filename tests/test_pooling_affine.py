@@ -82,6 +82,11 @@ def sample_reference(
     s, t = hom[0] / hom[2], hom[1] / hom[2]
     px, py = s * width - 0.5, t * height - 0.5  # cell coordinates (aligned=False)
     inside = (px >= -1) & (px <= width) & (py >= -1) & (py <= height)
+    for clip in region.clips:  # points an intermediate canvas hides count as zeros
+        c = torch.tensor(clip, dtype=torch.float64).reshape(3, 3)
+        ch = c @ torch.stack([uu.ravel(), vv.ravel(), torch.ones(uu.numel(), dtype=torch.float64)])
+        cs, ct = ch[0] / ch[2], ch[1] / ch[2]
+        inside &= (cs >= 0) & (cs <= 1) & (ct >= 0) & (ct <= 1)
     # align_corners=False: normalised 2s - 1 is cell coordinate s * size - 0.5; border padding
     # clamps into [0, size - 1] as RoIAlign does
     flow = torch.stack([2 * s - 1, 2 * t - 1], dim=-1).reshape(1, oh * gy, ow * gx, 2)
@@ -158,6 +163,26 @@ def test_pool_matches_grid_reference(record, region, grid):
     spec = PoolingSpec(output_size=grid)
     ours = pool(indices, values, region, num_classes=50, spec=spec)
     np.testing.assert_allclose(ours, grid_reference(indices, values, region, 50, grid), atol=ATOL)
+
+
+def with_clip(region: Region, angle: float, shift: float) -> Region:
+    """The region behind a canvas: the output square turned by ``angle`` about its centre and
+    shifted, as a rotation after a crop leaves it."""
+    c, s = math.cos(angle), math.sin(angle)
+    centre = np.array([[1, 0, 0.5 + shift], [0, 1, 0.5], [0, 0, 1.0]])
+    turn = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    back = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])
+    return Region(region.matrix, clips=(tuple((centre @ turn @ back).ravel()),))
+
+
+@PROPERTY
+@given(region=regions(), grid=grids, angle=st.floats(-1.0, 1.0), shift=st.floats(-0.3, 0.3))
+def test_clipped_regions_match_grid_reference(record, region, grid, angle, shift):
+    indices, values = record
+    clipped = with_clip(region, angle, shift)
+    spec = PoolingSpec(output_size=grid)
+    ours = pool(indices, values, clipped, num_classes=50, spec=spec)
+    np.testing.assert_allclose(ours, grid_reference(indices, values, clipped, 50, grid), atol=ATOL)
 
 
 @PROPERTY
@@ -268,13 +293,16 @@ def _batch_case(rng: np.random.Generator, n: int):
         values.append(vals)
         x0, y0 = rng.uniform(-0.2, 0.7, 2)
         w, h = rng.uniform(0.05, 0.8, 2)
-        kind = i % 4
+        kind = i % 5
         box = (x0, y0, x0 + w, y0 + h)
         if kind == 0:  # an axis-aligned box, maybe mirrored either way
             found.append(composed_region(box, 0.0, 0.0, rng.random() < 0.5, rng.random() < 0.5))
         elif kind == 3:
             persp = tuple(rng.uniform(-0.3, 0.3, 2))
             found.append(composed_region(box, rng.uniform(-3, 3), 0.2, False, False, persp))
+        elif kind == 4:  # behind an intermediate canvas
+            turned = composed_region(box, rng.uniform(-1, 1), 0.0, rng.random() < 0.5, False)
+            found.append(with_clip(turned, rng.uniform(-0.5, 0.5), rng.uniform(-0.2, 0.2)))
         else:
             found.append(
                 composed_region(
