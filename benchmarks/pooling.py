@@ -16,7 +16,8 @@ Run: ``python benchmarks/pooling.py [--classes 1000] [--grid 15] [--k 5] [--imag
 - with the read: a record read from a local store plus pool(), median (target <= 50 µs).
 - end to end: DataLoader images/s over a folder of real JPEGs with RandomResizedCrop + flip,
   plain ImageFolder against RelabelDataset with the same transform, workers and batch, runs
-  interleaved (target: slowdown <= 2%).
+  interleaved (target: slowdown <= 2%); then the same with TrivialAugmentWide after the crop
+  (its rotations, shears and translations tracked, targets pooled over the warped region).
 
 Boxes follow torchvision's RandomResizedCrop (scale 0.08..1, ratio 3/4..4/3) on a 500 x 375
 image, half of them flipped. Timings are medians over repeated passes, the cases interleaved
@@ -266,9 +267,8 @@ def read_and_pool(tmp: Path, boxes: list, args: argparse.Namespace) -> None:
 
 
 def end_to_end(tmp: Path, args: argparse.Namespace) -> None:
-    """DataLoader images/s: plain ImageFolder vs RelabelDataset, same transform and loader."""
-    from torch.utils.data import DataLoader
-    from torchvision.datasets import ImageFolder
+    """DataLoader images/s: plain ImageFolder vs RelabelDataset, same transform and loader;
+    crops and flips, then crops, TrivialAugmentWide and flips."""
     from torchvision.transforms import v2
 
     folder = write_photoset(tmp / "photos" / "all", args.images).parent
@@ -277,15 +277,26 @@ def end_to_end(tmp: Path, args: argparse.Namespace) -> None:
         tmp / "e2e.relabel.zarr", [p.stem for p in files], grid=(args.grid, args.grid),
         k=args.k, num_classes=args.classes, seed=2, sizes=image_sizes(files),
     )  # fmt: skip
-    tf = v2.Compose(
-        [
-            v2.RandomResizedCrop(224, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
+    normalise = [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+    crop = v2.RandomResizedCrop(224, antialias=True)
+    for name, tf in (
+        ("RandomResizedCrop(224)+flip", v2.Compose([crop, v2.RandomHorizontalFlip(), *normalise])),
+        (
+            "RandomResizedCrop(224)+TrivialAugmentWide+flip",
+            v2.Compose([crop, v2.TrivialAugmentWide(), v2.RandomHorizontalFlip(), *normalise]),
+        ),
+    ):
+        _loader_rates(tmp, folder, name, tf, args)
+
+
+def _loader_rates(tmp: Path, folder: Path, title: str, tf, args: argparse.Namespace) -> None:
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
     plain = ImageFolder(folder, transform=tf)
     relabel = RelabelDataset(ImageFolder(folder), tmp / "e2e.relabel.zarr", tf)
     loaders = {
@@ -307,7 +318,7 @@ def end_to_end(tmp: Path, args: argparse.Namespace) -> None:
                 rates[name].append(count / (time.perf_counter() - t0))
     a, b = statistics.median(rates["plain"]), statistics.median(rates["relabel"])
     print(
-        f"end to end, {args.images} real JPEGs, RandomResizedCrop(224)+flip, batch 64, "
+        f"end to end, {args.images} real JPEGs, {title}, batch 64, "
         f"{args.workers} workers, median of {args.rounds} epochs:"
     )
     print(f"  plain ImageFolder        {a:8.1f} images/s")
