@@ -33,6 +33,7 @@ from torchvision.transforms import v2
 
 from relabel_store.loaders import track_crops
 from relabel_store.pooling import Region, pool
+from relabel_store.pooling.affine import CLIP_TOLERANCE
 
 H, W, OUT = 240, 320, 112
 GEOMETRIC_V2 = {"Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"}
@@ -195,7 +196,8 @@ def grid_sample_reference(dense_map: torch.Tensor, region: Region, num_classes: 
     for clip in region.clips:
         ch = torch.tensor(clip, dtype=torch.float64).reshape(3, 3) @ points
         cs, ct = ch[0] / ch[2], ch[1] / ch[2]
-        keep &= (cs >= 0) & (cs <= 1) & (ct >= 0) & (ct <= 1)
+        lo, hi = -CLIP_TOLERANCE, 1 + CLIP_TOLERANCE  # on a canvas's edge: inside
+        keep &= (cs >= lo) & (cs <= hi) & (ct >= lo) & (ct <= hi)
     grid = torch.stack([2 * s - 1, 2 * t - 1], dim=-1).reshape(1, 1, -1, 2)
     values = torch.nn.functional.grid_sample(
         dense_map, grid, mode="bilinear", padding_mode="border", align_corners=False

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from relabel_store.errors import ConfigurationError, InvalidBoxError
 from relabel_store.pooling import CropBox, PoolingSpec, Region, pool
-from relabel_store.pooling.affine import MAX_SAMPLES
+from relabel_store.pooling.affine import CLIP_TOLERANCE, MAX_SAMPLES
 from relabel_store.pooling.batched import BatchPooler, stack_boxes, stack_regions
 
 ATOL = 1e-6
@@ -86,7 +86,8 @@ def sample_reference(
         c = torch.tensor(clip, dtype=torch.float64).reshape(3, 3)
         ch = c @ torch.stack([uu.ravel(), vv.ravel(), torch.ones(uu.numel(), dtype=torch.float64)])
         cs, ct = ch[0] / ch[2], ch[1] / ch[2]
-        inside &= (cs >= 0) & (cs <= 1) & (ct >= 0) & (ct <= 1)
+        lo, hi = -CLIP_TOLERANCE, 1 + CLIP_TOLERANCE  # on a canvas's edge: inside
+        inside &= (cs >= lo) & (cs <= hi) & (ct >= lo) & (ct <= hi)
     # align_corners=False: normalised 2s - 1 is cell coordinate s * size - 0.5; border padding
     # clamps into [0, size - 1] as RoIAlign does
     flow = torch.stack([2 * s - 1, 2 * t - 1], dim=-1).reshape(1, oh * gy, ow * gx, 2)

@@ -43,7 +43,19 @@ import numpy as np
 
 from relabel_store.errors import InvalidBoxError
 
-__all__ = ["MAX_SAMPLES", "canonical", "cell_matrix", "region_weights"]
+__all__ = [
+    "CLIP_TOLERANCE",
+    "MAX_SAMPLES",
+    "canonical",
+    "canonical_batch",
+    "cell_matrix",
+    "clip_mask",
+    "region_weights",
+]
+
+#: How far outside a clip's canvas (in canvas widths) a sampling point still counts as inside:
+#: points exactly on an edge (integer translations put them there) must not depend on rounding.
+CLIP_TOLERANCE = 1e-9
 
 #: Most sampling points one sample may take (all bins together). A region needing more spans
 #: hundreds of map cells along an edge (a zoom-out by a factor ~50 on a 15 x 15 map): refused.
@@ -171,14 +183,15 @@ def clip_mask(
 ) -> np.ndarray:
     """Where sampling positions ``(u, v)`` (canonical output coordinates, broadcast) show the
     image: every clip (normalised output to a normalised intermediate canvas) maps them into
-    ``[0, 1] x [0, 1]``. ``to_output`` maps canonical to the region's own output coordinates."""
+    ``[0, 1] x [0, 1]``, up to :data:`CLIP_TOLERANCE` (a point on a canvas's edge is inside,
+    whatever the rounding). ``to_output`` maps canonical to the region's own output coordinates."""
     shown = np.ones(np.broadcast_shapes(u.shape, v.shape), dtype=bool)
     for clip in clips:
         c = np.asarray(clip, dtype=np.float64).reshape(3, 3) @ to_output
         w = c[2, 0] * u + c[2, 1] * v + c[2, 2]
         for row in (0, 1):
             s = c[row, 0] * u + c[row, 1] * v + c[row, 2]
-            shown &= (s >= 0.0) & (s <= w)
+            shown &= (s >= -CLIP_TOLERANCE * w) & (s <= (1.0 + CLIP_TOLERANCE) * w)
     return shown
 
 

@@ -16,7 +16,7 @@ from relabel_store._extras import requires_extra
 from relabel_store.errors import ArgumentTypeError, ConfigurationError, InvalidBoxError
 from relabel_store.pooling import CropBox, PoolingSpec
 from relabel_store.pooling._roialign import box_problem, original_label_error, sampling_window
-from relabel_store.pooling.affine import canonical_batch
+from relabel_store.pooling.affine import CLIP_TOLERANCE, canonical_batch
 from relabel_store.pooling.core import Region, _compat_region_error
 
 with requires_extra("torch", "batched pooling (BatchPooler)"):
@@ -419,7 +419,7 @@ def _warped_cells(
             w = c[:, 2, 0] * u5 + c[:, 2, 1] * v5 + c[:, 2, 2]
             for row in (0, 1):
                 s = c[:, row, 0] * u5 + c[:, row, 1] * v5 + c[:, row, 2]
-                inside = inside & (s >= 0.0) & (s <= w)
+                inside = inside & (s >= -CLIP_TOLERANCE * w) & (s <= (1.0 + CLIP_TOLERANCE) * w)
     xs = xs.clamp(0.0, width - 1.0)
     ys = ys.clamp(0.0, height - 1.0)
     x_lo, y_lo = xs.floor(), ys.floor()
