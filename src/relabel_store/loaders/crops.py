@@ -16,14 +16,15 @@ Users keep their augmentation pipeline. :func:`track_crops` wraps it in a callab
   alone.
 - Anything else: wrap a callable that returns ``(image, CropBox)`` in :class:`ReturnsCropBox`.
 
-The AutoAugment family (AutoAugment, RandAugment, TrivialAugmentWide, AugMix) counts as
-pixel-only: some of its operations shear, rotate or translate by a few pixels, which the target
-ignores, as the original ReLabel code does; torchvision v2 refuses boxes in these steps anyway.
+Pipelines that rotate, shear, put in perspective or flip vertically, and those with torchvision
+v2's or timm's AutoAugment-family steps, go to :mod:`relabel_store.loaders.geometry`, which tracks
+their full geometry and returns a :class:`~relabel_store.pooling.Region` instead of a box.
+Elsewhere torchvision v1's AutoAugment family and AugMix count as pixel-only (their small shears
+are ignored, as the original ReLabel code ignores them).
 
-Nothing is approximated silently. Steps whose geometry a crop box cannot describe (rotations,
-shears, perspective and elastic warps, vertical flips, multi-crop steps such as ``FiveCrop``)
-and steps the tracker cannot see through (plain functions or ``v2.Lambda`` in a v2 pipeline)
-are refused when the tracker is built, naming the step and what to use instead; and the
+Nothing is approximated silently. Steps whose geometry nothing here describes (elastic warps,
+multi-crop steps such as ``FiveCrop``) and steps the tracker cannot see through (plain functions
+or ``v2.Lambda`` in a v2 pipeline) are refused when the tracker is built, naming the step and what to use instead; and the
 tracker runs the pipeline on a test image then (a dry run, with the random number generators'
 states restored afterwards), so a pipeline that would fail on its first sample fails at
 construction instead.
