@@ -305,7 +305,9 @@ def _is_whole_image(prefix: np.ndarray, size: tuple[int, int], original: tuple[i
     x = sorted(prefix[0, 0] * np.array([0.0, w]) + prefix[0, 2])
     y = sorted(prefix[1, 1] * np.array([0.0, h]) + prefix[1, 2])
     oh, ow = original
-    return bool(np.allclose([x[0], x[1], y[0], y[1]], [0.0, ow, 0.0, oh], atol=1e-6))
+    return all(
+        abs(a - b) <= 1e-6 for a, b in zip((x[0], x[1], y[0], y[1]), (0, ow, 0, oh), strict=True)
+    )
 
 
 # -- the tracker ----------------------------------------------------------------------------------
@@ -396,10 +398,10 @@ class GeometryTracker:
         total = np.eye(3)
         for matrix, _, _ in pieces:
             total = total @ matrix
-        return image, Region(
-            Region.from_pixels(total, original, output).matrix,
-            clips=_clips(pieces, original, output),
-        )
+        (ih, iw), (oh, ow) = original, output
+        unit = np.diag([1.0 / iw, 1.0 / ih, 1.0]) @ total @ np.diag([ow, oh, 1.0])
+        normalised = tuple(float(x) for x in unit.ravel())  # as Region.from_pixels does
+        return image, Region(normalised, clips=_clips(pieces, original, output))
 
     def apply(self, image: Any) -> tuple[Any, list[tuple[np.ndarray, tuple[int, int], bool]]]:
         """Run the steps; return the image and, step by step, ``(matrix, input size, warps)``:

@@ -171,50 +171,44 @@ class Region:
     clips: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
+        # Plain Python on nine floats: a tracker builds one Region per sample.
         clips = []
         for clip in self.clips:
-            try:
-                c = np.asarray(clip, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError):
-                raise InvalidBoxError(
-                    f"Region.clips must be 3 x 3 matrices, got {clip!r}"
-                ) from None
-            if c.size != 9 or not np.isfinite(c).all():
-                raise InvalidBoxError(f"Region.clips must be finite 3 x 3 matrices, got {clip!r}")
-            clips.append(tuple(float(x) for x in c))
+            c = _nine_floats(clip, "Region.clips")
+            if len(c) != 9:
+                raise InvalidBoxError(f"Region.clips must be 3 x 3 matrices, got {clip!r}")
+            clips.append(c)
         object.__setattr__(self, "clips", tuple(clips))
-        try:
-            values = np.asarray(self.matrix, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
+        m = _nine_floats(self.matrix, "Region.matrix")
+        if len(m) == 6:  # a 2 x 3 affine matrix
+            m = (*m, 0.0, 0.0, 1.0)
+        if len(m) != 9:
             raise InvalidBoxError(
-                f"Region.matrix must be 9 numbers (a 3 x 3 matrix), got {self.matrix!r}"
-            ) from None
-        if values.size == 6:  # a 2 x 3 affine matrix
-            values = np.concatenate([values, [0.0, 0.0, 1.0]])
-        if values.size != 9:
-            raise InvalidBoxError(
-                f"Region.matrix must be a 3 x 3 (or 2 x 3 affine) matrix, got {values.size} numbers"
+                f"Region.matrix must be a 3 x 3 (or 2 x 3 affine) matrix, got {len(m)} numbers"
             )
-        if not np.isfinite(values).all():
-            raise InvalidBoxError(f"Region.matrix must be finite, got {values.tolist()}")
-        m = values.reshape(3, 3)
-        corners = m[2, 0] * np.array([0, 1, 0, 1]) + m[2, 1] * np.array([0, 0, 1, 1]) + m[2, 2]
-        if (corners > 0).all():
-            pass
-        elif (corners < 0).all():
-            m = -m  # the same projective map
-        else:
+        g, h, i = m[6], m[7], m[8]
+        corners = (i, g + i, h + i, g + h + i)  # the homogeneous w of the output's corners
+        if all(w < 0 for w in corners):
+            m = tuple(-x for x in m)  # the same projective map
+        elif not all(w > 0 for w in corners):
             raise InvalidBoxError(
                 "Region.matrix sends part of the output image to infinity (its last row "
-                f"{m[2].tolist()} changes sign over the output): no image region describes it"
+                f"{[g, h, i]} changes sign over the output): no image region describes it"
             )
-        m = m / m[2, 2] if m[2, 0] == 0.0 and m[2, 1] == 0.0 else m
-        if abs(np.linalg.det(m)) < 1e-12 * max(float(np.abs(m).max()), 1.0) ** 3:
+        if m[6] == 0.0 and m[7] == 0.0 and m[8] != 1.0:
+            m = tuple(x / m[8] for x in m)
+        m00, m01, m02, m10, m11, m12, m20, m21, m22 = m
+        det = (
+            m00 * (m11 * m22 - m12 * m21)
+            - m01 * (m10 * m22 - m12 * m20)
+            + m02 * (m10 * m21 - m11 * m20)
+        )
+        if abs(det) < 1e-12 * max(max(abs(x) for x in m), 1.0) ** 3:
             raise InvalidBoxError(
-                f"Region.matrix {m.tolist()} is singular: the output would show a line or a "
-                "point of the image"
+                f"Region.matrix {[list(m[0:3]), list(m[3:6]), list(m[6:9])]} is singular: the "
+                "output would show a line or a point of the image"
             )
-        object.__setattr__(self, "matrix", tuple(float(x) for x in m.ravel()))
+        object.__setattr__(self, "matrix", m)
 
     @classmethod
     def affine(cls, a: float, b: float, c: float, d: float, e: float, f: float) -> Region:
@@ -368,6 +362,20 @@ def _check_compat(compat: object, grid: tuple[int, int]) -> None:
 
 
 _DEFAULT_SPEC = PoolingSpec()
+
+
+def _nine_floats(matrix: object, what: str) -> tuple[float, ...]:
+    """A matrix's entries as finite floats, row-major (any nested sequence or array)."""
+    try:
+        if isinstance(matrix, tuple) and all(type(x) is float for x in matrix):
+            values: tuple[float, ...] = matrix
+        else:
+            values = tuple(float(x) for x in np.asarray(matrix, dtype=np.float64).reshape(-1))
+    except (TypeError, ValueError):
+        raise InvalidBoxError(f"{what} must be numbers (a 3 x 3 matrix), got {matrix!r}") from None
+    if not all(math.isfinite(x) for x in values):
+        raise InvalidBoxError(f"{what} must be finite, got {list(values)}")
+    return values
 
 
 # --------------------------------------------------------------------------------------------
