@@ -275,6 +275,8 @@ def _clips(
     each a map from normalised output coordinates to normalised coordinates of the step's
     input. Canvases that cut nothing, and those that are the whole original image (RoIAlign's
     own out-of-map rule covers them), are left out."""
+    if not any(warps for _, _, warps in pieces):
+        return ()
     oh, ow = output
     clips = []
     suffix = np.eye(3)  # final output pixels to the current step's input pixels
