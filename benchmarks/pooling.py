@@ -9,11 +9,15 @@ Run: ``python benchmarks/pooling.py [--classes 1000] [--grid 15] [--k 5] [--imag
   the stored record (numpy uint16/float16, as pool() gets it) and from ready torch tensors.
 - batched: :class:`relabel_store.pooling.batched.BatchPooler` on a batch of 256 on CPU, with 1 thread
   and with every core (``torch.set_num_threads``).
+- affine: the same boxes rotated by up to 30 degrees about their centre (what RandomRotation(30)
+  after the crop shows), pooled as :class:`~relabel_store.pooling.Region`, per sample and
+  batched, next to the boxes themselves (target: <= 2x box pooling per sample on CPU).
 
 - with the read: a record read from a local store plus pool(), median (target <= 50 µs).
 - end to end: DataLoader images/s over a folder of real JPEGs with RandomResizedCrop + flip,
   plain ImageFolder against RelabelDataset with the same transform, workers and batch, runs
-  interleaved (target: slowdown <= 2%).
+  interleaved (target: slowdown <= 2%); then the same with TrivialAugmentWide after the crop
+  (its rotations, shears and translations tracked, targets pooled over the warped region).
 
 Boxes follow torchvision's RandomResizedCrop (scale 0.08..1, ratio 3/4..4/3) on a 500 x 375
 image, half of them flipped. Timings are medians over repeated passes, the cases interleaved
@@ -38,8 +42,8 @@ from torchvision.ops import roi_align
 
 from relabel_store import load_relabel
 from relabel_store.loaders import RelabelDataset
-from relabel_store.pooling import CropBox, pool
-from relabel_store.pooling.batched import BatchPooler, stack_boxes
+from relabel_store.pooling import CropBox, Region, pool
+from relabel_store.pooling.batched import BatchPooler, stack_boxes, stack_regions
 
 
 def random_resized_crops(n: int, rng: np.random.Generator, height: int, width: int) -> list:
@@ -175,9 +179,69 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         print(f"  torch threads={threads}: {statistics.median(times) * 1e3:7.3f} ms per batch")
 
+    affine_cost(indices, values, boxes, args)
+
     with tempfile.TemporaryDirectory() as tmp:
         read_and_pool(Path(tmp), boxes, args)
         end_to_end(Path(tmp), args)
+
+
+def rotated(box: CropBox, angle: float, height: int, width: int) -> Region:
+    """The region a crop shows when rotated by ``angle`` degrees about its centre (in pixels of
+    a ``height`` x ``width`` image, so that the rotation is a rotation, not a shear)."""
+    cx, cy = (box.x0 + box.x1) / 2 * width, (box.y0 + box.y1) / 2 * height
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    to_px = np.diag([width, height, 1.0])
+    about = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1.0]])
+    turn = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    m = np.linalg.inv(to_px) @ about @ turn @ np.linalg.inv(about) @ to_px
+    return Region(tuple((m @ np.array(Region.from_box(box).matrix).reshape(3, 3)).ravel()))
+
+
+def affine_cost(indices: np.ndarray, values: np.ndarray, boxes: list, args: argparse.Namespace):
+    """Per-sample and batched cost of pooling rotated crops against the crops themselves."""
+    rng = np.random.default_rng(3)
+    num_classes = args.classes
+    regions = [rotated(b, rng.uniform(-30, 30), 375, 500) for b in boxes]
+    torch.set_num_threads(1)
+    medians = interleaved_medians(
+        {
+            "box": (lambda b: pool(indices, values, b, num_classes=num_classes), boxes),
+            "region": (lambda r: pool(indices, values, r, num_classes=num_classes), regions),
+        },
+        args.repeats,
+    )
+    t_box, t_region = medians["box"], medians["region"]
+    print("affine: the same boxes rotated by up to 30 degrees about their centre, per sample:")
+    print(f"  pool(CropBox)                       {t_box * 1e6:8.1f} us")
+    print(
+        f"  pool(Region), rotated               {t_region * 1e6:8.1f} us   "
+        f"x{t_region / t_box:.2f} box pooling   (target <= 2x)"
+    )
+    batch = args.batch
+    bidx = torch.from_numpy(np.broadcast_to(indices, (batch, *indices.shape)).astype(np.int64))
+    bval = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(values, (batch, *values.shape))))
+    bbox, bflip = stack_boxes(boxes[:batch])
+    bregion = stack_regions(regions[:batch])
+    pooler = BatchPooler(num_classes)
+    expected = np.stack(
+        [pool(indices, values, r, num_classes=num_classes) for r in regions[:batch]]
+    )
+    batch_diff = float(np.abs(pooler(bidx, bval, regions=bregion).numpy() - expected).max())
+    times: dict = {"box": [], "region": []}
+    for _ in range(args.repeats * 3):
+        for name, call in (
+            ("box", lambda: pooler(bidx, bval, bbox, bflip)),
+            ("region", lambda: pooler(bidx, bval, regions=bregion)),
+        ):
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+    t_b, t_r = (statistics.median(times[n]) for n in ("box", "region"))
+    print(
+        f"  BatchPooler, B={batch}, 1 thread: boxes {t_b * 1e3:.3f} ms, rotated regions "
+        f"{t_r * 1e3:.3f} ms (x{t_r / t_b:.2f}); max |batch - pool()| = {batch_diff:.2e}"
+    )
 
 
 def read_and_pool(tmp: Path, boxes: list, args: argparse.Namespace) -> None:
@@ -203,9 +267,8 @@ def read_and_pool(tmp: Path, boxes: list, args: argparse.Namespace) -> None:
 
 
 def end_to_end(tmp: Path, args: argparse.Namespace) -> None:
-    """DataLoader images/s: plain ImageFolder vs RelabelDataset, same transform and loader."""
-    from torch.utils.data import DataLoader
-    from torchvision.datasets import ImageFolder
+    """DataLoader images/s: plain ImageFolder vs RelabelDataset, same transform and loader;
+    crops and flips, then crops, TrivialAugmentWide and flips."""
     from torchvision.transforms import v2
 
     folder = write_photoset(tmp / "photos" / "all", args.images).parent
@@ -214,15 +277,26 @@ def end_to_end(tmp: Path, args: argparse.Namespace) -> None:
         tmp / "e2e.relabel.zarr", [p.stem for p in files], grid=(args.grid, args.grid),
         k=args.k, num_classes=args.classes, seed=2, sizes=image_sizes(files),
     )  # fmt: skip
-    tf = v2.Compose(
-        [
-            v2.RandomResizedCrop(224, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
+    normalise = [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+    crop = v2.RandomResizedCrop(224, antialias=True)
+    for name, tf in (
+        ("RandomResizedCrop(224)+flip", v2.Compose([crop, v2.RandomHorizontalFlip(), *normalise])),
+        (
+            "RandomResizedCrop(224)+TrivialAugmentWide+flip",
+            v2.Compose([crop, v2.TrivialAugmentWide(), v2.RandomHorizontalFlip(), *normalise]),
+        ),
+    ):
+        _loader_rates(tmp, folder, name, tf, args)
+
+
+def _loader_rates(tmp: Path, folder: Path, title: str, tf, args: argparse.Namespace) -> None:
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
     plain = ImageFolder(folder, transform=tf)
     relabel = RelabelDataset(ImageFolder(folder), tmp / "e2e.relabel.zarr", tf)
     loaders = {
@@ -244,7 +318,7 @@ def end_to_end(tmp: Path, args: argparse.Namespace) -> None:
                 rates[name].append(count / (time.perf_counter() - t0))
     a, b = statistics.median(rates["plain"]), statistics.median(rates["relabel"])
     print(
-        f"end to end, {args.images} real JPEGs, RandomResizedCrop(224)+flip, batch 64, "
+        f"end to end, {args.images} real JPEGs, {title}, batch 64, "
         f"{args.workers} workers, median of {args.rounds} epochs:"
     )
     print(f"  plain ImageFolder        {a:8.1f} images/s")

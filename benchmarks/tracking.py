@@ -15,7 +15,9 @@ Run: ``python benchmarks/tracking.py [--reps 200]``.
   only checks whether it is due (in the "tracked" column above).
 
 Pipelines: torchvision v2 and timm training pipelines (tracked step by step), a v2 pipeline with
-``RandomZoomOut`` and one with a pixel-only ``v2.Lambda`` (tracked by the box probe).
+``RandomZoomOut`` and one with a pixel-only ``v2.Lambda`` (tracked by the box probe), and
+pipelines that rotate and shear (``TrivialAugmentWide``, timm ``rand-m9-mstd0.5``,
+``RandomRotation(30)``: tracked as a Region by loaders/geometry.py).
 """
 
 from __future__ import annotations
@@ -57,6 +59,25 @@ def pipelines() -> dict[str, object]:
         ),
         "v2 lambda+crop (probe)": v2.Compose(
             [invert, v2.RandomResizedCrop(224), v2.RandomHorizontalFlip(), *normalise]
+        ),
+        "v2 crop+TrivialAugWide (region)": v2.Compose(
+            [
+                v2.RandomResizedCrop(224),
+                v2.TrivialAugmentWide(),
+                v2.RandomHorizontalFlip(),
+                *normalise,
+            ]
+        ),
+        "timm rand-m9-mstd0.5 (region)": timm.data.create_transform(
+            224, is_training=True, auto_augment="rand-m9-mstd0.5"
+        ),
+        "v2 crop+rotate30 (region)": v2.Compose(
+            [
+                v2.RandomResizedCrop(224),
+                v2.RandomRotation(30),
+                v2.RandomHorizontalFlip(),
+                *normalise,
+            ]
         ),
     }
 

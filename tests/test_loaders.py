@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 from relabel_store import RecordNotFoundError, load_relabel
 from relabel_store.errors import ConfigurationError, UnsupportedTransformError
 from relabel_store.loaders import LabelPooler, RelabelDataset, ReturnsCropBox, track_crops
-from relabel_store.pooling import CropBox, PoolingSpec, pool
+from relabel_store.pooling import CropBox, PoolingSpec, Region, pool
 
 H, W, S = 200, 256, 48
 
@@ -73,7 +73,7 @@ def test_v2_flips_are_detected_both_ways():
     assert flips == {True, False}
 
 
-def test_v2_autoaugment_and_erasing_run_on_the_image_alone():
+def test_v2_autoaugment_geometry_is_tracked_and_erasing_runs_on_the_image_alone():
     tf = v2.Compose(
         [
             v2.RandomResizedCrop(S),
@@ -84,8 +84,8 @@ def test_v2_autoaugment_and_erasing_run_on_the_image_alone():
             v2.RandomErasing(p=1.0),
         ]
     )
-    out, box = track_crops(tf)(ramp_pil())
-    assert out.shape == (3, S, S) and 0 <= box.x0 < box.x1 <= 1
+    out, region = track_crops(tf)(ramp_pil())
+    assert out.shape == (3, S, S) and isinstance(region, Region)  # their shears and rotations
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -127,9 +127,8 @@ def test_same_draws_as_the_untracked_pipeline():
 @pytest.mark.parametrize(
     "tf",
     [
-        T.Compose([T.RandomRotation(10)]),
         T.Compose([T.RandomCrop(S, padding=4)]),
-        v2.Compose([v2.RandomVerticalFlip()]),
+        v2.Compose([v2.RandomRotation(10), v2.ElasticTransform()]),
         lambda img: img,
     ],
 )

@@ -38,7 +38,7 @@ from relabel_store.images import (
     signature_distance,
 )
 from relabel_store.loaders.maps import DeviceMaps
-from relabel_store.pooling import CropBox, PoolingSpec, pool
+from relabel_store.pooling import CropBox, PoolingSpec, Region, pool
 from relabel_store.read.api import load_relabel
 from relabel_store.read.reader import RelabelStore
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from relabel_store.format.label_space import LabelMap
 
 __all__ = [
+    "REGION_CLIPS",
     "ImageCheck",
     "ImageChecks",
     "KeyTally",
@@ -69,6 +70,8 @@ __all__ = [
 
 #: What a sample without a record gets: an error, or the one-hot of its own label.
 Missing = Literal["error", "original"]
+#: Clips (intermediate canvases) a ``pooling="batch"`` reference carries for a Region.
+REGION_CLIPS = 8
 #: Where targets are pooled: in the loader (``"sample"``) or later, batched, by a LabelPooler.
 Pooling = Literal["sample", "batch"]
 #: How loaders compare images with their records' content signatures (:class:`ImageCheck`):
@@ -633,7 +636,7 @@ def one_hot(label: int, num_classes: int, spec: PoolingSpec, name: str | None = 
 def pool_rows(
     store: RelabelStore,
     rows: np.ndarray,
-    boxes: Sequence[CropBox],
+    boxes: Sequence[CropBox | Region],
     labels: np.ndarray,
     *,
     spec: PoolingSpec,
@@ -674,9 +677,26 @@ def pool_rows(
     return torch.from_numpy(out)
 
 
-def reference(row: int, box: CropBox, label: int) -> dict[str, Any]:
+def reference(row: int, box: CropBox | Region, label: int) -> dict[str, Any]:
     """What ``pooling="batch"`` returns in place of a target; DataLoader's default collation
-    turns a batch of them into the tensors :class:`~relabel_store.loaders.LabelPooler` takes."""
+    turns a batch of them into the tensors :class:`~relabel_store.loaders.LabelPooler` takes.
+    A :class:`~relabel_store.pooling.Region` (a rotating pipeline's) travels under ``"region"``
+    as (1 + REGION_CLIPS, 3, 3): its matrix, then its clips padded with identities (which clip
+    nothing), the same shape for every sample so that batches collate."""
+    if isinstance(box, Region):
+        if len(box.clips) > REGION_CLIPS:
+            raise ConfigurationError(
+                f"the training transform hides parts of the image behind {len(box.clips)} "
+                f"intermediate canvases; pooling='batch' carries at most {REGION_CLIPS}. Use "
+                "pooling='sample', or fewer rotating steps."
+            )
+        identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+        rows = [box.matrix, *box.clips, *[identity] * (REGION_CLIPS - len(box.clips))]
+        return {
+            "row": row,
+            "region": torch.tensor(rows, dtype=torch.float64).reshape(1 + REGION_CLIPS, 3, 3),
+            "label": label,
+        }
     return {
         "row": row,
         "box": torch.tensor((box.x0, box.y0, box.x1, box.y1), dtype=torch.float64),

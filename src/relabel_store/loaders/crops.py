@@ -25,15 +25,16 @@ process, the image after each tracked geometric step must show the source image 
 tracked so far (see :class:`_Confirmation`); a step the tracker misreads (a user's crop that
 transforms images but not boxes, a re-implementation under a known name) is refused by name.
 
-The AutoAugment family (AutoAugment, RandAugment, TrivialAugmentWide, AugMix) counts as
-pixel-only: some of its operations shear, rotate or translate by a few pixels, which the target
-ignores, as the original ReLabel code does; torchvision v2 refuses boxes in these steps anyway.
+Pipelines that rotate, shear, put in perspective or flip vertically, and those with torchvision
+v2's or timm's AutoAugment-family steps, go to :mod:`relabel_store.loaders.geometry`, which tracks
+their full geometry and returns a :class:`~relabel_store.pooling.Region` instead of a box.
+Elsewhere torchvision v1's AutoAugment family and AugMix count as pixel-only (their small shears
+are ignored, as the original ReLabel code ignores them).
 
-Nothing is approximated silently. Steps whose geometry a crop box cannot describe (rotations,
-shears, perspective and elastic warps, vertical flips, multi-crop steps such as ``FiveCrop``)
-and steps the tracker cannot see through (plain functions or ``v2.Lambda`` in a v2 pipeline)
-are refused when the tracker is built, naming the step and what to use instead; and the
-tracker runs the pipeline on a test image then (a dry run, with the random number generators'
+Nothing is approximated silently. Steps whose geometry nothing here describes (elastic warps,
+multi-crop steps such as ``FiveCrop``) and steps the tracker cannot see through (plain functions
+or ``v2.Lambda`` in a v2 pipeline) are refused when the tracker is built, naming the step and
+what to use instead; and the tracker runs the pipeline on a test image then (a dry run, with the random number generators'
 states restored afterwards), so a pipeline that would fail on its first sample fails at
 construction instead.
 """
@@ -53,11 +54,12 @@ import torch
 from PIL import Image
 
 from relabel_store.errors import ArgumentTypeError, InvalidBoxError, UnsupportedTransformError
-from relabel_store.pooling import CropBox
+from relabel_store.pooling import CropBox, Region
 
 __all__ = ["CropTracker", "ReturnsCropBox", "kornia_refs", "track_crops"]
 
-CropTracker = Callable[[Any], tuple[Any, CropBox]]
+# A Region where the pipeline rotates, shears or flips vertically (loaders/geometry.py).
+CropTracker = Callable[[Any], tuple[Any, CropBox | Region]]
 
 _FIX = (
     "Use a torchvision.transforms.v2 pipeline of crops, resizes, padding and horizontal flips "
@@ -89,16 +91,18 @@ _DRY_RUNS = 4
 
 
 class ReturnsCropBox:
-    """Marks a callable that already returns ``(image, CropBox)``: the explicit escape hatch."""
+    """Marks a callable that already returns ``(image, CropBox)`` (or ``(image, Region)``):
+    the explicit escape hatch."""
 
-    def __init__(self, fn: Callable[[Any], tuple[Any, CropBox]]) -> None:
+    def __init__(self, fn: Callable[[Any], tuple[Any, CropBox | Region]]) -> None:
         self.fn = fn
 
-    def __call__(self, image: Any) -> tuple[Any, CropBox]:
+    def __call__(self, image: Any) -> tuple[Any, CropBox | Region]:
         out, box = self.fn(image)
-        if not isinstance(box, CropBox):
+        if not isinstance(box, CropBox | Region):
             raise UnsupportedTransformError(
-                f"ReturnsCropBox({self.fn!r}) returned {type(box).__name__}, not a CropBox"
+                f"ReturnsCropBox({self.fn!r}) returned {type(box).__name__}, not a CropBox or "
+                "a Region"
             )
         return out, box
 
@@ -146,6 +150,10 @@ def _build(transform: Any, confirm: int = CONFIRMED_SAMPLES) -> CropTracker:
     if adapted is not None:
         return adapted
     steps = list(transform) if isinstance(transform, tuple | list) else [transform]
+    from relabel_store.loaders import geometry
+
+    if geometry.needs_geometry(steps):  # rotations, shears, vertical flips: a Region
+        return geometry.GeometryTracker(steps)
     for position, step in enumerate(_flatten(steps), start=1):
         _refuse_foreign(step, position)
         _refuse_untrackable(step, position)
@@ -338,7 +346,9 @@ def _dry_run(tracker: CropTracker, sample: Any, transform: Any) -> None:
 
 
 def _check_output(result: Any) -> None:
-    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], CropBox)):
+    if not (
+        isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], CropBox | Region)
+    ):
         raise UnsupportedTransformError(
             f"the crop tracker returned {type(result).__name__}, not (image, CropBox)"
         )

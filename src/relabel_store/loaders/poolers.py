@@ -74,20 +74,32 @@ class LabelPooler(torch.nn.Module):
     def forward(self, refs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Targets (B, C) (or (B, oh, ow, C)) on ``device`` for collated references ``refs``:
         ``row`` (B,) store rows (-1: the one-hot of ``label``), ``box`` (B, 4) normalised
-        boxes, ``flipped`` (B,), ``label`` (B,) store class ids (-1: unknown), on the CPU."""
+        boxes and ``flipped`` (B,), or ``region`` (B, 3, 3) region matrices (pipelines that
+        rotate or shear), ``label`` (B,) store class ids (-1: unknown), on the CPU."""
         rows = np.asarray(refs["row"]).astype(np.int64, copy=False)
         labels = torch.as_tensor(refs["label"]).to(torch.int64)
-        boxes = torch.as_tensor(refs["box"]).to(torch.float64)
-        self._check(boxes, labels)
-        indices, values = self._records(rows)
         device, pinned = self.device, self.device.type == "cuda"
-        out = self.pooler(
-            indices,
-            values,
-            boxes.to(device, non_blocking=pinned),
-            torch.as_tensor(refs["flipped"]).to(device, non_blocking=pinned),
-            labels.to(device, non_blocking=pinned),
-        )
+        if "region" in refs:
+            regions = torch.as_tensor(refs["region"]).to(torch.float64)
+            self.pooler.check(None, labels)  # regions: BatchPooler checks them on the host
+            indices, values = self._records(rows)
+            out = self.pooler(
+                indices,
+                values,
+                labels=labels.to(device, non_blocking=pinned),
+                regions=regions,
+            )
+        else:
+            boxes = torch.as_tensor(refs["box"]).to(torch.float64)
+            self._check(boxes, labels)
+            indices, values = self._records(rows)
+            out = self.pooler(
+                indices,
+                values,
+                boxes.to(device, non_blocking=pinned),
+                torch.as_tensor(refs["flipped"]).to(device, non_blocking=pinned),
+                labels.to(device, non_blocking=pinned),
+            )
         for i in np.flatnonzero(rows < 0).tolist():
             label = int(labels[i])
             out[i] = torch.from_numpy(one_hot(label, self.num_classes, self.spec)).to(out)

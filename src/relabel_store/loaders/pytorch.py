@@ -43,7 +43,7 @@ from relabel_store.loaders._core import (
 )
 from relabel_store.loaders.crops import track_crops
 from relabel_store.loaders.mixing import check_collate_once, collate_of_caller
-from relabel_store.pooling import CropBox, PoolingSpec
+from relabel_store.pooling import CropBox, PoolingSpec, Region
 from relabel_store.read.reader import RelabelStore
 
 if TYPE_CHECKING:
@@ -327,7 +327,7 @@ class RelabelDataset(Dataset):
             )
         self.image_check.check(rows, [image])
 
-    def target(self, row: int, box: CropBox, label: int) -> np.ndarray:
+    def target(self, row: int, box: CropBox | Region, label: int) -> np.ndarray:
         """The soft target of store row ``row`` (or the one-hot of ``label``, a store class id,
         when row is -1)."""
         return pool_rows(

@@ -11,8 +11,9 @@ from relabel_store.pooling.core import (
     Compat,
     CropBox,
     PoolingSpec,
+    Region,
     Variant,
     pool,
 )
 
-__all__ = ["COMPATS", "VARIANTS", "Compat", "CropBox", "PoolingSpec", "Variant", "pool"]
+__all__ = ["COMPATS", "VARIANTS", "Compat", "CropBox", "PoolingSpec", "Region", "Variant", "pool"]

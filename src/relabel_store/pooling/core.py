@@ -46,8 +46,18 @@ import numpy as np
 
 from relabel_store.errors import ConfigurationError, InvalidBoxError
 from relabel_store.pooling._roialign import box_problem, original_label_error, sampling_window
+from relabel_store.pooling.affine import region_weights
 
-__all__ = ["COMPATS", "VARIANTS", "Compat", "CropBox", "PoolingSpec", "Variant", "pool"]
+__all__ = [
+    "COMPATS",
+    "VARIANTS",
+    "Compat",
+    "CropBox",
+    "PoolingSpec",
+    "Region",
+    "Variant",
+    "pool",
+]
 
 Variant = Literal["localized-multi", "global-multi", "localized-single", "global-single"]
 """The paper's ablation: pool the crop box or the whole image; keep the softmax or one-hot it."""
@@ -129,6 +139,136 @@ class CropBox:
     def full(cls, flipped: bool = False) -> CropBox:
         """The whole image (no crop)."""
         return cls(0.0, 0.0, 1.0, 1.0, flipped)
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """What an output image shows of the original image, for any affine or projective geometry.
+
+    ``matrix`` (9 floats, a row-major 3 x 3 matrix) maps normalised output coordinates
+    ``(u, v, 1)`` (0..1 over the output image, x right, y down) to homogeneous normalised
+    coordinates of the whole original image: the point shown at ``(u, v)`` is
+    ``(s / w, t / w)`` with ``(s, t, w) = matrix @ (u, v, 1)``. An affine region has the last
+    row ``(0, 0, 1)``. A :class:`CropBox` is the region ``s = x0 + (x1 - x0) * u`` (``1 - u``
+    when flipped), ``t = y0 + (y1 - y0) * v``.
+
+    :func:`pool` and :class:`~relabel_store.pooling.batched.BatchPooler` take a Region wherever
+    they take a CropBox. A region whose matrix has no rotation or shear (zero off-diagonal
+    terms, last row ``(0, 0, 1)``) is pooled as the box it is (:meth:`as_box`), exactly as
+    RoIAlign pools it; any other is sampled on RoIAlign's grid laid out in output space
+    (:mod:`relabel_store.pooling.affine` states the rules). Singular or non-finite matrices,
+    and projective ones that send part of the output to infinity, raise
+    :class:`~relabel_store.errors.InvalidBoxError`.
+
+    ``clips`` (optional, each 9 floats) are the canvases of intermediate steps: a matrix from
+    normalised output coordinates to normalised coordinates of an intermediate image. A point
+    of the output shows the original image only where every clip maps it into ``[0, 1]^2``
+    (elsewhere it shows an intermediate step's fill: a crop rotated after cropping has corners
+    of fill, not of the image around the crop); sampling points outside a clip contribute
+    nothing to the mean, as RoIAlign's points outside the map.
+    """
+
+    matrix: tuple[float, ...]
+    clips: tuple[tuple[float, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Plain Python on nine floats: a tracker builds one Region per sample.
+        clips = []
+        for clip in self.clips:
+            c = _nine_floats(clip, "Region.clips")
+            if len(c) != 9:
+                raise InvalidBoxError(f"Region.clips must be 3 x 3 matrices, got {clip!r}")
+            clips.append(c)
+        object.__setattr__(self, "clips", tuple(clips))
+        m = _nine_floats(self.matrix, "Region.matrix")
+        if len(m) == 6:  # a 2 x 3 affine matrix
+            m = (*m, 0.0, 0.0, 1.0)
+        if len(m) != 9:
+            raise InvalidBoxError(
+                f"Region.matrix must be a 3 x 3 (or 2 x 3 affine) matrix, got {len(m)} numbers"
+            )
+        g, h, i = m[6], m[7], m[8]
+        corners = (i, g + i, h + i, g + h + i)  # the homogeneous w of the output's corners
+        if all(w < 0 for w in corners):
+            m = tuple(-x for x in m)  # the same projective map
+        elif not all(w > 0 for w in corners):
+            raise InvalidBoxError(
+                "Region.matrix sends part of the output image to infinity (its last row "
+                f"{[g, h, i]} changes sign over the output): no image region describes it"
+            )
+        if m[6] == 0.0 and m[7] == 0.0 and m[8] != 1.0:
+            m = tuple(x / m[8] for x in m)
+        m00, m01, m02, m10, m11, m12, m20, m21, m22 = m
+        det = (
+            m00 * (m11 * m22 - m12 * m21)
+            - m01 * (m10 * m22 - m12 * m20)
+            + m02 * (m10 * m21 - m11 * m20)
+        )
+        if abs(det) < 1e-12 * max(max(abs(x) for x in m), 1.0) ** 3:
+            raise InvalidBoxError(
+                f"Region.matrix {[list(m[0:3]), list(m[3:6]), list(m[6:9])]} is singular: the "
+                "output would show a line or a point of the image"
+            )
+        object.__setattr__(self, "matrix", m)
+
+    @classmethod
+    def affine(cls, a: float, b: float, c: float, d: float, e: float, f: float) -> Region:
+        """The affine region ``s = a*u + b*v + c``, ``t = d*u + e*v + f`` (normalised)."""
+        return cls((a, b, c, d, e, f, 0.0, 0.0, 1.0))
+
+    @classmethod
+    def from_box(cls, box: CropBox) -> Region:
+        """The region a crop box shows (its flip included)."""
+        x_scale, x_offset = (box.x0 - box.x1, box.x1) if box.flipped else (box.x1 - box.x0, box.x0)
+        return cls.affine(x_scale, 0.0, x_offset, 0.0, box.y1 - box.y0, box.y0)
+
+    @classmethod
+    def from_pixels(
+        cls,
+        matrix: object,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+    ) -> Region:
+        """A region from a 3 x 3 (or 2 x 3) matrix in pixels: output pixel coordinates to
+        original-image pixel coordinates, both with pixel ``i`` covering ``[i, i + 1)`` (the
+        convention of :meth:`CropBox.from_pixels`). Sizes are (height, width)."""
+        try:
+            m = np.asarray(matrix, dtype=np.float64).reshape(-1)
+            (ih, iw), (oh, ow) = ((float(a), float(b)) for a, b in (image_size, output_size))
+        except (TypeError, ValueError):
+            raise InvalidBoxError(
+                "Region.from_pixels needs a 3 x 3 or 2 x 3 matrix and (height, width) sizes, "
+                f"got {matrix!r}, {image_size!r}, {output_size!r}"
+            ) from None
+        if m.size == 6:
+            m = np.concatenate([m, [0.0, 0.0, 1.0]])
+        if m.size != 9 or not all(math.isfinite(x) and x > 0 for x in (ih, iw, oh, ow)):
+            raise InvalidBoxError(
+                "Region.from_pixels needs a 3 x 3 or 2 x 3 matrix and positive (height, width) "
+                f"sizes, got {m.size} numbers, {image_size!r}, {output_size!r}"
+            )
+        to_unit = np.diag([1.0 / iw, 1.0 / ih, 1.0])
+        from_unit = np.diag([ow, oh, 1.0])
+        return cls(tuple((to_unit @ m.reshape(3, 3) @ from_unit).ravel()))
+
+    @property
+    def is_affine(self) -> bool:
+        """Whether the matrix's last row is ``(0, 0, 1)`` (no perspective)."""
+        return self.matrix[6] == 0.0 and self.matrix[7] == 0.0
+
+    def as_box(self) -> tuple[CropBox, bool] | None:
+        """``(box, vertically_flipped)`` when the region is an axis-aligned box (no rotation,
+        shear or perspective; mirrored along either axis or not), else None."""
+        a, b, c, d, e, f, *_ = self.matrix
+        if b != 0.0 or d != 0.0 or not self.is_affine or self.clips:
+            return None
+        x0, x1 = (c + a, c) if a < 0 else (c, c + a)
+        y0, y1 = (f + e, f) if e < 0 else (f, f + e)
+        return CropBox(x0, y0, x1, y1, flipped=a < 0), e < 0
+
+    def array(self) -> np.ndarray:
+        """The matrix as a (3, 3) float64 array."""
+        return np.array(self.matrix, dtype=np.float64).reshape(3, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +363,20 @@ def _check_compat(compat: object, grid: tuple[int, int]) -> None:
 
 
 _DEFAULT_SPEC = PoolingSpec()
+
+
+def _nine_floats(matrix: object, what: str) -> tuple[float, ...]:
+    """A matrix's entries as finite floats, row-major (any nested sequence or array)."""
+    try:
+        if isinstance(matrix, tuple) and all(type(x) is float for x in matrix):
+            values: tuple[float, ...] = matrix
+        else:
+            values = tuple(float(x) for x in np.asarray(matrix, dtype=np.float64).reshape(-1))
+    except (TypeError, ValueError):
+        raise InvalidBoxError(f"{what} must be numbers (a 3 x 3 matrix), got {matrix!r}") from None
+    if not all(math.isfinite(x) for x in values):
+        raise InvalidBoxError(f"{what} must be finite, got {list(values)}")
+    return values
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,7 +606,7 @@ def _softmax_f32(logits: np.ndarray) -> np.ndarray:
 def pool(
     indices: np.ndarray,
     values: np.ndarray,
-    box: CropBox,
+    box: CropBox | Region,
     *,
     num_classes: int,
     spec: PoolingSpec = _DEFAULT_SPEC,
@@ -463,8 +617,10 @@ def pool(
     ``indices`` (H, W, K) are the top-k class ids per cell (row = y, col = x) and ``values``
     (H, W, K) their logits. Returns (C,) probabilities, or (oh, ow, C) for a larger output
     grid; equal (to float32 rounding) to RoIAlign of the densified map plus softmax over all
-    ``num_classes`` classes. ``box`` is ignored by the global variants. ``label`` is the
-    dataset's original label (-1: unknown), used only when ``spec.original_weight > 0``.
+    ``num_classes`` classes. ``box`` is a :class:`CropBox` or any :class:`Region` (rotated,
+    sheared, projective: RoIAlign's sampling grid laid out in output space); it is ignored by
+    the global variants. ``label`` is the dataset's original label (-1: unknown), used only
+    when ``spec.original_weight > 0``.
     """
     shape = indices.shape
     if len(shape) != 3 or values.shape != shape:
@@ -473,6 +629,25 @@ def pool(
         )
     height, width, k = shape
     oh, ow = spec.grid
+    flip_rows = False
+    if isinstance(box, Region):
+        if spec.is_global:
+            box = CropBox.full()
+        else:
+            aligned = box.as_box()
+            if aligned is None:
+                if spec.compat is not None:
+                    raise _compat_region_error(spec.compat)
+                cells = region_weights(box.array(), height, width, oh, ow, box.clips)
+                return _finish(
+                    _region_logits(indices, values, cells, num_classes, spec),
+                    spec,
+                    label,
+                    num_classes,
+                )
+            box, flip_rows = aligned
+            if flip_rows and spec.compat is not None:
+                raise _compat_region_error(spec.compat)
     (x0, y0, x1, y1), flipped = (box.x0, box.y0, box.x1, box.y1), box.flipped
     if spec.compat is not None and not spec.is_global:
         (x0, y0, x1, y1), flip_map = _official_box(box, spec.compat, height, width)
@@ -490,15 +665,51 @@ def pool(
             raise _class_id_error(logits.shape[0] - 1, num_classes)
     else:
         weights = _grid_weights(x0, y0, x1, y1, flipped, height, width, k, oh, ow)
-        flat = indices.ravel()
-        if flat.size and int(flat.max()) >= num_classes:
-            raise _class_id_error(int(flat.max()), num_classes)
-        slots = (np.arange(oh * ow) * num_classes)[:, None] + flat
-        contrib = weights * values.ravel()
-        logits = np.bincount(
-            slots.ravel(), weights=contrib.ravel(), minlength=oh * ow * num_classes
-        ).reshape(oh, ow, num_classes)
+        if flip_rows:  # a vertically mirrored region: the token grid upside down
+            weights = weights.reshape(oh, ow, -1)[::-1].reshape(oh * ow, -1)
+        logits = _grid_logits(indices, values, weights, num_classes, oh, ow)
+    return _finish(logits, spec, label, num_classes)
 
+
+def _compat_region_error(compat: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"compat={compat!r} reproduces a published recipe that pools axis-aligned crop boxes "
+        "(at most mirrored horizontally); it has no rotated, sheared, projective or vertically "
+        "mirrored regions. Use compat=None to pool such regions."
+    )
+
+
+def _grid_logits(
+    indices: np.ndarray, values: np.ndarray, weights: np.ndarray, num_classes: int, oh: int, ow: int
+) -> np.ndarray:
+    """(oh, ow, C) pooled logits from per-entry weights (oh*ow, H*W*K)."""
+    flat = indices.ravel()
+    if flat.size and int(flat.max()) >= num_classes:
+        raise _class_id_error(int(flat.max()), num_classes)
+    slots = (np.arange(oh * ow) * num_classes)[:, None] + flat
+    contrib = weights * values.ravel()
+    return np.bincount(
+        slots.ravel(), weights=contrib.ravel(), minlength=oh * ow * num_classes
+    ).reshape(oh, ow, num_classes)
+
+
+def _region_logits(
+    indices: np.ndarray, values: np.ndarray, cells: np.ndarray, num_classes: int, spec: PoolingSpec
+) -> np.ndarray:
+    """Pooled logits from per-cell weights (oh*ow, H*W) of a warped region."""
+    height, width, k = indices.shape
+    oh, ow = spec.grid
+    if oh == ow == 1:
+        contrib = (cells.reshape(height, width, 1) * values).ravel()
+        logits = np.bincount(indices.ravel(), weights=contrib, minlength=num_classes)
+        if logits.shape[0] != num_classes:
+            raise _class_id_error(logits.shape[0] - 1, num_classes)
+        return logits
+    return _grid_logits(indices, values, np.repeat(cells, k, axis=1), num_classes, oh, ow)
+
+
+def _finish(logits: np.ndarray, spec: PoolingSpec, label: int, num_classes: int) -> np.ndarray:
+    """Softmax (or one-hot of the argmax) of pooled logits, the original label mixed in."""
     if spec.is_single:
         target = np.zeros(logits.shape, dtype=np.float32)
         np.put_along_axis(target, logits.argmax(axis=-1)[..., None], 1.0, axis=-1)
