@@ -37,6 +37,7 @@ from relabel_store.format.metadata import (
     MANIFEST_NAME,
     MAX_INDEX_CHUNK_ROWS,
     MAX_KEY_BYTES,
+    MAX_KEY_TABLE_BYTES,
     ROWS,
     SIZES,
     VALUES,
@@ -217,6 +218,7 @@ class RelabelStore:
         # The per-key index (written by finalize): sorted keys, their physical rows, labels, sizes.
         if m.complete:
             n = m.record_count
+            self._check_claims(m)
             keys = self._index(KEYS, (n, None), "u", 1)
             self._keys = np.ascontiguousarray(keys).view(f"S{keys.shape[1]}").reshape(-1)
             # Held in the narrowest exact dtype: ImageNet's index takes ~32 MB, not ~50.
@@ -234,6 +236,35 @@ class RelabelStore:
             self._rows = np.zeros(0, np.int64)
             self._labels = np.zeros(0, np.int32)
             self._sizes = np.zeros((0, 2), np.int32)
+
+    def _check_claims(self, m: StoreMetadata) -> None:
+        """Refuse record counts and shard sizes the manifest's files cannot hold, before the key
+        index is decoded or allocated: every record lives in a shard of ``indices``, and every
+        shard file holds an index of 16 bytes per record of a full shard. A store claiming 10^9
+        records with three small shards fails here, not after allocating gigabytes. (zarr leaves
+        out a shard file holding only fill values; a shard of records is in one array at least,
+        as top-k ids are distinct and a record of all-zero ids and logits is never written.)"""
+        if self._listed is None:
+            return
+        tail = 16 * m.shard_records + 4
+        held: set[str] = set()  # shard numbers with a file in either array
+        for path, entry in self._listed.items():
+            name, _, rest = path.partition("/")
+            if name in (INDICES, VALUES) and rest != "zarr.json":
+                held.add(rest)
+                if entry.size < tail:
+                    raise _damaged(
+                        f"{self.source.location}/{path}",
+                        f"the manifest lists it at {entry.size} bytes, too few to hold the index "
+                        f"of a shard of {m.shard_records} records ({tail} bytes)",
+                    )
+        shards = len(held)
+        if m.record_count > shards * m.shard_records:
+            raise _damaged(
+                f"{self.source.location}/zarr.json",
+                f"the metadata claims {m.record_count} records, but the manifest lists "
+                f"{shards} shard(s), which hold at most {shards * m.shard_records}",
+            )
 
     def _check_listed(self, path: str, data: bytes | None) -> bytes | None:
         """``data`` (the bytes of ``path``; None when it is absent) if they are what the
@@ -269,8 +300,16 @@ class RelabelStore:
         store claiming more than it holds fails before anything is allocated."""
         layout = self._layout(name, shape, kind, (size,))
         rows = layout.chunk_shape[0]
-        if not (rows <= MAX_INDEX_CHUNK_ROWS and layout.chunk_shape[1:] == layout.shape[1:]):
-            raise self._bad_layout(name, f"chunks {layout.chunk_shape}")
+        # A chunk never holds more rows than the array (finalize writes min(n, 2^18)): a chunk
+        # claiming more would decode to bytes no record needs.
+        most = max(1, min(layout.shape[0], MAX_INDEX_CHUNK_ROWS))
+        if not (rows <= most and layout.chunk_shape[1:] == layout.shape[1:]):
+            raise self._bad_layout(name, f"chunks {layout.chunk_shape} (at most {most} rows)")
+        nbytes = int(np.prod(layout.shape, dtype=np.int64)) * layout.dtype.itemsize
+        if nbytes > MAX_KEY_TABLE_BYTES:
+            raise self._bad_layout(
+                name, f"{nbytes} bytes when decoded (at most {MAX_KEY_TABLE_BYTES} are read)"
+            )
         # Every chunk of `keys` holds keys (never only fill values), so the manifest lists each:
         # read them all, refusing a missing one, before the other arrays allocate for N rows.
         required = name == KEYS
@@ -414,12 +453,35 @@ class RelabelStore:
     def _record(self, i: int) -> Record:
         p = int(self._rows[i])
         h, w = self._sizes[i]
+        indices, values = self._indices.get(p), self._values.get(p)
+        self._check_values(np.array([i]), indices[None], values[None])
         return Record(
-            self._keys[i].decode(),
-            self._indices.get(p),
-            self._values.get(p),
-            int(self._labels[i]),
-            (int(h), int(w)),
+            self._keys[i].decode(), indices, values, int(self._labels[i]), (int(h), int(w))
+        )
+
+    def _check_values(self, rows: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
+        """Refuse records (``rows``: positions in key order, stacked on the first axis) holding
+        a class id outside ``0..num_classes-1`` or a logit that is NaN or infinite: pooled, they
+        would give wrong or NaN targets without a word. One vectorised pass (~1 µs a record);
+        the writer never writes such values, so they mean a hostile or damaged store."""
+        c = self.metadata.num_classes
+        ids_ok = c > np.iinfo(indices.dtype).max or not indices.size or indices.max() < c
+        if ids_ok and np.isfinite(values).all():
+            return
+        flat_ids = indices.reshape(len(rows), -1)
+        bad = (flat_ids >= c).any(axis=1) | ~np.isfinite(values.reshape(len(rows), -1)).all(axis=1)
+        j = int(np.flatnonzero(bad)[0])
+        i = int(rows[j])
+        if (flat_ids[j] >= c).any():
+            what = f"class id {int(flat_ids[j].max())}, outside 0..{c - 1}"
+        else:
+            what = "a logit that is NaN or infinite"
+        shard = int(self._rows[i]) // self.metadata.shard_records
+        raise CorruptDataError(
+            f"{self.source.location}: record {self._keys[i].decode(errors='replace')!r} (row {i}, "
+            f"shard {shard}) holds {what}; relabel-store never writes such values, so the store "
+            f"is damaged or hostile ({int(bad.sum())} of {len(rows)} records read). Do not "
+            "train on it: regenerate it, or ask its publisher."
         )
 
     def get_many(self, keys: Iterable[str]) -> RecordBatch:
@@ -440,10 +502,12 @@ class RelabelStore:
             self._check_row(bad)
         idx = idx.astype(np.int64, copy=False)
         phys = self._rows[idx].tolist()
+        indices, values = self._indices.get_many(phys), self._values.get_many(phys)
+        self._check_values(idx, indices, values)
         return RecordBatch(
             [k.decode() for k in self._keys[idx].tolist()],
-            self._indices.get_many(phys),
-            self._values.get_many(phys),
+            indices,
+            values,
             self._labels[idx].astype(np.int32),
             self._sizes[idx].astype(np.int32),
         )
@@ -454,15 +518,15 @@ class RelabelStore:
         takes). Reading a whole store this way touches each shard once, in sequence, and holds
         one shard's records at a time (loading every map into memory, for example)."""
         order = np.argsort(self._rows, kind="stable")  # key positions by physical row
-        physical = self._rows[order]
-        per = self.metadata.shard_records
-        bounds = np.searchsorted(physical, np.arange(0, self.metadata.num_shards + 1) * per)
-        for s in range(self.metadata.num_shards):
-            rows = order[bounds[s] : bounds[s + 1]]
-            if not len(rows):
-                continue
+        shard_of = self._rows[order].astype(np.int64) // self.metadata.shard_records
+        # Only shards that hold records: what the metadata's `rows` claims allocates nothing.
+        starts: list[int] = np.flatnonzero(np.diff(shard_of, prepend=-1)).tolist()
+        for a, b in zip(starts, [*starts[1:], len(order)], strict=True):
+            rows = order[a:b]
             phys = self._rows[rows].tolist()
-            yield rows, self._indices.get_many(phys), self._values.get_many(phys)
+            indices, values = self._indices.get_many(phys), self._values.get_many(phys)
+            self._check_values(rows, indices, values)
+            yield rows, indices, values
 
     def close(self) -> None:
         self._indices.drop_cache()

@@ -1,0 +1,292 @@
+"""Hostile stores that are correctly signed: a publisher who edits what the writer made and then
+recomputes the manifest, so every checksum passes. Only the reader's own limits stand between
+such a store and gigabytes of memory, minutes of work or NaN training targets.
+
+Every test ends in one error of a relabel-store class naming the problem (one ``error:`` line
+from the CLI), or in exactly the data that was written; memory (tracemalloc, which sees numpy's
+allocations) and time are bounded and asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+import zstandard
+from _stores import Written, write_store
+from click.testing import CliRunner
+
+from relabel_store import CorruptDataError, FormatError, StoreMetadata, load_relabel
+from relabel_store.cli.main import main
+from relabel_store.errors import ConfigurationError
+from relabel_store.format.manifest import build_manifest, write_manifest
+from relabel_store.format.metadata import MANIFEST_NAME
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Written:
+    path = tmp_path_factory.mktemp("pristine") / "s.zarr"
+    return write_store(path, 40, shard_records=16, num_classes=1000, failed=frozenset({5}))
+
+
+@pytest.fixture
+def written(pristine, tmp_path) -> Written:
+    """A finalized store of 40 records (one failed) in 3 shards, this test's own copy."""
+    path = tmp_path / "s.zarr"
+    shutil.copytree(pristine.path, path)
+    return dataclasses.replace(pristine, path=path)
+
+
+def reseal(path: Path) -> None:
+    """Recompute the manifest over the store's current files: the store is 'correctly signed'."""
+    write_manifest(path, build_manifest(path))
+
+
+def edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def edit_metadata(path: Path, **fields) -> None:
+    edit_json(path / "zarr.json", lambda g: g["attributes"]["relabel"].update(fields))
+
+
+@contextlib.contextmanager
+def bounded(mb: float = 30, seconds: float = 20) -> Iterator[None]:
+    """Assert the block allocates at most ``mb`` MB at its peak and takes at most ``seconds``
+    (generous: the machine is shared)."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        yield
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    took = time.perf_counter() - started
+    assert peak < mb * 1e6, f"{peak / 1e6:.0f} MB allocated"
+    assert took < seconds, f"took {took:.1f} s"
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# -- 1. limits before work ------------------------------------------------------------------------
+
+
+def _zstd_zeros(nbytes: int) -> bytes:
+    """A checksummed zstd frame of ``nbytes`` zeros, streamed (never ``nbytes`` in memory)."""
+    import io
+
+    out = io.BytesIO()
+    cctx = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=True)
+    with cctx.stream_writer(out, size=nbytes, closefd=False) as w:
+        block = bytes(1 << 20)
+        for _ in range(nbytes >> 20):
+            w.write(block)
+    return out.getvalue()
+
+
+def test_a_tiny_key_table_that_decodes_to_a_gigabyte_is_refused_unread(written):
+    # The attack: a 2^20 x 1024 key table (1 GiB decoded) shipped as a ~32 KB zstd frame, with
+    # metadata and arrays claiming 2^20 records. `info` used to decode it all.
+    n, width = 1 << 20, 1024
+    path = written.path
+    edit_metadata(path, rows=n, record_count=n)
+    for name in ("indices", "values", "rows", "labels", "sizes"):
+        edit_json(path / name / "zarr.json", lambda a: a["shape"].__setitem__(0, n))
+
+    def keys(a):
+        a["shape"] = [n, width]
+        a["chunk_grid"]["configuration"]["chunk_shape"] = [n, width]
+
+    edit_json(path / "keys" / "zarr.json", keys)
+    frame = _zstd_zeros(n * width)
+    assert len(frame) < 64_000
+    (path / "keys" / "c.0.0").write_bytes(frame)
+    reseal(path)
+    with bounded():
+        with pytest.raises(CorruptDataError, match=f"claims {n} records, but the manifest lists 3"):
+            load_relabel(path)
+        line = one_error_line(CliRunner().invoke(main, ["info", str(path)]))
+    assert f"claims {n} records" in line
+
+
+def test_a_key_chunk_larger_than_the_array_is_refused(written):
+    # 39 keys in a chunk claiming 2^20 rows: the frame would have to decode to 2^20 x 9 bytes.
+    edit_json(
+        written.path / "keys" / "zarr.json",
+        lambda a: a["chunk_grid"]["configuration"].__setitem__("chunk_shape", [1 << 20, 9]),
+    )
+    reseal(written.path)
+    with bounded(), pytest.raises(FormatError, match=r"chunks \(1048576, 9\) \(at most 39 rows\)"):
+        load_relabel(written.path)
+
+
+def _claim_grid(path: Path, grid: int, k: int = 5) -> None:
+    edit_metadata(path, grid=[grid, grid], k=k)
+
+    def shape(a):
+        a["shape"][1:] = [grid, grid, k]
+        a["chunk_grid"]["configuration"]["chunk_shape"][1:] = [grid, grid, k]
+        a["codecs"][0]["configuration"]["chunk_shape"][1:] = [grid, grid, k]
+
+    for name in ("indices", "values"):
+        edit_json(path / name / "zarr.json", shape)
+    reseal(path)
+
+
+@pytest.mark.parametrize(
+    ("grid", "k", "message"),
+    [
+        (10_000, 5, "grid must be two integers in 1..256, got (10000, 10000)"),
+        (200, 100, "a record of grid 200x200 and k=100 holds 4000000 entries; at most 1048576"),
+    ],
+)
+def test_a_huge_grid_fails_at_open_in_every_command(written, tmp_path, grid, k, message):
+    _claim_grid(written.path, grid, k)
+    store = str(written.path)
+    key = sorted(set(written.keys) - written.failed)[0]
+    with bounded():
+        with pytest.raises(FormatError) as err:
+            load_relabel(store)
+        assert message in str(err.value)
+        for command in (["info", store], ["quality", store],
+                        ["show", store, key, "-o", str(tmp_path / "m.png")]):  # fmt: skip
+            assert message in one_error_line(CliRunner().invoke(main, command))
+
+
+def test_shards_too_small_for_their_claimed_index_are_refused(written):
+    edit_metadata(written.path, shard_records=1 << 20)
+
+    def shards(a):
+        a["chunk_grid"]["configuration"]["chunk_shape"][0] = 1 << 20
+
+    for name in ("indices", "values"):
+        edit_json(written.path / name / "zarr.json", shards)
+    reseal(written.path)
+    with bounded(), pytest.raises(CorruptDataError, match="too few to hold the index of a shard"):
+        load_relabel(written.path)
+
+
+def test_a_store_claiming_10_12_rows_reads_its_records_without_allocating_for_them(written):
+    # `rows` (records + failures) may be anything up to 2^40; nothing may allocate by it.
+    rows = 10**12
+    edit_metadata(written.path, rows=rows)
+    for name in ("indices", "values"):
+        edit_json(written.path / name / "zarr.json", lambda a: a["shape"].__setitem__(0, rows))
+    reseal(written.path)
+    order = [i for i, k in enumerate(written.keys) if k not in written.failed]
+    with bounded():
+        store = load_relabel(written.path)
+        seen = 0
+        for positions, ids, _ in store.shard_blocks():
+            for p, got in zip(positions.tolist(), ids, strict=True):
+                want = written.keys.index(store.keys[p].decode())
+                np.testing.assert_array_equal(got, written.indices[want])
+                seen += 1
+        assert seen == len(order) == len(store)
+        torch = pytest.importorskip("torch")
+        from relabel_store.loaders.maps import DeviceMaps
+
+        maps = DeviceMaps.load(store, device="cpu")
+        assert tuple(maps.indices.shape) == (len(store), 15, 15, 5)
+        assert isinstance(maps.indices, torch.Tensor)
+
+
+# -- 2. values: NaN/inf logits and class ids out of range ------------------------------------------
+
+
+def _poison(path: Path, row: int, what: str) -> None:
+    """Rewrite one record through zarr-python (the writer's own encoder), then reseal."""
+    if what == "id":
+        arr = zarr.open_array(path / "indices", mode="r+")
+        ids = np.asarray(arr[row])
+        ids[3, 4, 0] = 1000  # num_classes is 1000: ids are 0..999
+        arr[row] = ids
+    else:
+        arr = zarr.open_array(path / "values", mode="r+")
+        vals = np.asarray(arr[row])
+        vals[7, 7, 2] = {"nan": np.nan, "inf": np.inf}[what]
+        arr[row] = vals
+    reseal(path)
+
+
+@pytest.mark.parametrize("what", ["id", "nan", "inf"])
+def test_bad_values_are_corrupt_data_naming_the_record(written, tmp_path, what):
+    row = 20  # in shard 1
+    key = written.keys[row]
+    _poison(written.path, row, what)
+    store = load_relabel(written.path)
+    problem = "class id 1000, outside 0..999" if what == "id" else "NaN or infinite"
+    named = f"record {key!r} (row {store.index_of(key)}, shard 1) holds"
+    with bounded():
+        for read in (
+            lambda: store.get(key),
+            lambda: store.get_many(sorted(set(written.keys) - written.failed)),
+            lambda: list(store.shard_blocks()),
+        ):
+            with pytest.raises(CorruptDataError) as err:
+                read()
+            assert named in str(err.value) and problem in str(err.value)
+    good = written.keys[0]  # the other records still read exactly
+    np.testing.assert_array_equal(store.get(good).values, written.values[0])
+    result = CliRunner().invoke(main, ["verify", str(written.path)])
+    assert result.exit_code == 1 and named in result.output and problem in result.output
+    assert "Traceback" not in result.output
+    line = one_error_line(CliRunner().invoke(main, ["show", str(written.path), key, "-o",
+                                                    str(tmp_path / "m.png")]))  # fmt: skip
+    assert named in line
+
+
+def test_the_writer_never_writes_bad_values(tmp_path):
+    meta = StoreMetadata(grid=(2, 2), k=2, num_classes=10, rows=2, shard_records=2)
+    from relabel_store import StoreWriter
+
+    ids = np.tile(np.array([1, 0], np.uint16), (2, 2, 2, 1))
+    for bad_ids, bad_vals, message in (
+        (ids + 9, np.zeros((2, 2, 2, 2)), r"class ids must be in 0\.\.9"),
+        (ids, np.full((2, 2, 2, 2), np.nan), "finite"),
+    ):
+        with (
+            StoreWriter.open(tmp_path / "s.zarr", meta, overwrite=True) as w,
+            pytest.raises(ConfigurationError, match=message),
+        ):
+            w.write_shard(0, keys=["a", "b"], labels=[0, 0], sizes=[(4, 4)] * 2,
+                          indices=bad_ids, values=bad_vals)  # fmt: skip
+
+
+# -- 9. manifest_version and algorithm -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("manifest_version", 2, "has manifest_version 2; this relabel-store"),
+        ("manifest_version", None, "has manifest_version None"),
+        ("algorithm", "md5", "checksums its files with 'md5'; relabel-store checks sha256 only"),
+    ],
+)
+def test_manifest_version_and_algorithm_are_checked(written, field, value, message):
+    edit_json(written.path / MANIFEST_NAME, lambda m: m.update({field: value}))
+    with pytest.raises(FormatError, match=message):
+        load_relabel(written.path)
+    line = one_error_line(CliRunner().invoke(main, ["verify", str(written.path)]))
+    assert message.split(";")[0] in line
+    edit_json(written.path / MANIFEST_NAME, lambda m: m.pop(field))
+    with pytest.raises(FormatError, match=f"not a valid relabel-store manifest: '{field}'"):
+        load_relabel(written.path)
