@@ -290,3 +290,33 @@ def test_manifest_version_and_algorithm_are_checked(written, field, value, messa
     edit_json(written.path / MANIFEST_NAME, lambda m: m.pop(field))
     with pytest.raises(FormatError, match=f"not a valid relabel-store manifest: '{field}'"):
         load_relabel(written.path)
+
+
+# -- 3. remote open downloads what reading needs ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["cache", "range"])
+def test_remote_open_never_downloads_extra_files_the_manifest_lists(written, tmp_path, mode,
+                                                                    monkeypatch):  # fmt: skip
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    junk = written.path / "extras" / "junk.bin"
+    junk.parent.mkdir()
+    junk.write_bytes(np.random.default_rng(0).bytes(8 << 20))  # 8 MB listed, never needed
+    reseal(written.path)
+    cache = tmp_path / "cache"
+    key = written.keys[20]
+    with bounded(mb=40):
+        store = load_relabel(written.path.as_uri(), mode=mode, cache_dir=cache)
+        np.testing.assert_array_equal(store.get(key).values, written.values[20])
+    cached = {p.relative_to(cache).as_posix().split("/files/")[-1] for p in cache.rglob("*")
+              if p.is_file() and "/files/" in p.as_posix()}  # fmt: skip
+    assert "extras/junk.bin" not in cached and "errors.jsonl" not in cached
+    shards = {p for p in cached if p.startswith(("indices/c.", "values/c."))}
+    assert shards == (set() if mode == "range" else {"indices/c.1.0.0.0", "values/c.1.0.0.0"})
+    assert store.source.bytes_downloaded < 1 << 20
+    from relabel_store.read.pull import pull
+
+    done = pull(written.path.as_uri(), to=tmp_path / "pulled")  # pull takes every listed file
+    assert (
+        done.report.ok and (tmp_path / "pulled" / "extras" / "junk.bin").stat().st_size == 8 << 20
+    )

@@ -33,7 +33,15 @@ from relabel_store.format._io import (
 )
 from relabel_store.format._lock import file_lock
 from relabel_store.format.manifest import Manifest, ManifestEntry, safe_relpath
-from relabel_store.format.metadata import ERRORS_NAME, INDICES, MANIFEST_NAME, VALUES
+from relabel_store.format.metadata import (
+    INDICES,
+    KEYS,
+    LABELS,
+    MANIFEST_NAME,
+    ROWS,
+    SIZES,
+    VALUES,
+)
 from relabel_store.read.cache import CacheEntry
 from relabel_store.read.sources import Blob, Remote, Source
 from relabel_store.read.sources.local import map_file
@@ -176,13 +184,7 @@ class ShardCacheSource(Source):
         if self._prefetched:
             return
         self._prefetched = True
-        todo = [
-            p
-            for p, e in self._entries.items()
-            if p.split("/", 1)[0] not in (INDICES, VALUES)
-            and p != ERRORS_NAME
-            and not self._cached(e)
-        ]
+        todo = [p for p, e in self._entries.items() if _read_at_open(p) and not self._cached(e)]
         self.fetch(todo)
 
     def fetch(
@@ -204,6 +206,20 @@ class ShardCacheSource(Source):
 
         run_all(one, todo, threads)
         return len(todo)
+
+
+def _read_at_open(path: str) -> bool:
+    """Whether the reader reads store file ``path`` when it opens the store: the group's and the
+    arrays' ``zarr.json`` and the key index's chunks. Anything else a manifest lists (shards
+    come record by record; extra files, however many, only through ``pull`` or ``verify``) is
+    not fetched at open."""
+    name, _, rest = path.partition("/")
+    if path == "zarr.json" or (name in (*_INDEX_ARRAYS, INDICES, VALUES) and rest == "zarr.json"):
+        return True
+    return name in _INDEX_ARRAYS and rest.startswith("c.") and "/" not in rest
+
+
+_INDEX_ARRAYS = (KEYS, ROWS, LABELS, SIZES)
 
 
 def write_verified(
