@@ -320,3 +320,27 @@ def test_remote_open_never_downloads_extra_files_the_manifest_lists(written, tmp
     assert (
         done.report.ok and (tmp_path / "pulled" / "extras" / "junk.bin").stat().st_size == 8 << 20
     )
+
+
+# -- 8. one-line errors: protocols ----------------------------------------------------------------
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "message"),
+    [
+        (["info", "foo://x/s.zarr"], None, "cannot open foo:// URLs (Protocol not known: foo)"),
+        (["info", "s3://bucket/s.zarr"], "s3fs", "Run `pip install s3fs`."),
+        (["push", "{store}", "gs://bucket/s.zarr"], "gcsfs", "Run `pip install gcsfs`."),
+    ],
+)
+def test_unknown_protocols_and_missing_backends_are_one_line(written, command, module, message):
+    if module is not None and not _missing(module):
+        pytest.skip(f"{module} is installed")
+    args = [a.format(store=written.path) for a in command]
+    assert message in one_error_line(CliRunner().invoke(main, args))

@@ -21,12 +21,12 @@ class FsspecDestination(Destination):
     """The folder at ``url``; ``storage_options`` go to fsspec."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        import fsspec
         from fsspec.implementations.local import LocalFileSystem
 
+        from relabel_store.read.sources.fsspec import open_filesystem
+
         self.location = url.rstrip("/")
-        self._fs, base = fsspec.core.url_to_fs(self.location, **(storage_options or {}))
-        self._base = base.rstrip("/")
+        self._fs, self._base = open_filesystem(self.location, storage_options)
         self._local = isinstance(self._fs, LocalFileSystem)
         self._hashed: dict[str, tuple[int, str]] = {}  # path -> (size, sha256) read back
 

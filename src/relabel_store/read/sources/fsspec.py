@@ -8,15 +8,67 @@ anything outside the store.
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, BinaryIO
 
-from relabel_store.errors import CorruptDataError, RemoteError
+from relabel_store.errors import ConfigurationError, CorruptDataError, RemoteError
 from relabel_store.format._io import regular_file_stat
 from relabel_store.format.manifest import safe_relpath
-from relabel_store.read.sources import Remote, is_offline, offline_error
+from relabel_store.read.sources import (
+    Remote,
+    is_offline,
+    network_retries,
+    network_timeout,
+    offline_error,
+)
 
 _DOWNLOAD_CHUNK = 1 << 20
+
+
+#: The package providing fsspec's backend for a protocol, named when it is missing.
+_BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
+             "abfs": "adlfs", "abfss": "adlfs", "http": "aiohttp", "https": "aiohttp",
+             "ssh": "paramiko", "sftp": "paramiko", "hdfs": "pyarrow"}  # fmt: skip
+
+
+def open_filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec file system and root path of ``url``, with relabel-store's connect and read
+    timeouts and retry count (:func:`network_timeout`) for HTTP(S) and S3 unless
+    ``storage_options`` sets its own. An unknown protocol, or one whose fsspec package is not
+    installed, is one :class:`ConfigurationError` naming what to install."""
+    import fsspec
+
+    options = dict(storage_options or {})
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    try:
+        if protocol in ("http", "https"):
+            aiohttp = importlib.import_module("aiohttp")  # fsspec's HTTP backend needs it
+            client = dict(options.get("client_kwargs") or {})
+            limit = network_timeout()
+            client.setdefault("timeout", aiohttp.ClientTimeout(sock_connect=limit, sock_read=limit))
+            options["client_kwargs"] = client
+        elif protocol in ("s3", "s3a"):
+            config = dict(options.get("config_kwargs") or {})
+            config.setdefault("connect_timeout", network_timeout())
+            config.setdefault("read_timeout", network_timeout())
+            config.setdefault("retries", {"max_attempts": network_retries() + 1})
+            options["config_kwargs"] = config
+        fs, root = fsspec.core.url_to_fs(url, **options)
+    except ImportError as exc:
+        package = _BACKENDS.get(protocol)
+        fix = f"`pip install {package}`" if package else "install fsspec's backend for it"
+        raise ConfigurationError(
+            f"cannot reach {protocol}:// URLs: their fsspec backend is not installed ({exc}). "
+            f"Run {fix}."
+        ) from None
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"cannot open {protocol}:// URLs ({exc}): not a protocol fsspec knows. Give a local "
+            "path, a Hub name (org/name or hf://datasets/org/name), or an fsspec URL such as "
+            "s3://, gs://, az://, http(s):// or file://."
+        ) from None
+    return fs, str(root).rstrip("/")
 
 
 class FsspecRemote(Remote):
@@ -36,10 +88,8 @@ class FsspecRemote(Remote):
     def _filesystem(self) -> tuple[Any, str]:
         cur = self._fs
         if cur is None or cur[0] != os.getpid():
-            import fsspec
-
-            fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-            cur = self._fs = (os.getpid(), fs, root.rstrip("/"))
+            fs, root = open_filesystem(self.url, self.storage_options)
+            cur = self._fs = (os.getpid(), fs, root)
         return cur[1], cur[2]
 
     def _path(self, path: str) -> tuple[Any, str]:
@@ -66,12 +116,28 @@ class FsspecRemote(Remote):
 
     def download(self, path: str, out: BinaryIO, max_bytes: int) -> None:
         fs, p = self._path(path)
+        tries = network_retries() + 1
         try:
-            with fs.open(p, "rb", block_size=_DOWNLOAD_CHUNK) as f:
-                left = max_bytes
-                while left > 0 and (chunk := f.read(min(_DOWNLOAD_CHUNK, left))):
-                    out.write(chunk)
-                    left -= len(chunk)
+            for attempt in range(tries):
+                try:
+                    out.seek(0)
+                    out.truncate()
+                    with fs.open(p, "rb", block_size=_DOWNLOAD_CHUNK) as f:
+                        left = max_bytes
+                        while left > 0 and (chunk := f.read(min(_DOWNLOAD_CHUNK, left))):
+                            out.write(chunk)
+                            left -= len(chunk)
+                    return
+                except FileNotFoundError:
+                    raise
+                except Exception as exc:  # a backend's transfer error (aiohttp's, botocore's)
+                    if attempt + 1 == tries:
+                        raise RemoteError(
+                            f"{self.location}/{path}: the transfer failed {tries} times "
+                            f"({type(exc).__name__}: {exc}). Files already downloaded and "
+                            "verified stay in the cache: re-running the same command resumes "
+                            "where it stopped."
+                        ) from None
         except FileNotFoundError:
             raise CorruptDataError(
                 f"{self.location}/{path}: the manifest lists this file but it does not exist; "
