@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import time
 import tracemalloc
@@ -344,3 +345,68 @@ def test_unknown_protocols_and_missing_backends_are_one_line(written, command, m
         pytest.skip(f"{module} is installed")
     args = [a.format(store=written.path) for a in command]
     assert message in one_error_line(CliRunner().invoke(main, args))
+
+
+# -- 5. caches: no link followed, private permissions ----------------------------------------------
+
+
+def _cache_layout(store_path: Path, cache: Path, mode: str = "cache") -> tuple[Path, Path]:
+    """Open the store by its file:// URL once; return its cache entry and URL home, then empty
+    the cache (the test plants links where they were)."""
+    store = load_relabel(store_path.as_uri(), mode=mode, cache_dir=cache)
+    entry = store.source.entry.directory
+    store.close()
+    shutil.rmtree(cache)
+    return entry, entry.parent
+
+
+@pytest.mark.parametrize("planted", ["files", "locks", "ranges", "entry", "url home"])
+def test_links_planted_in_the_cache_are_never_followed(written, tmp_path, planted, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cache = tmp_path / "cache"
+    mode = "range" if planted == "ranges" else "cache"
+    entry, home = _cache_layout(written.path, cache, mode)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("not the cache's")
+    link = {"files": entry / "files", "locks": entry / "locks", "ranges": entry / "ranges",
+            "entry": entry, "url home": home}[planted]  # fmt: skip
+    if planted in ("files", "locks", "ranges"):
+        entry.mkdir(parents=True, mode=0o700)
+        if planted == "locks":  # the metadata is cached already: the link is met at a shard
+            load_relabel(written.path.as_uri(), cache_dir=cache).close()
+            shutil.rmtree(entry / "locks")
+    else:
+        link.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    link.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(Exception) as err:
+        store = load_relabel(written.path.as_uri(), mode=mode, cache_dir=cache)
+        store.get(written.keys[20])
+    assert type(err.value).__name__ == "UnsafePathError", err.value
+    assert "symbolic link" in str(err.value) and "never follows" in str(err.value)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]  # nothing written there
+    info = CliRunner().invoke(main, ["info", written.path.as_uri()],
+                              env={"RELABEL_STORE_CACHE": str(cache)})  # fmt: skip
+    if planted == "locks":  # info reads cached metadata only: it takes no lock
+        assert info.exit_code == 0, info.output
+    else:
+        assert "symbolic link" in one_error_line(info)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+
+
+@pytest.mark.parametrize("mode", ["cache", "range"])
+def test_the_cache_is_private(written, tmp_path, mode, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    old = os.umask(0o002)  # a permissive umask: the cache must not inherit it
+    try:
+        cache = tmp_path / "cache"
+        store = load_relabel(written.path.as_uri(), mode=mode, cache_dir=cache)
+        np.testing.assert_array_equal(store.get(written.keys[20]).values, written.values[20])
+    finally:
+        os.umask(old)
+    found = list(cache.rglob("*"))
+    assert any(p.name.endswith(".tail") for p in found) == (mode == "range")
+    assert any(p.name.endswith(".lock") for p in found)
+    wrong = [(p, oct(p.stat().st_mode & 0o777)) for p in found
+             if (p.stat().st_mode & 0o777) != (0o700 if p.is_dir() else 0o600)]  # fmt: skip
+    assert wrong == []

@@ -114,12 +114,12 @@ def _changed(root: Path) -> StoreLockedError:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, *, mode: int = 0o644) -> Iterator[None]:
     """An exclusive lock on ``path`` shared by threads and processes (flock: every open() has its
     own lock, so two threads of one process exclude each other too). Released on close, also
-    when the holder dies."""
+    when the holder dies. The lock file is never opened through a link."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), mode)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)

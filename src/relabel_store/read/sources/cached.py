@@ -28,6 +28,7 @@ from relabel_store.errors import CorruptDataError
 from relabel_store.format._io import (
     atomic_write_bytes,
     atomic_write_stream,
+    open_regular,
     regular_file_stat,
     size_and_sha256,
 )
@@ -42,9 +43,9 @@ from relabel_store.format.metadata import (
     SIZES,
     VALUES,
 )
-from relabel_store.read.cache import CacheEntry
+from relabel_store.read.cache import FILE_MODE, FILES_DIR, CacheEntry, private_folder
 from relabel_store.read.sources import Blob, Remote, Source
-from relabel_store.read.sources.local import map_file
+from relabel_store.read.sources.local import map_open_file
 
 _PREFETCH_THREADS = 8
 
@@ -58,10 +59,10 @@ class ShardCacheSource(Source):
 
     def __init__(self, remote: Remote, entry: CacheEntry, manifest_raw: bytes) -> None:
         self._setup(remote, entry, manifest_raw)
-        cached = self._cached_manifest()
+        cached = self._cached_manifest()  # checks the entry's folders: a link raises
         if cached != manifest_raw:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.root / MANIFEST_NAME, manifest_raw)
+            entry.folder(FILES_DIR)
+            atomic_write_bytes(self.root / MANIFEST_NAME, manifest_raw, mode=FILE_MODE)
         with contextlib.suppress(OSError):  # housekeeping only; a read-only cache still works
             entry.remove_abandoned_temps()
 
@@ -75,9 +76,14 @@ class ShardCacheSource(Source):
         self._init_state()
 
     def _cached_manifest(self) -> bytes | None:
-        if regular_file_stat(self.root, MANIFEST_NAME) is None:
+        self.entry.folder(create=False)
+        if not private_folder(self.entry.root, self.root, create=False):
             return None
-        return (self.root / MANIFEST_NAME).read_bytes()
+        try:
+            with open_regular(self.root, MANIFEST_NAME) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     @property
     def root(self) -> Path:
@@ -102,11 +108,13 @@ class ShardCacheSource(Source):
         return {
             "remote": self.remote,
             "directory": str(self.entry.directory),
+            "root": str(self.entry.root),
             "manifest_raw": self._manifest_raw,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._setup(state["remote"], CacheEntry(state["directory"]), state["manifest_raw"])
+        entry = CacheEntry(state["directory"], state.get("root"))
+        self._setup(state["remote"], entry, state["manifest_raw"])
 
     # -- Source interface -----------------------------------------------------------------------
 
@@ -117,15 +125,19 @@ class ShardCacheSource(Source):
         if path not in self._entries:
             return None
         self._prefetch_small()
-        local = self.ensure(path)
-        return None if local is None else local.read_bytes()
+        if self.ensure(path) is None:
+            return None
+        with open_regular(self.root, path) as f:  # never through a link
+            return f.read()
 
     def open_blob(self, path: str) -> Blob | None:
         safe_relpath(path)
         if path == MANIFEST_NAME:
             return self._manifest_raw
-        local = self.ensure(path)
-        return None if local is None else map_file(local)
+        if self.ensure(path) is None:
+            return None
+        with open_regular(self.root, path) as f:  # never through a link
+            return map_open_file(f)
 
     def list_files(self) -> list[str]:
         return sorted([*self._entries, MANIFEST_NAME])
@@ -143,6 +155,8 @@ class ShardCacheSource(Source):
     # -- the cache ------------------------------------------------------------------------------
 
     def _cached(self, entry: ManifestEntry) -> bool:
+        if not private_folder(self.entry.root, self.root, create=False):
+            return False
         st = regular_file_stat(self.root, entry.path)
         return st is not None and st.st_size == entry.size
 
@@ -161,7 +175,8 @@ class ShardCacheSource(Source):
         if self._cached(entry):
             return final
         self._check_pid()
-        with file_lock(self.entry.lock_path(entry.path)):
+        self.entry.folder(FILES_DIR)
+        with file_lock(self.entry.lock_path(entry.path), mode=FILE_MODE):
             if self._cached(entry):  # another thread or process finished it while we waited
                 return final
             self._download(entry, final)
@@ -171,7 +186,7 @@ class ShardCacheSource(Source):
         def fill(out: BinaryIO) -> None:
             self.remote.download(entry.path, out, entry.size + 1)
 
-        write_verified(self.root, entry, self.location, fill)
+        write_verified(self.root, entry, self.location, fill, mode=FILE_MODE)
         with self._state_lock:
             self.downloads += 1
             self.bytes_downloaded += entry.size
@@ -223,7 +238,12 @@ _INDEX_ARRAYS = (KEYS, ROWS, LABELS, SIZES)
 
 
 def write_verified(
-    root: Path, entry: ManifestEntry, location: str, fill: Callable[[BinaryIO], None]
+    root: Path,
+    entry: ManifestEntry,
+    location: str,
+    fill: Callable[[BinaryIO], None],
+    *,
+    mode: int | None = None,
 ) -> None:
     """Create ``root/entry.path`` from ``fill`` (which writes the bytes into a temp file beside
     it) only if they match ``entry``'s size and sha256; otherwise delete them and raise
@@ -234,7 +254,10 @@ def write_verified(
     """
     final = root / entry.path
     regular_file_stat(root, entry.path)  # refuses links on the way, before anything is created
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if mode is None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    else:  # the cache: private folders
+        private_folder(root, final.parent)
     regular_file_stat(root, entry.path)  # ... and after the folders exist
 
     def check(tmp: Path) -> None:
@@ -253,4 +276,4 @@ def write_verified(
                 "local store repairs it)."
             )
 
-    atomic_write_stream(final, fill, check)
+    atomic_write_stream(final, fill, check, mode=mode)
