@@ -103,3 +103,75 @@ def test_timeouts_are_configurable_and_checked(monkeypatch):
         monkeypatch.setenv("RELABEL_STORE_TIMEOUT", bad)
         with pytest.raises(ConfigurationError, match="RELABEL_STORE_TIMEOUT"):
             network_timeout()
+
+
+# -- fsspec over HTTP: credentials, stalls, drops ---------------------------------------------------
+
+
+@pytest.fixture
+def http_store(store_dir, monkeypatch):
+    pytest.importorskip("aiohttp")
+    from _http_store import HttpStore
+
+    monkeypatch.setenv("RELABEL_STORE_TIMEOUT", "1")
+    monkeypatch.setenv("RELABEL_STORE_RETRIES", "1")
+    server = HttpStore(store_dir.parent).start()
+    yield server
+    server.stop()
+
+
+def everything_written(root: Path) -> str:
+    """Every file name and every byte under ``root``, as text, to grep for a secret."""
+    parts = []
+    for p in sorted(root.rglob("*")):
+        parts.append(p.as_posix())
+        if p.is_file() and not p.is_symlink():
+            parts.append(p.read_bytes().decode("latin-1"))
+    return "\n".join(parts)
+
+
+def test_credentials_in_a_url_never_leave_it(http_store, store_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    url = http_store.url(store_dir.name)
+    secret = http_store.password
+    cache = tmp_path / "cache"
+    local = load_relabel(store_dir)
+    store = load_relabel(url, cache_dir=cache)
+    assert secret not in store.source.location and "reader:***@127.0.0.1" in store.source.location
+    assert secret not in repr(store)
+    got = store.get(KEY)
+    assert (got.values == local.get(KEY).values).all()
+    runner = CliRunner()
+    env = {"RELABEL_STORE_CACHE": str(cache)}
+    outputs = [runner.invoke(main, ["info", url], env=env)]
+    outputs.append(runner.invoke(main, ["pull", url, "--to", str(tmp_path / "pulled")], env=env))
+    assert all(r.exit_code == 0 for r in outputs), [r.output for r in outputs]
+    http_store.drop = True  # errors too: a shard that keeps dropping
+    outputs.append(
+        runner.invoke(main, ["pull", url], env={"RELABEL_STORE_CACHE": str(tmp_path / "c2")})
+    )
+    assert outputs[-1].exit_code == 2 and "error: " in outputs[-1].stderr
+    for result in outputs:
+        text = result.output + (result.stderr or "")
+        assert secret not in text, text
+    assert "reader:***@" in outputs[0].output
+    assert secret not in everything_written(tmp_path)  # the caches, the pulled store
+    assert (cache / "url").exists()
+
+
+def test_an_http_server_that_stalls_or_drops_is_one_remote_error(http_store, store_dir, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    url = http_store.url(store_dir.name)
+    for fault in ("stall", "drop"):
+        store = load_relabel(url, cache_dir=tmp_path / fault)
+        http_store.stall_s, http_store.drop = (120, False) if fault == "stall" else (0, True)
+        started = time.monotonic()
+        with pytest.raises(RemoteError) as err:
+            store.get(KEY)
+        took = time.monotonic() - started
+        assert "the transfer failed 2 times" in str(err.value), err.value
+        assert f"127.0.0.1:{http_store.port}" in str(err.value)
+        assert http_store.password not in str(err.value)
+        assert took < 20, f"{fault}: {took:.0f} s"
+        http_store.stall_s, http_store.drop = 0, False

@@ -7,6 +7,8 @@ Messages say what went wrong and what to do about it.
 
 from __future__ import annotations
 
+import re
+
 
 class RelabelStoreError(Exception):
     """Root of every error raised by relabel-store."""
@@ -103,3 +105,13 @@ class MissingExtraError(RelabelStoreError, ImportError):
 
 class InputSizeWarning(UserWarning):
     """An annotator runs at an input size far from the one its weights were trained at."""
+
+
+_CREDENTIALS = re.compile(r"([A-Za-z][\w+.-]*://[^/\s:@]*):[^@\s/]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL in it replaced by
+    ``***``: what every message, progress line, log line and file relabel-store writes shows of
+    a URL that carries credentials (they never leave the URL they came in)."""
+    return _CREDENTIALS.sub(r"\1:***@", text)

@@ -18,7 +18,7 @@ from relabel_store.cli._options import check_resume, in_existing_folder, store_w
 from relabel_store.cli.importer import import_
 from relabel_store.cli.quality import echo_headline, quality
 from relabel_store.cli.remote import pull, push
-from relabel_store.errors import RelabelStoreError
+from relabel_store.errors import RelabelStoreError, redact
 from relabel_store.write._run import OnError
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (RelabelStoreError, OSError) as exc:
-            click.echo(f"error: {_one_line(exc)}{_os_fix(exc)}", err=True)
+            click.echo(redact(f"error: {_one_line(exc)}{_os_fix(exc)}"), err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("error: interrupted; rerun the same command to resume", err=True)

@@ -177,11 +177,11 @@ class CacheDir:
     def url_entry(self, url: str, digest: str) -> CacheEntry:
         return CacheEntry(self._url_home(url) / digest, self.root)
 
-    def record_url(self, url: str, shown: str, digest: str) -> None:
-        """Remember that ``url`` served the store with manifest ``digest`` (best effort);
-        ``shown`` is the URL as it may be written down (credentials redacted)."""
+    def record_url(self, url: str, digest: str) -> None:
+        """Remember that ``url`` (credentials redacted: :func:`~relabel_store.errors.redact`)
+        served the store with manifest ``digest`` (best effort)."""
         home = self._url_home(url)
-        self.write_ref(home / "url.txt", shown)
+        self.write_ref(home / "url.txt", url)
         self.write_ref(home / "ref", digest)
 
     def read_ref(self, path: Path) -> str | None:

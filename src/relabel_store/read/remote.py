@@ -108,17 +108,17 @@ def _open_url(
 ) -> ShardCacheSource:
     remote = FsspecRemote(target.url, storage_options)
     if is_offline():
-        current = cache.read_ref(cache.url_ref(remote.url))
+        current = cache.read_ref(cache.url_ref(remote.location))
         if current is None:
-            raise offline_error(remote.url)
-        entry = cache.url_entry(remote.url, current)
+            raise offline_error(remote.location)
+        entry = cache.url_entry(remote.location, current)
         raw = _cached_or_fetched_manifest(remote, entry)
     else:
         raw = _fetch_manifest(remote)
-        current = Manifest.from_bytes(raw, where=f"{remote.url}/{MANIFEST_NAME}").digest
-        entry = cache.url_entry(remote.url, current)
+        current = Manifest.from_bytes(raw, where=f"{remote.location}/{MANIFEST_NAME}").digest
+        entry = cache.url_entry(remote.location, current)
     source = _source(cls, remote, entry, raw, digest)
-    cache.record_url(remote.url, remote.location, current)
+    cache.record_url(remote.location, current)
     return source
 
 

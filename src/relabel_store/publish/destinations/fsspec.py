@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from relabel_store.errors import ConfigurationError, RemoteError
+from relabel_store.errors import ConfigurationError, RemoteError, redact
 from relabel_store.format._io import regular_file_stat, sha256_stream
 from relabel_store.format.manifest import ManifestEntry
 from relabel_store.publish.destinations import Destination, RemoteFile, Upload
@@ -25,8 +25,8 @@ class FsspecDestination(Destination):
 
         from relabel_store.read.sources.fsspec import open_filesystem
 
-        self.location = url.rstrip("/")
-        self._fs, self._base = open_filesystem(self.location, storage_options)
+        self.location = redact(url.rstrip("/"))  # credentials stay in the URL fsspec gets
+        self._fs, self._base = open_filesystem(url.rstrip("/"), storage_options)
         self._local = isinstance(self._fs, LocalFileSystem)
         self._hashed: dict[str, tuple[int, str]] = {}  # path -> (size, sha256) read back
 
@@ -39,7 +39,7 @@ class FsspecDestination(Destination):
         try:
             is_file = self._fs.isfile(self._base)
         except OSError as exc:
-            raise RemoteError(f"{self.location}: cannot reach it ({exc})") from exc
+            raise RemoteError(f"{self.location}: cannot reach it ({redact(str(exc))})") from None
         if is_file:
             raise ConfigurationError(
                 f"{self.location} is a file, not a folder: give the URL of a folder to push the "
@@ -53,7 +53,7 @@ class FsspecDestination(Destination):
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise RemoteError(f"{self.location}: cannot list files ({exc})") from exc
+            raise RemoteError(f"{self.location}: cannot list files ({redact(str(exc))})") from None
         out = {}
         for full, info in found.items():
             rel = full[len(self._base) :].lstrip("/") if full.startswith(self._base) else None
@@ -72,7 +72,7 @@ class FsspecDestination(Destination):
             except FileNotFoundError:
                 return False
             except OSError as exc:
-                raise RemoteError(f"{self.location}/{entry.path}: {exc}") from exc
+                raise RemoteError(f"{self.location}/{entry.path}: {redact(str(exc))}") from None
         return hashed == (entry.size, entry.sha256)
 
     def change(
@@ -92,7 +92,7 @@ class FsspecDestination(Destination):
                 else:
                     self._fs.put_file(str(local), dest)
         except OSError as exc:
-            raise RemoteError(f"{self.location}: {exc}") from exc
+            raise RemoteError(f"{self.location}: {redact(str(exc))}") from None
         return None
 
     def published(self) -> tuple[str, str, str | None]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from relabel_store.errors import ConfigurationError, CorruptDataError, RemoteError
+from relabel_store.errors import ConfigurationError, CorruptDataError, RemoteError, redact
 from relabel_store.format._io import regular_file_stat
 from relabel_store.format.manifest import safe_relpath
 from relabel_store.read.sources import (
@@ -59,12 +60,14 @@ def open_filesystem(url: str, storage_options: dict[str, Any] | None = None) -> 
         package = _BACKENDS.get(protocol)
         fix = f"`pip install {package}`" if package else "install fsspec's backend for it"
         raise ConfigurationError(
-            f"cannot reach {protocol}:// URLs: their fsspec backend is not installed ({exc}). "
+            f"cannot reach {protocol}:// URLs: their fsspec backend is not installed "
+            f"({redact(str(exc))}). "
             f"Run {fix}."
         ) from None
     except ValueError as exc:
         raise ConfigurationError(
-            f"cannot open {protocol}:// URLs ({exc}): not a protocol fsspec knows. Give a local "
+            f"cannot open {protocol}:// URLs ({redact(str(exc))}): not a protocol fsspec knows. "
+            "Give a local "
             "path, a Hub name (org/name or hf://datasets/org/name), or an fsspec URL such as "
             "s3://, gs://, az://, http(s):// or file://."
         ) from None
@@ -75,9 +78,9 @@ class FsspecRemote(Remote):
     """A store at an fsspec URL; ``storage_options`` go to fsspec."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.url = url.rstrip("/")
+        self.url = url.rstrip("/")  # credentials and all: only fsspec sees it
         self.storage_options = dict(storage_options or {})
-        self.location = self.url
+        self.location = redact(self.url)
         self._fs: tuple[int, Any, str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -105,14 +108,31 @@ class FsspecRemote(Remote):
             regular_file_stat(root, path)
         return fs, f"{root}/{path}"
 
+    def _tried(self, path: str, read: Callable[[], bytes]) -> bytes:
+        """``read()``, tried again up to :func:`network_retries` times when the transfer fails
+        (a timeout, a dropped connection), then one :class:`RemoteError` saying why."""
+        tries = network_retries() + 1
+        for attempt in range(tries):
+            try:
+                return read()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+                raise
+            except Exception as exc:  # a backend's transfer error (aiohttp's, botocore's)
+                if attempt + 1 == tries:
+                    raise RemoteError(
+                        f"{self.location}/{path}: the transfer failed {tries} times "
+                        f"({self._reason(exc)})"
+                    ) from None
+        raise AssertionError("unreachable")
+
     def fetch(self, path: str) -> bytes | None:
         fs, p = self._path(path)
         try:
-            return bytes(fs.cat_file(p))
+            return self._tried(path, lambda: bytes(fs.cat_file(p)))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
-        except OSError as exc:
-            raise RemoteError(f"{self.location}/{path}: {exc}") from None
+        except PermissionError as exc:
+            raise RemoteError(f"{self.location}/{path}: {redact(str(exc))}") from None
 
     def download(self, path: str, out: BinaryIO, max_bytes: int) -> None:
         fs, p = self._path(path)
@@ -134,10 +154,11 @@ class FsspecRemote(Remote):
                     if attempt + 1 == tries:
                         raise RemoteError(
                             f"{self.location}/{path}: the transfer failed {tries} times "
-                            f"({type(exc).__name__}: {exc}). Files already downloaded and "
-                            "verified stay in the cache: re-running the same command resumes "
-                            "where it stopped."
+                            f"({self._reason(exc)}). Files already downloaded and verified stay "
+                            "in the cache: re-running the same command resumes where it stopped."
                         ) from None
+        except RemoteError:
+            raise
         except FileNotFoundError:
             raise CorruptDataError(
                 f"{self.location}/{path}: the manifest lists this file but it does not exist; "
@@ -145,16 +166,32 @@ class FsspecRemote(Remote):
             ) from None
         except OSError as exc:
             raise RemoteError(
-                f"{self.location}/{path}: {exc}. Files already downloaded and verified stay in "
+                f"{self.location}/{path}: {redact(str(exc))}. Files already downloaded and "
+                "verified stay in "
                 "the cache: re-running the same command resumes where it stopped."
             ) from None
+
+    def _reason(self, exc: BaseException) -> str:
+        """Why a transfer failed, naming the host; never the URL's credentials."""
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.url).hostname or "the server"
+        port = urlsplit(self.url).port
+        where = f"{host}:{port}" if port else host
+        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+            return (
+                f"{where} did not answer within {network_timeout():g} s ({type(exc).__name__}); "
+                "the network or the server stalled. Set RELABEL_STORE_TIMEOUT (seconds) higher "
+                "for a slow link"
+            )
+        return f"from {where}: {type(exc).__name__}: {redact(str(exc))}"
 
     def read_range(self, path: str, start: int, stop: int) -> bytes:
         fs, p = self._path(path)
         try:
-            return bytes(fs.cat_file(p, start=start, end=stop))
-        except OSError as exc:
-            raise RemoteError(f"{self.location}/{path}: {exc}") from None
+            return self._tried(path, lambda: bytes(fs.cat_file(p, start=start, end=stop)))
+        except (FileNotFoundError, PermissionError) as exc:
+            raise RemoteError(f"{self.location}/{path}: {redact(str(exc))}") from None
 
     def close(self) -> None:
         self._fs = None
