@@ -410,3 +410,105 @@ def test_the_cache_is_private(written, tmp_path, mode, monkeypatch):
     wrong = [(p, oct(p.stat().st_mode & 0o777)) for p in found
              if (p.stat().st_mode & 0o777) != (0o700 if p.is_dir() else 0o600)]  # fmt: skip
     assert wrong == []
+
+
+# -- 7. push never deletes what it did not write ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_stores(tmp_path_factory) -> tuple[Path, Path]:
+    """v1 (40 records, 3 shards) and v2 (20 records, 2 shards): v1 has files v2 does not."""
+    root = tmp_path_factory.mktemp("push")
+    v1, v2 = root / "v1.zarr", root / "v2.zarr"
+    write_store(v1, 40, shard_records=16, seed=1)
+    write_store(v2, 20, shard_records=16, seed=2)
+    return v1, v2
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_push_never_deletes_a_users_file_in_the_store_folders(two_stores, tmp_path):
+    from relabel_store.publish.push import push
+
+    v1, v2 = two_stores
+    dest = tmp_path / "bucket" / "s.zarr"
+    push(v1, dest.as_uri())
+    (dest / "labels" / "my_train_labels.csv").write_text("key,label\n")  # the user's own
+    before = files_of(dest)
+    with pytest.raises(ConfigurationError) as err:
+        push(v2, dest.as_uri())
+    assert "labels/my_train_labels.csv" in str(err.value) and "Nothing was sent" in str(err.value)
+    assert files_of(dest) == before  # nothing sent, nothing deleted
+    line = one_error_line(CliRunner().invoke(main, ["push", str(v2), dest.as_uri(), "--dry-run"]))
+    assert "labels/my_train_labels.csv" in line
+
+
+def test_push_says_what_it_deletes_before_deleting_and_dry_run_shows_the_plan(two_stores, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    from relabel_store.publish.destinations.fsspec import FsspecDestination
+
+    v1, v2 = two_stores
+    dest = tmp_path / "bucket" / "s.zarr"
+    runner = CliRunner()
+    assert runner.invoke(main, ["push", str(v1), dest.as_uri()]).exit_code == 0
+    stale = sorted(set(files_of(v1)) - set(files_of(v2)))
+    assert stale == ["indices/c.2.0.0.0", "values/c.2.0.0.0"]
+    before = files_of(dest)
+    plan = runner.invoke(main, ["push", str(v2), dest.as_uri(), "--dry-run"])
+    assert plan.exit_code == 0, plan.output
+    assert "dry run: nothing sent, nothing deleted" in plan.stdout
+    assert f"delete: 2 file(s) an earlier push wrote: {', '.join(stale)}" in plan.stdout
+    assert files_of(dest) == before
+
+    events: list[str] = []
+    change = FsspecDestination.change
+
+    def spy(self, add, delete, message, *, last=False):
+        events.append(f"change deletes {sorted(delete)}")
+        return change(self, add, delete, message, last=last)
+
+    monkeypatch.setattr(FsspecDestination, "change", spy)
+    from relabel_store.publish.push import push
+
+    done = push(v2, dest.as_uri(), log=events.append)
+    said = next(i for i, e in enumerate(events) if "will delete 2 file(s)" in e)
+    deleted = next(
+        i for i, e in enumerate(events) if e.startswith("change") and all(p in e for p in stale)
+    )
+    assert said < deleted and events[said].endswith(", ".join(stale))
+    assert done.deleted == stale and files_of(dest) == files_of(v2)
+
+
+def test_an_interrupted_replacement_resumes_and_deletes_only_the_old_stores_files(two_stores,
+                                                                                 tmp_path,
+                                                                                 monkeypatch):  # fmt: skip
+    from relabel_store.errors import RemoteError
+    from relabel_store.publish.destinations.fsspec import FsspecDestination
+    from relabel_store.publish.push import OWNED_NAME, push
+
+    v1, v2 = two_stores
+    dest = tmp_path / "bucket" / "s.zarr"
+    push(v1, dest.as_uri())
+    change = FsspecDestination.change
+    calls = []
+
+    def fail_second(self, add, delete, message, *, last=False):
+        calls.append(message)
+        if len(calls) == 2:
+            raise RemoteError("the connection dropped (injected)")
+        return change(self, add, delete, message, last=last)
+
+    with monkeypatch.context() as m:
+        m.setattr(FsspecDestination, "change", fail_second)
+        with pytest.raises(RemoteError, match="interrupted in batch 2"):
+            push(v2, dest.as_uri(), batch_files=2)
+    assert not (dest / "manifest.json").exists() and (dest / OWNED_NAME).exists()
+    (dest / "values" / "notes.txt").write_text("mine")  # still refused after the interruption
+    with pytest.raises(ConfigurationError, match=r"values/notes\.txt"):
+        push(v2, dest.as_uri())
+    (dest / "values" / "notes.txt").unlink()
+    done = push(v2, dest.as_uri())
+    assert done.deleted == ["indices/c.2.0.0.0", "values/c.2.0.0.0"]
+    assert files_of(dest) == files_of(v2)  # the record is gone too

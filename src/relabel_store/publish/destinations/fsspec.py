@@ -47,6 +47,14 @@ class FsspecDestination(Destination):
             )
         return self.list_files()
 
+    def read(self, path: str) -> bytes | None:
+        try:
+            return bytes(self._fs.cat_file(self._full(path)))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RemoteError(f"{self.location}/{path}: {redact(str(exc))}") from None
+
     def list_files(self) -> dict[str, RemoteFile]:
         try:
             found = self._fs.find(self._base, detail=True)

@@ -116,7 +116,7 @@ def _host_of(exc: BaseException) -> str:
     return f"{url.host}:{url.port}" if url.port else str(url.host)
 
 
-def _net() -> dict[str, Any]:
+def request_limits() -> dict[str, Any]:
     """The timeout and retry arguments of huggingface_hub's http_backoff for every request."""
     import httpx2
 
@@ -243,7 +243,9 @@ class HubRemote(Remote):
 
         with hub_errors(f"{self.location}/{path}"):
             try:
-                r = http_backoff("GET", self.url(path), headers=self._st().headers, **_net())
+                r = http_backoff(
+                    "GET", self.url(path), headers=self._st().headers, **request_limits()
+                )
                 hf_raise_for_status(r)
             except EntryNotFoundError:
                 return None
@@ -270,7 +272,7 @@ class HubRemote(Remote):
                     # read the body would be thrown into its generator, which would retry and
                     # break the context manager. Transient failures are retried below, resuming.
                     with http_stream_backoff(
-                        "GET", url, headers=headers, retry_on_exceptions=(), **_net()
+                        "GET", url, headers=headers, retry_on_exceptions=(), **request_limits()
                     ) as r:
                         if r.status_code >= 400:
                             r.read()
@@ -321,14 +323,20 @@ class HubRemote(Remote):
             r = None
             target = st.redirects.get(path)
             if target is not None:
-                r = http_backoff("GET", target, headers=rng, follow_redirects=False, **_net())
+                r = http_backoff(
+                    "GET", target, headers=rng, follow_redirects=False, **request_limits()
+                )
                 if r.status_code in (401, 403, 404, 410):  # a signed URL expired: ask the Hub again
                     st.redirects.pop(path, None)
                     r = None
             if r is None:
                 url = self.url(path)
                 r = http_backoff(
-                    "GET", url, headers={**st.headers, **rng}, follow_redirects=False, **_net()
+                    "GET",
+                    url,
+                    headers={**st.headers, **rng},
+                    follow_redirects=False,
+                    **request_limits(),
                 )
                 for _ in range(_MAX_REDIRECTS):
                     if not r.has_redirect_location:
@@ -340,12 +348,12 @@ class HubRemote(Remote):
                             target,
                             headers={**st.headers, **rng},
                             follow_redirects=False,
-                            **_net(),
+                            **request_limits(),
                         )
                     else:  # CDN / signed storage URL: never send the token there
                         st.redirects[path] = target
                         r = http_backoff(
-                            "GET", target, headers=rng, follow_redirects=False, **_net()
+                            "GET", target, headers=rng, follow_redirects=False, **request_limits()
                         )
             if r.status_code >= 400:
                 hf_raise_for_status(r)
