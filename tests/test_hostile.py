@@ -512,3 +512,29 @@ def test_an_interrupted_replacement_resumes_and_deletes_only_the_old_stores_file
     done = push(v2, dest.as_uri())
     assert done.deleted == ["indices/c.2.0.0.0", "values/c.2.0.0.0"]
     assert files_of(dest) == files_of(v2)  # the record is gone too
+
+
+# -- 8. one-line errors: checkpoints that are not weights --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"my notes about the model\n", "is not a checkpoint: it is neither a .safetensors file"),
+        (b"\x80\x02" + bytes(range(101, 140)) * 9, "it is not a torch checkpoint"),
+        (b"\x80\x65" + bytes(range(101, 140)) * 9, "it starts with b'\\x80e"),
+    ],
+)
+def test_a_checkpoint_that_is_not_weights_is_one_line(tmp_path, content, message):
+    pytest.importorskip("timm")
+    from relabel_store.write.samples import write_sample_photos
+
+    photos = tmp_path / "photos"
+    write_sample_photos(photos, class_folders=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(content)
+    result = CliRunner().invoke(main, ["generate", str(photos), "-o", str(tmp_path / "s.zarr"),
+                                       "--model", "resnet10t", "--checkpoint", str(notes),
+                                       "--grid", "2", "-k", "2", "--workers", "0", "-q"])  # fmt: skip
+    line = one_error_line(result)
+    assert message in line and "notes.txt" in line
