@@ -538,3 +538,52 @@ def test_a_checkpoint_that_is_not_weights_is_one_line(tmp_path, content, message
                                        "--grid", "2", "-k", "2", "--workers", "0", "-q"])  # fmt: skip
     line = one_error_line(result)
     assert message in line and "notes.txt" in line
+
+
+# -- 8. one-line errors: a lock held by a dead writer's orphaned children ---------------------------
+
+_HOLDER = """
+import multiprocessing, os, sys, time
+from pathlib import Path
+from relabel_store.format._lock import WriteLock
+
+root = Path(sys.argv[1])
+lock = WriteLock.acquire(root)
+child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+child.start()  # like a decode worker: forked while the lock is held
+(root / "child.pid").write_text(str(child.pid))
+time.sleep(600)
+"""
+
+
+def test_a_dead_writers_orphaned_children_do_not_hold_its_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from relabel_store.errors import StoreLockedError
+    from relabel_store.format._lock import WriteLock
+
+    root = tmp_path / "s.zarr"
+    (root / "_progress").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(root)])
+    child = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (root / "child.pid").exists():
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        child = int((root / "child.pid").read_text())
+        with pytest.raises(StoreLockedError, match=f"pid {holder.pid}"):
+            WriteLock.acquire(root)  # the live writer holds it
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+        os.kill(child, 0)  # the orphan is alive...
+        WriteLock.acquire(root).release()  # ...and the lock is free at once
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(30)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
