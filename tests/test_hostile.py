@@ -587,3 +587,37 @@ def test_a_dead_writers_orphaned_children_do_not_hold_its_lock(tmp_path):
         if child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+
+
+# -- 8. one-line errors: a disk that fills while the store is created ------------------------------
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+def test_a_store_whose_creation_hit_a_full_disk_resumes(tmp_path, monkeypatch, truncated):
+    import errno
+
+    from relabel_store import StoreWriter
+
+    path = tmp_path / "s.zarr"
+    meta = StoreMetadata(grid=(15, 15), k=5, num_classes=1000, rows=20, shard_records=8)
+    create_array = zarr.Group.create_array
+
+    def full_disk(self, name, *args, **kwargs):
+        if name == "values":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path / "values"))
+        return create_array(self, name, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(zarr.Group, "create_array", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            StoreWriter.open(path, meta)
+    assert (path / "zarr.json").exists() and not (path / "values" / "zarr.json").exists()
+    if truncated:  # the group's own file cut short by the full disk
+        raw = (path / "zarr.json").read_bytes()
+        (path / "zarr.json").write_bytes(raw[: len(raw) // 2])
+    with StoreWriter.open(path, meta) as writer:  # resumes: the creation is simply redone
+        w = write_store(path, 20, shard_records=8, writer=writer)
+    store = load_relabel(path)
+    assert len(store) == 20
+    row = 13
+    np.testing.assert_array_equal(store.get(w.keys[row]).values, w.values[row])
