@@ -210,6 +210,8 @@ class RelabelStore:
         self._values = _ShardedArray(
             source, self._layout(VALUES, record, "f", (2, 4)), self._listed
         )
+        # Ids are uint16: with 65536 classes every id is in range (see _values_ok).
+        self._id_limit = m.num_classes if m.num_classes <= 0xFFFF else None
         if self._values.layout.dtype.name != m.values_dtype:
             raise FormatError(
                 f"store {where} says its values are {m.values_dtype} but the values array holds "
@@ -454,20 +456,33 @@ class RelabelStore:
         p = int(self._rows[i])
         h, w = self._sizes[i]
         indices, values = self._indices.get(p), self._values.get(p)
-        self._check_values(np.array([i]), indices[None], values[None])
+        if not self._values_ok(indices, values):
+            self._check_values(np.array([i]), indices[None], values[None])
         return Record(
             self._keys[i].decode(), indices, values, int(self._labels[i]), (int(h), int(w))
         )
+
+    def _values_ok(self, indices: np.ndarray, values: np.ndarray) -> bool:
+        """Whether every class id is below ``num_classes`` and every logit finite, in two
+        integer reductions (~0.2 µs a record in batches): a float is NaN or infinite exactly
+        when its exponent bits are all ones."""
+        if not values.size:
+            return True
+        limit = self._id_limit
+        if limit is not None and int(indices.max()) >= limit:
+            return False
+        mask = 0x7C00 if values.dtype.itemsize == 2 else 0x7F800000
+        bits = np.ascontiguousarray(values).view(values.dtype.str.replace("f", "u"))
+        return int(np.bitwise_and(bits, mask).max()) < mask
 
     def _check_values(self, rows: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
         """Refuse records (``rows``: positions in key order, stacked on the first axis) holding
         a class id outside ``0..num_classes-1`` or a logit that is NaN or infinite: pooled, they
         would give wrong or NaN targets without a word. One vectorised pass (~1 µs a record);
         the writer never writes such values, so they mean a hostile or damaged store."""
-        c = self.metadata.num_classes
-        ids_ok = c > np.iinfo(indices.dtype).max or not indices.size or indices.max() < c
-        if ids_ok and np.isfinite(values).all():
+        if self._values_ok(indices, values):
             return
+        c = self.metadata.num_classes
         flat_ids = indices.reshape(len(rows), -1)
         bad = (flat_ids >= c).any(axis=1) | ~np.isfinite(values.reshape(len(rows), -1)).all(axis=1)
         j = int(np.flatnonzero(bad)[0])
