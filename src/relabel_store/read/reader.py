@@ -212,6 +212,13 @@ class RelabelStore:
         )
         # Ids are uint16: with 65536 classes every id is in range (see _values_ok).
         self._id_limit = m.num_classes if m.num_classes <= 0xFFFF else None
+        # A float is NaN or infinite exactly when its exponent bits are all ones.
+        vdt = self._values.layout.dtype
+        self._bits: tuple[np.dtype, np.unsignedinteger] = (
+            (np.dtype(vdt.str.replace("f", "u")), np.uint16(0x7C00))
+            if vdt.itemsize == 2
+            else (np.dtype(vdt.str.replace("f", "u")), np.uint32(0x7F800000))
+        )
         if self._values.layout.dtype.name != m.values_dtype:
             raise FormatError(
                 f"store {where} says its values are {m.values_dtype} but the values array holds "
@@ -469,11 +476,12 @@ class RelabelStore:
         if not values.size:
             return True
         limit = self._id_limit
-        if limit is not None and int(indices.max()) >= limit:
+        if limit is not None and indices.max() >= limit:
             return False
-        mask = 0x7C00 if values.dtype.itemsize == 2 else 0x7F800000
-        bits = np.ascontiguousarray(values).view(values.dtype.str.replace("f", "u"))
-        return int(np.bitwise_and(bits, mask).max()) < mask
+        bits_dtype, mask = self._bits
+        if not values.flags.c_contiguous:
+            values = np.ascontiguousarray(values)
+        return bool((values.view(bits_dtype) & mask).max() < mask)
 
     def _check_values(self, rows: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
         """Refuse records (``rows``: positions in key order, stacked on the first axis) holding
