@@ -346,7 +346,7 @@ def test_pickled_objects_are_refused(tmp_path):
     with pytest.raises(AnnotatorError, match="no tensor state dict"):
         load_annotator("resnet10t", str(path))
     path.write_bytes(b"garbage")
-    with pytest.raises(AnnotatorError, match="cannot read checkpoint"):
+    with pytest.raises(AnnotatorError, match="is not a checkpoint: it is neither"):
         load_annotator("resnet10t", str(path))
 
 

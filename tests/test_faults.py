@@ -257,9 +257,13 @@ def _claim(path: Path, rows: int, chunk: int | None = None) -> None:
     ("claim", "error", "message"),
     [
         ("keys only", FormatError, r"shape \(1000000000000, 9\), but its metadata implies"),
-        ("every array", CorruptDataError, "keys/c.1.0: the key index needs this chunk"),
-        ("one huge chunk", FormatError, "has chunks of"),
-        ("huge shards", CorruptDataError, "too short to hold its index"),
+        (
+            "every array",
+            CorruptDataError,
+            "claims 1000000000000 records, but the manifest lists 3 shard",
+        ),
+        ("one huge chunk", CorruptDataError, "claims 1000000000000 records"),
+        ("huge shards", FormatError, "shard_records must be an integer in 1..1048576"),
     ],
 )
 def test_a_store_claiming_huge_sizes_fails_before_allocating(written, claim, error, message):

@@ -730,3 +730,52 @@ def test_import_with_images_adds_their_signatures_and_loaders_check_them(tmp_pat
     other = Image.fromarray(skimage.data.camera()).convert("RGB").resize(rgb.size)
     with pytest.raises(ImageMismatchError, match="another copy or version"):
         RelabelStream(store, check_images="all")((key, other, -1))
+
+
+# --------------------------------------------------------------------------------------------
+# hostile tars: over-long member names, absurd headers
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_over_long_member_name_is_listed_and_the_import_goes_on(tmp_path):
+    files = official_files(n_per_class=2)
+    members = serialized(files)
+    long_stem = "n01440764_" + "x" * 1090  # a 1,100-byte stem: no key may be that wide
+    members[f"n01440764/{long_stem}.pt"] = next(iter(members.values()))
+    tar = write_tar(tmp_path / "relabel_imagenet.tar", members)
+    out = tmp_path / "s.zarr"
+    for _ in range(2):  # a rerun finds the store complete, never trips over the name
+        result = CliRunner().invoke(
+            main, ["import", str(tar), "-o", str(out), "--workers", "0", "-q"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "--key-column" not in result.output
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 1 and "keys are at most 1024 UTF-8 bytes" in json.dumps(errors[0])
+    check_store(load_relabel(out), files, exact=False)
+    assert verify_store(out).ok
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_header_declaring_a_petabyte_is_one_error_line(tmp_path, gz):
+    members = serialized(official_files(n_per_class=1))
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i, (name, data) in enumerate(members.items()):
+            info = tarfile.TarInfo(f"{TOP}/{name}")
+            info.size = len(data)
+            if i == 1:  # the PAX header overrides the size: 10^15 bytes
+                info.pax_headers = {"size": str(10**15)}
+            tf.addfile(info, io.BytesIO(data))
+    tar = tmp_path / ("r.tar.gz" if gz else "r.tar")
+    tar.write_bytes(gzip.compress(raw.getvalue(), mtime=0) if gz else raw.getvalue())
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        main, ["import", str(tar), "-o", str(tmp_path / "s.zarr"), "--workers", "0", "-q"]
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert "Traceback" not in result.output and "damaged or truncated" in lines[0]
+    if not gz:
+        assert "declares 1000000000000000 bytes, more than the" in lines[0]
+    assert time.monotonic() - started < 30

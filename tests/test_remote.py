@@ -34,7 +34,7 @@ from relabel_store.errors import (
 )
 from relabel_store.format.manifest import Manifest, ManifestEntry, verify_store
 from relabel_store.publish.card import dataset_card, size_category
-from relabel_store.publish.push import push
+from relabel_store.publish.push import OWNED_NAME, push
 from relabel_store.read import registry
 from relabel_store.read.hub_names import parse_hf_url
 from relabel_store.read.resolve import resolve
@@ -136,7 +136,8 @@ def test_push_resumes_after_interruption(hub, stores):
     assert "Re-run the same command" in result.output
     assert fault.hits == 1
     first = set(hub.files(REPO))
-    assert "manifest.json" not in first and len(first - {".gitattributes"}) == 8
+    assert "manifest.json" not in first and len(first - {".gitattributes", OWNED_NAME}) == 8
+    assert OWNED_NAME in first  # what this push may delete, should another push replace it
     with pytest.raises(IncompleteStoreError, match="upload did not finish"):
         load_relabel(REPO)
 
@@ -152,6 +153,7 @@ def test_push_resumes_after_interruption(hub, stores):
     lfs = {p for p, f in hub.files(REPO).items() if f["lfs"]}
     assert hub.count("PUT", server="cdn") == len(lfs & set(order[16:]))
     same_records(load_relabel(REPO), load_relabel(stores["v1"]))
+    assert OWNED_NAME not in hub.files(REPO)  # removed with the manifest's commit
 
 
 def test_push_refuses_unfinalized_or_damaged_store(hub, stores, tmp_path):

@@ -32,6 +32,7 @@ __all__ = [
     "UnsafePathError",
     "UnsupportedTransformError",
 ]
+import re
 
 
 class RelabelStoreError(Exception):
@@ -145,3 +146,13 @@ class InputSizeWarning(UserWarning):
 
 class NoSignaturesWarning(UserWarning):
     """A store holds no image signatures, so loaders cannot check images by content."""
+
+
+_CREDENTIALS = re.compile(r"([A-Za-z][\w+.-]*://[^/\s:@]*):[^@\s/]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL in it replaced by
+    ``***``: what every message, progress line, log line and file relabel-store writes shows of
+    a URL that carries credentials (they never leave the URL they came in)."""
+    return _CREDENTIALS.sub(r"\1:***@", text)

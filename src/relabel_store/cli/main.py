@@ -18,7 +18,7 @@ from relabel_store.cli.importer import import_
 from relabel_store.cli.merge import merge
 from relabel_store.cli.quality import echo_headline, quality
 from relabel_store.cli.remote import pull, push
-from relabel_store.errors import RelabelStoreError
+from relabel_store.errors import RelabelStoreError, redact
 from relabel_store.write._run import OnError
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (RelabelStoreError, OSError) as exc:
-            click.echo(f"error: {_one_line(exc)}{_os_fix(exc)}", err=True)
+            click.echo(redact(f"error: {_one_line(exc)}{_os_fix(exc)}"), err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("error: interrupted; rerun the same command to resume", err=True)
@@ -500,15 +500,26 @@ def sign(store: Path, images: Path, workers: int, quiet: bool) -> None:
 @main.command()
 @click.argument("store", type=click.Path(file_okay=False, path_type=Path))
 def verify(store: Path) -> None:
-    """Check every file of STORE against its manifest; exit 1 on any difference."""
+    """Check every file of STORE against its manifest, then every record's values (class ids
+    in range, finite logits); exit 1 on any difference."""
+    from relabel_store.errors import CorruptDataError
     from relabel_store.format.manifest import verify_store
+    from relabel_store.read.reader import RelabelStore
 
     report = verify_store(store)
-    for line in report.lines():
+    lines = report.lines()
+    if report.ok:  # the files are the manifest's: now what they hold (one pass, shard by shard)
+        try:
+            with RelabelStore.open(store) as opened:
+                for _ in opened.shard_blocks():
+                    pass
+        except CorruptDataError as exc:
+            lines.append(f"bad values: {exc}")
+    for line in lines:
         click.echo(line)
-    if not report.ok:
+    if lines:
         click.echo(
-            f"FAILED: {len(report.lines())} problem(s) in {store}. A copy pulled from the Hub "
+            f"FAILED: {len(lines)} problem(s) in {store}. A copy pulled from the Hub "
             "or a URL: delete it and pull it again; a store made here: rerun its generate or "
             "import with --overwrite.",
             err=True,

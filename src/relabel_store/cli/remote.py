@@ -41,16 +41,24 @@ def _echo_err(message: str) -> None:
     show_default=True,
     help="Files per commit: an interrupted push keeps the batches it committed.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only show the plan: what would be uploaded, and what deleted (files an earlier push "
+    "wrote that this store does not have). Nothing is created, sent or deleted.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only the result.")
 def push(store: Path, destination: str, revision: str | None, private: bool, license_: str,
          pretty_name: str | None, no_card: bool, message: str | None, batch_files: int,
-         quiet: bool) -> None:  # fmt: skip
+         dry_run: bool, quiet: bool) -> None:  # fmt: skip
     """Publish the finalized STORE to DESTINATION and check the upload.
 
     DESTINATION is a Hugging Face Hub dataset repo (org/name, or
     `hf://datasets/org/name[@branch][/subfolder]`) or any fsspec URL (file://, s3://, ...). The
     token comes from huggingface_hub's usual sources (HF_TOKEN, `hf auth login`). Re-running
-    after an interruption uploads only what is missing.
+    after an interruption uploads only what is missing. Push deletes only files an earlier
+    push wrote (the files of the store it replaces), says which before deleting them, and
+    refuses a destination holding other files in the store's folders.
     """
     from relabel_store.publish.push import push as run
 
@@ -66,6 +74,7 @@ def push(store: Path, destination: str, revision: str | None, private: bool, lic
         batch_files=batch_files,
         log=(lambda _: None) if quiet else _echo_err,
         progress=False if quiet else None,
+        dry_run=dry_run,
     )
     click.echo(result.summary())
 

@@ -52,16 +52,20 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return size_and_sha256(path)[1]
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, mode: int | None = None
+) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix
     (:func:`atomic_write_stream` with bytes already in memory)."""
-    atomic_write_stream(path, lambda f: f.write(data))
+    atomic_write_stream(path, lambda f: f.write(data), mode=mode)
 
 
 def atomic_write_stream(
     path: str | os.PathLike[str],
     fill: Callable[[BinaryIO], object],
     check: Callable[[Path], None] | None = None,
+    *,
+    mode: int | None = None,
 ) -> None:
     """Create ``path`` from the bytes ``fill`` writes into a temporary sibling, in one rename:
     readers see the old file or the new one, never a mix.
@@ -69,12 +73,19 @@ def atomic_write_stream(
     ``check(temp)`` runs on the finished temporary file before the rename and may raise to
     discard it (a download whose checksum is wrong). The temporary file is unique per process
     and thread (concurrent writers never share one), is flushed to disk before the rename, and
-    is removed if anything fails.
+    is removed if anything fails. ``mode`` (0o600 in the cache) creates it with exactly those
+    permissions, never through a link; by default the umask decides.
     """
     path = Path(path)
     tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as f:
+        if mode is None:
+            opened = open(tmp, "wb")  # noqa: SIM115 - closed by the with below
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+            opened = os.fdopen(os.open(tmp, flags, mode), "wb")
+            os.chmod(opened.fileno(), mode)  # the umask may have taken bits away: set exactly
+        with opened as f:
             fill(f)
             f.flush()
             os.fsync(f.fileno())

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,25 @@ except ImportError:  # pragma: no cover - not POSIX: writers are not locked
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = "lock"
+#: Write locks this process holds. A forked child (a decode worker) closes its copies at once:
+#: a flock belongs to the open file, which fork shares, so a child outliving a killed writer by
+#: a second would otherwise keep the store locked, and a rerun refused.
+_HELD: weakref.WeakSet[WriteLock] = weakref.WeakSet()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close every inherited write-lock descriptor (the parent's lock stays
+    held through its own), and forget them, so the child never closes a reused number."""
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class WriteLock:
@@ -39,6 +59,7 @@ class WriteLock:
     def __init__(self, root: Path, fd: int) -> None:
         self.root = root
         self._fd: int | None = fd
+        _HELD.add(self)
 
     @classmethod
     def acquire(cls, root: Path) -> WriteLock:
@@ -86,6 +107,7 @@ class WriteLock:
     def release(self) -> None:
         """Give the lock up (idempotent)."""
         fd, self._fd = self._fd, None
+        _HELD.discard(self)
         if fd is not None:
             os.close(fd)
 
@@ -114,12 +136,12 @@ def _changed(root: Path) -> StoreLockedError:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, *, mode: int = 0o644) -> Iterator[None]:
     """An exclusive lock on ``path`` shared by threads and processes (flock: every open() has its
     own lock, so two threads of one process exclude each other too). Released on close, also
-    when the holder dies."""
+    when the holder dies. The lock file is never opened through a link."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), mode)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -23,7 +23,7 @@ from relabel_store.errors import (
     UnsafePathError,
 )
 from relabel_store.format._io import atomic_write_bytes, file_kind, open_regular, sha256_stream
-from relabel_store.format.metadata import MANIFEST_NAME, PROGRESS_DIR
+from relabel_store.format.metadata import MANIFEST_NAME, PROGRESS_DIR, software_version
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -83,6 +83,7 @@ class Manifest:
         """Parse and check a manifest: every path safe, every field well-formed, digest right."""
         try:
             data = json.loads(raw)
+            version, algorithm = data["manifest_version"], data["algorithm"]
             files = data["files"]
             entries = tuple(
                 ManifestEntry(safe_relpath(f["path"]), int(f["size"]), str(f["sha256"]))
@@ -93,6 +94,17 @@ class Manifest:
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise FormatError(f"{where} is not a valid relabel-store manifest: {exc}") from None
+        if version != MANIFEST_VERSION or isinstance(version, bool):
+            raise FormatError(
+                f"{where} has manifest_version {version!r}; this relabel-store "
+                f"{software_version()} reads version {MANIFEST_VERSION} only. Upgrade "
+                "relabel-store (pip install -U relabel-store) to read it."
+            )
+        if algorithm != "sha256":
+            raise FormatError(
+                f"{where} checksums its files with {algorithm!r}; relabel-store checks sha256 "
+                "only, and will not treat other digests as sha256. Re-download or regenerate it."
+            )
         for e in entries:
             if e.size < 0 or not re.fullmatch(r"[0-9a-f]{64}", e.sha256):
                 raise FormatError(f"{where} has a malformed entry for {e.path!r}")

@@ -76,6 +76,15 @@ SIGNATURE_BYTES = 64
 # stored fixed-width, so one long key widens all N), and the rows of one key-index chunk.
 MAX_KEY_BYTES = 1024
 MAX_INDEX_CHUNK_ROWS = 1 << 20
+# Sane absolute caps on what a store may declare, checked before anything is allocated for it
+# (docs/format.md, "Limits"): a grid side, the entries of one record (grid cells x k: one record's
+# decoded bytes are at most 6x this, indices uint16 + values float32), the records of one shard,
+# the rows, and the bytes of the decoded key table (records x key width).
+MAX_GRID_SIDE = 256
+MAX_RECORD_ENTRIES = 1 << 20
+MAX_SHARD_RECORDS = 1 << 20
+MAX_ROWS = 1 << 40
+MAX_KEY_TABLE_BYTES = 1 << 31
 
 DEFAULT_SHARD_RECORDS = 4096
 DEFAULT_ZSTD_LEVEL = 9
@@ -126,19 +135,30 @@ class StoreMetadata:
 
     def __post_init__(self) -> None:
         _check(
-            len(self.grid) == 2 and all(_posint(v) for v in self.grid),
-            f"grid must be two positive integers, got {self.grid!r}",
+            len(self.grid) == 2 and all(_posint(v) and v <= MAX_GRID_SIDE for v in self.grid),
+            f"grid must be two integers in 1..{MAX_GRID_SIDE}, got {self.grid!r}",
         )
         _check(_posint(self.k), f"k must be a positive integer, got {self.k!r}")
+        _check(
+            self.grid[0] * self.grid[1] * self.k <= MAX_RECORD_ENTRIES,
+            f"a record of grid {self.grid[0]}x{self.grid[1]} and k={self.k} holds "
+            f"{self.grid[0] * self.grid[1] * self.k} entries; at most {MAX_RECORD_ENTRIES} are "
+            "supported",
+        )
         _check(
             _posint(self.num_classes) and self.num_classes <= 65536,
             f"num_classes must be in 1..65536 (class ids are uint16), got {self.num_classes!r}",
         )
         _check(self.k <= self.num_classes, f"k={self.k} exceeds num_classes={self.num_classes}")
         _check(
-            isinstance(self.rows, int) and self.rows >= 0, f"rows must be >= 0, got {self.rows!r}"
+            isinstance(self.rows, int) and 0 <= self.rows <= MAX_ROWS,
+            f"rows must be in 0..{MAX_ROWS}, got {self.rows!r}",
         )
-        _check(_posint(self.shard_records), "shard_records must be a positive integer")
+        _check(
+            _posint(self.shard_records) and self.shard_records <= MAX_SHARD_RECORDS,
+            f"shard_records must be an integer in 1..{MAX_SHARD_RECORDS}, got "
+            f"{self.shard_records!r}",
+        )
         _check(
             self.class_names is None or len(self.class_names) == self.num_classes,
             f"class_names has {len(self.class_names or ())} names for {self.num_classes} classes",
@@ -162,7 +182,7 @@ class StoreMetadata:
             f"values_dtype must be one of {VALUES_DTYPES}, got {self.values_dtype!r}",
         )
         _check(
-            0 <= self.record_count <= self.rows,
+            isinstance(self.record_count, int) and 0 <= self.record_count <= self.rows,
             f"record_count={self.record_count} is outside 0..rows={self.rows}",
         )
 
@@ -217,8 +237,13 @@ class StoreMetadata:
                 if kwargs.get(name) is not None:
                     kwargs[name] = tuple(kwargs[name])
             return cls(**kwargs)
-        except (KeyError, TypeError) as exc:
-            raise FormatError(f"{where} has malformed relabel-store metadata: {exc}") from None
+        except FormatError as exc:
+            raise FormatError(
+                f"{where} has relabel-store metadata this reader refuses: {exc}. The store is "
+                "damaged or was not written by relabel-store; re-download or regenerate it."
+            ) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{where} has malformed relabel-store metadata: {exc!r}") from None
 
 
 def read_group_attribute(group_json: bytes, where: str) -> Any:

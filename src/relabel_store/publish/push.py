@@ -2,13 +2,16 @@
 
 1. Refuse anything but a finalized store that matches its manifest, with every file a regular
    file inside it (no symlinks): nothing outside the store is ever read or sent.
-2. List what the destination already holds: refuse one with files of its own in the store's
-   folders and no store (they would be taken for an earlier store's and deleted); upload only
-   the files that differ, in batches
-   (``zarr.json`` first, so a partial upload is recognisable as an unfinished store). An old
-   manifest that would describe a store being replaced is removed in the first batch.
-3. Last: delete the files of an earlier store that this one does not have, and write
-   ``manifest.json`` (its presence marks the store complete; on the Hub, with the dataset card).
+2. List what the destination already holds. Push deletes only files an earlier push wrote: those
+   its manifest lists (or, after an interrupted replacement, the record ``.relabel-push.json``
+   that push left). Any other file in the store's folders is refused, with the list, before
+   anything is sent; what will be deleted is logged before anything is deleted. Upload only the
+   files that differ, in batches (``zarr.json`` first, so a partial upload is recognisable as an
+   unfinished store). An old manifest that would describe a store being replaced is removed in
+   the first batch, and the record of what the earlier push owned written in its place.
+3. Last: delete the files of the earlier store that this one does not have (and the record),
+   and write ``manifest.json`` (its presence marks the store complete; on the Hub, with the
+   dataset card).
 4. List the destination again and compare every file with the manifest; any difference raises.
 
 Re-running after an interruption uploads only what is missing. The destinations themselves live
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,11 +43,12 @@ from relabel_store.format.manifest import (
     ManifestEntry,
     VerifyReport,
     compare_files,
+    safe_relpath,
     verify_store,
 )
 from relabel_store.format.metadata import MANIFEST_NAME, StoreMetadata, read_group_attribute
 from relabel_store.publish.card import dataset_card
-from relabel_store.publish.destinations import Destination, RemoteFile
+from relabel_store.publish.destinations import Destination, RemoteFile, Upload
 from relabel_store.read.resolve import UrlTarget, resolve_destination
 
 __all__ = [
@@ -55,6 +60,9 @@ __all__ = [
     "push",
 ]
 
+#: What an interrupted replacement leaves at the destination: the files the earlier push wrote
+#: (its manifest's), which the push that replaces it may delete. Removed when the push finishes.
+OWNED_NAME = ".relabel-push.json"
 DEFAULT_BATCH_FILES = 256
 DEFAULT_BATCH_BYTES = 1 << 30
 
@@ -79,8 +87,19 @@ class PushResult:
     deleted: list[str] = field(default_factory=list)
     commits: int = 0
     load_hint: str = ""
+    #: A plan only (``dry_run``): nothing was sent or deleted.
+    dry_run: bool = False
 
     def summary(self) -> str:
+        if self.dry_run:
+            return "\n".join(
+                [
+                    f"plan for {self.destination} (dry run: nothing sent, nothing deleted):",
+                    f"upload: {len(self.uploaded)} file(s), {len(self.skipped)} already there",
+                    f"delete: {len(self.deleted)} file(s) an earlier push wrote"
+                    + (": " + ", ".join(self.deleted) if self.deleted else ""),
+                ]
+            )
         lines = [
             f"pushed store {self.digest} ({self.files} files: {len(self.uploaded)} uploaded, "
             f"{len(self.skipped)} already there"
@@ -143,6 +162,7 @@ def push(
     storage_options: dict[str, Any] | None = None,
     log: Log = _silent,
     progress: bool | None = None,
+    dry_run: bool = False,
 ) -> PushResult:
     """Publish a finalized, verified store to a Hub dataset repo or an fsspec URL.
 
@@ -151,7 +171,8 @@ def push(
     uploads only what the remote does not have yet. The remote is checked against the manifest
     at the end; any difference raises :class:`CorruptDataError`. ``progress``: bytes uploaded,
     as a bar on a terminal and as a line every ``$RELABEL_STORE_PROGRESS_INTERVAL`` seconds
-    elsewhere (None), always (True) or never (False).
+    elsewhere (None), always (True) or never (False). ``dry_run``: only plan (list what would
+    be uploaded and deleted, see :attr:`PushResult.dry_run`); nothing is created or sent.
     """
     root, meta, manifest = check_publishable(store)
     target = resolve_destination(destination, revision)
@@ -188,6 +209,7 @@ def push(
         batch_bytes=batch_bytes,
         log=log,
         progress=progress,
+        dry_run=dry_run,
     )
 
 
@@ -201,23 +223,52 @@ def publish(
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     log: Log = _silent,
     progress: bool | None = None,
+    dry_run: bool = False,
 ) -> PushResult:
     """Carry out the plan (module docstring) for the checked store at ``root``."""
     manifest_raw = (root / MANIFEST_NAME).read_bytes()
     manifest_entry = _entry_of(MANIFEST_NAME, manifest_raw)
-    found = dest.open()
-    _refuse_foreign(dest.location, manifest, found)
+    found = _listing(dest) if dry_run else dest.open()
+    owned = _owned(dest, found)
+    stale = _deletable(dest.location, manifest, found, owned)
     todo = _upload_order(
         [e for e in manifest.entries if not dest.holds(found.get(e.path), e, root / e.path)]
     )
     skipped = [e.path for e in manifest.entries if e not in todo]
     old_manifest = found.get(MANIFEST_NAME)
     manifest_same = dest.holds(old_manifest, manifest_entry, manifest_raw)
-    stale = _stale(manifest, found)
     log(
         f"{dest.location}: {len(todo)} of {len(manifest.entries)} files to upload "
         f"({sum(e.size for e in todo)} bytes), {len(skipped)} already there"
     )
+    if stale:  # said before anything is deleted
+        shown = ", ".join(stale[:10]) + (
+            f", ... ({len(stale) - 10} more)" if len(stale) > 10 else ""
+        )
+        log(
+            f"{dest.location}: will delete {len(stale)} file(s) an earlier push wrote that this "
+            f"store does not have, when the upload is complete: {shown}"
+        )
+    if dry_run:
+        return PushResult(
+            destination=dest.location,
+            url=dest.location,
+            commit=None,
+            digest=manifest.digest,
+            files=len(manifest.entries) + 1,
+            uploaded=[e.path for e in todo] + ([] if manifest_same else [MANIFEST_NAME]),
+            skipped=skipped + ([MANIFEST_NAME] if manifest_same else []),
+            deleted=stale,
+            dry_run=True,
+        )
+    # Until the new manifest is written, a record of what pushes wrote here (the earlier
+    # store's files and this one's) stays at the destination: a push re-run after an
+    # interruption, of this store or another, may delete those files, and nothing else.
+    record: list[Upload] = []
+    if todo:
+        mine = owned | {e.path for e in manifest.entries}
+        body = json.dumps({"version": 1, "files": sorted(mine)}, indent=0).encode()
+        record = [(_entry_of(OWNED_NAME, body), body)]
 
     batches = _batches(todo, batch_files, batch_bytes)
     commits = 0
@@ -238,7 +289,7 @@ def publish(
                 regular_file_stat(root, e.path)  # still a regular file, not a link planted since
             with _resumable(f"push to {dest.location} interrupted in batch {i + 1} of {len(batches)} ({i} batch(es) done)"):  # fmt: skip
                 made = dest.change(
-                    [(e, root / e.path) for e in batch],
+                    (record if i == 0 else []) + [(e, root / e.path) for e in batch],
                     delete,
                     f"{title} (data {i + 1}/{len(batches)})",
                 )
@@ -250,10 +301,11 @@ def publish(
                     + (f": {made}" if made else "")
                 )
 
+    leftover = [OWNED_NAME] if OWNED_NAME in found or record else []
     with _resumable(f"push to {dest.location} interrupted while writing the manifest"):
         made = dest.change(
             [] if manifest_same else [(manifest_entry, manifest_raw)],
-            stale,
+            [p for p in stale if p != MANIFEST_NAME] + leftover,
             f"{title} (manifest)",
             last=True,
         )
@@ -319,21 +371,54 @@ def _entry_of(path: str, data: bytes) -> ManifestEntry:
     return ManifestEntry(path, len(data), hashlib.sha256(data).hexdigest())
 
 
-def _refuse_foreign(location: str, manifest: Manifest, found: dict[str, RemoteFile]) -> None:
-    """Refuse a destination with files of its own in the store's folders (``indices/``,
-    ``values/``, ...) and no store (no ``zarr.json``, which a push writes first): the push
-    would take them for an earlier store's and delete them. Files elsewhere (a dataset's own,
-    another store in a subfolder) are left alone and do not stop it."""
-    if "zarr.json" in found:  # a store, or an interrupted push of one: replaced by this one
-        return
-    foreign = _stale(manifest, found)
+def _listing(dest: Destination) -> dict[str, RemoteFile]:
+    """What the destination holds, without creating anything (a dry run): nothing when it does
+    not exist yet."""
+    try:
+        return dest.list_files()
+    except StoreNotFoundError:
+        return {}
+
+
+def _owned(dest: Destination, found: dict[str, RemoteFile]) -> set[str]:
+    """The files an earlier push wrote here: those its manifest lists, and those the record of
+    an interrupted replacement names. Only these may be deleted."""
+    owned: set[str] = set()
+    if MANIFEST_NAME in found:
+        raw = dest.read(MANIFEST_NAME)
+        if raw is not None:
+            where = f"{dest.location}/{MANIFEST_NAME}"
+            owned |= {e.path for e in Manifest.from_bytes(raw, where=where).entries}
+    if OWNED_NAME in found:
+        raw = dest.read(OWNED_NAME)
+        try:
+            record = json.loads(raw or b"")
+            owned |= {safe_relpath(p) for p in record["files"]}
+        except (ValueError, KeyError, TypeError):
+            raise CorruptDataError(
+                f"{dest.location}/{OWNED_NAME} (what an interrupted push may delete) is "
+                "damaged; delete it, and the files of the earlier store, by hand."
+            ) from None
+    return owned
+
+
+def _deletable(
+    location: str, manifest: Manifest, found: dict[str, RemoteFile], owned: set[str]
+) -> list[str]:
+    """The files this push deletes: those an earlier push wrote (``owned``) that this store
+    does not have. Raise, listing them, if the store's folders hold any file no push wrote:
+    a user's own file there (``labels/my_labels.csv``) is never deleted."""
+    listed = manifest.by_path()
+    foreign = [p for p in _stale(manifest, found) if p not in owned]
     if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ConfigurationError(
-            f"{location} holds {len(foreign)} file(s) in the folders a store's files go to, and "
-            f"no store ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): the "
-            "push would delete them. Push to an empty folder or repository, or to a new "
-            "subfolder of this one (…/name.relabel.zarr)."
+            f"{location} holds {len(foreign)} file(s) in the folders a store's files go to that "
+            f"no earlier push wrote ({shown}). push deletes only files an earlier push wrote and "
+            "never yours: move them elsewhere, or push to an empty folder or repository, or to "
+            "a new subfolder of this one (…/name.relabel.zarr). Nothing was sent."
         )
+    return sorted(p for p in owned if p in found and p not in listed)
 
 
 def _stale(manifest: Manifest, found: dict[str, RemoteFile]) -> list[str]:

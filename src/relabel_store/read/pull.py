@@ -19,7 +19,12 @@ from typing import Any, BinaryIO
 from relabel_store._parallel import run_all
 from relabel_store._progress import Progress
 from relabel_store.errors import ConfigurationError, CorruptDataError
-from relabel_store.format._io import atomic_write_bytes, regular_file_stat, sha256_file
+from relabel_store.format._io import (
+    atomic_write_bytes,
+    open_regular,
+    regular_file_stat,
+    sha256_file,
+)
 from relabel_store.format.manifest import ManifestEntry, VerifyReport, store_files, verify_dir
 from relabel_store.format.metadata import MANIFEST_NAME
 from relabel_store.read.remote import open_remote
@@ -124,10 +129,9 @@ def _pull_into(
         if st is not None and st.st_size == e.size and sha256_file(dest / e.path) == e.sha256:
             return 0  # from an interrupted pull
         if source.is_cached(e.path):
-            cached = source.root / e.path
 
             def copy(out: BinaryIO) -> None:
-                with open(cached, "rb") as src:
+                with open_regular(source.root, e.path) as src:  # never through a link
                     shutil.copyfileobj(src, out, 1 << 20)
 
             write_verified(dest, e, source.location, copy)

@@ -43,6 +43,7 @@ from relabel_store.format.metadata import (
     MANIFEST_NAME,
     MAX_INDEX_CHUNK_ROWS,
     MAX_KEY_BYTES,
+    MAX_KEY_TABLE_BYTES,
     ROWS,
     SIGNATURE_ATTR,
     SIGNATURE_BYTES,
@@ -292,6 +293,15 @@ class RelabelStore:
         self._values = _ShardedArray(
             source, self._layout(VALUES, record, "f", (2, 4)), self._listed
         )
+        # Ids are uint16: with 65536 classes every id is in range (see _values_ok).
+        self._id_limit = m.num_classes if m.num_classes <= 0xFFFF else None
+        # A float is NaN or infinite exactly when its exponent bits are all ones.
+        vdt = self._values.layout.dtype
+        self._bits: tuple[np.dtype, np.unsignedinteger] = (
+            (np.dtype(vdt.str.replace("f", "u")), np.uint16(0x7C00))
+            if vdt.itemsize == 2
+            else (np.dtype(vdt.str.replace("f", "u")), np.uint32(0x7F800000))
+        )
         if self._values.layout.dtype.name != m.values_dtype:
             raise FormatError(
                 f"store {where} says its values are {m.values_dtype} but the values array holds "
@@ -300,6 +310,7 @@ class RelabelStore:
         # The per-key index (written by finalize): sorted keys, their physical rows, labels, sizes.
         if m.complete:
             n = m.record_count
+            self._check_claims(m)
             self._keys, self._rows, self._labels, self._sizes = self._key_index(n)
             if n and not (self._rows.min() >= 0 and self._rows.max() < m.rows):
                 raise _damaged(
@@ -348,6 +359,35 @@ class RelabelStore:
         _release_freed_memory()
         return index
 
+    def _check_claims(self, m: StoreMetadata) -> None:
+        """Refuse record counts and shard sizes the manifest's files cannot hold, before the key
+        index is decoded or allocated: every record lives in a shard of ``indices``, and every
+        shard file holds an index of 16 bytes per record of a full shard. A store claiming 10^9
+        records with three small shards fails here, not after allocating gigabytes. (zarr leaves
+        out a shard file holding only fill values; a shard of records is in one array at least,
+        as top-k ids are distinct and a record of all-zero ids and logits is never written.)"""
+        if self._listed is None:
+            return
+        tail = 16 * m.shard_records + 4
+        held: set[str] = set()  # shard numbers with a file in either array
+        for path, entry in self._listed.items():
+            name, _, rest = path.partition("/")
+            if name in (INDICES, VALUES) and rest != "zarr.json":
+                held.add(rest)
+                if entry.size < tail:
+                    raise _damaged(
+                        f"{self.source.location}/{path}",
+                        f"the manifest lists it at {entry.size} bytes, too few to hold the index "
+                        f"of a shard of {m.shard_records} records ({tail} bytes)",
+                    )
+        shards = len(held)
+        if m.record_count > shards * m.shard_records:
+            raise _damaged(
+                f"{self.source.location}/zarr.json",
+                f"the metadata claims {m.record_count} records, but the manifest lists "
+                f"{shards} shard(s), which hold at most {shards * m.shard_records}",
+            )
+
     def _check_listed(self, path: str, data: bytes | None) -> bytes | None:
         """``data`` (the bytes of ``path``; None when it is absent) if they are what the
         manifest lists; unchecked in an unfinished store, which has no manifest yet."""
@@ -382,8 +422,16 @@ class RelabelStore:
         store claiming more than it holds fails before anything is allocated."""
         layout = self._layout(name, shape, kind, (size,))
         rows = layout.chunk_shape[0]
-        if not (rows <= MAX_INDEX_CHUNK_ROWS and layout.chunk_shape[1:] == layout.shape[1:]):
-            raise self._bad_layout(name, f"chunks {layout.chunk_shape}")
+        # A chunk never holds more rows than the array (finalize writes min(n, 2^18)): a chunk
+        # claiming more would decode to bytes no record needs.
+        most = max(1, min(layout.shape[0], MAX_INDEX_CHUNK_ROWS))
+        if not (rows <= most and layout.chunk_shape[1:] == layout.shape[1:]):
+            raise self._bad_layout(name, f"chunks {layout.chunk_shape} (at most {most} rows)")
+        nbytes = int(np.prod(layout.shape, dtype=np.int64)) * layout.dtype.itemsize
+        if nbytes > MAX_KEY_TABLE_BYTES:
+            raise self._bad_layout(
+                name, f"{nbytes} bytes when decoded (at most {MAX_KEY_TABLE_BYTES} are read)"
+            )
         # Every chunk of `keys` holds keys (never only fill values), so the manifest lists each:
         # read them all, refusing a missing one, before the other arrays allocate for N rows.
         required = name == KEYS
@@ -576,12 +624,49 @@ class RelabelStore:
     def _record(self, i: int) -> Record:
         p = int(self._rows[i])
         h, w = self._sizes[i]
+        indices, values = self._indices.get(p), self._values.get(p)
+        if not self._values_ok(indices, values):
+            self._check_values(np.array([i]), indices[None], values[None])
         return Record(
-            self._keys[i].decode(),
-            self._indices.get(p),
-            self._values.get(p),
-            int(self._labels[i]),
-            (int(h), int(w)),
+            self._keys[i].decode(), indices, values, int(self._labels[i]), (int(h), int(w))
+        )
+
+    def _values_ok(self, indices: np.ndarray, values: np.ndarray) -> bool:
+        """Whether every class id is below ``num_classes`` and every logit finite, in two
+        integer reductions (~0.2 µs a record in batches): a float is NaN or infinite exactly
+        when its exponent bits are all ones."""
+        if not values.size:
+            return True
+        limit = self._id_limit
+        if limit is not None and indices.max() >= limit:
+            return False
+        bits_dtype, mask = self._bits
+        if not values.flags.c_contiguous:
+            values = np.ascontiguousarray(values)
+        return bool((values.view(bits_dtype) & mask).max() < mask)
+
+    def _check_values(self, rows: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
+        """Refuse records (``rows``: positions in key order, stacked on the first axis) holding
+        a class id outside ``0..num_classes-1`` or a logit that is NaN or infinite: pooled, they
+        would give wrong or NaN targets without a word. One vectorised pass (~1 µs a record);
+        the writer never writes such values, so they mean a hostile or damaged store."""
+        if self._values_ok(indices, values):
+            return
+        c = self.metadata.num_classes
+        flat_ids = indices.reshape(len(rows), -1)
+        bad = (flat_ids >= c).any(axis=1) | ~np.isfinite(values.reshape(len(rows), -1)).all(axis=1)
+        j = int(np.flatnonzero(bad)[0])
+        i = int(rows[j])
+        if (flat_ids[j] >= c).any():
+            what = f"class id {int(flat_ids[j].max())}, outside 0..{c - 1}"
+        else:
+            what = "a logit that is NaN or infinite"
+        shard = int(self._rows[i]) // self.metadata.shard_records
+        raise CorruptDataError(
+            f"{self.source.location}: record {self._keys[i].decode(errors='replace')!r} (row {i}, "
+            f"shard {shard}) holds {what}; relabel-store never writes such values, so the store "
+            f"is damaged or hostile ({int(bad.sum())} of {len(rows)} records read). Do not "
+            "train on it: regenerate it, or ask its publisher."
         )
 
     def get_many(self, keys: Iterable[str | bytes]) -> RecordBatch:
@@ -604,6 +689,7 @@ class RelabelStore:
             self._check_row(bad)
         idx = idx.astype(np.int64, copy=False)
         indices, values = _read_batch((self._indices, self._values), self._rows[idx])
+        self._check_values(idx, indices, values)
         return RecordBatch(
             [k.decode() for k in self._keys[idx].tolist()],
             indices,
@@ -618,14 +704,13 @@ class RelabelStore:
         takes). Reading a whole store this way touches each shard once, in sequence, and holds
         one shard's records at a time (loading every map into memory, for example)."""
         order = np.argsort(self._rows, kind="stable")  # key positions by physical row
-        physical = self._rows[order]
-        per = self.metadata.shard_records
-        bounds = np.searchsorted(physical, np.arange(0, self.metadata.num_shards + 1) * per)
-        for s in range(self.metadata.num_shards):
-            rows = order[bounds[s] : bounds[s + 1]]
-            if not len(rows):
-                continue
+        shard_of = self._rows[order].astype(np.int64) // self.metadata.shard_records
+        # Only shards that hold records: what the metadata's `rows` claims allocates nothing.
+        starts: list[int] = np.flatnonzero(np.diff(shard_of, prepend=-1)).tolist()
+        for a, b in zip(starts, [*starts[1:], len(order)], strict=True):
+            rows = order[a:b]
             indices, values = _read_batch((self._indices, self._values), self._rows[rows])
+            self._check_values(rows, indices, values)
             yield rows, indices, values
 
     def close(self) -> None:

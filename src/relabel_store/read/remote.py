@@ -17,6 +17,7 @@ URLs through the digest they served last, and only files already in the cache ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Literal
 
@@ -27,10 +28,10 @@ from relabel_store.errors import (
     RemoteError,
     StoreNotFoundError,
 )
-from relabel_store.format._io import regular_file_stat
+from relabel_store.format._io import open_regular
 from relabel_store.format.manifest import Manifest
 from relabel_store.format.metadata import MANIFEST_NAME
-from relabel_store.read.cache import CacheDir, CacheEntry, read_ref, write_ref
+from relabel_store.read.cache import FILES_DIR, CacheDir, CacheEntry
 from relabel_store.read.hub_names import HubTarget, is_commit_sha
 from relabel_store.read.resolve import Resolved, UrlTarget
 from relabel_store.read.sources import Remote, is_offline, offline_error
@@ -86,7 +87,7 @@ def _open_hub(
     if is_commit_sha(rev):
         commit = rev
     elif is_offline():
-        found = read_ref(ref_file)
+        found = cache.read_ref(ref_file)
         if found is None or not is_commit_sha(found):
             raise offline_error(f"{target.url} (revision {rev!r})")
         commit = found
@@ -96,7 +97,7 @@ def _open_hub(
     entry = cache.hub_entry(endpoint, target.repo_id, commit, target.subdir)
     source = _source(cls, remote, entry, _cached_or_fetched_manifest(remote, entry), digest)
     if commit != rev:
-        write_ref(ref_file, commit)
+        cache.write_ref(ref_file, commit)
     return source
 
 
@@ -109,24 +110,25 @@ def _open_url(
 ) -> ShardCacheSource:
     remote = FsspecRemote(target.url, storage_options)
     if is_offline():
-        current = read_ref(cache.url_ref(remote.url))
+        current = cache.read_ref(cache.url_ref(remote.location))
         if current is None:
-            raise offline_error(remote.url)
-        entry = cache.url_entry(remote.url, current)
+            raise offline_error(remote.location)
+        entry = cache.url_entry(remote.location, current)
         raw = _cached_or_fetched_manifest(remote, entry)
     else:
         raw = _fetch_manifest(remote)
-        current = Manifest.from_bytes(raw, where=f"{remote.url}/{MANIFEST_NAME}").digest
-        entry = cache.url_entry(remote.url, current)
+        current = Manifest.from_bytes(raw, where=f"{remote.location}/{MANIFEST_NAME}").digest
+        entry = cache.url_entry(remote.location, current)
     source = _source(cls, remote, entry, raw, digest)
-    cache.record_url(remote.url, current)
+    cache.record_url(remote.location, current)
     return source
 
 
 def _cached_or_fetched_manifest(remote: Remote, entry: CacheEntry) -> bytes:
     """The manifest from the cache entry if there (no request), else from the remote."""
-    if regular_file_stat(entry.files, MANIFEST_NAME) is not None:
-        return (entry.files / MANIFEST_NAME).read_bytes()
+    files = entry.folder(FILES_DIR, create=False)  # a link on the way raises
+    with contextlib.suppress(FileNotFoundError), open_regular(files, MANIFEST_NAME) as f:
+        return f.read()
     if is_offline():
         raise offline_error(remote.location)
     return _fetch_manifest(remote)

@@ -162,8 +162,9 @@ class TarArchive(MapArchive):
 
     def _open(self, f: BinaryIO) -> tarfile.TarFile:
         mode = "r:" if self.compression is None else "r|*"
+        fileobj = f if self.compression is None else _EndGuard(f)
         try:
-            return tarfile.open(fileobj=f, mode=mode, tarinfo=_EndCheckingTarInfo)  # type: ignore[call-overload]
+            return tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_EndCheckingTarInfo)  # type: ignore[call-overload]
         except tarfile.TarError as exc:
             raise InputError(
                 f"{self.path} is not a tar archive ({exc}). Give the published tar or the "
@@ -175,11 +176,19 @@ class TarArchive(MapArchive):
         while True:
             try:
                 member = tar.next()
-            except tarfile.TarError as exc:
+            except (tarfile.TarError, OSError, OverflowError, ValueError) as exc:
+                # A stream (compressed) has no size to check a header against: its absurd
+                # claims fail here, in tarfile's seek or read, as one error.
                 raise self._damaged(exc, tar.offset) from None
             if member is None:
                 break
             cast(Any, tar).members = []  # tarfile keeps every member otherwise: 1.3M objects
+            if self.compression is None and member.offset_data + member.size > self.size:
+                raise self._damaged(
+                    f"member {member.name[:80]!r} declares {member.size} bytes, more than the "
+                    f"{self.size}-byte archive holds: its header is damaged or hostile",
+                    member.offset,
+                )
             if not member.isdir():
                 yield member
         stop = getattr(tar, "relabel_stop", None)
@@ -277,6 +286,35 @@ class TarArchive(MapArchive):
                 yield rows, payloads
         if next(members, None) is not None:  # also reaches (and checks) the end marker
             raise InputError(f"{self.path} changed while it was being imported; rerun")
+
+
+class _EndGuard:
+    """A compressed tar's source for tarfile's stream mode, refusing to be read on past its end.
+
+    tarfile skips a member by reading forward block by block and does not stop at the end of
+    the data: a header declaring 10^15 bytes would have it read nothing 10^11 times (hours).
+    The first few reads at the end are tarfile's own; more mean a header claimed bytes the
+    archive does not hold."""
+
+    _MAX_EMPTY_READS = 16
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._empty = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n) if n >= 0 else self._raw.read()
+        if not data and n != 0:
+            self._empty += 1
+            if self._empty > self._MAX_EMPTY_READS:
+                raise tarfile.ReadError(
+                    "a member's header declares more bytes than the archive holds: its header "
+                    "is damaged or hostile"
+                )
+        return data
+
+    def __getattr__(self, name: str) -> Any:  # tell(), close(), ... of the raw source
+        return getattr(self._raw, name)
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:

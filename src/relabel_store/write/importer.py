@@ -45,6 +45,7 @@ from relabel_store.format.label_space import imagenet_label_space
 from relabel_store.format.manifest import Manifest, safe_relpath
 from relabel_store.format.metadata import (
     DEFAULT_SHARD_RECORDS,
+    MAX_KEY_BYTES,
     VALUES_DTYPES,
     StoreMetadata,
 )
@@ -322,8 +323,15 @@ def _place(name: str, row: int, wnid_index: dict[str, int]) -> tuple[str, int, s
     if not parts[-1].endswith(".pt"):
         return placeholder, -1, "not a .pt file"
     key = key_from_path(clean)
-    if not key or key != key.strip():
+    if not key or key != key.strip() or "\x00" in key:
         return placeholder, -1, f"file stem {key!r} cannot be a key (empty or padded)"
+    if len(key.encode()) > MAX_KEY_BYTES:  # keys are stored fixed-width: one would widen all
+        return (
+            placeholder,
+            -1,
+            f"file stem {key[:40]!r}... is {len(key.encode())} bytes; keys are at most "
+            f"{MAX_KEY_BYTES} UTF-8 bytes",
+        )
     label = wnid_index.get(parts[-2], -1) if len(parts) > 1 else -1
     return key, label, None
 

@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import pickle
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise AnnotatorError(f"cannot read safetensors checkpoint {path}: {exc}") from exc
+    _check_torch_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -125,7 +127,32 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise AnnotatorError(f"cannot read checkpoint {path}: {exc}") from exc
+    except (KeyError, IndexError, TypeError, AttributeError, struct.error) as exc:
+        # torch's reader of old (non-zip) files fails this way on bytes that are no checkpoint
+        raise AnnotatorError(
+            f"cannot read checkpoint {path}: it is not a torch checkpoint ({type(exc).__name__}: "
+            f"{exc}). Pass the model's weights: a .safetensors file or a state dict written by "
+            "torch.save."
+        ) from None
     return _unwrap_state_dict(obj, path)
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse at once a file that cannot be a torch.save checkpoint: those are zip archives
+    (``PK``) or, before torch 1.6, pickles (0x80 and a protocol of 2 to 5). A text file, an image or a
+    notes file gets one clear error instead of whatever the pickle reader trips over."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise AnnotatorError(f"cannot read checkpoint {path}: {exc}") from None
+    legacy = len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5  # pickle protocol 2..5
+    if not (head.startswith(b"PK\x03\x04") or legacy):
+        raise AnnotatorError(
+            f"{path} is not a checkpoint: it is neither a .safetensors file nor a torch.save file "
+            f"(it starts with {head!r}). Pass the model's weights (.safetensors, or a state dict "
+            "written by torch.save), or leave --checkpoint out for timm's pretrained weights."
+        )
 
 
 def _pickled_globals(path: Path) -> list[str]:

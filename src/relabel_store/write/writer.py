@@ -38,7 +38,12 @@ from relabel_store.errors import (
     InputError,
     StoreLockedError,
 )
-from relabel_store.format._io import atomic_write_bytes, open_regular, remove_abandoned_temps
+from relabel_store.format._io import (
+    atomic_write_bytes,
+    file_kind,
+    open_regular,
+    remove_abandoned_temps,
+)
 from relabel_store.format._lock import LOCK_NAME, WriteLock
 from relabel_store.format._shards import ShardEncoder, cores_per_process
 from relabel_store.format.manifest import (
@@ -161,8 +166,11 @@ class StoreWriter:
         the cores this process may use).
         """
         root = Path(path)
-        existing = read_group_attrs(root)
-        if existing is None and not _empty_or_ours(root):
+        # A creation cut short (a full disk, a kill) leaves its marker: that store holds no
+        # shard yet (creation precedes them), and is made again from scratch.
+        interrupted = _creation_interrupted(root)
+        existing = None if interrupted else read_group_attrs(root)
+        if existing is None and not interrupted and not _empty_or_ours(root):
             raise InputError(
                 f"{root} exists and is not a relabel-store store; refusing to write into it. "
                 "Choose a new output path."
@@ -172,9 +180,10 @@ class StoreWriter:
         (root / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
         held = WriteLock.acquire(root) if lock else None
         try:
-            existing = read_group_attrs(root)  # again, under the lock
+            interrupted = _creation_interrupted(root)  # again, under the lock
+            existing = None if interrupted else read_group_attrs(root)
             store_files(root, include_scratch=True)  # zarr would write through a symlink
-            if existing is not None and overwrite:
+            if (existing is not None and overwrite) or interrupted:
                 _clear_store(root)
                 existing = None
             if existing is None:
@@ -231,6 +240,9 @@ class StoreWriter:
     @staticmethod
     def _create(root: Path, m: StoreMetadata) -> None:
         root.mkdir(parents=True, exist_ok=True)
+        (root / PROGRESS_DIR).mkdir(exist_ok=True)
+        marker = root / PROGRESS_DIR / _CREATING
+        atomic_write_bytes(marker, b"")  # removed once every file of the layout is written
         zstore = LocalStore(root)
         group = zarr.create_group(zstore, zarr_format=3, attributes={ATTRS_KEY: m.to_json()})
         h, w = m.grid
@@ -249,7 +261,7 @@ class StoreWriter:
                 chunk_key_encoding=_SEP,
                 dimension_names=dims,
             )
-        (root / PROGRESS_DIR).mkdir(exist_ok=True)
+        marker.unlink()
 
     # -- progress -------------------------------------------------------------------------------
 
@@ -594,6 +606,14 @@ def _refuse_finalized(root: Path, old: StoreMetadata) -> None:
             f"{root} already holds a finalized store (digest in manifest.json). Use a new "
             "output path, or overwrite it explicitly (--overwrite / overwrite=True)."
         )
+
+
+_CREATING = "creating"
+
+
+def _creation_interrupted(root: Path) -> bool:
+    """Whether the creation of the store at ``root`` was cut short: its marker is still there."""
+    return file_kind(root / PROGRESS_DIR / _CREATING) == "file"
 
 
 def _empty_or_ours(root: Path) -> bool:

@@ -44,6 +44,10 @@ class Destination(ABC):
         """Prepare the destination (create what is missing) and list the files it holds."""
 
     @abstractmethod
+    def read(self, path: str) -> bytes | None:
+        """The bytes of a (small) file the destination holds, or None when it has none."""
+
+    @abstractmethod
     def list_files(self) -> dict[str, RemoteFile]:
         """The files the destination holds now (after the last change)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from relabel_store.errors import ConfigurationError, RemoteError
+from relabel_store.errors import ConfigurationError, RemoteError, redact
 from relabel_store.format._io import regular_file_stat, sha256_stream
 from relabel_store.format.manifest import ManifestEntry
 from relabel_store.publish.destinations import Destination, RemoteFile, Upload
@@ -23,12 +23,12 @@ class FsspecDestination(Destination):
     """The folder at ``url``; ``storage_options`` go to fsspec."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        import fsspec
         from fsspec.implementations.local import LocalFileSystem
 
-        self.location = url.rstrip("/")
-        self._fs, base = fsspec.core.url_to_fs(self.location, **(storage_options or {}))
-        self._base = base.rstrip("/")
+        from relabel_store.read.sources.fsspec import open_filesystem
+
+        self.location = redact(url.rstrip("/"))  # credentials stay in the URL fsspec gets
+        self._fs, self._base = open_filesystem(url.rstrip("/"), storage_options)
         self._local = isinstance(self._fs, LocalFileSystem)
         self._hashed: dict[str, tuple[int, str]] = {}  # path -> (size, sha256) read back
 
@@ -41,7 +41,7 @@ class FsspecDestination(Destination):
         try:
             is_file = self._fs.isfile(self._base)
         except OSError as exc:
-            raise RemoteError(f"{self.location}: cannot reach it ({exc})") from exc
+            raise RemoteError(f"{self.location}: cannot reach it ({redact(str(exc))})") from None
         if is_file:
             raise ConfigurationError(
                 f"{self.location} is a file, not a folder: give the URL of a folder to push the "
@@ -49,13 +49,21 @@ class FsspecDestination(Destination):
             )
         return self.list_files()
 
+    def read(self, path: str) -> bytes | None:
+        try:
+            return bytes(self._fs.cat_file(self._full(path)))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RemoteError(f"{self.location}/{path}: {redact(str(exc))}") from None
+
     def list_files(self) -> dict[str, RemoteFile]:
         try:
             found = self._fs.find(self._base, detail=True)
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise RemoteError(f"{self.location}: cannot list files ({exc})") from exc
+            raise RemoteError(f"{self.location}: cannot list files ({redact(str(exc))})") from None
         out = {}
         for full, info in found.items():
             rel = full[len(self._base) :].lstrip("/") if full.startswith(self._base) else None
@@ -74,7 +82,7 @@ class FsspecDestination(Destination):
             except FileNotFoundError:
                 return False
             except OSError as exc:
-                raise RemoteError(f"{self.location}/{entry.path}: {exc}") from exc
+                raise RemoteError(f"{self.location}/{entry.path}: {redact(str(exc))}") from None
         return hashed == (entry.size, entry.sha256)
 
     def change(
@@ -94,7 +102,7 @@ class FsspecDestination(Destination):
                 else:
                     self._fs.put_file(str(local), dest)
         except OSError as exc:
-            raise RemoteError(f"{self.location}: {exc}") from exc
+            raise RemoteError(f"{self.location}: {redact(str(exc))}") from None
         return None
 
     def published(self) -> tuple[str, str, str | None]:

@@ -19,7 +19,7 @@ from relabel_store.format.manifest import ManifestEntry
 from relabel_store.publish.card import CARD_NAME
 from relabel_store.publish.destinations import Destination, RemoteFile, Upload
 from relabel_store.read.hub_names import HubTarget
-from relabel_store.read.sources.hub import endpoint_url, hub_errors
+from relabel_store.read.sources.hub import endpoint_url, hub_errors, request_limits
 
 __all__ = ["HubDestination", "git_blob_id"]
 
@@ -72,6 +72,7 @@ class HubDestination(Destination):
         self.commit: str | None = None  # the last commit made or found
         self._prefix = f"{self.subdir}/" if self.subdir else ""
         self._api = HfApi(endpoint=self.endpoint, token=token)
+        self._token = token
 
     def open(self) -> dict[str, RemoteFile]:
         with hub_errors(self.location):
@@ -83,6 +84,27 @@ class HubDestination(Destination):
                     self.repo_id, branch=self.branch, repo_type="dataset", exist_ok=True
                 )
         return self.list_files()
+
+    def read(self, path: str) -> bytes | None:
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
+
+        url = hf_hub_url(
+            self.repo_id,
+            self._prefix + path,
+            repo_type="dataset",
+            revision=self.commit or self.branch,
+            endpoint=self.endpoint,
+        )
+        with hub_errors(f"{self.location}/{path}"):
+            try:
+                headers = build_hf_headers(token=self._token, library_name="relabel-store")
+                r = http_backoff("GET", url, headers=headers, **request_limits())
+                hf_raise_for_status(r)
+            except EntryNotFoundError:
+                return None
+            return r.content
 
     def list_files(self) -> dict[str, RemoteFile]:
         from huggingface_hub import RepoFile

@@ -15,10 +15,13 @@ Every implementation passes the same conformance tests (``tests/test_sources.py`
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
-from relabel_store.errors import RemoteError
+from relabel_store.errors import ConfigurationError, RemoteError
+
+T = TypeVar("T", int, float)
 
 __all__ = ["Blob", "Remote", "Source", "is_offline", "offline_error"]
 
@@ -91,6 +94,40 @@ class Remote(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location!r})"
+
+
+#: Seconds a connection may take to open, or stay silent while an answer is awaited or read,
+#: before the request fails; and how many times a request that failed so (or dropped) is tried
+#: again. A stall thus fails within (retries + 1) x timeout: 45 s by default.
+TIMEOUT_ENV = "RELABEL_STORE_TIMEOUT"
+RETRIES_ENV = "RELABEL_STORE_RETRIES"
+DEFAULT_TIMEOUT_S = 15.0
+DEFAULT_RETRIES = 2
+
+
+def network_timeout() -> float:
+    """Connect and read timeout of every remote request, in seconds: ``$RELABEL_STORE_TIMEOUT``,
+    else 15."""
+    return _env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, float, 0.001)
+
+
+def network_retries() -> int:
+    """How many times a remote request that timed out or dropped is tried again:
+    ``$RELABEL_STORE_RETRIES``, else 2."""
+    return _env_number(RETRIES_ENV, DEFAULT_RETRIES, int, 0)
+
+
+def _env_number(name: str, default: T, kind: type[T], low: T) -> T:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or value != value:  # NaN is not a number here
+        raise ConfigurationError(f"{name}={text!r}: expected a number >= {low}")
+    return value
 
 
 def is_offline() -> bool:

@@ -28,15 +28,24 @@ from relabel_store.errors import CorruptDataError
 from relabel_store.format._io import (
     atomic_write_bytes,
     atomic_write_stream,
+    open_regular,
     regular_file_stat,
     size_and_sha256,
 )
 from relabel_store.format._lock import file_lock
 from relabel_store.format.manifest import Manifest, ManifestEntry, safe_relpath
-from relabel_store.format.metadata import ERRORS_NAME, INDICES, MANIFEST_NAME, VALUES
-from relabel_store.read.cache import CacheEntry
+from relabel_store.format.metadata import (
+    INDICES,
+    KEYS,
+    LABELS,
+    MANIFEST_NAME,
+    ROWS,
+    SIZES,
+    VALUES,
+)
+from relabel_store.read.cache import FILE_MODE, FILES_DIR, CacheEntry, private_folder
 from relabel_store.read.sources import Blob, Remote, Source
-from relabel_store.read.sources.local import map_file
+from relabel_store.read.sources.local import map_open_file
 
 __all__ = ["ShardCacheSource", "write_verified"]
 
@@ -52,10 +61,10 @@ class ShardCacheSource(Source):
 
     def __init__(self, remote: Remote, entry: CacheEntry, manifest_raw: bytes) -> None:
         self._setup(remote, entry, manifest_raw)
-        cached = self._cached_manifest()
+        cached = self._cached_manifest()  # checks the entry's folders: a link raises
         if cached != manifest_raw:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.root / MANIFEST_NAME, manifest_raw)
+            entry.folder(FILES_DIR)
+            atomic_write_bytes(self.root / MANIFEST_NAME, manifest_raw, mode=FILE_MODE)
         with contextlib.suppress(OSError):  # housekeeping only; a read-only cache still works
             entry.remove_abandoned_temps()
 
@@ -69,9 +78,14 @@ class ShardCacheSource(Source):
         self._init_state()
 
     def _cached_manifest(self) -> bytes | None:
-        if regular_file_stat(self.root, MANIFEST_NAME) is None:
+        self.entry.folder(create=False)
+        if not private_folder(self.entry.root, self.root, create=False):
             return None
-        return (self.root / MANIFEST_NAME).read_bytes()
+        try:
+            with open_regular(self.root, MANIFEST_NAME) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     @property
     def root(self) -> Path:
@@ -96,11 +110,13 @@ class ShardCacheSource(Source):
         return {
             "remote": self.remote,
             "directory": str(self.entry.directory),
+            "root": str(self.entry.root),
             "manifest_raw": self._manifest_raw,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._setup(state["remote"], CacheEntry(state["directory"]), state["manifest_raw"])
+        entry = CacheEntry(state["directory"], state.get("root"))
+        self._setup(state["remote"], entry, state["manifest_raw"])
 
     # -- Source interface -----------------------------------------------------------------------
 
@@ -111,15 +127,19 @@ class ShardCacheSource(Source):
         if path not in self._entries:
             return None
         self._prefetch_small()
-        local = self.ensure(path)
-        return None if local is None else local.read_bytes()
+        if self.ensure(path) is None:
+            return None
+        with open_regular(self.root, path) as f:  # never through a link
+            return f.read()
 
     def open_blob(self, path: str) -> Blob | None:
         safe_relpath(path)
         if path == MANIFEST_NAME:
             return self._manifest_raw
-        local = self.ensure(path)
-        return None if local is None else map_file(local)
+        if self.ensure(path) is None:
+            return None
+        with open_regular(self.root, path) as f:  # never through a link
+            return map_open_file(f)
 
     def list_files(self) -> list[str]:
         return sorted([*self._entries, MANIFEST_NAME])
@@ -137,6 +157,8 @@ class ShardCacheSource(Source):
     # -- the cache ------------------------------------------------------------------------------
 
     def _cached(self, entry: ManifestEntry) -> bool:
+        if not private_folder(self.entry.root, self.root, create=False):
+            return False
         st = regular_file_stat(self.root, entry.path)
         return st is not None and st.st_size == entry.size
 
@@ -155,7 +177,8 @@ class ShardCacheSource(Source):
         if self._cached(entry):
             return final
         self._check_pid()
-        with file_lock(self.entry.lock_path(entry.path)):
+        self.entry.folder(FILES_DIR)
+        with file_lock(self.entry.lock_path(entry.path), mode=FILE_MODE):
             if self._cached(entry):  # another thread or process finished it while we waited
                 return final
             self._download(entry, final)
@@ -165,7 +188,7 @@ class ShardCacheSource(Source):
         def fill(out: BinaryIO) -> None:
             self.remote.download(entry.path, out, entry.size + 1)
 
-        write_verified(self.root, entry, self.location, fill)
+        write_verified(self.root, entry, self.location, fill, mode=FILE_MODE)
         with self._state_lock:
             self.downloads += 1
             self.bytes_downloaded += entry.size
@@ -178,13 +201,7 @@ class ShardCacheSource(Source):
         if self._prefetched:
             return
         self._prefetched = True
-        todo = [
-            p
-            for p, e in self._entries.items()
-            if p.split("/", 1)[0] not in (INDICES, VALUES)
-            and p != ERRORS_NAME
-            and not self._cached(e)
-        ]
+        todo = [p for p, e in self._entries.items() if _read_at_open(p) and not self._cached(e)]
         self.fetch(todo)
 
     def fetch(
@@ -208,8 +225,27 @@ class ShardCacheSource(Source):
         return len(todo)
 
 
+def _read_at_open(path: str) -> bool:
+    """Whether the reader reads store file ``path`` when it opens the store: the group's and the
+    arrays' ``zarr.json`` and the key index's chunks. Anything else a manifest lists (shards
+    come record by record; extra files, however many, only through ``pull`` or ``verify``) is
+    not fetched at open."""
+    name, _, rest = path.partition("/")
+    if path == "zarr.json" or (name in (*_INDEX_ARRAYS, INDICES, VALUES) and rest == "zarr.json"):
+        return True
+    return name in _INDEX_ARRAYS and rest.startswith("c.") and "/" not in rest
+
+
+_INDEX_ARRAYS = (KEYS, ROWS, LABELS, SIZES)
+
+
 def write_verified(
-    root: Path, entry: ManifestEntry, location: str, fill: Callable[[BinaryIO], None]
+    root: Path,
+    entry: ManifestEntry,
+    location: str,
+    fill: Callable[[BinaryIO], None],
+    *,
+    mode: int | None = None,
 ) -> None:
     """Create ``root/entry.path`` from ``fill`` (which writes the bytes into a temp file beside
     it) only if they match ``entry``'s size and sha256; otherwise delete them and raise
@@ -220,7 +256,10 @@ def write_verified(
     """
     final = root / entry.path
     regular_file_stat(root, entry.path)  # refuses links on the way, before anything is created
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if mode is None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    else:  # the cache: private folders
+        private_folder(root, final.parent)
     regular_file_stat(root, entry.path)  # ... and after the folders exist
 
     def check(tmp: Path) -> None:
@@ -239,4 +278,4 @@ def write_verified(
                 "local store repairs it)."
             )
 
-    atomic_write_stream(final, fill, check)
+    atomic_write_stream(final, fill, check, mode=mode)

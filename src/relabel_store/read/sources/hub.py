@@ -27,7 +27,12 @@ from relabel_store.errors import (
 )
 from relabel_store.format.manifest import safe_relpath
 from relabel_store.read.hub_names import HF_PREFIX, is_commit_sha
-from relabel_store.read.sources import Remote, offline_error
+from relabel_store.read.sources import (
+    Remote,
+    network_retries,
+    network_timeout,
+    offline_error,
+)
 
 __all__ = [
     "RESUME_DELAYS_S",
@@ -92,10 +97,44 @@ def hub_errors(what: str) -> Iterator[None]:
         ) from None
     except HfHubHTTPError as exc:
         raise RemoteError(f"{what}: {_first_line(exc)}") from None
+    except httpx2.TimeoutException as exc:
+        raise RemoteError(f"{what}: {timeout_reason(exc)}; {_RERUN}.") from None
     except (httpx2.HTTPError, httpx2.StreamError) as exc:
         raise RemoteError(
-            f"{what}: transfer failed ({type(exc).__name__}: {exc}); {_RERUN}."
+            f"{what}: transfer from {_host_of(exc)} failed ({type(exc).__name__}: {exc}); {_RERUN}."
         ) from None
+
+
+def timeout_reason(exc: BaseException) -> str:
+    """Why a request timed out, naming the host, the timeout and how to change it."""
+    limit = network_timeout()
+    kind = "connect" if "Connect" in type(exc).__name__ else "read"
+    return (
+        f"{_host_of(exc)} did not answer within {limit:g} s ({kind} timeout, "
+        f"{network_retries() + 1} tries); the network or the server stalled. Set "
+        "RELABEL_STORE_TIMEOUT (seconds) higher for a slow link"
+    )
+
+
+def _host_of(exc: BaseException) -> str:
+    """The host a failed httpx2 request went to ('the server' when unknown)."""
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # httpx2 raises RuntimeError when no request is set
+        return "the server"
+    return f"{url.host}:{url.port}" if url.port else str(url.host)
+
+
+def request_limits() -> dict[str, Any]:
+    """The timeout and retry arguments of huggingface_hub's http_backoff for every request."""
+    import httpx2
+
+    return {
+        "timeout": httpx2.Timeout(network_timeout()),
+        "max_retries": network_retries(),
+        "base_wait_time": 0.5,
+        "max_wait_time": 4,
+    }
 
 
 def _first_line(exc: BaseException) -> str:
@@ -114,7 +153,9 @@ def resolve_hub_revision(
         return rev
     api = HfApi(endpoint=endpoint_url(endpoint), token=token)
     with hub_errors(f"{HF_PREFIX}datasets/{repo_id}@{rev}"):
-        sha = api.repo_info(repo_id, repo_type="dataset", revision=rev).sha
+        sha = api.repo_info(
+            repo_id, repo_type="dataset", revision=rev, timeout=network_timeout()
+        ).sha
     if not sha or not is_commit_sha(sha):
         raise RemoteError(f"{HF_PREFIX}datasets/{repo_id}@{rev}: the Hub returned no commit sha")
     return sha
@@ -211,7 +252,9 @@ class HubRemote(Remote):
 
         with hub_errors(f"{self.location}/{path}"):
             try:
-                r = http_backoff("GET", self.url(path), headers=self._st().headers)
+                r = http_backoff(
+                    "GET", self.url(path), headers=self._st().headers, **request_limits()
+                )
                 hf_raise_for_status(r)
             except EntryNotFoundError:
                 return None
@@ -223,7 +266,10 @@ class HubRemote(Remote):
 
         where = f"{self.location}/{path}"
         url = self.url(path)
+        import httpx2
+
         written = 0
+        timeouts = 0
         delays = iter(RESUME_DELAYS_S)
         with hub_errors(where):
             while True:
@@ -235,7 +281,7 @@ class HubRemote(Remote):
                     # read the body would be thrown into its generator, which would retry and
                     # break the context manager. Transient failures are retried below, resuming.
                     with http_stream_backoff(
-                        "GET", url, headers=headers, retry_on_exceptions=()
+                        "GET", url, headers=headers, retry_on_exceptions=(), **request_limits()
                     ) as r:
                         if r.status_code >= 400:
                             r.read()
@@ -262,9 +308,15 @@ class HubRemote(Remote):
                     ) from None
                 except _transient_errors() as exc:
                     delay = next(delays, None)
+                    if isinstance(exc, httpx2.TimeoutException):
+                        timeouts += 1  # a stall costs a whole timeout a try: bounded apart
+                        if timeouts > network_retries():
+                            raise RemoteError(
+                                f"{where}: {timeout_reason(exc)}; {_RERUN}."
+                            ) from None
                     if delay is None:
                         raise RemoteError(
-                            f"{where}: the connection kept dropping ({len(RESUME_DELAYS_S) + 1} "
+                            f"{where}: the connection to {_host_of(exc)} kept dropping ({len(RESUME_DELAYS_S) + 1} "
                             f"tries, {written} bytes received; {type(exc).__name__}: {exc}). "
                             f"Files already downloaded and verified stay in the cache: {_RERUN}."
                         ) from None
@@ -280,24 +332,38 @@ class HubRemote(Remote):
             r = None
             target = st.redirects.get(path)
             if target is not None:
-                r = http_backoff("GET", target, headers=rng, follow_redirects=False)
+                r = http_backoff(
+                    "GET", target, headers=rng, follow_redirects=False, **request_limits()
+                )
                 if r.status_code in (401, 403, 404, 410):  # a signed URL expired: ask the Hub again
                     st.redirects.pop(path, None)
                     r = None
             if r is None:
                 url = self.url(path)
-                r = http_backoff("GET", url, headers={**st.headers, **rng}, follow_redirects=False)
+                r = http_backoff(
+                    "GET",
+                    url,
+                    headers={**st.headers, **rng},
+                    follow_redirects=False,
+                    **request_limits(),
+                )
                 for _ in range(_MAX_REDIRECTS):
                     if not r.has_redirect_location:
                         break
                     target = urljoin(str(r.url), r.headers["Location"])
                     if _origin(target) == _origin(url):  # same host: keep the token
                         r = http_backoff(
-                            "GET", target, headers={**st.headers, **rng}, follow_redirects=False
+                            "GET",
+                            target,
+                            headers={**st.headers, **rng},
+                            follow_redirects=False,
+                            **request_limits(),
                         )
                     else:  # CDN / signed storage URL: never send the token there
                         st.redirects[path] = target
-                        r = http_backoff("GET", target, headers=rng, follow_redirects=False)
+                        r = http_backoff(
+                            "GET", target, headers=rng, follow_redirects=False, **request_limits()
+                        )
             if r.status_code >= 400:
                 hf_raise_for_status(r)
         if r.status_code == 200:  # the server ignored Range and sent the whole file

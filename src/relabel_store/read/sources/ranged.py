@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 
 from relabel_store.errors import ArgumentTypeError, ConfigurationError, CorruptDataError
-from relabel_store.format._io import atomic_write_bytes
+from relabel_store.format._io import open_regular
 from relabel_store.format._layout import parse_shard_index
 from relabel_store.format.manifest import ManifestEntry, safe_relpath
 from relabel_store.format.metadata import MANIFEST_NAME
 from relabel_store.read.sources import Blob
 from relabel_store.read.sources.cached import ShardCacheSource
-from relabel_store.read.sources.local import map_file
+from relabel_store.read.sources.local import map_open_file
 
 __all__ = ["MAX_CACHED_TAIL", "RangeBlob", "RangeSource"]
 
@@ -43,7 +43,8 @@ class RangeSource(ShardCacheSource):
         if entry is None:
             return None
         if self._cached(entry):
-            return map_file(self.root / entry.path)
+            with open_regular(self.root, entry.path) as f:  # never through a link
+                return map_open_file(f)
         return RangeBlob(self, entry)
 
 
@@ -88,9 +89,7 @@ class RangeBlob:
             _check_index(data, self._where)  # raises before anything is kept
             self._tail = (start, data)
             with contextlib.suppress(OSError):  # the disk copy is an optimisation only
-                path = self._source.entry.tail_path(self._entry.sha256, size - start)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(path, data)
+                self._source.entry.write_tail(self._entry.sha256, size - start, data)
         return data
 
     def _read_kept_tail(self, start: int) -> bytes | None:
