@@ -143,9 +143,10 @@ def _builtin_exceptions() -> set[str]:
 def test_library_code_raises_only_relabel_store_errors():
     """Every error a caller can catch derives from RelabelStoreError (and a builtin): a bare
     ``raise ValueError(...)`` from library code breaks ``except RelabelStoreError``. Allowed:
-    ``NotImplementedError`` in abstract methods, ``AttributeError`` from a module's
+    ``NotImplementedError`` in abstract methods, ``AssertionError`` for a broken invariant (an
+    ``assert`` by another name: a bug, never a user's error), ``AttributeError`` from a module's
     ``__getattr__`` (the protocol asks for it), and re-raising a caught exception."""
-    builtin = _builtin_exceptions() - {"NotImplementedError"}
+    builtin = _builtin_exceptions() - {"NotImplementedError", "AssertionError"}
     bare = []
 
     class Raises(ast.NodeVisitor):
