@@ -53,6 +53,7 @@ __all__ = [
     "Missing",
     "Opened",
     "Pooling",
+    "SampleSteps",
     "check_image_sizes",
     "check_maps",
     "check_shapes",
@@ -703,3 +704,57 @@ def reference(row: int, box: CropBox | Region, label: int) -> dict[str, Any]:
         "flipped": box.flipped,
         "label": label,
     }
+
+
+# -- the per-sample steps ---------------------------------------------------------------------------
+
+
+class SampleSteps:
+    """The steps every loader takes with its samples, and every check on them, in one place:
+    each image checked against its record (:meth:`check`: its shape, and its content by
+    :class:`ImageCheck`), the user's transform run with its crops tracked (:meth:`transform`),
+    then a target pooled for the tracked box or region, or a reference for ``pooling="batch"``
+    (:meth:`targets`). A loader only decides how it iterates (a map-style dataset, a stream, a
+    ``datasets`` batch transform) and calls these in that order."""
+
+    def __init__(
+        self, opened: Opened, pooling: Pooling, track: Callable[[Any], Any] | None = None
+    ) -> None:
+        self.store, self.spec, self.maps = opened.store, opened.spec, opened.maps
+        self.check_sizes = opened.check_sizes
+        self.image_check = opened.images
+        self.pooling = pooling
+        self.track = track
+
+    def check(self, rows: np.ndarray, images: Sequence[Any], names: Any = None) -> None:
+        """Refuse an image that is not (a resized copy of) its record's image: its shape (every
+        sample, unless ``check_sizes=False``), its content (:class:`ImageCheck`'s samples).
+        ``names``: the images' keys, or a function of their position, for messages."""
+        if self.check_sizes:
+            check_shapes(self.store, rows, images, names)
+        self.image_check.check(rows, images, names)
+
+    def transform(self, image: Any) -> tuple[Any, CropBox | Region]:
+        """The user's transform of ``image``, with the box (or region) its output shows."""
+        if self.track is None:
+            raise ConfigurationError("the loader has no transform tracker yet; set its transform")
+        image, box = self.track(image)
+        return image, box
+
+    def targets(
+        self,
+        rows: np.ndarray,
+        boxes: Sequence[CropBox | Region],
+        labels: np.ndarray,
+        names: Sequence[str] | None = None,
+    ) -> torch.Tensor | list[dict[str, Any]]:
+        """Targets (B, C) for store ``rows`` (-1: the one-hot of the label) under ``boxes``, or
+        with ``pooling="batch"`` one :func:`reference` each; ``labels`` are store class ids."""
+        if self.pooling == "batch":
+            return [
+                reference(int(row), box, int(label))
+                for row, box, label in zip(np.asarray(rows).tolist(), boxes, labels, strict=True)
+            ]
+        return pool_rows(
+            self.store, rows, boxes, np.asarray(labels), spec=self.spec, names=names, maps=self.maps
+        )

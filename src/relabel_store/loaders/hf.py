@@ -42,9 +42,8 @@ from relabel_store.loaders._core import (
     ImageChecks,
     KeyTally,
     Missing,
-    check_shapes,
+    SampleSteps,
     open_loader,
-    pool_rows,
     require_labels,
     resolve_rows,
 )
@@ -142,15 +141,13 @@ class RelabelTransform:
             check_sizes=check_sizes,
             check_images=check_images,
         )
-        self.check_sizes = opened.check_sizes
-        self.image_check = opened.images
+        self.steps = SampleSteps(opened, "sample", track_crops(transform, check_crops=check_crops))
         if key_column is None:
             check_path_key_mode(opened.key_mode)
         self.store, self.spec = opened.store, opened.spec
         self.key_mode = opened.key_mode
         self._keys_from = opened.keys_from
         self._tally = KeyTally()
-        self.track = track_crops(transform, check_crops=check_crops)
         self.image_column = image_column
         self.key_column = key_column
         self.label_column = label_column
@@ -196,16 +193,14 @@ class RelabelTransform:
             images.append(image)
             paths.append(path)
         rows, keys = self._rows(batch, paths)
-        if self.check_sizes:
-            check_shapes(self.store, rows, images, keys)
-        self.image_check.check(rows, images, keys)
+        self.steps.check(rows, images, keys)
         labels = self._labels(batch, len(images))
         pixels, boxes = [], []
         for image in images:
-            pixel, box = self.track(image)
+            pixel, box = self.steps.transform(image)
             pixels.append(pixel)
             boxes.append(box)
-        targets = pool_rows(self.store, rows, boxes, labels, spec=self.spec, names=keys)
+        targets = self.steps.targets(rows, boxes, labels, keys)
         out: dict[str, Any] = {}
         if self.keep_columns is True:
             out.update((k, v) for k, v in batch.items() if k != self.image_column)

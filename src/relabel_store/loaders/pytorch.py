@@ -31,13 +31,12 @@ from relabel_store.loaders._core import (
     ImageChecks,
     Missing,
     Pooling,
-    check_shapes,
+    SampleSteps,
     check_sources,
     check_unique_keys,
     dataset_label,
     open_loader,
     pool_rows,
-    reference,
     require_labels,
     resolve_rows,
 )
@@ -135,8 +134,7 @@ class RelabelDataset(Dataset):
             check_sizes=check_sizes,
             check_images=check_images,
         )
-        self.check_sizes = opened.check_sizes
-        self.image_check = opened.images
+        self.steps = SampleSteps(opened, pooling)
         self.store, self.spec, self.maps = opened.store, opened.spec, opened.maps
         self.pooling: Pooling = pooling
         self.num_classes = self.store.metadata.num_classes
@@ -153,7 +151,7 @@ class RelabelDataset(Dataset):
             dataset=f"the base dataset ({type(base).__name__})",
         )
         self._check_labels(missing, class_map)
-        check_sources(self.image_check, self.rows, lambda i: self.base[i][0], self._key_of)
+        check_sources(self.steps.image_check, self.rows, lambda i: self.base[i][0], self._key_of)
         self.transform = transform
         self._collate_checked: int | None = None  # the process that checked a collate_fn
 
@@ -201,8 +199,13 @@ class RelabelDataset(Dataset):
             )
         track = track_crops(transform, sample=self._sample_image(), check_crops=self.check_crops)
         self._check_collation(transform)
-        self.track = track
+        self.steps.track = track
         self._transform = transform
+
+    @property
+    def track(self) -> Any:
+        """The tracker of the transform's crops (:func:`~relabel_store.loaders.track_crops`)."""
+        return self.steps.track
 
     def _sample_image(self) -> Any:
         """The first sample's image, untransformed: what the dry run feeds the transform."""
@@ -266,34 +269,26 @@ class RelabelDataset(Dataset):
         rows = self.rows[indices]
         images, boxes, labels = [], [], []
         for j, sample in enumerate(samples):
-            self._check_image(rows[j : j + 1], sample[0])
-            image, box = self.track(sample[0])
+            self.steps.check(rows[j : j + 1], [sample[0]], self._name_of(rows[j : j + 1]))
+            image, box = self.steps.transform(sample[0])
             images.append(image)
             boxes.append(box)
             labels.append(dataset_label(sample[1]))
-        targets = pool_rows(
-            self.store,
-            rows,
-            boxes,
-            self.label_map.to_store(np.asarray(labels)),
-            spec=self.spec,
-            maps=self.maps,
-        )
-        if images:
+        targets = self.steps.targets(rows, boxes, self.label_map.to_store(np.asarray(labels)))
+        if images and isinstance(targets, torch.Tensor):
             self._check_collate(images[0], targets[0], every_batch=True)
         return list(zip(images, targets, strict=True))
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, label = self.base[index][:2]
-        row = int(self.rows[index])
-        self._check_image(np.array([row]), image)
-        image, box = self.track(image)
-        store_label = self._store_label(label)
-        if self.pooling == "batch":
-            return image, reference(row, box, store_label)
-        target = torch.from_numpy(self.target(row, box, store_label))
-        self._check_collate(image, target, every_batch=False)
-        return image, target
+        rows = self.rows[index : index + 1]
+        self.steps.check(rows, [image], self._name_of(rows))
+        image, box = self.steps.transform(image)
+        targets = self.steps.targets(rows, [box], np.array([self._store_label(label)]))
+        if not isinstance(targets, torch.Tensor):  # pooling="batch": a reference
+            return image, targets[0]
+        self._check_collate(image, targets[0], every_batch=False)
+        return image, targets[0]
 
     def _check_collate(self, image: Any, target: torch.Tensor, *, every_batch: bool) -> None:
         """On the first batch a DataLoader builds in this process with a given collate_fn:
@@ -318,14 +313,9 @@ class RelabelDataset(Dataset):
         row = int(self.rows[index])
         return self.store.keys[row].decode() if row >= 0 else None
 
-    def _check_image(self, rows: np.ndarray, image: Any) -> None:
-        """Refuse an image that is not (a resized copy of) the one its record was made from:
-        its shape (every sample), its content (:class:`ImageCheck`'s samples)."""
-        if self.check_sizes:
-            check_shapes(
-                self.store, rows, [image], lambda j: self.store.keys[int(rows[j])].decode()
-            )
-        self.image_check.check(rows, [image])
+    def _name_of(self, rows: np.ndarray) -> Callable[[int], str]:
+        """The keys of store ``rows``, for messages about their images."""
+        return lambda j: self.store.keys[int(rows[j])].decode()
 
     def target(self, row: int, box: CropBox | Region, label: int) -> np.ndarray:
         """The soft target of store row ``row`` (or the one-hot of ``label``, a store class id,

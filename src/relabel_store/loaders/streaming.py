@@ -33,15 +33,14 @@ from relabel_store.errors import ArgumentTypeError
 from relabel_store.format.keys import KeyMode, key_from_path
 from relabel_store.format.label_space import ClassMap, match_labels
 from relabel_store.loaders._core import (
+    ImageCheck,
     ImageChecks,
     KeyTally,
     Missing,
     Pooling,
-    check_shapes,
+    SampleSteps,
     dataset_label,
     open_loader,
-    pool_rows,
-    reference,
     require_labels,
     resolve_rows,
 )
@@ -120,8 +119,7 @@ class RelabelStream:
             check_sizes=check_sizes,
             check_images=check_images,
         )
-        self.check_sizes = opened.check_sizes
-        self.image_check = opened.images
+        self.steps = SampleSteps(opened, pooling)
         self.store, self.spec, self.maps = opened.store, opened.spec, opened.maps
         self.missing: Missing = missing
         self.pooling: Pooling = pooling
@@ -138,8 +136,18 @@ class RelabelStream:
             unnamed="the names of the stream's classes were not given (class_names=...)",
         )
         require_labels(self.label_map, self.spec, missing, None)
-        self.track = track_crops(transform, sample=sample, check_crops=check_crops)
+        self.steps.track = track_crops(transform, sample=sample, check_crops=check_crops)
         self._transform = transform
+
+    @property
+    def track(self) -> Any:
+        """The tracker of the transform's crops (:func:`~relabel_store.loaders.track_crops`)."""
+        return self.steps.track
+
+    @property
+    def image_check(self) -> ImageCheck:
+        """The content check of the stream's images (:class:`~._core.ImageCheck`)."""
+        return self.steps.image_check
 
     @property
     def transform(self) -> Any:
@@ -201,12 +209,7 @@ class RelabelStream:
         keys = [key]
         rows, store_keys = self._resolve(keys, whole=False)
         self._tally.add(self.store, rows, store_keys, self._keys_from)
-        if self.check_sizes:
-            check_shapes(self.store, rows, [image], keys)
-        self.image_check.check(rows, [image], keys)
-        store_label = self.label_map.to_store(np.array([label]))
-        image, box = self.track(image)
-        if self.pooling == "batch":
-            return image, reference(int(rows[0]), box, int(store_label[0]))
-        target = pool_rows(self.store, rows, [box], store_label, spec=self.spec, maps=self.maps)
-        return image, target[0]
+        self.steps.check(rows, [image], keys)
+        image, box = self.steps.transform(image)
+        (target,) = self.steps.targets(rows, [box], self.label_map.to_store(np.array([label])))
+        return image, target
