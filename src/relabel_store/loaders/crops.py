@@ -27,7 +27,8 @@ transforms images but not boxes, a re-implementation under a known name) is refu
 
 Pipelines that rotate, shear, put in perspective or flip vertically, and those with torchvision
 v2's or timm's AutoAugment-family steps, go to :mod:`relabel_store.loaders.geometry`, which tracks
-their full geometry and returns a :class:`~relabel_store.pooling.Region` instead of a box.
+their full geometry and returns a :class:`~relabel_store.pooling.Region` instead of a box
+(confirmed from the pixels in the same way).
 Elsewhere torchvision v1's AutoAugment family and AugMix count as pixel-only (their small shears
 are ignored, as the original ReLabel code ignores them).
 

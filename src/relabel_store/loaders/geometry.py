@@ -23,6 +23,12 @@ geometric operations (ShearX/Y, TranslateX/Y, Rotate) of torchvision v2's ``Auto
 ``RandAugment`` and ``TrivialAugmentWide`` and of timm's ``RandAugment``/``AutoAugment``
 (``rand-m9-mstd0.5``, ...), ``RandomApply`` around any of these, and pixel-only steps.
 
+The pixels confirm the region (``check_crops``, as for crop boxes): on the first samples of every
+process, the image after each geometric step must show the source warped through the region
+tracked so far (:func:`_warped_agreement`; the bar and the counting of
+:class:`~relabel_store.loaders.crops._Confirmation`), so a step the tracker misreads (a user's
+``RandomRotation`` that turns by another angle than it drew) is refused by name.
+
 Refused, by name: steps with no matrix (``ElasticTransform``), steps this module cannot see
 through (``Lambda``, plain functions, unknown transforms), and ``AugMix`` (it blends several
 differently warped copies: no one region). torchvision v1's AutoAugment family is refused when
