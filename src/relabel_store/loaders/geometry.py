@@ -365,7 +365,7 @@ def _warped_agreement(source: Any, image: Any, pieces: _Pieces) -> float | None:
     :class:`~relabel_store.loaders.crops._Confirmation`, for regions): the source is sampled
     (bilinear) at the image's pixel centres mapped through the composed matrix, after being
     brought to about the image's resolution (PIL's antialiased resize, as the steps' own);
-    both are reduced to up to 12 x 12 block means over the points that show the source (those
+    both (the image first reduced to 4 x 4 points a block) are reduced to up to 12 x 12 block means over the points that show the source (those
     outside it, behind an intermediate step's canvas, or one pixel from either are left out,
     not compared as fill), and compared by normalised cross-correlation. None when undecidable
     (an image type this does not read, too little of the source shown, a flat source)."""
@@ -376,7 +376,14 @@ def _warped_agreement(source: Any, image: Any, pieces: _Pieces) -> float | None:
     total = np.eye(3)
     for matrix, _, _ in pieces:
         total = total @ matrix
-    clips = _clips(pieces, (sh, sw), (oh, ow))
+    clips = _clips(pieces, (sh, sw), (oh, ow))  # normalised: the same at any resolution
+    # 12 x 12 blocks need no more than 4 x 4 points each: the image is first reduced to that
+    # (PIL's exact BOX means), which keeps a check at about a millisecond.
+    tw, th = min(ow, 4 * _GRID), min(oh, 4 * _GRID)
+    if (tw, th) != (ow, oh):
+        out = out.resize((tw, th), Image.Resampling.BOX)
+        total = total @ np.diag([ow / tw, oh / th, 1.0])
+        ow, oh = tw, th
     # Source pixels per output pixel (the mapped output's area), to match resolutions.
     corners = total @ np.array([[0.0, ow, ow, 0.0], [0.0, 0.0, oh, oh], [1.0, 1.0, 1.0, 1.0]])
     x, y = corners[:2] / corners[2]
@@ -444,10 +451,11 @@ class _Looks:
     the sample's looks (after solarisation; the looks before it stand)."""
 
     def __init__(self, confirm: _Confirmation, source: Any) -> None:
-        self.confirm, self.source, self.blind = confirm, source, False
+        # The source as one plane, once for all the sample's looks.
+        self.confirm, self.source, self.blind = confirm, _plane(source), False
 
     def __call__(self, image: Any, pieces: _Pieces, where: str) -> None:
-        if not self.blind:
+        if not self.blind and self.source is not None:
             self.confirm.record(_warped_agreement(self.source, image, pieces), where)
 
 
