@@ -532,7 +532,10 @@ class GeometryTracker:
                 f"followed; use torchvision.transforms.v2.{name}. {_FIX}"
             )
         if name == "RandomApply":
-            return "apply", (step.p, cls(list(step.transforms)), _is_v2(step))
+            inner = cls(list(step.transforms), 0)
+            # The inner steps are named as the user sees them: inside this RandomApply.
+            inner.names = {p: f"{n} in {where}" for p, n in inner.names.items()}
+            return "apply", (step.p, inner, _is_v2(step))
         if name in _PHOTOMETRIC or (
             name in ("RandomChoice", "RandomOrder", "RandomApply")
             and all(type(t).__name__ in _PHOTOMETRIC for t in _flatten(list(step.transforms)))
