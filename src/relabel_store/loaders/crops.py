@@ -27,7 +27,8 @@ transforms images but not boxes, a re-implementation under a known name) is refu
 
 Pipelines that rotate, shear, put in perspective or flip vertically, and those with torchvision
 v2's or timm's AutoAugment-family steps, go to :mod:`relabel_store.loaders.geometry`, which tracks
-their full geometry and returns a :class:`~relabel_store.pooling.Region` instead of a box.
+their full geometry and returns a :class:`~relabel_store.pooling.Region` instead of a box
+(confirmed from the pixels in the same way).
 Elsewhere torchvision v1's AutoAugment family and AugMix count as pixel-only (their small shears
 are ignored, as the original ReLabel code ignores them).
 
@@ -153,7 +154,7 @@ def _build(transform: Any, confirm: int = CONFIRMED_SAMPLES) -> CropTracker:
     from relabel_store.loaders import geometry
 
     if geometry.needs_geometry(steps):  # rotations, shears, vertical flips: a Region
-        return geometry.GeometryTracker(steps)
+        return geometry.GeometryTracker(steps, confirm)
     for position, step in enumerate(_flatten(steps), start=1):
         _refuse_foreign(step, position)
         _refuse_untrackable(step, position)
@@ -386,9 +387,10 @@ class _Confirmation:
     Per process: DataLoader workers inherit the counts at fork, and reset them here by pid.
     """
 
-    def __init__(self, samples: int, geometry: str) -> None:
+    def __init__(self, samples: int, geometry: str, tracked: str = "crop box") -> None:
         self.samples = samples
         self.geometry = geometry
+        self.tracked = tracked  # what the tracker tracks, for the refusal: "crop box", "region"
         self.reset()
 
     def reset(self) -> None:
@@ -422,7 +424,10 @@ class _Confirmation:
         if isinstance(box, tuple):
             x0, y0, x1, y1, flipped = box
             box = _LooseBox(x0, y0, x1, y1, flipped)
-        score = _agreement(source, image, box)
+        self.record(_agreement(source, image, box), step)
+
+    def record(self, score: float | None, step: str) -> None:
+        """Count one look's agreement (None: undecidable) after ``step`` for this sample."""
         if score is None:
             return
         self._sample_looked = True
@@ -441,16 +446,17 @@ class _Confirmation:
         if self.misfits >= 2 and self.misfits > self.fits:
             step, scores = max(self.blamed.items(), key=lambda item: len(item[1]))
             raise UnsupportedTransformError(
-                f"the crop box tracked through {step} does not match the image it produced: "
-                f"on {self.misfits} of the first {self.fits + self.misfits} samples, the "
-                "transformed image does not show the source image under the tracked box "
+                f"the {self.tracked} tracked through {step} does not match the image it "
+                f"produced: on {self.misfits} of the first {self.fits + self.misfits} samples, "
+                f"the transformed image does not show the source image under the tracked "
+                f"{self.tracked} "
                 f"(agreement {', '.join(f'{abs(x):.2f}' for x in scores[:4])}; right boxes "
                 f"score above {_AGREEMENT}). The step moves pixels in a way relabel-store "
-                "misreads (a subclass or a re-implementation that crops, flips or resizes "
-                "differently from the step it is named after, or one that transforms images "
+                "misreads (a subclass or a re-implementation that crops, flips, resizes or "
+                "rotates differently from the step it is named after, or one that transforms images "
                 f"but not bounding boxes); geometric steps: {self.geometry}. Replace it with "
                 "the torchvision step it imitates, make it transform tv_tensors.BoundingBoxes "
-                "too, or wrap a callable that returns (image, CropBox) in "
+                "too, or wrap a callable that returns (image, CropBox or Region) in "
                 "relabel_store.loaders.ReturnsCropBox. (If the images are really shown right "
                 "and only look different, e.g. heavy augmentation before the crop, pass "
                 "check_crops=False to the loader.)"

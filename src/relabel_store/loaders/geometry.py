@@ -23,6 +23,12 @@ geometric operations (ShearX/Y, TranslateX/Y, Rotate) of torchvision v2's ``Auto
 ``RandAugment`` and ``TrivialAugmentWide`` and of timm's ``RandAugment``/``AutoAugment``
 (``rand-m9-mstd0.5``, ...), ``RandomApply`` around any of these, and pixel-only steps.
 
+The pixels confirm the region (``check_crops``, as for crop boxes): on the first samples of every
+process, the image after each geometric step must show the source warped through the region
+tracked so far (:func:`_warped_agreement`; the bar and the counting of
+:class:`~relabel_store.loaders.crops._Confirmation`), so a step the tracker misreads (a user's
+``RandomRotation`` that turns by another angle than it drew) is refused by name.
+
 Refused, by name: steps with no matrix (``ElasticTransform``), steps this module cannot see
 through (``Lambda``, plain functions, unknown transforms), and ``AugMix`` (it blends several
 differently warped copies: no one region). torchvision v1's AutoAugment family is refused when
@@ -38,12 +44,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from relabel_store.errors import UnsupportedTransformError
-from relabel_store.loaders.crops import _PHOTOMETRIC, _flatten, _name, _RecordParams, image_size
+from relabel_store.loaders.crops import (
+    _GRID,
+    _PHOTOMETRIC,
+    CONFIRMED_SAMPLES,
+    _Confirmation,
+    _flatten,
+    _name,
+    _pixels_kept_size,
+    _plane,
+    _RecordParams,
+    _where,
+    image_size,
+)
 from relabel_store.pooling import Region
 
 __all__ = ["GeometryTracker", "needs_geometry"]
+
+# Step by step: (output-to-input pixel matrix, input size (h, w), whether the step warps).
+_Pieces = list[tuple[np.ndarray, tuple[int, int], bool]]
 
 # Steps whose geometry no crop box describes, and which this module tracks.
 _ROTATIONS = {"RandomRotation", "RandomAffine", "RandomPerspective"}
@@ -55,6 +77,11 @@ _GEOMETRIC_OPS_V2 = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"}
 _GEOMETRIC_OPS_TIMM = {
     "Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel",
 }  # fmt: skip
+
+# Operations and steps that invert only some pixel values (solarisation): the image after one
+# no longer correlates with the source, so the output check stops looking at that sample.
+_SCRAMBLING_OPS = {"Solarize", "SolarizeAdd", "SolarizeIncreasing"}
+_SCRAMBLING_STEPS = {"RandomSolarize"}
 
 _FIX = (
     "Tracked exactly: crops, resizes, flips, RandomRotation, RandomAffine, RandomPerspective and "
@@ -71,7 +98,10 @@ def _is_timm_auto(step: Any) -> bool:
 
 
 def _is_v2(step: Any) -> bool:
-    return type(step).__module__.startswith("torchvision.transforms.v2")
+    """A torchvision v2 step, or a user's subclass of one (which draws with ``make_params``)."""
+    from torchvision.transforms import v2
+
+    return isinstance(step, v2.Transform)
 
 
 def _timm_ops(step: Any) -> list[Any]:
@@ -208,15 +238,27 @@ def _timm_op(name: str, args: tuple[Any, ...], size: tuple[int, int]) -> np.ndar
 # -- recording wrappers ---------------------------------------------------------------------------
 
 
+class _OpLog(list[tuple[np.ndarray, tuple[int, int], bool]]):
+    """The pieces an AutoAugment-family step recorded, and whether it solarised the image."""
+
+    solarized = False
+
+    def clear(self) -> None:
+        super().clear()
+        self.solarized = False
+
+
 class _RecordV2Ops:
     """Stands in for a v2 AutoAugment step's ``_apply_image_or_video_transform`` and records
     the geometry of every operation it applies."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self.matrices: list[tuple[np.ndarray, tuple[int, int], bool]] = []
+        self.matrices = _OpLog()
 
     def __call__(self, image: Any, transform_id: str, magnitude: float, **kwargs: Any) -> Any:
+        if transform_id in _SCRAMBLING_OPS:
+            self.matrices.solarized = True
         if transform_id in _GEOMETRIC_OPS_V2:
             size = image_size(image)
             matrix = _auto_v2_op(transform_id, magnitude, size)
@@ -232,13 +274,16 @@ class _RecordTimmOp:
         self,
         name: str,
         fn: Callable[..., Any],
-        log: list[tuple[np.ndarray, tuple[int, int], bool]],
+        log: _OpLog,
     ) -> None:
         self.name = name
         self.fn = fn
         self.log = log
 
     def __call__(self, image: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name in _SCRAMBLING_OPS:
+            self.log.solarized = True
+            return self.fn(image, *args, **kwargs)
         size = image_size(image)
         matrix = _timm_op(self.name, args, size)
         if matrix is not None:
@@ -246,14 +291,14 @@ class _RecordTimmOp:
         return self.fn(image, *args, **kwargs)
 
 
-def _recording_timm(step: Any) -> tuple[Any, list[tuple[np.ndarray, tuple[int, int], bool]]]:
-    """A copy of a timm RandAugment/AutoAugment whose geometric ops record their matrices
-    (same op list, same order: the same random draws)."""
-    log: list[tuple[np.ndarray, tuple[int, int], bool]] = []
+def _recording_timm(step: Any) -> tuple[Any, _OpLog]:
+    """A copy of a timm RandAugment/AutoAugment whose geometric ops record their matrices,
+    and whose solarising ops say they ran (same op list, same order: the same random draws)."""
+    log = _OpLog()
     step = copy.copy(step)
 
     def wrap(op: Any) -> Any:
-        if op.name not in _GEOMETRIC_OPS_TIMM:
+        if op.name not in _GEOMETRIC_OPS_TIMM and op.name not in _SCRAMBLING_OPS:
             return op
         op = copy.copy(op)
         op.aug_fn = _RecordTimmOp(op.name, op.aug_fn, log)
@@ -312,19 +357,129 @@ def _is_whole_image(prefix: np.ndarray, size: tuple[int, int], original: tuple[i
     )
 
 
+# -- the output check ------------------------------------------------------------------------------
+
+
+def _warped_agreement(source: Any, image: Any, pieces: _Pieces) -> float | None:
+    """How well ``image`` shows ``source`` warped through ``pieces`` (the output check of
+    :class:`~relabel_store.loaders.crops._Confirmation`, for regions): the source is sampled
+    (bilinear) at the image's pixel centres mapped through the composed matrix, after being
+    brought to about the image's resolution (PIL's antialiased resize, as the steps' own);
+    both (the image first reduced to 4 x 4 points a block) are reduced to up to 12 x 12 block means over the points that show the source (those
+    outside it, behind an intermediate step's canvas, or one pixel from either are left out,
+    not compared as fill), and compared by normalised cross-correlation. None when undecidable
+    (an image type this does not read, too little of the source shown, a flat source)."""
+    src, out = _plane(source), _plane(image)
+    if src is None or out is None:
+        return None
+    (sw, sh), (ow, oh) = src.size, out.size
+    total = np.eye(3)
+    for matrix, _, _ in pieces:
+        total = total @ matrix
+    clips = _clips(pieces, (sh, sw), (oh, ow))  # normalised: the same at any resolution
+    # 12 x 12 blocks need no more than 4 x 4 points each: the image is first reduced to that
+    # (PIL's exact BOX means), which keeps a check at about a millisecond.
+    tw, th = min(ow, 4 * _GRID), min(oh, 4 * _GRID)
+    if (tw, th) != (ow, oh):
+        out = out.resize((tw, th), Image.Resampling.BOX)
+        total = total @ np.diag([ow / tw, oh / th, 1.0])
+        ow, oh = tw, th
+    # Source pixels per output pixel (the mapped output's area), to match resolutions.
+    corners = total @ np.array([[0.0, ow, ow, 0.0], [0.0, 0.0, oh, oh], [1.0, 1.0, 1.0, 1.0]])
+    x, y = corners[:2] / corners[2]
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    shrink = math.sqrt(area / (ow * oh))
+    if shrink > 1.25:
+        nw, nh = max(1, round(sw / shrink)), max(1, round(sh / shrink))
+        src = src.resize((nw, nh), Image.Resampling.BILINEAR)
+        total = np.diag([nw / sw, nh / sh, 1.0]) @ total
+        sw, sh = nw, nh
+    plane = np.asarray(src, np.float64)
+    # The image's pixel centres, mapped into the source's pixels (pixel i covers [i, i + 1)).
+    gy, gx = np.mgrid[0:oh, 0:ow]
+    centres = np.stack([gx.ravel() + 0.5, gy.ravel() + 0.5, np.ones(oh * ow)])
+    mapped = total @ centres
+    px, py = mapped[0] / mapped[2], mapped[1] / mapped[2]
+    shown = (px >= 0) & (px <= sw) & (py >= 0) & (py <= sh)
+    for clip in clips:
+        c = np.asarray(clip).reshape(3, 3) @ (centres / [[ow], [oh], [1.0]])
+        cu, cv = c[0] / c[2], c[1] / c[2]
+        shown &= (cu >= 0) & (cu <= 1) & (cv >= 0) & (cv <= 1)
+    shown = shown.reshape(oh, ow)
+    inner = shown.copy()  # one pixel in from every edge: interpolation blends with the fill
+    inner[1:] &= shown[:-1]
+    inner[:-1] &= shown[1:]
+    inner[:, 1:] &= shown[:, :-1]
+    inner[:, :-1] &= shown[:, 1:]
+    keep = inner.ravel()
+    if keep.sum() < 0.1 * keep.size or sw < 2 or sh < 2:
+        return None
+    fx = np.clip(px[keep] - 0.5, 0, sw - 1)
+    fy = np.clip(py[keep] - 0.5, 0, sh - 1)
+    x0, y0 = np.minimum(fx.astype(np.intp), sw - 2), np.minimum(fy.astype(np.intp), sh - 2)
+    ax, ay = fx - x0, fy - y0
+    sampled = (
+        plane[y0, x0] * (1 - ax) * (1 - ay)
+        + plane[y0, x0 + 1] * ax * (1 - ay)
+        + plane[y0 + 1, x0] * (1 - ax) * ay
+        + plane[y0 + 1, x0 + 1] * ax * ay
+    )
+    # Block means over the points shown; a block counts when at least half of it is shown.
+    bx, by = min(_GRID, ow // 4), min(_GRID, oh // 4)
+    if bx < 4 or by < 4:
+        return None
+    block = ((gy.ravel() * by) // oh * bx + (gx.ravel() * bx) // ow)[keep]
+    count = np.bincount(block, minlength=bx * by)
+    full = np.bincount((gy.ravel() * by) // oh * bx + (gx.ravel() * bx) // ow, minlength=bx * by)
+    used = count >= 0.5 * full
+    if used.sum() < 16:
+        return None
+    values = np.asarray(out, np.float64).ravel()[keep]
+    a = np.bincount(block, sampled, bx * by)[used] / count[used]
+    b = np.bincount(block, values, bx * by)[used] / count[used]
+    scale = float(np.abs(a).max())
+    a, b = a - a.mean(), b - b.mean()
+    na, nb = float(np.sqrt((a * a).sum())), float(np.sqrt((b * b).sum()))
+    if na <= 2e-3 * scale * np.sqrt(a.size) or nb == 0.0:  # a flat source: nothing to see
+        return None
+    return float((a * b).sum() / (na * nb))
+
+
+class _Looks:
+    """One sample's output check: ``looks(image, pieces, where)`` after each geometric step
+    confirms the image against the source warped through the pieces so far. ``blind`` ends
+    the sample's looks (after solarisation; the looks before it stand)."""
+
+    def __init__(self, confirm: _Confirmation, source: Any) -> None:
+        # The source as one plane, once for all the sample's looks.
+        self.confirm, self.source, self.blind = confirm, _plane(source), False
+
+    def __call__(self, image: Any, pieces: _Pieces, where: str) -> None:
+        if not self.blind and self.source is not None:
+            self.confirm.record(_warped_agreement(self.source, image, pieces), where)
+
+
+def _solarizes(step: Any) -> bool:
+    return type(step).__name__ in _SCRAMBLING_STEPS or any(
+        type(t).__name__ in _SCRAMBLING_STEPS for t in _flatten(getattr(step, "transforms", []))
+    )
+
+
 # -- the tracker ----------------------------------------------------------------------------------
 
 
 class GeometryTracker:
     """``tracker(image) -> (transformed image, Region)`` for a pipeline of steps (see module)."""
 
-    def __init__(self, transforms: Sequence[Any]) -> None:
+    def __init__(self, transforms: Sequence[Any], confirm: int = CONFIRMED_SAMPLES) -> None:
         flat = _flatten(list(transforms))
         self.names = {position: _name(step) for position, step in enumerate(flat, start=1)}
         self.steps = [
             (*self._classify(step, position), position)
             for position, step in enumerate(flat, start=1)
         ]
+        geometry = [_where(s, p) for kind, s, p in self.steps if kind != "pixels"]
+        self.confirm = _Confirmation(confirm, ", ".join(geometry) or "none", "region")
 
     @classmethod
     def _classify(cls, step: Any, position: int) -> tuple[str, Any]:
@@ -377,7 +532,10 @@ class GeometryTracker:
                 f"followed; use torchvision.transforms.v2.{name}. {_FIX}"
             )
         if name == "RandomApply":
-            return "apply", (step.p, cls(list(step.transforms)), _is_v2(step))
+            inner = cls(list(step.transforms), 0)
+            # The inner steps are named as the user sees them: inside this RandomApply.
+            inner.names = {p: f"{n} in {where}" for p, n in inner.names.items()}
+            return "apply", (step.p, inner, _is_v2(step))
         if name in _PHOTOMETRIC or (
             name in ("RandomChoice", "RandomOrder", "RandomApply")
             and all(type(t).__name__ in _PHOTOMETRIC for t in _flatten(list(step.transforms)))
@@ -395,7 +553,10 @@ class GeometryTracker:
 
     def __call__(self, image: Any) -> tuple[Any, Region]:
         original = image_size(image)
-        image, pieces = self.apply(image)
+        look = _Looks(self.confirm, image) if self.confirm.due() else None
+        image, pieces = self.apply(image, look=look)
+        if look is not None:
+            self.confirm.done()
         output = image_size(image)
         total = np.eye(3)
         for matrix, _, _ in pieces:
@@ -405,13 +566,17 @@ class GeometryTracker:
         normalised = tuple(float(x) for x in unit.ravel())  # as Region.from_pixels does
         return image, Region(normalised, clips=_clips(pieces, original, output))
 
-    def apply(self, image: Any) -> tuple[Any, list[tuple[np.ndarray, tuple[int, int], bool]]]:
+    def apply(
+        self, image: Any, pieces: _Pieces | None = None, look: _Looks | None = None
+    ) -> tuple[Any, _Pieces]:
         """Run the steps; return the image and, step by step, ``(matrix, input size, warps)``:
         the output-to-input pixel matrix, the size of the step's input, and whether the step
-        may show points outside its input (rotations, shears, translations, perspective)."""
+        may show points outside its input (rotations, shears, translations, perspective).
+        ``pieces``: those of the steps before (appended to); ``look``: called after each
+        geometric step with the image and the pieces so far (the output check)."""
         from torchvision.transforms.v2 import functional as F
 
-        pieces: list[tuple[np.ndarray, tuple[int, int], bool]] = []
+        pieces = [] if pieces is None else pieces
         for kind, step, position in self.steps:
             try:
                 before = image_size(image)
@@ -419,6 +584,9 @@ class GeometryTracker:
                 matrix: np.ndarray | None = None
                 if kind == "pixels":
                     image = step(image)
+                    if look is not None:
+                        _pixels_kept_size(step, position, before, image)
+                        look.blind |= _solarizes(step)
                 elif kind == "hflip" or kind == "vflip":
                     if torch.rand(1) < step.p:  # the same draw the step itself makes
                         if kind == "hflip":
@@ -431,17 +599,18 @@ class GeometryTracker:
                     p, inner, is_v2 = step
                     draw = torch.rand(1)
                     if (draw < p) if is_v2 else not (p < draw):
-                        image, inner_pieces = inner.apply(image)
-                        pieces.extend(inner_pieces)
+                        image, _ = inner.apply(image, pieces, look)  # confirmed step by step
                 elif kind == "auto_v2":
-                    step._apply_image_or_video_transform.matrices = []
+                    ops = step._apply_image_or_video_transform.matrices
+                    ops.clear()
                     image = step(image)
-                    pieces.extend(step._apply_image_or_video_transform.matrices)
+                    pieces.extend(ops)
                 elif kind == "auto_timm":
                     auto, log = step
                     log.clear()
                     image = auto(image)
                     pieces.extend(log)
+                    ops = log
                 else:
                     recorder = getattr(step, "make_params", None) or getattr(
                         step, "get_params", None
@@ -461,6 +630,10 @@ class GeometryTracker:
                 raise
             if matrix is not None:
                 pieces.append((matrix, before, False))
+            if look is not None and kind not in ("pixels", "apply"):
+                if kind in ("auto_v2", "auto_timm"):
+                    look.blind |= ops.solarized
+                look(image, pieces, f"step {position} ({self.names[position]})")
         return image, pieces
 
     @staticmethod
