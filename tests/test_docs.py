@@ -572,6 +572,8 @@ def test_show_writes_a_png(small_store, tmp_path):
         assert np.abs(np.asarray(im.convert("L"), float) - np.asarray(b.convert("L"))).mean() > 1
     result = runner.invoke(cli, ["show", str(small_store), "cat", "--rotate", "30", "-o", str(turned)])  # fmt: skip
     assert result.exit_code == 2 and "--rotate needs --box" in result.output
+    result = runner.invoke(cli, [*args, "--rotate", "nan", "-o", str(turned)])
+    assert result.exit_code == 2 and "a finite angle" in result.output
 
 
 def test_rotated_region_is_what_random_rotation_shows():
