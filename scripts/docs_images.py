@@ -4,8 +4,9 @@
 
 Runs ``examples/demo.py`` into a temporary folder (six real photos, the offline
 tf_efficientnet_lite0 annotator at its trained 224x224, resampled to a 15x15 top-5 store), draws
-a few label maps and pooled crops with the ``relabel-store show`` command, and shrinks each PNG
-to a 256-colour palette so that it stays small enough to commit (< 200 KB).
+a few label maps and pooled crops (one of them rotated, ``show --rotate``) with the
+``relabel-store show`` command, and shrinks each PNG to a 256-colour palette so that it stays
+small enough to commit (< 200 KB).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BYTES = 200_000
 
-#: name -> (key, box or None, flipped). Boxes are x0,y0,x1,y1 normalised to the whole image.
-PICTURES: dict[str, tuple[str, str | None, bool]] = {
-    "chelsea-map.png": ("chelsea", None, False),
-    "chelsea-face.png": ("chelsea", "0.1,0.05,0.6,0.9", False),
-    "chelsea-corner.png": ("chelsea", "0.0,0.6,0.3,1.0", False),
-    "coffee-flip.png": ("coffee", "0.2,0.1,0.8,0.8", True),
+#: name -> (key, box or None, flipped, degrees or None). Boxes are x0,y0,x1,y1 normalised to
+#: the whole image; degrees turn the crop about its centre (``show --rotate``).
+PICTURES: dict[str, tuple[str, str | None, bool, float | None]] = {
+    "chelsea-map.png": ("chelsea", None, False, None),
+    "chelsea-face.png": ("chelsea", "0.1,0.05,0.6,0.9", False, None),
+    "chelsea-corner.png": ("chelsea", "0.0,0.6,0.3,1.0", False, None),
+    "coffee-flip.png": ("coffee", "0.2,0.1,0.8,0.8", True, None),
+    "chelsea-rotated.png": ("chelsea", "0.1,0.05,0.6,0.9", False, 30.0),
 }
 
 
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             stdout=subprocess.DEVNULL,
         )
         store = demo / "photos.relabel.zarr"
-        for name, (key, box, flipped) in PICTURES.items():
+        for name, (key, box, flipped, degrees) in PICTURES.items():
             out = args.out / name
             photo = next((demo / "photos").rglob(f"{key}.jpg"))  # photos/<class>/<key>.jpg
             cmd = [str(cli), "show", str(store), key, "--image", str(photo)]
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                 cmd += ["--box", box]
             if flipped:
                 cmd += ["--flip"]
+            if degrees is not None:
+                cmd += ["--rotate", str(degrees)]
             subprocess.run([*cmd, "-o", str(out)], check=True, stdout=subprocess.DEVNULL)
             size = shrink(out)
             with Image.open(out) as im:

@@ -563,6 +563,42 @@ def test_show_writes_a_png(small_store, tmp_path):
     assert "pass the original image" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli, ["show", str(small_store), "cat", "--flip", "-o", str(crop)])
     assert result.exit_code == 2 and "--flip needs --box" in result.output
+    # --rotate turns the crop: the region's picture, beside its pooled target.
+    turned = tmp_path / "turned.png"
+    result = runner.invoke(cli, [*args, "--rotate", "30", "-o", str(turned)])
+    assert result.exit_code == 0, result.output
+    with Image.open(turned) as im, Image.open(crop) as b:
+        assert im.format == "PNG" and im.size == b.size
+        assert np.abs(np.asarray(im.convert("L"), float) - np.asarray(b.convert("L"))).mean() > 1
+    result = runner.invoke(cli, ["show", str(small_store), "cat", "--rotate", "30", "-o", str(turned)])  # fmt: skip
+    assert result.exit_code == 2 and "--rotate needs --box" in result.output
+    result = runner.invoke(cli, [*args, "--rotate", "nan", "-o", str(turned)])
+    assert result.exit_code == 2 and "a finite angle" in result.output
+
+
+def test_rotated_region_is_what_random_rotation_shows():
+    """show --rotate's region is the one the tracker finds for a real v2 crop + RandomRotation."""
+    from torchvision.transforms import v2
+
+    from relabel_store.loaders import track_crops
+    from relabel_store.pooling import CropBox, Region, pool
+    from relabel_store.report.show import rotated_region
+
+    photo = sample_photo("chelsea")  # 451 x 300; a 301 x 200 centre crop starts at (75, 50)
+    for degrees, flip in ((30.0, 0.0), (-12.5, 1.0)):
+        steps = [v2.CenterCrop((200, 301)), v2.RandomHorizontalFlip(flip),
+                 v2.RandomRotation((degrees, degrees))]  # fmt: skip
+        _, tracked = track_crops(v2.Compose(steps))(photo)
+        assert isinstance(tracked, Region)
+        box = CropBox(75 / 451, 50 / 300, 376 / 451, 250 / 300, flipped=bool(flip))
+        mine = rotated_region(box, degrees, (300, 451))
+        np.testing.assert_allclose(mine.array(), tracked.array(), atol=1e-9)
+        idx, val = random_maps(np.random.default_rng(3), 1)
+        np.testing.assert_allclose(
+            pool(idx[0], val[0], mine, num_classes=1000),
+            pool(idx[0], val[0], tracked, num_classes=1000),
+            atol=1e-6,
+        )
 
 
 def test_docs_pictures_are_small_pngs():

@@ -22,7 +22,7 @@ from relabel_store.errors import RelabelStoreError, redact
 from relabel_store.write._run import OnError
 
 if TYPE_CHECKING:
-    from relabel_store.pooling import CropBox
+    from relabel_store.pooling import CropBox, Region
 
 __all__ = ["generate", "info", "main", "show", "verify"]
 
@@ -442,6 +442,15 @@ def _box(value: str | None) -> CropBox | None:
     help="Crop box x0,y0,x1,y1 (normalised 0..1): also show its pooled soft target.",
 )
 @click.option("--flip", is_flag=True, help="The crop was mirrored (with --box).")
+@click.option(
+    "--rotate",
+    type=float,
+    default=None,
+    metavar="DEG",
+    help="Then turn the crop by DEG degrees about its centre, counterclockwise, as "
+    "RandomRotation does (with --box): shows the rotated region, its sampling points and "
+    "its pooled target.",
+)
 @click.option("--top", default=5, show_default=True, help="Classes in the bar chart.")
 @click.option(
     "-o",
@@ -451,22 +460,39 @@ def _box(value: str | None) -> CropBox | None:
     callback=in_existing_folder,
     help="PNG file to write.",
 )
-def show(store: str, key: str, image: Path | None, box: str | None, flip: bool, top: int,
-         output: Path) -> None:  # fmt: skip
+def show(store: str, key: str, image: Path | None, box: str | None, flip: bool,
+         rotate: float | None, top: int, output: Path) -> None:  # fmt: skip
     """Draw the label map of KEY: top-1 class per cell, and a crop's pooled target."""
     from dataclasses import replace
 
     from relabel_store import load_relabel
 
     with requires_extra("show", "relabel-store show"):
-        from relabel_store.report.show import render_label_map
+        from PIL import Image
+
+        from relabel_store.report.show import render_label_map, rotated_region
 
     crop = _box(box)
     if flip:
         if crop is None:
             raise click.UsageError("--flip needs --box")
         crop = replace(crop, flipped=True)
-    out = render_label_map(load_relabel(store), key, output, image=image, box=crop, top=top)
+    opened = load_relabel(store)
+    region: CropBox | Region | None = crop
+    if rotate is not None:
+        if crop is None:
+            raise click.UsageError("--rotate needs --box")
+        size = opened.get(key).size  # (0, 0): not recorded; the photo's size is then taken
+        if not all(size) and image is not None:
+            with Image.open(image) as photo:
+                size = (photo.height, photo.width)
+        if not all(size):
+            raise click.UsageError(
+                f"--rotate turns the crop in pixels, but record {key!r} has no recorded image "
+                "size: pass its original image with --image"
+            )
+        region = rotated_region(crop, rotate, size)
+    out = render_label_map(opened, key, output, image=image, box=region, top=top)
     click.echo(f"wrote {out}")
 
 
