@@ -121,7 +121,7 @@ def where_time_goes(cases: dict[str, Any], args: argparse.Namespace) -> dict[str
     pooler = BatchPooler(classes, spec)
     rng = np.random.default_rng(0)
     image = dataset.base[0][0]
-    check = dataset.image_check
+    check = dataset.steps.image_check
     assert check.active, "the benchmark's store must hold image signatures"
     row0 = dataset.rows[:1]
     times: dict[str, list[float]] = {}
