@@ -142,8 +142,41 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 
 
+class _ResizeThenNormalize:
+    """What both input transforms share: resize a PIL image to :meth:`output_size` as uint8 in
+    a DataLoader worker, normalise on the annotator's device."""
+
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) that an image of ``width`` x ``height`` pixels is resized to."""
+        raise NotImplementedError
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.resized(image))
+
+    def resized(self, image: Image.Image) -> torch.Tensor:
+        """The resized image as uint8 (3, h, w): what DataLoader workers produce for
+        ``generate``, a quarter of the float bytes; :meth:`normalize` finishes it on the
+        annotator's device (the same numbers as calling the transform)."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        height, width = self.output_size(*image.size)
+        if image.size != (width, height):
+            image = image.resize((width, height), resample=_INTERPOLATIONS[self.interpolation])
+        return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (..., 3, h, w) -> float32 ``(x / 255 - mean) / std``, on their device."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=images.device)
+        return (images.float() / 255.0 - mean[:, None, None]) / std[:, None, None]
+
+
 @dataclass(frozen=True)
-class WholeImageTransform:
+class WholeImageTransform(_ResizeThenNormalize):
     """PIL image -> normalised float tensor (3, H, W): the whole image resized, never cropped.
 
     Picklable (DataLoader workers). The image is converted to RGB if needed; inputs from
@@ -170,25 +203,9 @@ class WholeImageTransform:
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.normalize(self.resized(image))
-
-    def resized(self, image: Image.Image) -> torch.Tensor:
-        """The resized image as uint8 (3, H, W): what DataLoader workers produce for
-        ``generate``, a quarter of the float bytes; :meth:`normalize` finishes it on the
-        annotator's device (the same numbers as calling the transform)."""
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        height, width = self.size
-        if image.size != (width, height):
-            image = image.resize((width, height), resample=_INTERPOLATIONS[self.interpolation])
-        return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (..., 3, H, W) -> float32 ``(x / 255 - mean) / std``, on their device."""
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device)
-        std = torch.tensor(self.std, dtype=torch.float32, device=images.device)
-        return (images.float() / 255.0 - mean[:, None, None]) / std[:, None, None]
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width): the square (or fixed) input, whatever the image's shape."""
+        return self.size
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -236,7 +253,7 @@ DEFAULT_MAX_ASPECT = 2.0
 
 
 @dataclass(frozen=True)
-class AspectTransform:
+class AspectTransform(_ResizeThenNormalize):
     """PIL image -> (3, h, w) tensor keeping the image's aspect ratio (``--input-mode aspect``).
 
     The short side becomes ``short_side`` (the size the model was trained at); the long side
@@ -282,24 +299,6 @@ class AspectTransform:
         cap = math.floor((side * self.max_aspect - side) / step) * step
         out_long = side + max(0, min(extra, cap))
         return (side, out_long) if width >= height else (out_long, side)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.normalize(self.resized(image))
-
-    def resized(self, image: Image.Image) -> torch.Tensor:
-        """The resized image as uint8 (3, h, w); :meth:`normalize` finishes it on the device."""
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        height, width = self.output_size(*image.size)
-        if image.size != (width, height):
-            image = image.resize((width, height), resample=_INTERPOLATIONS[self.interpolation])
-        return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (..., 3, h, w) -> float32 ``(x / 255 - mean) / std``, on their device."""
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device)
-        std = torch.tensor(self.std, dtype=torch.float32, device=images.device)
-        return (images.float() / 255.0 - mean[:, None, None]) / std[:, None, None]
 
     def describe(self) -> dict[str, Any]:
         return {
