@@ -534,10 +534,17 @@ def _agreement(source: Any, image: Any, box: Any) -> float | None:
     b = np.asarray(out.resize((gx, gy), Image.Resampling.BOX, region), np.float64)
     if box.flipped:
         b = b[:, ::-1]
+    return _correlation(a, b)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The normalised cross-correlation of the source's block means ``a`` and the image's
+    ``b`` (None for a flat source, which shows nothing): what every output check compares
+    against its bar, blind to brightness, contrast, inversion and normalisation."""
     scale = float(np.abs(a).max())
     a, b = a - a.mean(), b - b.mean()
     na, nb = float(np.sqrt((a * a).sum())), float(np.sqrt((b * b).sum()))
-    if na <= 2e-3 * scale * np.sqrt(a.size) or nb == 0.0:  # a flat source: nothing to see
+    if na <= 2e-3 * scale * np.sqrt(a.size) or nb == 0.0:
         return None
     return float((a * b).sum() / (na * nb))
 

@@ -52,7 +52,9 @@ from relabel_store.loaders.crops import (
     _PHOTOMETRIC,
     CONFIRMED_SAMPLES,
     _Confirmation,
+    _correlation,
     _flatten,
+    _is_axis_aligned,
     _name,
     _pixels_kept_size,
     _plane,
@@ -121,7 +123,7 @@ def needs_geometry(steps: Sequence[Any]) -> bool:
                 return True
         elif (
             (name == "RandomVerticalFlip" and getattr(step, "p", 1) > 0)
-            or (name in _ROTATIONS and not _axis_aligned(step))
+            or (name in _ROTATIONS and not _is_axis_aligned(step))
             or (name in _AUTO_V2 and _is_v2(step))
             or (
                 _is_timm_auto(step)
@@ -130,12 +132,6 @@ def needs_geometry(steps: Sequence[Any]) -> bool:
         ):
             return True
     return False
-
-
-def _axis_aligned(step: Any) -> bool:
-    from relabel_store.loaders.crops import _is_axis_aligned
-
-    return _is_axis_aligned(step)
 
 
 # -- matrices: output pixel coordinates to input pixel coordinates -----------------------------
@@ -437,12 +433,7 @@ def _warped_agreement(source: Any, image: Any, pieces: _Pieces) -> float | None:
     values = np.asarray(out, np.float64).ravel()[keep]
     a = np.bincount(block, sampled, bx * by)[used] / count[used]
     b = np.bincount(block, values, bx * by)[used] / count[used]
-    scale = float(np.abs(a).max())
-    a, b = a - a.mean(), b - b.mean()
-    na, nb = float(np.sqrt((a * a).sum())), float(np.sqrt((b * b).sum()))
-    if na <= 2e-3 * scale * np.sqrt(a.size) or nb == 0.0:  # a flat source: nothing to see
-        return None
-    return float((a * b).sum() / (na * nb))
+    return _correlation(a, b)
 
 
 class _Looks:
