@@ -7,6 +7,10 @@ Prints the median warm random single-record read (target <= 20 µs and >= 50x za
 (what ``get_rows`` did before it decoded batches on every core), the time to open the store (which checks its
 metadata and key index against the manifest), and bytes per record with the projection to
 ImageNet's 1,281,167 training images. Maps are realistic synthetic ones (see _synthetic.py).
+
+The store's shards hold 4,096 records, so a random batch of 256 here comes from 2 shards. On
+ImageNet (313 shards) it comes from ~175: the batch is measured a second time on the same
+records in shards of 32 (256 shards; a batch touches ~160), the spread a training job sees.
 """
 
 from __future__ import annotations
@@ -69,6 +73,14 @@ def main() -> None:
             loop_t.append(median_us(lambda rows: [store.get_row(r) for r in rows], [b], 1) / 1000)
         batch, loop = statistics.median(batch_t), statistics.median(loop_t)
 
+        spread_path = Path(tmp) / "spread.relabel.zarr"
+        write_synthetic_store(spread_path, imagenet_like_keys(args.records), shard_records=32)
+        spread = load_relabel(spread_path)
+        for b in batches[:20]:
+            spread.get_rows(b)
+        spread_t = [median_us(spread.get_rows, [b], 1) / 1000 for b in batches]
+        touched = statistics.median(len({int(spread._rows[r]) // 32 for r in b}) for b in batches)
+
         size = store.manifest.total_bytes
         per = size / n
         print(f"records: {n}, shards of {store.metadata.shard_records}")
@@ -83,6 +95,11 @@ def main() -> None:
         print(
             f"the same 256 records as single reads, median: {loop:.2f} ms   "
             f"(batch {loop / batch:.1f}x faster; fastest {min(loop_t):.2f} ms)"
+        )
+        print(
+            f"batch of 256 random records, shards of 32 ({touched:.0f} shards a batch, as on "
+            f"ImageNet), median: {statistics.median(spread_t):.2f} ms   (fastest "
+            f"{min(spread_t):.2f} ms)"
         )
         print(
             f"open (metadata and key index checked), median: {statistics.median(opens) * 1e3:.1f} ms"

@@ -23,6 +23,8 @@ the batch (:class:`BatchRefused`), and the caller decodes one by one, which name
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import struct
 import threading
@@ -49,6 +51,10 @@ Decoded = bytes | np.ndarray
 _BLOSC_MIN_BYTES = 128
 _BLOSC_L1 = 32 * 1024
 _SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+#: A Blosc frame's first fields (version, its codec's version, flags, typesize, nbytes,
+#: blocksize) and the compressed size of its first block (at byte 20).
+_BLOSC_HEADER = struct.Struct("<BBBBii")
+_BLOSC_BLOCK_SIZE = struct.Struct("<i")
 
 _local = threading.local()
 
@@ -176,12 +182,11 @@ class Blosc(ChunkCodec):
     def decode(self, data: bytes, nbytes: int) -> Decoded:
         if len(data) < 16:
             raise FormatError(f"blosc frame of {len(data)} bytes is shorter than its header")
-        flags, typesize = data[2], data[3]
-        claimed, blocksize = struct.unpack_from("<ii", data, 4)
+        version, _, flags, typesize, claimed, blocksize = _BLOSC_HEADER.unpack_from(data)
         if claimed != nbytes:
             raise FormatError(f"blosc frame holds {claimed} bytes, expected {nbytes}")
         fast = (
-            data[0] == 2
+            version == 2
             and flags & 0x16 == 0x10
             and flags >> 5 == 4
             and nbytes == blocksize > 0
@@ -191,7 +196,7 @@ class Blosc(ChunkCodec):
         if not fast:
             decoded: Decoded = self._general.decode(data)
             return decoded
-        (csize,) = struct.unpack_from("<i", data, 20)
+        (csize,) = _BLOSC_BLOCK_SIZE.unpack_from(data, 20)
         block = data[24 : 24 + csize]
         raw = block if csize == nbytes else _zstd_decompress(block, nbytes)
         if len(raw) != nbytes:
@@ -216,36 +221,45 @@ class BatchRefused(Exception):
 
 
 class BatchPlan(NamedTuple):
-    """How to decode many chunks of one array at once: zstd ``frames`` that each decode to
-    ``nbytes``, then ``finish`` turns the decoded ``(len(frames), nbytes)`` bytes into the
-    chunks' contents (uint8, one row per chunk)."""
+    """How to decode many chunks of one array at once: ``decode`` turns any run of ``frames``
+    into their contents (uint8, one row of ``nbytes`` per chunk) and raises
+    :class:`BatchRefused` for a frame it does not take. Every check, the decoding and the
+    unshuffling happen per run, so that :func:`decode_plans` spreads all of it over threads."""
 
-    frames: list[bytes | memoryview]
+    frames: Sequence[bytes]
     nbytes: int
-    finish: Callable[[np.ndarray], np.ndarray]
+    decode: Callable[[Sequence[bytes]], np.ndarray]
 
 
 #: crc32c over a message followed by its own little-endian crc32c: one value for every message
 #: (the CRC residue), so a chunk's checksum is checked without slicing its body off first.
 _CRC32C_RESIDUE = 0x48674BC7
-#: Fewest frames worth a thread of their own: handing work to a thread costs about as much as
-#: decoding a few dozen small frames.
-_FRAMES_PER_THREAD = 48
+#: Frames per decoding job: small enough that the threads finish together (a job is ~0.2 ms),
+#: large enough that taking one costs nothing next to decoding it.
+_FRAMES_PER_JOB = 32
 
 
-def _unchanged(raw: np.ndarray) -> np.ndarray:
-    return raw
+def _zstd_frames(frames: Sequence[bytes | memoryview], nbytes: int) -> np.ndarray:
+    """Decode zstd frames of ``nbytes`` each in one call into libzstd, which runs without the
+    GIL; a frame holding any other size (its output never allocated past ``nbytes``) or failing
+    its checksum refuses the batch."""
+    m = len(frames)
+    sizes = np.full(m, nbytes, np.uint64).tobytes()
+    try:
+        out = _zstd().multi_decompress_to_buffer(frames, decompressed_sizes=sizes, threads=1)  # type: ignore[arg-type]
+    except zstandard.ZstdError:
+        raise BatchRefused from None
+    if out.size() != m * nbytes:
+        raise BatchRefused
+    joined = b"".join([memoryview(out[i]) for i in range(m)])  # type: ignore[arg-type]
+    return np.frombuffer(joined, np.uint8).reshape(m, nbytes)
 
 
-def _zstd_plan(frames: list[bytes], nbytes: int) -> BatchPlan:
-    return BatchPlan(list(frames), nbytes, _unchanged)
-
-
-def _blosc_plan(frames: list[bytes], nbytes: int, trailer: int) -> BatchPlan:
-    """The plan for Blosc frames of the kind relabel-store writes (one block, zstd, byte
-    shuffle; see :meth:`Blosc.decode`): headers (and the trailing crc32c of ``trailer``
-    bytes) checked for all frames with numpy, the zstd blocks decoded in the batch, the byte
-    planes put back for every record at once. Any other frame refuses the batch."""
+def _blosc_frames(frames: Sequence[bytes], nbytes: int, trailer: int) -> np.ndarray:
+    """Decode Blosc frames of the kind relabel-store writes (one block, zstd, byte shuffle;
+    see :meth:`Blosc.decode`): headers (and the trailing crc32c of ``trailer`` bytes) checked
+    for all frames with numpy, the zstd blocks decoded in one call, the byte planes put back
+    for every record at once. Any other frame refuses the batch."""
     m = len(frames)
     if trailer:
         value = google_crc32c.value
@@ -278,41 +292,22 @@ def _blosc_plan(frames: list[bytes], nbytes: int, trailer: int) -> BatchPlan:
     if not (typesize > 0 and nbytes % typesize == 0 and bool(fast.all())):
         raise BatchRefused
     view = memoryview(big)
-    blocks: list[bytes | memoryview] = [
+    blocks = [
         view[s + 24 : s + 24 + c] for s, c in zip(starts.tolist(), csize.tolist(), strict=True)
     ]
-
-    def unshuffle(raw: np.ndarray) -> np.ndarray:
-        if not shuffled:
-            return raw
-        planes = raw.reshape(m, typesize, nbytes // typesize)
-        if typesize == 2:  # float16: high byte shifted over the low one, 2x the strided copies
-            pairs = np.empty((m, nbytes // 2), "<u2")
-            np.left_shift(planes[:, 1], 8, out=pairs, dtype="<u2")
-            pairs |= planes[:, 0]
-            return pairs.view(np.uint8)
-        out = np.empty((m, nbytes // typesize, typesize), np.uint8)
-        for b in range(typesize):  # strided copies: ~6x faster than a transposed copy here
-            out[:, :, b] = planes[:, b]
-        return out.reshape(m, nbytes)
-
-    return BatchPlan(blocks, nbytes, unshuffle)
-
-
-def _zstd_part(frames: list[bytes | memoryview], nbytes: int) -> np.ndarray:
-    """Decode zstd frames of ``nbytes`` each in one call into libzstd, which runs without the
-    GIL; a frame holding any other size (its output never allocated past ``nbytes``) or failing
-    its checksum refuses the batch."""
-    m = len(frames)
-    sizes = np.full(m, nbytes, np.uint64).tobytes()
-    try:
-        out = _zstd().multi_decompress_to_buffer(frames, decompressed_sizes=sizes, threads=1)  # type: ignore[arg-type]
-    except zstandard.ZstdError:
-        raise BatchRefused from None
-    if out.size() != m * nbytes:
-        raise BatchRefused
-    joined = b"".join([memoryview(out[i]) for i in range(m)])  # type: ignore[arg-type]
-    return np.frombuffer(joined, np.uint8).reshape(m, nbytes)
+    raw = _zstd_frames(blocks, nbytes)
+    if not shuffled:
+        return raw
+    planes = raw.reshape(m, typesize, nbytes // typesize)
+    if typesize == 2:  # float16: high byte shifted over the low one, 2x the strided copies
+        pairs = np.empty((m, nbytes // 2), "<u2")
+        np.left_shift(planes[:, 1], 8, out=pairs, dtype="<u2")
+        pairs |= planes[:, 0]
+        return pairs.view(np.uint8)
+    out = np.empty((m, nbytes // typesize, typesize), np.uint8)
+    for b in range(typesize):  # strided copies: ~6x faster than a transposed copy here
+        out[:, :, b] = planes[:, b]
+    return out.reshape(m, nbytes)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -321,9 +316,9 @@ _pool_lock = threading.Lock()
 
 
 def _decode_pool(threads: int) -> ThreadPoolExecutor:
-    """The process's decoding threads, kept between batches (libzstd's own threads are made
-    and joined on every call: ~0.2 ms, a tenth of a batch). A forked child (a DataLoader
-    worker) has none of its parent's threads, so it makes its own pool."""
+    """The process's helper threads for decoding, kept between batches (libzstd's own threads
+    are made and joined on every call: ~0.2 ms, a tenth of a batch). A forked child (a
+    DataLoader worker) has none of its parent's threads, so it makes its own pool."""
     global _pool, _pool_owner
     with _pool_lock:
         owner = (os.getpid(), threads)
@@ -333,30 +328,44 @@ def _decode_pool(threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def decode_plans(plans: Sequence[BatchPlan], threads: int) -> list[np.ndarray]:
-    """Decode every plan's frames, split over up to ``threads`` threads, and finish each plan:
-    the chunks' contents, one ``(m, bytes)`` uint8 array per plan. Raises BatchRefused when
-    any frame fails (the caller decodes one by one to name it)."""
-    total = sum(len(p.frames) for p in plans)
-    parts = max(1, min(threads, total // _FRAMES_PER_THREAD))
-    jobs: list[tuple[int, list[bytes | memoryview]]] = []
-    for i, plan in enumerate(plans):
-        # Every plan in up to `parts` pieces of similar size, so that the threads finish together.
-        pieces = max(1, min(parts, len(plan.frames) // _FRAMES_PER_THREAD))
-        step = -(-len(plan.frames) // pieces)
-        jobs += [(i, plan.frames[j : j + step]) for j in range(0, len(plan.frames), step)]
-    if parts == 1:
-        decoded = [_zstd_part(frames, plans[i].nbytes) for i, frames in jobs]
-    else:
-        pool = _decode_pool(parts)
-        futures = [pool.submit(_zstd_part, frames, plans[i].nbytes) for i, frames in jobs]
-        decoded = [f.result() for f in futures]
-    out = []
-    for i, plan in enumerate(plans):
-        mine = [d for (j, _), d in zip(jobs, decoded, strict=True) if j == i]
-        raw = mine[0] if len(mine) == 1 else np.concatenate(mine)
-        out.append(plan.finish(raw))
-    return out
+def decode_plans(plans: Sequence[BatchPlan], threads: int, into: Sequence[np.ndarray]) -> None:
+    """Decode every plan's frames into ``into`` (one ``(len(frames), nbytes)`` uint8 array per
+    plan) on up to ``threads`` threads, the calling one included. Raises BatchRefused when any
+    frame fails (the caller decodes one by one to name it).
+
+    The frames are cut into jobs of :data:`_FRAMES_PER_JOB`; every thread takes the next job
+    until none is left, so a thread that got cheaper frames (or was descheduled) takes more,
+    and the caller never sleeps while there is work: with 2 cores one helper thread and the
+    caller decode together. A job checks, decodes and unshuffles its frames and copies them to
+    their rows, all without the GIL but the few calls that start each step."""
+    for plan, out in zip(plans, into, strict=True):
+        if out.shape != (len(plan.frames), plan.nbytes) or out.dtype != np.uint8:
+            raise BatchRefused  # an internal mismatch: the slow path names what is wrong
+    jobs = [
+        (i, j) for i, plan in enumerate(plans) for j in range(0, len(plan.frames), _FRAMES_PER_JOB)
+    ]
+    failed: list[BaseException] = []
+    taken = itertools.count()  # next() is atomic under the GIL: each job goes to one thread
+
+    def work() -> None:
+        try:
+            for n in taken:
+                if n >= len(jobs) or failed:
+                    return
+                i, j = jobs[n]
+                plan = plans[i]
+                into[i][j : j + _FRAMES_PER_JOB] = plan.decode(plan.frames[j : j + _FRAMES_PER_JOB])
+        except BaseException as exc:
+            failed.append(exc)
+
+    helpers = min(threads, len(jobs)) - 1
+    pool = _decode_pool(threads - 1) if helpers > 0 else None
+    futures = [pool.submit(work) for _ in range(helpers)] if pool is not None else []
+    work()
+    for future in futures:
+        future.result()
+    if failed:
+        raise failed[0]
 
 
 def _with_crc32c(chunk: bytes) -> bytes:
@@ -382,14 +391,16 @@ class CodecChain:
         )
         return [_with_crc32c(c) for c in chunks] if self.checksum else chunks
 
-    def plan_batch(self, frames: list[bytes]) -> BatchPlan:
+    def plan_batch(self, frames: Sequence[bytes]) -> BatchPlan:
         """How to decode many stored chunks at once (see :func:`decode_plans`); raises
         :class:`BatchRefused` for chunks the batch path does not take, which the caller then
         decodes one by one."""
+        n = self.nbytes
         if isinstance(self.compressor, Zstd) and not self.checksum:
-            return _zstd_plan(frames, self.nbytes)
+            return BatchPlan(frames, n, functools.partial(_zstd_frames, nbytes=n))
         if isinstance(self.compressor, Blosc):
-            return _blosc_plan(frames, self.nbytes, 4 if self.checksum else 0)
+            trailer = 4 if self.checksum else 0
+            return BatchPlan(frames, n, functools.partial(_blosc_frames, nbytes=n, trailer=trailer))
         raise BatchRefused
 
     def decode(self, data: bytes, file: str) -> Decoded:

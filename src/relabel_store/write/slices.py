@@ -511,9 +511,8 @@ def _check_shard(data: bytes, layout: ArrayLayout, rows: int, where: str) -> Non
     nbytes = int(np.prod(layout.inner_shape or layout.chunk_shape)) * layout.dtype.itemsize
     try:
         if frames:
-            (decoded,) = decode_plans([layout.codecs.plan_batch(frames)], cores_per_process())
-            if decoded.shape != (len(frames), nbytes):
-                raise BatchRefused
+            decoded = np.empty((len(frames), nbytes), np.uint8)
+            decode_plans([layout.codecs.plan_batch(frames)], cores_per_process(), [decoded])
     except BatchRefused:
         for frame in frames:  # one by one: raises CorruptDataError naming the file
             if len(layout.codecs.decode(frame, where)) != nbytes:
