@@ -213,6 +213,9 @@ def _preprocess(preprocess: Any, ann: Mapping[str, Any] | None = None) -> str:
         how = "whole image resized, no crop"
     elif mode == "aspect":
         px = f"short side {preprocess.get('short_side', '?')}"
+        if preprocess.get("aspect_sizing") == "area":
+            side = preprocess.get("short_side", "?")
+            px = f"the pixel count of {side} x {side}"
         how = (
             f"aspect ratio kept (long side a multiple of {preprocess.get('long_side_multiple')}, "
             f"at most {preprocess.get('max_aspect')}x the short side), no crop"
