@@ -45,6 +45,11 @@ and std. How it is resized is the input mode (``describe()["input_mode"]``):
   then follows the image (lite0 at 224: 7x9 for a 4:3 photo) and is resampled to the store's
   grid per image, in normalised coordinates, on all logits before top-k. A batch of mixed shapes
   is annotated in groups of one shape each (few: the long side has a handful of possible values).
+  ``aspect_sizing="area"`` keeps the square input's pixel count instead of its short side
+  (lite0: 192x256 for a 4:3 photo): the model's confidence falls with the input's pixel count
+  (lite0's whole-image peak, median over 24 photos: 0.35 squashed at 224, 0.22 at 256, 0.20
+  aspect-kept with the short side at 224, 0.43 at the square's pixel count; measured by
+  ``benchmarks/aspect_diagnosis.py``), so it gives sharper targets at squash's cost.
 * ``squash``: the paper's recipe, the whole image resized to the square input
   (:class:`WholeImageTransform`); models with fixed position grids or windows (ViT, Swin) get it
   under ``auto``, and the stores it makes are the same, byte for byte, as before input modes
