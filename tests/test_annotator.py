@@ -572,6 +572,8 @@ def test_area_sizing_keeps_the_square_inputs_pixel_count():
     assert short.transform.output_size(500, 375) == (224, 288)
     with pytest.raises(AnnotatorError, match="aspect sizing must be one of short, area"):
         DenseAnnotator(_model("resnet10t"), input_size=64, aspect_sizing="long")
+    with pytest.raises(AnnotatorError, match="aspect sizing must be one of short, area"):
+        DenseAnnotator(_model("resnet10t"), input_mode="squash", aspect_sizing="long")
 
 
 def test_a_batch_of_mixed_shapes_is_annotated_as_each_image_alone():

@@ -446,6 +446,10 @@ class DenseAnnotator(nn.Module):
         )
         if tta not in TTA_MODES:
             raise AnnotatorError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+        if aspect_sizing not in ASPECT_SIZES:
+            raise AnnotatorError(
+                f"aspect sizing must be one of {', '.join(ASPECT_SIZES)}, got {aspect_sizing!r}"
+            )
         self.tta = tta
         if amp not in (None, "none", "auto", "bf16", "fp16"):
             raise AnnotatorError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {amp!r}")
