@@ -549,6 +549,33 @@ def test_aspect_mode_keeps_the_aspect_ratio_on_the_feature_stride():
     assert "resample_per_image" in described
 
 
+def test_area_sizing_keeps_the_square_inputs_pixel_count():
+    """``aspect_sizing="area"``: the aspect ratio kept at the pixel count of the square input
+    (short side smaller, long side larger, each on the feature stride); recorded."""
+    annotator = DenseAnnotator(
+        _model("resnet10t"), input_size=224, grid=(3, 3), k=2, aspect_sizing="area"
+    )
+    t = annotator.transform
+    assert isinstance(t, AspectTransform) and t.sizing == "area" and t.size == (224, 224)
+    assert t.output_size(500, 375) == (192, 256)  # 4:3: 194 x 259 on the 32-pixel stride
+    assert t.output_size(375, 500) == (256, 192)  # portrait: the same, transposed
+    assert t.output_size(451, 300) == (192, 288)  # 3:2 (chelsea); "short" gives 224 x 352
+    assert t.output_size(640, 640) == (224, 224)  # square: squash's input exactly
+    assert t.output_size(1000, 100) == (160, 320)  # 10:1 capped at 2:1
+    for width, height in ((500, 375), (451, 300), (640, 427), (300, 400), (1000, 100)):
+        h, w = t.output_size(width, height)
+        assert 0.85 <= h * w / 224**2 <= 1.15, (width, height, h, w)
+    assert tuple(t.resized(sample_photo("coffee")).shape) == (3, 192, 288)  # 600 x 400
+    assert annotator.describe()["preprocess"]["aspect_sizing"] == "area"
+    short = DenseAnnotator(_model("resnet10t"), input_size=224, grid=(3, 3), k=2)
+    assert short.describe()["preprocess"]["aspect_sizing"] == "short"
+    assert short.transform.output_size(500, 375) == (224, 288)
+    with pytest.raises(AnnotatorError, match="aspect sizing must be one of short, area"):
+        DenseAnnotator(_model("resnet10t"), input_size=64, aspect_sizing="long")
+    with pytest.raises(AnnotatorError, match="aspect sizing must be one of short, area"):
+        DenseAnnotator(_model("resnet10t"), input_mode="squash", aspect_sizing="long")
+
+
 def test_a_batch_of_mixed_shapes_is_annotated_as_each_image_alone():
     annotator = DenseAnnotator(_model("resnet10t"), input_size=64, grid=(5, 5), k=3)
     photos = [sample_photo(n) for n in ("coffee", "chelsea", "astronaut", "rocket")]

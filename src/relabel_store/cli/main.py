@@ -136,6 +136,15 @@ main.add_command(quality)
     help="With --input-mode aspect: the long side is at most this many times the short side.",
 )
 @click.option(
+    "--aspect-sizing",
+    type=click.Choice(["short", "area"]),
+    default="short",
+    show_default=True,
+    help="With --input-mode aspect: short puts the short side at the input size; area keeps "
+    "the square input's pixel count (a 4:3 photo at 224: 192x256 instead of 224x288), for "
+    "sharper whole-image targets (see docs/generating.md).",
+)
+@click.option(
     "--tta",
     type=click.Choice(["none", "flip"]),
     default="none",
@@ -208,7 +217,8 @@ main.add_command(quality)
 )
 @store_writing_options
 def generate(input: str | None, output: Path | str, model: str, checkpoint: str | None, grid: int,
-             k: int, input_size: int | None, input_mode: str, max_aspect: float, tta: str,
+             k: int, input_size: int | None, input_mode: str, max_aspect: float,
+             aspect_sizing: str, tta: str,
              hf_dataset: str | None, split: str | None,
              image_column: str, key_column: str | None, key_mode: str, label_column: str,
              kind: str,
@@ -265,7 +275,7 @@ def generate(input: str | None, output: Path | str, model: str, checkpoint: str 
         annotator = load_annotator(
             model, checkpoint, grid=(grid, grid), k=k, input_size=input_size, device=device,
             amp=None if amp == "none" else amp, compile=compile_model,
-            input_mode=input_mode, tta=tta, max_aspect=max_aspect,
+            input_mode=input_mode, tta=tta, max_aspect=max_aspect, aspect_sizing=aspect_sizing,
         )  # fmt: skip
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
@@ -315,8 +325,11 @@ def _input_line(ann: Mapping[str, Any]) -> str:
     if mode is None:
         return ""
     if mode == "aspect":
-        cap = (ann.get("preprocess") or {}).get("max_aspect")
+        preprocess = ann.get("preprocess") or {}
+        cap = preprocess.get("max_aspect")
         mode += f" (long side <= {cap}x short)" if cap else ""
+        if preprocess.get("aspect_sizing") == "area":
+            mode += ", the square input's pixel count"
     tta = ann.get("tta")
     return f"; input {mode}" + (f", tta {tta}" if tta and tta != "none" else "")
 

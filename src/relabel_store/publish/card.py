@@ -217,6 +217,14 @@ def _preprocess(preprocess: Any, ann: Mapping[str, Any] | None = None) -> str:
             f"aspect ratio kept (long side a multiple of {preprocess.get('long_side_multiple')}, "
             f"at most {preprocess.get('max_aspect')}x the short side), no crop"
         )
+        if preprocess.get("aspect_sizing") == "area":
+            side = preprocess.get("short_side", "?")
+            px = f"the pixel count of {side} x {side}"
+            how = (
+                f"aspect ratio kept (sides changed in steps of "
+                f"{preprocess.get('long_side_multiple')}, the long side at most "
+                f"{preprocess.get('max_aspect')}x the short side), no crop"
+            )
     else:
         how = mode or "resize unknown"
     interp = preprocess.get("interpolation")

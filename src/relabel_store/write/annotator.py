@@ -45,6 +45,11 @@ and std. How it is resized is the input mode (``describe()["input_mode"]``):
   then follows the image (lite0 at 224: 7x9 for a 4:3 photo) and is resampled to the store's
   grid per image, in normalised coordinates, on all logits before top-k. A batch of mixed shapes
   is annotated in groups of one shape each (few: the long side has a handful of possible values).
+  ``aspect_sizing="area"`` keeps the square input's pixel count instead of its short side
+  (lite0: 192x256 for a 4:3 photo): the model's confidence falls with the input's pixel count
+  (lite0's whole-image peak, median over 24 photos: 0.35 squashed at 224, 0.22 at 256, 0.20
+  aspect-kept with the short side at 224, 0.43 at the square's pixel count; measured by
+  ``benchmarks/aspect_diagnosis.py``), so it gives sharper targets at squash's cost.
 * ``squash``: the paper's recipe, the whole image resized to the square input
   (:class:`WholeImageTransform`); models with fixed position grids or windows (ViT, Swin) get it
   under ``auto``, and the stores it makes are the same, byte for byte, as before input modes
@@ -95,6 +100,7 @@ with requires_extra("generate", "relabel_store.write.annotator"):
     )
 
 __all__ = [
+    "ASPECT_SIZES",
     "DEFAULT_MAX_ASPECT",
     "DEFAULT_MODEL",
     "INPUT_MODES",
@@ -250,23 +256,32 @@ INPUT_MODES = ("auto", "aspect", "squash")
 TTA_MODES = ("none", "flip")
 #: Default cap of ``aspect`` mode: the long side is at most this many times the short side.
 DEFAULT_MAX_ASPECT = 2.0
+#: How ``aspect`` mode sizes an image: ``short`` puts its short side at the trained input size;
+#: ``area`` gives it the pixel count of the square input (short side smaller, long side larger).
+ASPECT_SIZES = ("short", "area")
 
 
 @dataclass(frozen=True)
 class AspectTransform(_ResizeThenNormalize):
     """PIL image -> (3, h, w) tensor keeping the image's aspect ratio (``--input-mode aspect``).
 
-    The short side becomes ``short_side`` (the size the model was trained at); the long side
-    becomes ``short_side`` plus the image's extra length rounded to a multiple of ``multiple``
-    (the model's feature stride, so every feature cell covers whole pixels and a batch holds few
-    distinct shapes), capped at ``max_aspect`` times the short side (a longer image is squeezed
-    along its long side down to the cap). A square image gets exactly the square input of
-    ``squash`` mode. Picklable (DataLoader workers).
+    ``sizing="short"``: the short side becomes ``short_side`` (the size the model was trained
+    at); the long side becomes ``short_side`` plus the image's extra length rounded to a
+    multiple of ``multiple`` (the model's feature stride, so every feature cell covers whole
+    pixels and a batch holds few distinct shapes), capped at ``max_aspect`` times the short side
+    (a longer image is squeezed along its long side down to the cap).
+    ``sizing="area"``: the image keeps the pixel count of the ``short_side`` square instead; for
+    an aspect ratio ``a`` (capped at ``max_aspect``) the short side shrinks to
+    ``short_side / sqrt(a)`` and the long side grows to ``short_side * sqrt(a)``, each change
+    rounded to a multiple of ``multiple`` (lite0 at 224: a 4:3 photo becomes 192x256 instead of
+    224x288). Either way a square image gets exactly the square input of ``squash`` mode.
+    Picklable (DataLoader workers).
     """
 
     short_side: int
     multiple: int = 32
     max_aspect: float = DEFAULT_MAX_ASPECT
+    sizing: str = "short"
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = timm.data.IMAGENET_DEFAULT_MEAN
     std: tuple[float, float, float] = timm.data.IMAGENET_DEFAULT_STD
@@ -278,6 +293,10 @@ class AspectTransform(_ResizeThenNormalize):
             )
         if not self.max_aspect >= 1.0:
             raise AnnotatorError(f"max_aspect must be >= 1, got {self.max_aspect}")
+        if self.sizing not in ASPECT_SIZES:
+            raise AnnotatorError(
+                f"aspect sizing must be one of {', '.join(ASPECT_SIZES)}, got {self.sizing!r}"
+            )
         # Interpolation, mean and std are checked (and normalised) as WholeImageTransform does.
         square = WholeImageTransform(
             (self.short_side, self.short_side), self.interpolation, self.mean, self.std
@@ -295,15 +314,23 @@ class AspectTransform(_ResizeThenNormalize):
         """(height, width) that an image of ``width`` x ``height`` pixels is resized to."""
         short, long = sorted((max(1, width), max(1, height)))
         side, step = self.short_side, self.multiple
-        extra = round((side * long / short - side) / step) * step
-        cap = math.floor((side * self.max_aspect - side) / step) * step
-        out_long = side + max(0, min(extra, cap))
-        return (side, out_long) if width >= height else (out_long, side)
+        if self.sizing == "area":
+            root = math.sqrt(min(long / short, self.max_aspect))
+            grow = round((side * root - side) / step) * step
+            shrink = round((side - side / root) / step) * step
+            out_short = max(side - shrink, min(side, step))
+            out_long = side + grow
+        else:
+            extra = round((side * long / short - side) / step) * step
+            cap = math.floor((side * self.max_aspect - side) / step) * step
+            out_short, out_long = side, side + max(0, min(extra, cap))
+        return (out_short, out_long) if width >= height else (out_long, out_short)
 
     def describe(self) -> dict[str, Any]:
         return {
             "input_size": list(self.size),
             "resize_mode": "aspect",
+            "aspect_sizing": self.sizing,
             "short_side": self.short_side,
             "long_side_multiple": self.multiple,
             "max_aspect": self.max_aspect,
@@ -369,7 +396,9 @@ class DenseAnnotator(nn.Module):
     ``input_mode``: ``"auto"`` (``aspect`` when the model takes any input shape, else
     ``squash``), ``"aspect"`` or ``"squash"`` (see the module docstring); :attr:`transform` is
     the matching :class:`AspectTransform` or :class:`WholeImageTransform`. ``max_aspect`` caps
-    the long side in ``aspect`` mode. ``tta``: ``"none"`` or ``"flip"``.
+    the long side in ``aspect`` mode, and ``aspect_sizing`` (``"short"`` or ``"area"``) says
+    whether the short side or the pixel count stays at the trained size (see
+    :class:`AspectTransform`). ``tta``: ``"none"`` or ``"flip"``.
     """
 
     def __init__(
@@ -387,6 +416,7 @@ class DenseAnnotator(nn.Module):
         input_mode: str = "auto",
         tta: str = "none",
         max_aspect: float = DEFAULT_MAX_ASPECT,
+        aspect_sizing: str = "short",
     ) -> None:
         super().__init__()
         for name in ("forward_features", "forward_head"):
@@ -416,6 +446,10 @@ class DenseAnnotator(nn.Module):
         )
         if tta not in TTA_MODES:
             raise AnnotatorError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+        if aspect_sizing not in ASPECT_SIZES:
+            raise AnnotatorError(
+                f"aspect sizing must be one of {', '.join(ASPECT_SIZES)}, got {aspect_sizing!r}"
+            )
         self.tta = tta
         if amp not in (None, "none", "auto", "bf16", "fp16"):
             raise AnnotatorError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {amp!r}")
@@ -443,6 +477,7 @@ class DenseAnnotator(nn.Module):
                 square.size[0],
                 multiple=self._feature_stride(),
                 max_aspect=float(max_aspect),
+                sizing=aspect_sizing,
                 interpolation=square.interpolation,
                 mean=square.mean,
                 std=square.std,
@@ -817,6 +852,7 @@ def load_annotator(
     input_mode: str = "auto",
     tta: str = "none",
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    aspect_sizing: str = "short",
 ) -> DenseAnnotator:
     """Build a :class:`DenseAnnotator` for timm model ``model_name`` with real weights.
 
@@ -833,8 +869,8 @@ def load_annotator(
     ``compile``: run the model's backbone through ``torch.compile`` (see :class:`DenseAnnotator`).
     ``device``: ``"auto"`` (this process's GPU, else the CPU: :func:`resolve_device`), or a torch
     device.
-    ``input_mode``, ``tta``, ``max_aspect``: how images are fed to the model (see
-    :class:`DenseAnnotator`).
+    ``input_mode``, ``tta``, ``max_aspect``, ``aspect_sizing``: how images are fed to the model
+    (see :class:`DenseAnnotator`).
     """
     training = None if checkpoint in (None, LITE0_CHECKPOINT) else read_training_record(checkpoint)
     recorded = training["model"] if training else None
@@ -863,6 +899,7 @@ def load_annotator(
         input_mode=input_mode,
         tta=tta,
         max_aspect=max_aspect,
+        aspect_sizing=aspect_sizing,
     )
 
 
