@@ -9,12 +9,12 @@ with the file, the expected and the found digest, and what to do.
 Every photo was labelled by looking at it: one ImageNet-1k class whose object is the photo's
 main subject, without a second reading. :data:`EXCLUDED` lists the photos of the same archives
 left out, and why (no ImageNet class for the subject, two subjects, a drawing, a filtered copy).
-The set has 38 distinct photos of 33 classes, 22 of them not square (the rest are 512x512
+The set has 38 distinct photos of 33 classes, 20 of them not square (the rest are 512x512
 photos shipped by foolbox, or 256x256 ones): only those can separate squashing from keeping
 the aspect ratio.
 
     from _labelled_photos import fetch_photos
-    for photo, path in fetch_photos():  # downloads about 140 MB the first time
+    for photo, path in fetch_photos():  # downloads about 130 MB the first time
         ...
 """
 
