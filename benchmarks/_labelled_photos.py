@@ -9,7 +9,7 @@ with the file, the expected and the found digest, and what to do.
 Every photo was labelled by looking at it: one ImageNet-1k class whose object is the photo's
 main subject, without a second reading. :data:`EXCLUDED` lists the photos of the same archives
 left out, and why (no ImageNet class for the subject, two subjects, a drawing, a filtered copy).
-The set has 38 distinct photos of 33 classes, 20 of them not square (the rest are 512x512
+The set has 39 distinct photos of 34 classes, 21 of them not square (the rest are 512x512
 photos shipped by foolbox, or 256x256 ones): only those can separate squashing from keeping
 the aspect ratio.
 
@@ -30,6 +30,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 __all__ = [
     "EXCLUDED",
@@ -131,6 +133,12 @@ SOURCES: dict[str, Source] = {
         "83cb35c606bf3a1ea1a8f0a25cb42cf17e24353fd82e87ae3884e74a302a5f1b",
         _SDIST,
     ),
+    "fastbook": Source(
+        "fastbook==0.0.29",
+        "fastbook-0.0.29-py3-none-any.whl",
+        "3e665803571ef4914956a4a0e029c28e9a6e229858d426ccec466db5ced40e44",
+        _PURE_WHEEL,
+    ),
     "foolbox": Source(
         "foolbox==3.3.4",
         "foolbox-3.3.4-py3-none-any.whl",
@@ -154,7 +162,7 @@ PHOTOS: tuple[Photo, ...] = (
           "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7", (600, 400),
           967, "espresso"),
     Photo("skimage-rocket", "scikit-image", "skimage/data/rocket.jpg",
-          "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c", (427, 640),
+          "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c", (640, 427),
           657, "missile", "a launch vehicle on its pad"),
     Photo("skimage-motorcycle", "scikit-image", "skimage/data/motorcycle_left.png",
           "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179", (741, 500),
@@ -210,6 +218,9 @@ PHOTOS: tuple[Photo, ...] = (
     Photo("pyiqa-fountain", "pyiqa", "tests/test_efficiency_img_dir/frame_4wrwr48cdk6rbcjl.jpg",
           "e7ee583b795f997f85b03a16aa797f3495e2fe025563fc34300bd09f6c16b3ae", (1152, 864),
           562, "fountain", "a fountain in a formal garden"),
+    Photo("fastbook-grizzly", "fastbook", "fastbook/images/grizzly.jpg",
+          "2f12ed680dca7a5ccd0e9c9522365c7374a154c69ffa2b19f32723f45499f1ac", (846, 1000),
+          294, "brown bear", "a grizzly"),
     Photo("foolbox-00", "foolbox", f"{_FB}00_243.jpg",
           "28b7b933c8028c6e20bf74a86a709eda42ce99f14c8742cb657cb386f08a4c9d", (512, 512),
           243, "bull mastiff"),
@@ -350,7 +361,8 @@ def fetch_photos(
     cache: Path | None = None, log: Callable[[str], None] = print
 ) -> list[tuple[Photo, Path]]:
     """Every photo of :data:`PHOTOS` with its file in ``cache`` (:func:`default_cache` when
-    None), fetched and extracted the first time; each file's sha256 checked on every call."""
+    None), fetched and extracted the first time; each file's sha256 and decoded size checked on
+    every call."""
     cache = default_cache() if cache is None else Path(cache)
     folder = cache / "photos"
     folder.mkdir(parents=True, exist_ok=True)
@@ -374,6 +386,12 @@ def fetch_photos(
             with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
                 tmp.write(data)
             os.replace(tmp.name, path)
+        with Image.open(path) as image:
+            if image.size != photo.size:
+                raise PhotoSetError(
+                    f"{photo.name} decodes to {image.size[0]}x{image.size[1]}, not the "
+                    f"{photo.size[0]}x{photo.size[1]} of the table: fix the table"
+                )
         out.append((photo, path))
     return out
 

@@ -76,7 +76,7 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _local_set(lp, monkeypatch, cache: Path, *, photo_sha: str | None = None):
+def _local_set(lp, monkeypatch, cache: Path, *, photo_sha: str | None = None, size=(32, 24)):
     """One source whose archive is already in the cache (a zip made here), holding one photo."""
     photo = _jpeg((200, 30, 30))
     archive = cache / "archives" / "pkg-1.0-py3-none-any.whl"
@@ -86,7 +86,7 @@ def _local_set(lp, monkeypatch, cache: Path, *, photo_sha: str | None = None):
     source = lp.Source(
         "pkg==1.0", archive.name, _sha(archive.read_bytes()), ("--only-binary=:all:",)
     )
-    entry = lp.Photo("pkg-red", "pkg", "pkg/data/red.jpg", photo_sha or _sha(photo), (32, 24),
+    entry = lp.Photo("pkg-red", "pkg", "pkg/data/red.jpg", photo_sha or _sha(photo), size,
                      1, "goldfish")  # fmt: skip
     monkeypatch.setattr(lp, "SOURCES", {"pkg": source})
     monkeypatch.setattr(lp, "PHOTOS", (entry,))
@@ -116,3 +116,9 @@ def test_fetch_refuses_a_photo_that_is_not_the_pinned_one(lp, monkeypatch, tmp_p
     with pytest.raises(lp.PhotoSetError, match=r"pkg/data/red.jpg .* not the pinned 0{64}"):
         lp.fetch_photos(tmp_path, log=lambda _: None)
     assert not list((tmp_path / "photos").iterdir())  # nothing unchecked left in the cache
+
+
+def test_fetch_refuses_a_photo_whose_size_is_not_the_table_s(lp, monkeypatch, tmp_path):
+    _local_set(lp, monkeypatch, tmp_path, size=(24, 32))  # the non-square subset relies on it
+    with pytest.raises(lp.PhotoSetError, match=r"decodes to 32x24, not the 24x32"):
+        lp.fetch_photos(tmp_path, log=lambda _: None)
