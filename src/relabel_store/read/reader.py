@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -61,7 +62,8 @@ from relabel_store.read.sources.local import LocalSource
 
 __all__ = ["Record", "RecordBatch", "RelabelStore"]
 
-_MAX_OPEN_SHARDS = 512
+#: Open files kept free for the rest of the process when sizing the shard cache.
+_SPARE_FILES = 256
 #: Records decoded in one batch: enough that handing work to threads is noise, few enough that
 #: a whole-store read holds little beyond its output.
 _BATCH = 1024
@@ -72,6 +74,30 @@ _NO_SPANS = memoryview(b"").cast("Q")
 #: A cached shard: its file (None: never written), its (offset, nbytes) index, where it is, and
 #: the index as a flat memoryview of uint64 for lookups without numpy's per-call cost.
 _ShardEntry = tuple[Blob | None, np.ndarray, str, memoryview]
+
+
+def _open_shards_allowed(shards: int, arrays: int) -> int:
+    """How many shards of each array stay open (memory-mapped; each holds one open file).
+
+    All of them where the process may hold that many files: reopening an evicted shard costs
+    ~90 µs (a safe open of each path component, the mapping, the index checksum), which a
+    random read of a store larger than the cache pays almost every time (ImageNet-21k: 3,212
+    shards). The soft limit on open files is raised towards the hard one when the store needs
+    it (never lowered); where it cannot go high enough, the cache holds what fits beside
+    :data:`_SPARE_FILES` files for the rest of the process."""
+    want = shards * arrays + _SPARE_FILES
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            if target > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+    except (ValueError, OSError):  # a platform or sandbox that refuses: keep what we have
+        pass
+    if soft == resource.RLIM_INFINITY:
+        return shards
+    return max(16, min(shards, (soft - _SPARE_FILES) // arrays))
 
 
 def _spans(index: np.ndarray) -> memoryview:
@@ -114,9 +140,14 @@ class _ShardedArray:
     """
 
     def __init__(
-        self, source: Source, layout: ArrayLayout, listed: Mapping[str, ManifestEntry] | None
+        self,
+        source: Source,
+        layout: ArrayLayout,
+        listed: Mapping[str, ManifestEntry] | None,
+        max_open: int,
     ) -> None:
         self.source = source
+        self.max_open = max_open
         self.layout = layout
         self.listed = listed
         self.per_shard = layout.chunk_shape[0]
@@ -155,7 +186,7 @@ class _ShardedArray:
                 index = parse_shard_index(tail, self.per_shard, where)
                 entry = (blob, index, where, _spans(index))
             self._shards[s] = entry
-            while len(self._shards) > _MAX_OPEN_SHARDS:
+            while len(self._shards) > self.max_open:
                 self._shards.popitem(last=False)
             return entry
 
@@ -345,11 +376,13 @@ class RelabelStore:
                 "finish it, or open it with allow_incomplete=True to inspect what is there."
             )
         record = (m.rows, *m.grid, m.k)
+        shards = -(-m.rows // m.shard_records) if m.shard_records > 0 else 1
+        open_shards = _open_shards_allowed(shards, arrays=2)
         self._indices = _ShardedArray(
-            source, self._layout(INDICES, record, "u", (2,)), self._listed
+            source, self._layout(INDICES, record, "u", (2,)), self._listed, open_shards
         )
         self._values = _ShardedArray(
-            source, self._layout(VALUES, record, "f", (2, 4)), self._listed
+            source, self._layout(VALUES, record, "f", (2, 4)), self._listed, open_shards
         )
         # Ids are uint16: with 65536 classes every id is in range (see _values_ok).
         self._id_limit = m.num_classes if m.num_classes <= 0xFFFF else None
