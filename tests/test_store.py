@@ -427,3 +427,32 @@ def test_batch_reads_in_a_forked_child_after_the_parent_made_its_pool(tmp_path, 
         child.join(10)
         if child.is_alive():
             child.kill()
+
+
+@pytest.mark.parametrize("hard", ["same", "higher"])
+def test_shard_cache_follows_the_open_file_limit(tmp_path, hard):
+    """Every open shard holds a file: where the process may not open one file per shard, the
+    cache keeps what fits beside 256 spare files and evicts the rest (reads still right); where
+    the hard limit allows, the soft limit is raised and every shard stays open."""
+    import subprocess
+    import sys
+
+    write_store(tmp_path / "s.zarr", 200, shard_records=2)  # 100 shards of each array
+    script = f"""
+import resource
+import numpy as np
+from relabel_store import load_relabel
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300 if {hard!r} == "same" else max(hard, 1000)))
+store = load_relabel({str(tmp_path / "s.zarr")!r})
+singles = [store.get_row(i) for i in range(len(store))] * 2
+batch = store.get_rows(np.arange(len(store)))
+assert all((r.values == v).all() for r, v in zip(singles, batch.values))
+print(store._indices.max_open, len(store._indices._shards), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    max_open, held, soft = map(int, out.stdout.split())
+    if hard == "same":  # (300 - 256) // 2 shards of each array: evicted and reopened
+        assert (max_open, held, soft) == (22, 22, 300)
+    else:
+        assert (max_open, held) == (100, 100) and soft == 2 * 100 + 256
