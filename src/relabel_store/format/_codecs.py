@@ -221,14 +221,15 @@ class BatchRefused(Exception):
 
 
 class BatchPlan(NamedTuple):
-    """How to decode many chunks of one array at once: ``decode`` turns any run of ``frames``
-    into their contents (uint8, one row of ``nbytes`` per chunk) and raises
-    :class:`BatchRefused` for a frame it does not take. Every check, the decoding and the
-    unshuffling happen per run, so that :func:`decode_plans` spreads all of it over threads."""
+    """How to decode many chunks of one array at once: ``decode(frames, out)`` writes the
+    contents of any run of ``frames`` into ``out`` (uint8, one row of ``nbytes`` per chunk) and
+    raises :class:`BatchRefused` for a frame it does not take. Every check, the decoding and
+    the unshuffling happen per run, so that :func:`decode_plans` spreads all of it over
+    threads."""
 
     frames: Sequence[bytes]
     nbytes: int
-    decode: Callable[[Sequence[bytes]], np.ndarray]
+    decode: Callable[[Sequence[bytes], np.ndarray], None]
 
 
 #: crc32c over a message followed by its own little-endian crc32c: one value for every message
@@ -239,27 +240,43 @@ _CRC32C_RESIDUE = 0x48674BC7
 _FRAMES_PER_JOB = 32
 
 
-def _zstd_frames(frames: Sequence[bytes | memoryview], nbytes: int) -> np.ndarray:
-    """Decode zstd frames of ``nbytes`` each in one call into libzstd, which runs without the
-    GIL; a frame holding any other size (its output never allocated past ``nbytes``) or failing
-    its checksum refuses the batch."""
-    m = len(frames)
-    sizes = np.full(m, nbytes, np.uint64).tobytes()
+def _zstd_stream(frames: Sequence[bytes | memoryview], nbytes: int, out: np.ndarray) -> None:
+    """Decode zstd frames that each hold ``nbytes`` into ``out`` (contiguous, one row each) as
+    one stream across frames: libzstd without the GIL, no per-frame output object (1.6x
+    faster than ``multi_decompress_to_buffer`` on 256 frames of 2,250 bytes, measured).
+
+    Each frame's header must declare ``nbytes`` (libzstd then holds the frame to it), the
+    stream must fill ``out`` exactly, and checksums must match; anything else refuses the batch
+    (the caller decodes one by one to name the damaged file)."""
+    size = zstandard.frame_content_size
     try:
-        out = _zstd().multi_decompress_to_buffer(frames, decompressed_sizes=sizes, threads=1)  # type: ignore[arg-type]
+        if any(size(f) != nbytes for f in frames):
+            raise BatchRefused
+        view = out.reshape(-1).data
+        got = 0
+        with _zstd().stream_reader(b"".join(frames), read_across_frames=True) as reader:
+            while got < len(view):
+                n = reader.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            extra = reader.read(1)
     except zstandard.ZstdError:
         raise BatchRefused from None
-    if out.size() != m * nbytes:
+    if got != len(view) or extra:
         raise BatchRefused
-    joined = b"".join([memoryview(out[i]) for i in range(m)])  # type: ignore[arg-type]
-    return np.frombuffer(joined, np.uint8).reshape(m, nbytes)
 
 
-def _blosc_frames(frames: Sequence[bytes], nbytes: int, trailer: int) -> np.ndarray:
-    """Decode Blosc frames of the kind relabel-store writes (one block, zstd, byte shuffle;
-    see :meth:`Blosc.decode`): headers (and the trailing crc32c of ``trailer`` bytes) checked
-    for all frames with numpy, the zstd blocks decoded in one call, the byte planes put back
-    for every record at once. Any other frame refuses the batch."""
+def _zstd_frames(frames: Sequence[bytes], out: np.ndarray, *, nbytes: int) -> None:
+    """Plain zstd chunks: decoded straight into their rows."""
+    _zstd_stream(frames, nbytes, out)
+
+
+def _blosc_frames(frames: Sequence[bytes], out: np.ndarray, *, nbytes: int, trailer: int) -> None:
+    """Blosc chunks of the kind relabel-store writes (one block, zstd, byte shuffle; see
+    :meth:`Blosc.decode`): headers (and the trailing crc32c of ``trailer`` bytes) checked for
+    all frames with numpy, the zstd blocks decoded as one stream, the byte planes put back
+    into ``out`` for every record at once. Any other frame refuses the batch."""
     m = len(frames)
     if trailer:
         value = google_crc32c.value
@@ -295,19 +312,20 @@ def _blosc_frames(frames: Sequence[bytes], nbytes: int, trailer: int) -> np.ndar
     blocks = [
         view[s + 24 : s + 24 + c] for s, c in zip(starts.tolist(), csize.tolist(), strict=True)
     ]
-    raw = _zstd_frames(blocks, nbytes)
     if not shuffled:
-        return raw
+        _zstd_stream(blocks, nbytes, out)
+        return
+    raw = np.empty((m, nbytes), np.uint8)
+    _zstd_stream(blocks, nbytes, raw)
     planes = raw.reshape(m, typesize, nbytes // typesize)
     if typesize == 2:  # float16: high byte shifted over the low one, 2x the strided copies
-        pairs = np.empty((m, nbytes // 2), "<u2")
+        pairs = out.view("<u2")
         np.left_shift(planes[:, 1], 8, out=pairs, dtype="<u2")
         pairs |= planes[:, 0]
-        return pairs.view(np.uint8)
-    out = np.empty((m, nbytes // typesize, typesize), np.uint8)
+        return
+    elements = out.reshape(m, nbytes // typesize, typesize)
     for b in range(typesize):  # strided copies: ~6x faster than a transposed copy here
-        out[:, :, b] = planes[:, b]
-    return out.reshape(m, nbytes)
+        elements[:, :, b] = planes[:, b]
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -336,10 +354,14 @@ def decode_plans(plans: Sequence[BatchPlan], threads: int, into: Sequence[np.nda
     The frames are cut into jobs of :data:`_FRAMES_PER_JOB`; every thread takes the next job
     until none is left, so a thread that got cheaper frames (or was descheduled) takes more,
     and the caller never sleeps while there is work: with 2 cores one helper thread and the
-    caller decode together. A job checks, decodes and unshuffles its frames and copies them to
-    their rows, all without the GIL but the few calls that start each step."""
+    caller decode together. A job checks, decodes and unshuffles its frames into their rows,
+    all without the GIL but the few calls that start each step."""
     for plan, out in zip(plans, into, strict=True):
-        if out.shape != (len(plan.frames), plan.nbytes) or out.dtype != np.uint8:
+        if (
+            out.shape != (len(plan.frames), plan.nbytes)
+            or out.dtype != np.uint8
+            or not out.flags.c_contiguous
+        ):
             raise BatchRefused  # an internal mismatch: the slow path names what is wrong
     jobs = [
         (i, j) for i, plan in enumerate(plans) for j in range(0, len(plan.frames), _FRAMES_PER_JOB)
@@ -354,7 +376,7 @@ def decode_plans(plans: Sequence[BatchPlan], threads: int, into: Sequence[np.nda
                     return
                 i, j = jobs[n]
                 plan = plans[i]
-                into[i][j : j + _FRAMES_PER_JOB] = plan.decode(plan.frames[j : j + _FRAMES_PER_JOB])
+                plan.decode(plan.frames[j : j + _FRAMES_PER_JOB], into[i][j : j + _FRAMES_PER_JOB])
         except BaseException as exc:
             failed.append(exc)
 
