@@ -456,3 +456,27 @@ print(store._indices.max_open, len(store._indices._shards), resource.getrlimit(r
         assert (max_open, held, soft) == (22, 22, 300)
     else:
         assert (max_open, held) == (100, 100) and soft == 2 * 100 + 256
+
+
+def test_batches_read_ahead_after_a_cold_batch(tmp_path, monkeypatch):
+    """A batch whose chunks came from the disk (here: any copy counts as slow) makes the next
+    batch ask for every chunk's pages first; what it reads is what single reads give."""
+    from relabel_store.read import reader
+
+    write_store(tmp_path / "s.zarr", 120, shard_records=8)
+    store = load_relabel(tmp_path / "s.zarr")
+    store._indices._prefetch = store._values._prefetch = True  # the real madvise, once
+    assert (store.get_rows([5, 3]).values == store.get_many(store.keys[[5, 3]]).values).all()
+    calls = []
+    monkeypatch.setattr(reader, "_COLD_SECONDS", -1.0)  # every batch looks cold
+    monkeypatch.setattr(reader, "_will_need", lambda spans: calls.append(len(spans)))
+    rows = np.random.default_rng(0).permutation(len(store))
+    first = store.get_rows(rows[:60])
+    assert calls == []  # the first batch does not know yet
+    second = store.get_rows(rows[60:])
+    assert calls == [60, 60]  # both arrays read ahead
+    for batch, part in ((first, rows[:60]), (second, rows[60:])):
+        for i, row in enumerate(part):
+            single = store.get_row(int(row))
+            assert (batch.indices[i] == single.indices).all()
+            assert (batch.values[i] == single.values).all()

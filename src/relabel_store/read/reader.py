@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import mmap
 import os
 import resource
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from mmap import mmap
 from pathlib import Path
 from typing import NamedTuple
 
@@ -100,6 +101,21 @@ def _open_shards_allowed(shards: int, arrays: int) -> int:
     return max(16, min(shards, (soft - _SPARE_FILES) // arrays))
 
 
+#: Copying a chunk out of a mapped file slower than this means its pages came from the disk
+#: (a page-cache hit costs ~1 µs).
+_COLD_SECONDS = 20e-6
+
+
+def _will_need(spans: Sequence[tuple[Blob, int, int]]) -> None:
+    """Ask the kernel to read the pages of every chunk of mapped files now, all at once."""
+    page = mmap.PAGESIZE
+    for blob, off, size in spans:
+        if isinstance(blob, mmap.mmap):
+            start = off - off % page
+            with contextlib.suppress(OSError, ValueError):
+                blob.madvise(mmap.MADV_WILLNEED, start, off + size - start)
+
+
 def _spans(index: np.ndarray) -> memoryview:
     """A shard index as a flat memoryview of native uint64 (a view, no copy, where the host is
     little-endian as the file is)."""
@@ -158,6 +174,7 @@ class _ShardedArray:
         # source maps files (no per-worker copy), else 16 B a chunk.
         self._shards: OrderedDict[int, _ShardEntry] = OrderedDict()
         self._lock = threading.Lock()
+        self._prefetch = False  # the last batch waited for the disk (see gather)
 
     def _shard(self, s: int) -> _ShardEntry:
         entry = self._shards.get(s)
@@ -182,7 +199,7 @@ class _ShardedArray:
                 if len(blob) < self.tail:
                     raise _damaged(where, "the shard is too short to hold its index")
                 start = len(blob) - self.tail
-                tail = memoryview(blob)[start:] if isinstance(blob, mmap) else blob[start:]
+                tail = memoryview(blob)[start:] if isinstance(blob, mmap.mmap) else blob[start:]
                 index = parse_shard_index(tail, self.per_shard, where)
                 entry = (blob, index, where, _spans(index))
             self._shards[s] = entry
@@ -224,12 +241,17 @@ class _ShardedArray:
         ``phys`` it belongs to. Records holding only the fill value (no chunk) are written to
         ``flat`` (one row of bytes per record) at once.
 
-        One pass over the records, each chunk found through its shard's index read as a
-        memoryview (~0.6 µs a record): a random batch of a large store touches a different
-        shard for almost every record, where grouping by shard costs ~5 µs a record."""
+        Each chunk is found through its shard's index read as a memoryview (~0.6 µs a record):
+        a random batch of a large store touches a different shard for almost every record,
+        where grouping by shard costs ~5 µs a record. Where the chunks' pages are not in memory
+        (a store larger than the page cache, a first epoch), copying them out of the mapped
+        files waits for one disk read after another; after such a batch (over
+        :data:`_COLD_SECONDS` a record) the next ones first ask the kernel for every chunk's
+        pages at once (``madvise(MADV_WILLNEED)``, reads in flight together: 2-3.5x faster on
+        this machine's disk), until a batch is warm again."""
         shards, within = np.divmod(phys, self.per_shard)
         cache, load = self._shards, self._shard
-        frames: list[bytes] = []
+        spans_of: list[tuple[Blob, int, int]] = []
         placed: list[int] = []
         fill: list[int] = []
         for pos, s, j in zip(range(len(phys)), shards.tolist(), within.tolist(), strict=True):
@@ -237,9 +259,14 @@ class _ShardedArray:
             if blob is None or spans[2 * j] == MISSING:
                 fill.append(pos)
                 continue
-            off = spans[2 * j]
-            frames.append(blob[off : off + spans[2 * j + 1]])
+            spans_of.append((blob, spans[2 * j], spans[2 * j + 1]))
             placed.append(pos)
+        started = time.perf_counter()
+        if self._prefetch:
+            _will_need(spans_of)
+        frames = [blob[off : off + size] for blob, off, size in spans_of]
+        if spans_of:
+            self._prefetch = (time.perf_counter() - started) / len(spans_of) > _COLD_SECONDS
         if fill:
             value = np.full(self.record_shape, self.layout.fill_value, self.layout.dtype)
             flat[fill] = value.reshape(-1).view(np.uint8)
