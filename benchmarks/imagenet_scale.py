@@ -139,6 +139,10 @@ def read_side(path: Path) -> None:
           f"256 (256 single reads: {statistics.median(loop_times) / 1e6:.2f} ms)")  # fmt: skip
     size = store.manifest.total_bytes
     store.close()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    print(f"disk:      {cold_read_us(path):8.1f} µs per 4 KiB read of a page not in memory "
+          f"(median of 200); the store is {size / 1e9:.1f} GB, this machine's memory "
+          f"{memory / 1e9:.1f} GB")  # fmt: skip
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     started = time.perf_counter()
@@ -183,6 +187,25 @@ def compress_once() -> Callable[[], int]:
         return len(sample)
 
     return check
+
+
+def cold_read_us(path: Path, samples: int = 200) -> float:
+    """Median time of a 4 KiB read from a random place in a random shard file whose cached
+    pages were dropped first (``posix_fadvise(DONTNEED)``): what a record read costs beyond the
+    reader when the store does not fit in the page cache."""
+    files = sorted((path / "values").glob("c*")) + sorted((path / "indices").glob("c*"))
+    times = []
+    for f in random.sample(files, min(samples, len(files))):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            offset = random.randrange(max(1, os.fstat(fd).st_size - 4096)) // 4096 * 4096
+            t = time.perf_counter_ns()
+            os.pread(fd, 4096, offset)
+            times.append(time.perf_counter_ns() - t)
+        finally:
+            os.close(fd)
+    return statistics.median(times) / 1000
 
 
 def main() -> None:
