@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pickle
@@ -301,15 +300,14 @@ def test_batch_decoder_matches_the_single_one(records, dtype, cname, shuffle, le
     import google_crc32c
     from numcodecs import Blosc
 
-    from relabel_store.format._codecs import BatchPlan, BatchRefused, _blosc_frames, decode_plans
+    from relabel_store.format._codecs import BatchRefused, _blosc_plan, decode_plans
     from relabel_store.format._codecs import Blosc as OurBlosc
 
     width = 16 * 8  # eight copies of each 16 bytes: records above Blosc's minimum size
 
     def decode(frames: list[bytes], trailer: int) -> np.ndarray:
         out = np.empty((len(frames), width), np.uint8)
-        decode_frames = functools.partial(_blosc_frames, nbytes=width, trailer=trailer)
-        decode_plans([BatchPlan(frames, width, decode_frames)], 2, [out])
+        decode_plans([_blosc_plan(frames, width, trailer)], 2, [out])
         return out
 
     arrays = [np.frombuffer(r * 8, dtype) for r in records]
