@@ -40,6 +40,41 @@ def median_us(fn, args, repeat: int) -> float:
     return statistics.median(times) / 1000
 
 
+def libzstd_floor_ms(frames: int = 512) -> tuple[float, float]:
+    """libzstd alone on ``frames`` frames like a batch's (a synthetic record's class ids at the
+    store's zstd level 13, checksummed): median ms on one thread and on two (each half), no
+    Python per frame. A batch of 256 records is 512 frames (ids and logits)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import zstandard
+    from _synthetic import synthetic_maps
+
+    idx, _ = synthetic_maps(np.random.default_rng(1), frames)
+    compress = zstandard.ZstdCompressor(level=13, write_checksum=True).compress
+    data = [compress(r.tobytes()) for r in idx]
+    sizes = np.full(frames // 2, idx[0].nbytes, np.uint64).tobytes()
+
+    def run(part: list[bytes]) -> None:
+        zstandard.ZstdDecompressor().multi_decompress_to_buffer(
+            part, decompressed_sizes=sizes, threads=1
+        )
+
+    halves = (data[: frames // 2], data[frames // 2 :])
+    pool = ThreadPoolExecutor(2)
+    one, two = [], []
+    for _ in range(50):
+        t = time.perf_counter()
+        run(halves[0])
+        run(halves[1])
+        one.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        list(pool.map(run, halves))
+        two.append(time.perf_counter() - t)
+    pool.shutdown()
+    return statistics.median(one) * 1e3, statistics.median(two) * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--records", type=int, default=8192)
@@ -100,6 +135,11 @@ def main() -> None:
             f"batch of 256 random records, shards of 32 ({touched:.0f} shards a batch, as on "
             f"ImageNet), median: {statistics.median(spread_t):.2f} ms   (fastest "
             f"{min(spread_t):.2f} ms)"
+        )
+        floor_one, floor_two = libzstd_floor_ms()
+        print(
+            f"libzstd alone on a batch's 512 frames: {floor_one:.2f} ms on one thread, "
+            f"{floor_two:.2f} ms on two (the floor under the batch figures)"
         )
         print(
             f"open (metadata and key index checked), median: {statistics.median(opens) * 1e3:.1f} ms"
