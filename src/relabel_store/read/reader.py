@@ -60,11 +60,15 @@ from relabel_store.read import _key_index
 from relabel_store.read.cache import default_cache_dir
 from relabel_store.read.sources import Blob, Source
 from relabel_store.read.sources.local import LocalSource
+from relabel_store.read.sources.ranged import RangeSource
 
 __all__ = ["Record", "RecordBatch", "RelabelStore"]
 
 #: Open files kept free for the rest of the process when sizing the shard cache.
 _SPARE_FILES = 256
+#: Shards of each array kept open when read by ranged requests: each holds its index in memory
+#: (16 B a record: 64 KB for a shard of 4,096), 64 MB a store at most.
+_REMOTE_SHARDS_HELD = 512
 #: Records decoded in one batch: enough that handing work to threads is noise, few enough that
 #: a whole-store read holds little beyond its output.
 _BATCH = 1024
@@ -404,7 +408,10 @@ class RelabelStore:
             )
         record = (m.rows, *m.grid, m.k)
         shards = -(-m.rows // m.shard_records) if m.shard_records > 0 else 1
-        open_shards = _open_shards_allowed(shards, arrays=2)
+        if isinstance(source, RangeSource):  # a remote shard holds its index in memory
+            open_shards = min(shards, _REMOTE_SHARDS_HELD)
+        else:  # a mapped shard holds an open file
+            open_shards = _open_shards_allowed(shards, arrays=2)
         self._indices = _ShardedArray(
             source, self._layout(INDICES, record, "u", (2,)), self._listed, open_shards
         )
