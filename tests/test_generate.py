@@ -162,6 +162,21 @@ def test_the_default_annotator_gives_each_half_of_a_composite_its_own_class(tmp_
     assert _halves(stores["squash"], "cat_cup_1.5")[1] != 967
 
 
+def test_aspect_options_with_a_squashing_annotator_are_refused(tmp_path):
+    """--max-aspect and --aspect-sizing shape aspect-kept inputs only: given with squash they
+    would be recorded nowhere and change nothing, so the command refuses them by name."""
+    photos = photo_folder(tmp_path / "photos")
+    out = tmp_path / "s.relabel.zarr"
+    result = CliRunner().invoke(
+        main,
+        ["generate", str(photos), "-o", str(out), *LITE0, "--input-mode", "squash",
+         "--aspect-sizing", "area", "--max-aspect", "3"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--max-aspect and --aspect-sizing shape aspect-kept inputs" in result.output
+    assert not out.exists()
+
+
 def test_squash_mode_is_the_whole_image_resized_to_the_square_input(tmp_path):
     """--input-mode squash writes exactly what the paper's recipe computes, spelled out here
     (PIL resize of the whole image, normalisation, the classifier at every feature position,

@@ -279,6 +279,20 @@ def generate(input: str | None, output: Path | str, model: str, checkpoint: str 
         )  # fmt: skip
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
+    if annotator.input_mode == "squash":
+        ctx = click.get_current_context()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("max_aspect", "aspect_sizing")
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            why = "" if input_mode == "squash" else f" (--input-mode auto chose it for {model})"
+            raise click.UsageError(
+                f"{' and '.join(given)} shape aspect-kept inputs, but this annotator squashes "
+                f"every image to the square input{why}: drop {' and '.join(given)}, or use "
+                "--input-mode aspect with a model that takes any input shape"
+            )
     trained_on = (annotator.weights.get("training") or {}).get("trained_on")
     lineage = parent_of(parent, trained_on)
     result = run(

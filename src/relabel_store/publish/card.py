@@ -214,7 +214,8 @@ def _preprocess(preprocess: Any, ann: Mapping[str, Any] | None = None) -> str:
     elif mode == "aspect":
         px = f"short side {preprocess.get('short_side', '?')}"
         how = (
-            f"aspect ratio kept (long side a multiple of {preprocess.get('long_side_multiple')}, "
+            f"aspect ratio kept (long side longer in steps of "
+            f"{preprocess.get('long_side_multiple')}, "
             f"at most {preprocess.get('max_aspect')}x the short side), no crop"
         )
         if preprocess.get("aspect_sizing") == "area":
