@@ -242,10 +242,10 @@ _CRC32C_RESIDUE = 0x48674BC7
 _MIN_FRAMES_PER_JOB = 32
 
 
-def _zstd_stream(frames: Sequence[bytes | memoryview], nbytes: int, out: np.ndarray) -> None:
+def _zstd_stream(frames: Sequence[bytes | memoryview], out: np.ndarray, *, nbytes: int) -> None:
     """Decode zstd frames that each hold ``nbytes`` into ``out`` (contiguous, one row each) as
-    one stream across frames: libzstd without the GIL, no per-frame output object (1.6x
-    faster than ``multi_decompress_to_buffer`` on 256 frames of 2,250 bytes, measured).
+    one stream across frames: libzstd without the GIL, straight into the rows, no per-frame
+    output object (5% faster than ``multi_decompress_to_buffer`` on a batch's frames, measured).
 
     Each frame's header must declare ``nbytes`` (libzstd then holds the frame to it), the
     stream must fill ``out`` exactly, and checksums must match; anything else refuses the batch
@@ -267,11 +267,6 @@ def _zstd_stream(frames: Sequence[bytes | memoryview], nbytes: int, out: np.ndar
         raise BatchRefused from None
     if got != len(view) or extra:
         raise BatchRefused
-
-
-def _zstd_frames(frames: Sequence[bytes | memoryview], out: np.ndarray, *, nbytes: int) -> None:
-    """Plain zstd chunks: decoded straight into their rows."""
-    _zstd_stream(frames, nbytes, out)
 
 
 def _blosc_plan(frames: Sequence[bytes], nbytes: int, trailer: int) -> BatchPlan:
@@ -325,11 +320,11 @@ def _blosc_blocks(
     """Decode checked Blosc blocks (zstd frames) into ``out``, putting the byte planes of
     ``typesize`` back (1: not shuffled)."""
     if typesize == 1:
-        _zstd_stream(blocks, nbytes, out)
+        _zstd_stream(blocks, out, nbytes=nbytes)
         return
     m = len(blocks)
     raw = np.empty((m, nbytes), np.uint8)
-    _zstd_stream(blocks, nbytes, raw)
+    _zstd_stream(blocks, raw, nbytes=nbytes)
     planes = raw.reshape(m, typesize, nbytes // typesize)
     if typesize == 2:  # float16: high byte shifted over the low one, 2x the strided copies
         pairs = out.view("<u2")
@@ -432,7 +427,7 @@ class CodecChain:
         decodes one by one."""
         n = self.nbytes
         if isinstance(self.compressor, Zstd) and not self.checksum:
-            return BatchPlan(frames, n, functools.partial(_zstd_frames, nbytes=n))
+            return BatchPlan(frames, n, functools.partial(_zstd_stream, nbytes=n))
         if isinstance(self.compressor, Blosc):
             return _blosc_plan(frames, n, 4 if self.checksum else 0)
         raise BatchRefused

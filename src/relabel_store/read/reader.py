@@ -74,11 +74,10 @@ _REMOTE_SHARDS_HELD = 512
 _BATCH = 1024
 
 
-_NO_INDEX = np.zeros((0, 2), np.uint64)
 _NO_SPANS = memoryview(b"").cast("Q")
-#: A cached shard: its file (None: never written), its (offset, nbytes) index, where it is, and
-#: the index as a flat memoryview of uint64 for lookups without numpy's per-call cost.
-_ShardEntry = tuple[Blob | None, np.ndarray, str, memoryview]
+#: A cached shard: its file (None: never written), where it is, and its (offset, nbytes) index
+#: as a flat memoryview of uint64 (entry j at 2j, 2j + 1), read without numpy's per-call cost.
+_ShardEntry = tuple[Blob | None, str, memoryview]
 
 
 def _open_shards_allowed(shards: int, arrays: int) -> int:
@@ -194,7 +193,7 @@ class _ShardedArray:
             if blob is None:
                 if listed is not None:
                     raise _damaged(where, "the manifest lists this shard but it is missing")
-                entry = (None, _NO_INDEX, where, _NO_SPANS)  # never written: only fill values
+                entry = (None, where, _NO_SPANS)  # never written: only fill values
             else:
                 if listed is not None and len(blob) != listed.size:
                     raise _damaged(
@@ -204,8 +203,7 @@ class _ShardedArray:
                     raise _damaged(where, "the shard is too short to hold its index")
                 start = len(blob) - self.tail
                 tail = memoryview(blob)[start:] if isinstance(blob, mmap.mmap) else blob[start:]
-                index = parse_shard_index(tail, self.per_shard, where)
-                entry = (blob, index, where, _spans(index))
+                entry = (blob, where, _spans(parse_shard_index(tail, self.per_shard, where)))
             self._shards[s] = entry
             while len(self._shards) > self.max_open:
                 self._shards.popitem(last=False)
@@ -214,17 +212,14 @@ class _ShardedArray:
     def raw(self, row: int) -> Decoded | None:
         """The decoded bytes of one record, or None when it holds only fill values."""
         s, j = divmod(row, self.per_shard)
-        blob, index, where, _ = self._shard(s)
-        if blob is None:
+        blob, where, spans = self._shard(s)
+        if blob is None or (off := spans[2 * j]) == MISSING:
             return None
-        off, size = index[j].tolist()
-        if off == MISSING:
-            return None
-        return self.layout.codecs.decode(blob[off : off + size], where)
+        return self.layout.codecs.decode(blob[off : off + spans[2 * j + 1]], where)
 
     def _bad_size(self, row: int, raw: Decoded) -> CorruptDataError:
         return CorruptDataError(
-            f"{self._shard(row // self.per_shard)[2]}: record {row} decoded to {len(raw)} bytes, "
+            f"{self._shard(row // self.per_shard)[1]}: record {row} decoded to {len(raw)} bytes, "
             f"expected {self.nbytes}; the file is damaged. Run `relabel-store verify`."
         )
 
@@ -259,7 +254,7 @@ class _ShardedArray:
         placed: list[int] = []
         fill: list[int] = []
         for pos, s, j in zip(range(len(phys)), shards.tolist(), within.tolist(), strict=True):
-            blob, _, _, spans = cache.get(s) or load(s)
+            blob, _, spans = cache.get(s) or load(s)
             if blob is None or spans[2 * j] == MISSING:
                 fill.append(pos)
                 continue
