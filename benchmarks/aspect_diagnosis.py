@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from annotation_modes import whole_image_targets
 from PIL import Image
 
 from relabel_store import load_relabel
@@ -112,13 +113,7 @@ def _store_targets(root: Path, folder: Path, annotator, name: str) -> dict[str, 
     out = root / f"{name}.relabel.zarr"
     generate(open_inputs(folder), out, annotator, batch_size=8, num_workers=0,
              overwrite=True, progress=False)  # fmt: skip
-    store = load_relabel(out)
-    targets = {}
-    for key in store.keys:
-        rec = store.get(key)
-        targets[key.decode()] = pool(rec.indices, rec.values, CropBox(0, 0, 1, 1),
-                            num_classes=store.metadata.num_classes)  # fmt: skip
-    return targets
+    return whole_image_targets(out)
 
 
 def _orientation(root: Path, annotators: dict) -> None:
