@@ -48,6 +48,12 @@ def shuffled(cname: str, clevel: int) -> dict:
     }
 
 
+def blosc(cname: str, clevel: int) -> dict:
+    return {
+        "compressors": [BloscCodec(cname=cname, clevel=clevel, shuffle="noshuffle"), Crc32cCodec()]
+    }
+
+
 VARIANTS = {
     "v1.0: ids zstd 19, logits blosc zstd 9 (=22)": (zstd(19), shuffled("zstd", 9)),
     "now:  ids zstd 13, logits blosc zstd 7 (=13)": (zstd(13), shuffled("zstd", 7)),
@@ -55,6 +61,9 @@ VARIANTS = {
     "ids zstd 5, logits blosc zstd 3 (=5)": (zstd(5), shuffled("zstd", 3)),
     "ids zstd 3, logits blosc zstd 2 (=3)": (zstd(3), shuffled("zstd", 2)),
     "zstd 9 for both, no shuffle": (zstd(9), zstd(9)),
+    "ids zstd -1 (literals stored raw: faster to decode)": (zstd(-1), shuffled("zstd", 7)),
+    "ids blosc lz4hc 9, logits blosc zstd 7 + shuffle": (blosc("lz4hc", 9), shuffled("zstd", 7)),
+    "blosc lz4hc 9 (ids) + shuffle (logits)": (blosc("lz4hc", 9), shuffled("lz4hc", 9)),
     "blosc lz4hc 9 + shuffle for both": (shuffled("lz4hc", 9), shuffled("lz4hc", 9)),
     "transpose to (k, y, x) + zstd 9": (
         {"filters": [TransposeCodec(order=(0, 3, 1, 2))], **zstd(9)},
@@ -82,7 +91,7 @@ def variant(root: Path, name: str, data: np.ndarray, codecs: dict) -> tuple[int,
             encoder.start(data, pool)()
             encode = (time.perf_counter() - started) / n * 1e6
         layout = ArrayLayout.parse(name, (root / name / "zarr.json").read_bytes(), str(root))
-        reader = _ShardedArray(LocalSource(root), layout)
+        reader = _ShardedArray(LocalSource(root), layout, None, 1)
         for i in range(n):  # warm: shard index and pages cached
             reader.get(i)
         started = time.perf_counter()
