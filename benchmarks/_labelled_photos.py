@@ -9,14 +9,14 @@ with the file, the expected and the found digest, and what to do.
 Every photo was labelled by looking at it: one ImageNet-1k class whose object is the photo's
 main subject, without a second reading. :data:`EXCLUDED` lists the photos of the same archives
 left out, and why (no ImageNet class for the subject, two subjects, a drawing, a filtered copy).
-The set has 130 distinct photos of 122 classes, 28 of them not square (the rest are 512x512
+The set has 131 distinct photos of 122 classes, 29 of them not square (the rest are 512x512
 photos shipped by foolbox and ai-benchmark, or 256x256 ones): only those can separate squashing
 from keeping the aspect ratio. ai-benchmark's 512x512 stock photos (one ImageNet class each,
 85 of its 100 kept) are most of the set; its 30 other photos that are not square are all of
 domestic cats, left out because tabby, tiger cat and Egyptian cat cannot be told apart by eye.
 
     from _labelled_photos import fetch_photos
-    for photo, path in fetch_photos():  # downloads about 170 MB the first time
+    for photo, path in fetch_photos():  # downloads about 190 MB the first time
         ...
 """
 
@@ -181,6 +181,12 @@ SOURCES: dict[str, Source] = {
         "labelme==6.3.1",
         "labelme-6.3.1.tar.gz",
         "2947e0d8341a92faa7b3ee50cf4b672f838051c6bf24892526e95b64fd3a707e",
+        _SDIST,
+    ),
+    "smartcrop": Source(  # the sdist: tests/images
+        "smartcrop==0.5.0",
+        "smartcrop-0.5.0.tar.gz",
+        "7df6b004cc1da7f2f47baa3433a9291affc6dab3ca2dd19101e83bef6c5a07aa",
         _SDIST,
     ),
 }
@@ -578,6 +584,9 @@ PHOTOS: tuple[Photo, ...] = (
     Photo("labelme-0002", "labelme", "labelme-6.3.1/examples/classification/data_annotated/0002.jpg",
           "cb7e7bb3bc8efea2aaaedc4851d8b3877683957a23283f3e833fee6071382fab", (640, 480),
           205, "flat-coated retriever", "a black retriever's head"),
+    Photo("smartcrop-nature-1", "smartcrop", "smartcrop-0.5.0/tests/images/nature-1.jpg",
+          "7e47f3b1170fb450480efa17230bfeffbe2ff93421301fa7ce6abda85c40a8f2", (4896, 3264),
+          970, "alp", "the Matterhorn at night"),
 )  # fmt: skip
 
 # Photos of the same archives looked at and left out: (source, member, why).
@@ -674,6 +683,9 @@ EXCLUDED: tuple[tuple[str, str, str], ...] = (
         "labelme-6.3.1/examples/video_annotation/data_annotated/00000100.jpg",
         "a street with a truck",
     ),
+    ("smartcrop", "smartcrop-0.5.0/tests/images/business-work-1.jpg", "a man behind a tiller"),
+    ("smartcrop", "smartcrop-0.5.0/tests/images/orientation.jpg", "a road sign and a cone"),
+    ("smartcrop", "smartcrop-0.5.0/tests/images/travel-1.jpg", "a person seen from above"),
 )
 
 
