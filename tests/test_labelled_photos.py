@@ -36,7 +36,7 @@ def lp():
 def test_table_is_well_formed(lp):
     names = imagenet_label_space("imagenet-1k").class_names
     photos = lp.PHOTOS
-    assert len(photos) >= 38
+    assert len(photos) >= 131
     assert len({p.name for p in photos}) == len(photos)
     assert len({p.sha256 for p in photos}) == len(photos)  # distinct files
     assert len({(p.source, p.member) for p in photos}) == len(photos)
@@ -47,7 +47,7 @@ def test_table_is_well_formed(lp):
         # The name beside the index is one of that class's ImageNet names: a typo in either fails.
         assert p.class_name in names[p.label].split(", "), (p.name, p.label, names[p.label])
         assert len(p.size) == 2 and min(p.size) >= 200, p.name
-    assert sum(p.size[0] != p.size[1] for p in photos) >= 20  # the ones that separate the modes
+    assert sum(p.size[0] != p.size[1] for p in photos) >= 29  # the ones that separate the modes
     for key, source in lp.SOURCES.items():
         name, _, version = source.requirement.partition("==")
         assert re.fullmatch(r"[0-9][0-9a-z.]*", version), key  # pinned to one release
