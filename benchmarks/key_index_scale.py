@@ -36,6 +36,7 @@ from _synthetic import imagenet_like_keys
 from zarr.codecs import ZstdCodec
 
 from relabel_store.format._layout import ArrayLayout
+from relabel_store.format._shards import cores_per_process
 from relabel_store.format.metadata import DEFAULT_ZSTD_LEVEL, KEY_CHUNK_ROWS
 from relabel_store.read import _key_index
 from relabel_store.read.reader import _check_key_order, _narrowed
@@ -84,7 +85,7 @@ def _read(root: Path, name: str) -> np.ndarray:
         path = root / key
         return path.read_bytes() if path.exists() else None
 
-    return layout.read_regular(read, str(root))
+    return layout.read_regular(read, str(root), threads=cores_per_process())
 
 
 def first_open(root: Path, cache: Path) -> None:

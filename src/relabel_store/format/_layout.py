@@ -17,6 +17,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
+from relabel_store._parallel import run_all
 from relabel_store.errors import CorruptDataError, FormatError
 from relabel_store.format._codecs import CodecChain, _require, codec_chain
 
@@ -153,11 +154,15 @@ class ArrayLayout:
             )
         return np.frombuffer(raw, dtype=self.dtype).reshape(shape)
 
-    def read_regular(self, read: Callable[[str], bytes | None], where: str) -> np.ndarray:
+    def read_regular(
+        self, read: Callable[[str], bytes | None], where: str, *, threads: int = 1
+    ) -> np.ndarray:
         """Read a whole regular (unsharded) array; ``read`` returns None for absent chunks.
 
         Every chunk is read before the array is allocated, so a shape that claims more chunks
-        than exist fails (in ``read``) without allocating for the claim.
+        than exist fails (in ``read``) without allocating for the claim. The chunks are then
+        decoded on up to ``threads`` threads (libzstd runs without the GIL): ImageNet-21k's key
+        index is 51 chunks per array.
         """
         grid = [-(-s // c) for s, c in zip(self.shape, self.chunk_shape, strict=True)]
         found = []
@@ -167,13 +172,21 @@ class ArrayLayout:
             if data is not None:
                 found.append((coords, key, data))
         out = np.full(self.shape, self.fill_value, dtype=self.dtype.newbyteorder("="))
-        for coords, key, data in found:
+
+        def place(item: tuple[tuple[int, ...], str, bytes]) -> None:
+            coords, key, data = item
             chunk = self.decode_array(data, self.chunk_shape, f"{where}/{key}")
             sel = tuple(
                 slice(i * c, min((i + 1) * c, s))
                 for i, c, s in zip(coords, self.chunk_shape, self.shape, strict=True)
             )
             out[sel] = chunk[tuple(slice(0, s.stop - s.start) for s in sel)]
+
+        if threads > 1 and len(found) > 1:
+            run_all(place, found, threads)
+        else:
+            for item in found:
+                place(item)
         return out
 
 

@@ -551,7 +551,9 @@ class RelabelStore:
         # read them all, refusing a missing one, before the other arrays allocate for N rows.
         required = name == KEYS
         return layout.read_regular(
-            lambda key: self._read_listed(key, required=required), self.source.location
+            lambda key: self._read_listed(key, required=required),
+            self.source.location,
+            threads=cores_per_process(),
         )
 
     def _layout(
