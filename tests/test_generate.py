@@ -108,9 +108,9 @@ def test_the_offline_annotators_defaults_give_sharp_labels(tmp_path):
         rec = store.get(key)
         target = pool(rec.indices, rec.values, CropBox.full(), num_classes=1000)
         top1[key] = (int(target.argmax()), float(target.max()))
-    # The default keeps the aspect ratio with the short side at 224: 1.6x the pixels of the
-    # square input for these 3:2 photos, on which lite0 itself is less confident (chelsea 0.42,
-    # coffee 0.64 measured; squashed 0.83 and 0.95), still far from the flat 0.06 / 0.02 at 475.
+    # The default keeps the aspect ratio at the square input's pixel count (chelsea 0.64,
+    # coffee 0.90 measured; squashed 0.83 and 0.95; with the short side at 224, 1.6x the
+    # pixels, 0.42 and 0.64), far from the flat 0.06 / 0.02 at 475.
     assert 281 <= top1["chelsea"][0] <= 287 and top1["chelsea"][1] >= 0.3, top1  # a cat
     assert top1["coffee"][0] == 967 and top1["coffee"][1] >= 0.5, top1  # espresso
     squashed = tmp_path / "squashed.relabel.zarr"
@@ -175,6 +175,20 @@ def test_aspect_options_with_a_squashing_annotator_are_refused(tmp_path):
     assert result.exit_code == 2
     assert "--max-aspect and --aspect-sizing shape aspect-kept inputs" in result.output
     assert not out.exists()
+
+
+def test_generate_options_default_to_what_load_annotator_does():
+    """`relabel-store generate` and `load_annotator()` annotate alike when nothing is given
+    (the CLI spells its defaults out so that `--help` starts without importing torch)."""
+    import inspect
+
+    from relabel_store.write.annotator import ASPECT_SIZES, load_annotator
+
+    library = inspect.signature(load_annotator).parameters
+    options = {p.name: p for p in main.commands["generate"].params}
+    for name in ("input_mode", "tta", "max_aspect", "aspect_sizing"):
+        assert options[name].default == library[name].default, name
+    assert sorted(options["aspect_sizing"].type.choices) == sorted(ASPECT_SIZES)
 
 
 def test_squash_mode_is_the_whole_image_resized_to_the_square_input(tmp_path):
@@ -534,7 +548,8 @@ def test_aspect_kept_maps_put_each_photo_where_it_is_in_wide_and_tall_images(tmp
             assert "input aspect (long side <= 2.0x short), the square input's pixel count" in info
             assert "| annotator input | the pixel count of 224 x 224 px, aspect ratio kept" in card
         else:
-            assert "input aspect (long side <= 2.0x short)" in info and "pixel count" not in info
+            assert "input aspect (long side <= 2.0x short), short side 224" in info
+            assert "pixel count" not in info
             assert "| annotator input | short side 224 px, aspect ratio kept" in card
         for key, (first, second) in halves.items():
             rec = store.get(key)
@@ -549,13 +564,13 @@ def test_aspect_kept_maps_put_each_photo_where_it_is_in_wide_and_tall_images(tmp
 
 
 def test_area_sizing_gives_sharper_whole_image_targets_than_the_short_side(tmp_path):
-    """With the short side at 224 (the default) lite0's whole-image targets are far less
-    confident than squashed ones: the model itself is, on the larger input (docs/generating.md).
-    Kept at its aspect ratio with the square input's pixel count (--aspect-sizing area), most
-    of that confidence comes back."""
+    """With the short side at 224 (--aspect-sizing short) lite0's whole-image targets are far
+    less confident than squashed ones: the model itself is, on the larger input
+    (docs/generating.md). Kept at its aspect ratio with the square input's pixel count (the
+    default, area), most of that confidence comes back."""
     photos = photo_folder(tmp_path / "photos")
     peaks: dict[str, dict[str, float]] = {}
-    for options in (["--input-mode", "squash"], [], ["--aspect-sizing", "area"]):
+    for options in (["--input-mode", "squash"], ["--aspect-sizing", "short"], []):
         out = tmp_path / f"{len(peaks)}.relabel.zarr"
         result = run_cli("generate", str(photos), "-o", str(out), *LITE0, "--workers", "0",
                          *options, "-q")  # fmt: skip
@@ -568,7 +583,7 @@ def test_area_sizing_gives_sharper_whole_image_targets_than_the_short_side(tmp_p
             target = pool(rec.indices, rec.values, CropBox.full(), num_classes=1000)
             assert int(target.argmax()) in (range(281, 286) if key == "chelsea" else (967,))
             peaks[name][key] = float(target.max())
-    # measured: squash 0.83 / 0.95, default 0.42 / 0.64, area 0.64 / 0.90
+    # measured: squash 0.83 / 0.95, short 0.42 / 0.64, area (the default) 0.64 / 0.90
     squash, short, area = peaks.values()
     for key in ("chelsea", "coffee"):
         assert short[key] <= 0.8 * squash[key], peaks

@@ -242,8 +242,8 @@ def test_dataset_card_of_a_generated_store(hub, generated):
     )
     assert len(weights["sha256"]) == 64
     assert rows["annotator input"] == (
-        "short side 224 px, aspect ratio kept (long side longer in steps of 32, at most 2.0x the short "
-        "side), no crop, bicubic"
+        "the pixel count of 224 x 224 px, aspect ratio kept (sides changed in steps of 32, the long "
+        "side at most 2.0x the short side), no crop, bicubic"
     )
     assert rows["label space"] == "`imagenet-1k` (class identifiers `n01440764` ... `n15075141`)"
     assert rows["manifest digest"] == f"`{pushed.digest}`"

@@ -123,8 +123,8 @@ main.add_command(quality)
     type=click.Choice(["auto", "aspect", "squash"]),
     default="auto",
     show_default=True,
-    help="aspect: keep each image's aspect ratio (short side at the input size, long side capped "
-    "by --max-aspect); squash: resize the whole image to the square input (the paper's recipe, "
+    help="aspect: keep each image's aspect ratio (capped by --max-aspect; sized by "
+    "--aspect-sizing); squash: resize the whole image to the square input (the paper's recipe, "
     "byte-identical to stores made before input modes). auto: aspect for models that take any "
     "input shape (CNNs), squash for fixed-grid transformers.",
 )
@@ -137,12 +137,12 @@ main.add_command(quality)
 )
 @click.option(
     "--aspect-sizing",
-    type=click.Choice(["short", "area"]),
-    default="short",
+    type=click.Choice(["area", "short"]),
+    default="area",
     show_default=True,
-    help="With --input-mode aspect: short puts the short side at the input size; area keeps "
-    "the square input's pixel count (a 4:3 photo at 224: 192x256 instead of 224x288), for "
-    "sharper whole-image targets (see docs/generating.md).",
+    help="With --input-mode aspect: area keeps the square input's pixel count (a 4:3 photo at "
+    "224: 192x256), for sharper targets; short puts the short side at the input size "
+    "(224x288), for more pixels (see docs/generating.md).",
 )
 @click.option(
     "--tta",
@@ -344,6 +344,8 @@ def _input_line(ann: Mapping[str, Any]) -> str:
         mode += f" (long side <= {cap}x short)" if cap else ""
         if preprocess.get("aspect_sizing") == "area":
             mode += ", the square input's pixel count"
+        elif preprocess.get("short_side"):  # short, and stores from before aspect_sizing
+            mode += f", short side {preprocess['short_side']}"
     tta = ann.get("tta")
     return f"; input {mode}" + (f", tta {tta}" if tta and tta != "none" else "")
 

@@ -39,17 +39,18 @@ The whole image is always seen, never cropped, with the model's pretrained inter
 and std. How it is resized is the input mode (``describe()["input_mode"]``):
 
 * ``aspect`` (the default for models that take any input shape: convolutional nets, and timm
-  ViTs built with ``dynamic_img_size``): the image keeps its aspect ratio, its short side at the
-  input size the model was trained at, its long side rounded to the model's feature stride and
-  capped at ``max_aspect`` (2) times the short side (:class:`AspectTransform`). The feature grid
-  then follows the image (lite0 at 224: 7x9 for a 4:3 photo) and is resampled to the store's
-  grid per image, in normalised coordinates, on all logits before top-k. A batch of mixed shapes
-  is annotated in groups of one shape each (few: the long side has a handful of possible values).
-  ``aspect_sizing="area"`` keeps the square input's pixel count instead of its short side
-  (lite0: 192x256 for a 4:3 photo): the model's confidence falls with the input's pixel count
-  (lite0's whole-image peak, median over 24 photos: 0.35 squashed at 224, 0.22 at 256, 0.20
-  aspect-kept with the short side at 224, 0.43 at the square's pixel count; measured by
-  ``benchmarks/aspect_diagnosis.py``), so it gives sharper targets at squash's cost.
+  ViTs built with ``dynamic_img_size``): the image keeps its aspect ratio (capped at
+  ``max_aspect``, 2) and, with ``aspect_sizing="area"`` (the default), the pixel count of the
+  square input the model was trained at, each side rounded to the model's feature stride
+  (:class:`AspectTransform`; lite0 at 224: 192x256 for a 4:3 photo, features 6x8). The feature
+  grid follows the image and is resampled to the store's grid per image, in normalised
+  coordinates, on all logits before top-k. A batch of mixed shapes is annotated in groups of
+  one shape each (few: the sides have a handful of possible values). ``aspect_sizing="short"``
+  puts the short side at the trained size instead (224x288): more pixels, on which the model
+  is less confident (lite0's whole-image peak, median over 24 photos: 0.35 squashed at 224,
+  0.22 at 256, 0.20 with the short side at 224, 0.43 at the square's pixel count; measured by
+  ``benchmarks/aspect_diagnosis.py``); ``area`` also agrees with the labels more often on the
+  labelled photos of ``benchmarks/annotation_modes.py`` (docs/generating.md).
 * ``squash``: the paper's recipe, the whole image resized to the square input
   (:class:`WholeImageTransform`); models with fixed position grids or windows (ViT, Swin) get it
   under ``auto``, and the stores it makes are the same, byte for byte, as before input modes
@@ -101,6 +102,7 @@ with requires_extra("generate", "relabel_store.write.annotator"):
 
 __all__ = [
     "ASPECT_SIZES",
+    "DEFAULT_ASPECT_SIZING",
     "DEFAULT_MAX_ASPECT",
     "DEFAULT_MODEL",
     "INPUT_MODES",
@@ -256,9 +258,12 @@ INPUT_MODES = ("auto", "aspect", "squash")
 TTA_MODES = ("none", "flip")
 #: Default cap of ``aspect`` mode: the long side is at most this many times the short side.
 DEFAULT_MAX_ASPECT = 2.0
-#: How ``aspect`` mode sizes an image: ``short`` puts its short side at the trained input size;
-#: ``area`` gives it the pixel count of the square input (short side smaller, long side larger).
-ASPECT_SIZES = ("short", "area")
+#: How ``aspect`` mode sizes an image: ``area`` gives it the pixel count of the square input
+#: (short side smaller, long side larger); ``short`` puts its short side at the trained size.
+ASPECT_SIZES = ("area", "short")
+#: The default sizing: ``area``, the sharper maps and the better whole-image agreement on the
+#: labelled photos of ``benchmarks/annotation_modes.py`` (docs/generating.md).
+DEFAULT_ASPECT_SIZING = "area"
 
 
 @dataclass(frozen=True)
@@ -281,7 +286,7 @@ class AspectTransform(_ResizeThenNormalize):
     short_side: int
     multiple: int = 32
     max_aspect: float = DEFAULT_MAX_ASPECT
-    sizing: str = "short"
+    sizing: str = DEFAULT_ASPECT_SIZING
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = timm.data.IMAGENET_DEFAULT_MEAN
     std: tuple[float, float, float] = timm.data.IMAGENET_DEFAULT_STD
@@ -416,7 +421,7 @@ class DenseAnnotator(nn.Module):
         input_mode: str = "auto",
         tta: str = "none",
         max_aspect: float = DEFAULT_MAX_ASPECT,
-        aspect_sizing: str = "short",
+        aspect_sizing: str = DEFAULT_ASPECT_SIZING,
     ) -> None:
         super().__init__()
         for name in ("forward_features", "forward_head"):
@@ -852,7 +857,7 @@ def load_annotator(
     input_mode: str = "auto",
     tta: str = "none",
     max_aspect: float = DEFAULT_MAX_ASPECT,
-    aspect_sizing: str = "short",
+    aspect_sizing: str = DEFAULT_ASPECT_SIZING,
 ) -> DenseAnnotator:
     """Build a :class:`DenseAnnotator` for timm model ``model_name`` with real weights.
 
