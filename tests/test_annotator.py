@@ -566,6 +566,12 @@ def test_area_sizing_keeps_the_square_inputs_pixel_count():
         h, w = t.output_size(width, height)
         assert 0.85 <= h * w / 224**2 <= 1.15, (width, height, h, w)
     assert tuple(t.resized(sample_photo("coffee")).shape) == (3, 192, 288)  # 600 x 400
+    for side in range(96, 640, 7):  # the cap holds after both sides are rounded
+        for cap in (1.5, 2.0, 3.0):
+            sized = AspectTransform(side, max_aspect=cap, sizing="area")
+            for width in (side, int(side * 1.33), int(side * 1.9), side * 2, side * 5):
+                h, w = sized.output_size(width, side)
+                assert h <= w <= cap * h, (side, cap, width, h, w)
     assert annotator.describe()["preprocess"]["aspect_sizing"] == "area"
     short = DenseAnnotator(
         _model("resnet10t"), input_size=224, grid=(3, 3), k=2, aspect_sizing="short"

@@ -140,6 +140,32 @@ def test_a_key_chunk_larger_than_the_array_is_refused(written):
         load_relabel(written.path)
 
 
+def test_key_index_chunks_decode_on_many_threads_and_a_damaged_one_is_named(tmp_path, monkeypatch):
+    """The key index's chunks decode on every core at open: the same arrays as on one, and a
+    chunk that decodes to the wrong size (its manifest entry resealed) fails the open naming
+    that chunk, whichever thread decoded it."""
+    import relabel_store.read.reader as reader
+    import relabel_store.write.writer as writer
+
+    monkeypatch.setattr(writer, "KEY_CHUNK_ROWS", 16)
+    w = write_store(tmp_path / "s.zarr", 90)
+    assert len(list((w.path / "rows").glob("c.*"))) == 6
+    opened = {}
+    for threads in (1, 4):
+        monkeypatch.setattr(reader, "cores_per_process", lambda t=threads: t)
+        opened[threads] = load_relabel(w.path)
+    for name in ("_keys", "_rows", "_labels", "_sizes"):
+        np.testing.assert_array_equal(getattr(opened[1], name), getattr(opened[4], name))
+    assert sorted(opened[4].keys.tolist()) == sorted(k.encode() for k in w.keys)
+    (w.path / "rows" / "c.3").write_bytes(zstandard.ZstdCompressor().compress(bytes(8)))
+    reseal(w.path)
+    with pytest.raises(
+        CorruptDataError,
+        match=r"rows/c\.3: cannot decode chunk \(zstd frame holds 8 bytes, expected 128\)",
+    ):
+        load_relabel(w.path)
+
+
 def _claim_grid(path: Path, grid: int, k: int = 5) -> None:
     edit_metadata(path, grid=[grid, grid], k=k)
 

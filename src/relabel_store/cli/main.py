@@ -142,7 +142,7 @@ main.add_command(quality)
     show_default=True,
     help="With --input-mode aspect: area keeps the square input's pixel count (a 4:3 photo at "
     "224: 192x256), for sharper targets; short puts the short side at the input size "
-    "(224x288), for more pixels (see docs/generating.md).",
+    "(224x288), which localises wide pairs of objects better (see docs/generating.md).",
 )
 @click.option(
     "--tta",

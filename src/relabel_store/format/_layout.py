@@ -161,8 +161,9 @@ class ArrayLayout:
 
         Every chunk is read before the array is allocated, so a shape that claims more chunks
         than exist fails (in ``read``) without allocating for the claim. The chunks are then
-        decoded on up to ``threads`` threads (libzstd runs without the GIL): ImageNet-21k's key
-        index is 51 chunks per array.
+        decoded on up to ``threads`` threads (libzstd runs without the GIL; ImageNet-21k's key
+        index is 51 chunks per array), each holding one decoded chunk at a time beside the
+        output; a chunk that fails raises once every job has ended, naming that chunk.
         """
         grid = [-(-s // c) for s, c in zip(self.shape, self.chunk_shape, strict=True)]
         found = []

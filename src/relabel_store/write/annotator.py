@@ -325,6 +325,8 @@ class AspectTransform(_ResizeThenNormalize):
             shrink = round((side - side / root) / step) * step
             out_short = max(side - shrink, min(side, step))
             out_long = side + grow
+            while out_long - step >= out_short and out_long > self.max_aspect * out_short:
+                out_long -= step  # rounding both sides can overshoot the cap (288: 192x416)
         else:
             extra = round((side * long / short - side) / step) * step
             cap = math.floor((side * self.max_aspect - side) / step) * step
