@@ -230,7 +230,8 @@ class StoreWriter:
         if diff:
             raise InputError(
                 f"{root} already holds a finalized store made with different settings ({diff}). "
-                "Use a new output path, or pass --overwrite to replace it."
+                "Re-run with the settings it was made with to check it, use a new output path, "
+                "or pass --overwrite to replace it."
             )
         if (root / PROGRESS_DIR).is_dir():
             with contextlib.suppress(StoreLockedError):  # its writer is still cleaning up
