@@ -183,11 +183,7 @@ class ArrayLayout:
             )
             out[sel] = chunk[tuple(slice(0, s.stop - s.start) for s in sel)]
 
-        if threads > 1 and len(found) > 1:
-            run_all(place, found, threads)
-        else:
-            for item in found:
-                place(item)
+        run_all(place, found, threads)
         return out
 
 

@@ -212,20 +212,15 @@ def _preprocess(preprocess: Any, ann: Mapping[str, Any] | None = None) -> str:
     if mode == "whole-image":
         how = "whole image resized, no crop"
     elif mode == "aspect":
-        px = f"short side {preprocess.get('short_side', '?')}"
-        how = (
-            f"aspect ratio kept (long side longer in steps of "
-            f"{preprocess.get('long_side_multiple')}, "
-            f"at most {preprocess.get('max_aspect')}x the short side), no crop"
-        )
+        side, step = preprocess.get("short_side", "?"), preprocess.get("long_side_multiple")
+        cap = f"at most {preprocess.get('max_aspect')}x the short side"
         if preprocess.get("aspect_sizing") == "area":
-            side = preprocess.get("short_side", "?")
             px = f"the pixel count of {side} x {side}"
-            how = (
-                f"aspect ratio kept (sides changed in steps of "
-                f"{preprocess.get('long_side_multiple')}, the long side at most "
-                f"{preprocess.get('max_aspect')}x the short side), no crop"
-            )
+            how = f"aspect ratio kept (sides changed in steps of {step}, the long side {cap})"
+        else:  # short, and stores from before aspect_sizing
+            px = f"short side {side}"
+            how = f"aspect ratio kept (long side longer in steps of {step}, {cap})"
+        how += ", no crop"
     else:
         how = mode or "resize unknown"
     interp = preprocess.get("interpolation")

@@ -266,6 +266,13 @@ ASPECT_SIZES = ("area", "short")
 DEFAULT_ASPECT_SIZING = "area"
 
 
+def _check_sizing(sizing: str) -> None:
+    if sizing not in ASPECT_SIZES:
+        raise AnnotatorError(
+            f"aspect sizing must be one of {', '.join(ASPECT_SIZES)}, got {sizing!r}"
+        )
+
+
 @dataclass(frozen=True)
 class AspectTransform(_ResizeThenNormalize):
     """PIL image -> (3, h, w) tensor keeping the image's aspect ratio (``--input-mode aspect``).
@@ -298,10 +305,7 @@ class AspectTransform(_ResizeThenNormalize):
             )
         if not self.max_aspect >= 1.0:
             raise AnnotatorError(f"max_aspect must be >= 1, got {self.max_aspect}")
-        if self.sizing not in ASPECT_SIZES:
-            raise AnnotatorError(
-                f"aspect sizing must be one of {', '.join(ASPECT_SIZES)}, got {self.sizing!r}"
-            )
+        _check_sizing(self.sizing)
         # Interpolation, mean and std are checked (and normalised) as WholeImageTransform does.
         square = WholeImageTransform(
             (self.short_side, self.short_side), self.interpolation, self.mean, self.std
@@ -453,10 +457,7 @@ class DenseAnnotator(nn.Module):
         )
         if tta not in TTA_MODES:
             raise AnnotatorError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-        if aspect_sizing not in ASPECT_SIZES:
-            raise AnnotatorError(
-                f"aspect sizing must be one of {', '.join(ASPECT_SIZES)}, got {aspect_sizing!r}"
-            )
+        _check_sizing(aspect_sizing)  # here too: a squashing annotator builds no AspectTransform
         self.tta = tta
         if amp not in (None, "none", "auto", "bf16", "fp16"):
             raise AnnotatorError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {amp!r}")
